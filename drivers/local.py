@@ -1,0 +1,247 @@
+"""The local folder driver (fsspec ``file``), tuned for the paths that matter.
+
+Small writes are write-then-rename, create-if-absent is a hard link of a
+finished temporary file (so a racing reader never sees a half-written
+object and exactly one creator wins), and each operation is a single hop to
+a worker thread. Blobs have a real path, which lets the server use sendfile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+
+from fsspec.implementations.local import LocalFileSystem
+
+from registry_core.storage.driver import FileInfo, FileWriter, PathNotFound, WalkFilter
+
+from .fsspec_driver import READ_CHUNK, FsspecDriver
+
+
+def _temporary(path: str) -> str:
+    directory, base = os.path.split(path)
+    return os.path.join(directory, f".{base}.tmp-{uuid.uuid4().hex}")
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = _temporary(path)
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)
+
+
+def _create_if_absent(path: str, data: bytes) -> bool:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = _temporary(path)
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    try:
+        os.link(temporary, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(temporary)
+
+
+def _open_append(path: str) -> tuple[object, int]:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handle = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by the writer
+    return handle, handle.seek(0, os.SEEK_END)
+
+
+def _move(source: str, destination: str) -> None:
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    os.replace(source, destination)
+
+
+def _delete(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        raise PathNotFound(path) from None
+
+
+def _scan(top: str, root: str, prune: WalkFilter | None) -> list[FileInfo]:
+    found: list[FileInfo] = []
+    stack = [top]
+    cut = len(root) + 1
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") and ".tmp-" in entry.name:
+                continue
+            relative = entry.path[cut:]
+            try:
+                stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            is_dir = entry.is_dir(follow_symlinks=False)
+            found.append(FileInfo(relative, 0 if is_dir else stat.st_size, stat.st_mtime, is_dir))
+            if is_dir and (prune is None or not prune(relative)):
+                stack.append(entry.path)
+    return found
+
+
+class LocalWriter:
+    """Appends go straight to the file; a new object is a temporary file renamed on commit."""
+
+    def __init__(self, handle: object, size: int, final: str | None, temporary: str | None) -> None:
+        self._handle = handle
+        self._size = size
+        self._final = final
+        self._temporary = temporary
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.to_thread(self._handle.write, data)  # type: ignore[attr-defined]
+        self._size += len(data)
+
+    async def commit(self) -> None:
+        def finish() -> None:
+            self._handle.close()  # type: ignore[attr-defined]
+            if self._temporary is not None and self._final is not None:
+                os.replace(self._temporary, self._final)
+
+        await asyncio.to_thread(finish)
+
+    async def cancel(self) -> None:
+        def drop() -> None:
+            self._handle.close()  # type: ignore[attr-defined]
+            if self._temporary is not None:
+                os.unlink(self._temporary)
+
+        await asyncio.to_thread(drop)
+
+
+class LocalDriver(FsspecDriver):
+    """Objects are files under one folder."""
+
+    name = "file"
+
+    def __init__(self, root: str) -> None:
+        root = os.path.abspath(root)
+        os.makedirs(root, exist_ok=True)
+        super().__init__(LocalFileSystem(), root, blocking=True)
+
+    async def read(self, path: str) -> bytes:
+        full = self._full(path)
+
+        def read() -> bytes:
+            try:
+                with open(full, "rb") as handle:
+                    return handle.read()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise PathNotFound(path) from None
+
+        return await self._call(read)
+
+    async def write(self, path: str, data: bytes) -> None:
+        await self._call(_write_atomic, self._full(path), data)
+
+    async def write_if_absent(self, path: str, data: bytes) -> bool:
+        return await self._call(_create_if_absent, self._full(path), data)
+
+    async def read_stream(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        full = self._full(path)
+        try:
+            handle = await asyncio.to_thread(open, full, "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise PathNotFound(path) from None
+        try:
+            if offset:
+                handle.seek(offset)
+            remaining = length
+            while remaining is None or remaining > 0:
+                want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+                chunk = await asyncio.to_thread(handle.read, want)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            handle.close()
+
+    async def open_writer(self, path: str, *, append: bool = False) -> FileWriter:
+        full = self._full(path)
+        if append:
+            handle, size = await self._call(_open_append, full)
+            return LocalWriter(handle, size, None, None)
+        temporary = _temporary(full)
+
+        def create() -> object:
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            return open(temporary, "wb", buffering=0)
+
+        return LocalWriter(await self._call(create), 0, full, temporary)
+
+    async def stat(self, path: str) -> FileInfo:
+        full = self._full(path)
+
+        def stat() -> FileInfo:
+            try:
+                result = os.stat(full)
+            except (FileNotFoundError, NotADirectoryError):
+                raise PathNotFound(path) from None
+            is_dir = os.path.isdir(full)
+            return FileInfo(path, 0 if is_dir else result.st_size, result.st_mtime, is_dir)
+
+        return await self._call(stat)
+
+    async def list(self, path: str) -> list[str]:
+        full = self._full(path)
+
+        def listdir() -> list[str]:
+            try:
+                return [
+                    name
+                    for name in os.listdir(full)
+                    if not (name.startswith(".") and ".tmp-" in name)
+                ]
+            except (FileNotFoundError, NotADirectoryError):
+                raise PathNotFound(path) from None
+
+        return await self._call(listdir)
+
+    async def walk(self, path: str, prune: WalkFilter | None = None) -> AsyncIterator[FileInfo]:
+        for entry in await self._call(_scan, self._full(path), self.root, prune):
+            yield entry
+
+    async def move(self, source: str, destination: str) -> None:
+        await self._call(_move, self._full(source), self._full(destination))
+
+    async def delete(self, path: str) -> None:
+        await self._call(_delete, self._full(path))
+
+    def local_path(self, path: str) -> str | None:
+        return self._full(path)
+
+
+def open_local(url: str, **options: object) -> LocalDriver:
+    """Factory for ``file:///abs/path`` URLs and plain paths."""
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    if options:
+        raise ValueError(f"the local driver takes no options (got {', '.join(options)})")
+    path = urlsplit(url).path if url.startswith("file://") else url
+    if not path:
+        raise ValueError(f"storage URL {url!r} names no folder")
+    return LocalDriver(str(Path(path).expanduser()))

@@ -1,0 +1,108 @@
+"""Configuration: one TOML file plus ``CARGOHOLD_SECTION_KEY`` environment overrides.
+
+Validated with msgspec at start-up; an unknown key or a wrong type stops the
+process with a message naming the key. The defaults serve from a local folder
+with no other service.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the bad key."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:5000"
+    log_format: Literal["text", "json"] = "text"
+    shutdown_timeout: float = 30.0
+    """Seconds SIGTERM waits for in-flight requests (uploads) before exiting."""
+
+
+class StorageConfig(_Section):
+    url: str = "./var/registry"
+    """A local path, ``file:///abs/path``, ``memory://``, or a plug-in driver's URL."""
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Handed unchanged to the driver (its fsspec storage options)."""
+
+
+class UploadsConfig(_Section):
+    purge_after: float = 24 * 3600.0
+    """Seconds an upload session may stay idle before it is purged with its data."""
+    purge_interval: float = 3600.0
+
+
+class ManifestsConfig(_Section):
+    strict_index: bool = False
+    """Refuse indexes whose child manifests are not in the repository (no sparse indexes)."""
+    max_size: int = 4 * 1024 * 1024
+    cache_bytes: int = 64 * 1024 * 1024
+
+
+class Config(_Section):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    uploads: UploadsConfig = msgspec.field(default_factory=UploadsConfig)
+    manifests: ManifestsConfig = msgspec.field(default_factory=ManifestsConfig)
+
+
+ENV_PREFIX = "CARGOHOLD_"
+_SECTIONS = ("server", "storage", "uploads", "manifests")
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    overrides: dict[str, dict[str, str]] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        for section in _SECTIONS:
+            if rest.startswith(section + "_"):
+                overrides.setdefault(section, {})[rest[len(section) + 1 :]] = value
+    return overrides
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read *path* (if any), apply environment then explicit overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    layers: list[Mapping[str, Mapping[str, Any]]] = [
+        _env_overrides(os.environ if environ is None else environ)
+    ]
+    if overrides:
+        layers.append(overrides)
+    for layer in layers:
+        for section, values in layer.items():
+            target = raw.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"config key {section!r} must be a table")
+            target.update(values)
+    where = f"config file {path}" if path is not None else "configuration"
+    try:
+        # strict=False lets environment strings become numbers and booleans.
+        return msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {exc}") from None

@@ -1,0 +1,128 @@
+"""The library's front door: a Registry over one StorageDriver, and its repositories.
+
+Everything a server, the command line, an archive importer or a proxy needs
+goes through here; none of it speaks HTTP.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import AsyncIterator
+
+from .mediatypes import MAX_MANIFEST_SIZE
+from .names import RepositoryName
+from .storage import layout
+from .storage.blobs import BlobStore, RepositoryBlobs
+from .storage.cache import DEFAULT_CACHE_BYTES, ContentCache
+from .storage.driver import PathNotFound, StorageDriver
+from .storage.manifests import ManifestStore
+
+
+class Tags:
+    """The tags of one repository."""
+
+    def __init__(self, manifests: ManifestStore) -> None:
+        self._manifests = manifests
+
+    async def list(self) -> AsyncIterator[str]:
+        for tag in await self._manifests.tags():
+            yield tag
+
+    async def page(self, n: int | None = None, last: str | None = None) -> list[str]:
+        """Tags in lexical order after *last*, at most *n* of them."""
+        return _page(await self._manifests.tags(), n, last)
+
+
+class Repository:
+    """One repository: ``blobs``, ``manifests`` and ``tags``."""
+
+    def __init__(self, registry: Registry, name: RepositoryName) -> None:
+        self.name = name
+        self.blobs = RepositoryBlobs(registry.blob_store, name)
+        self.manifests = ManifestStore(
+            registry.driver,
+            registry.blob_store,
+            self.blobs,
+            name,
+            registry.manifest_cache,
+            strict_index=registry.strict_index,
+            max_size=registry.max_manifest_size,
+        )
+        self.tags = Tags(self.manifests)
+
+
+class Registry:
+    """A registry over one storage driver."""
+
+    def __init__(
+        self,
+        driver: StorageDriver,
+        *,
+        strict_index: bool = False,
+        max_manifest_size: int = MAX_MANIFEST_SIZE,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        self.driver = driver
+        self.blob_store = BlobStore(driver)
+        self.manifest_cache = ContentCache(cache_bytes)
+        self.strict_index = strict_index
+        self.max_manifest_size = max_manifest_size
+
+    def repository(self, name: str | RepositoryName) -> Repository:
+        parsed = name if isinstance(name, RepositoryName) else RepositoryName.parse(name)
+        return Repository(self, parsed)
+
+    async def repositories(self) -> list[str]:
+        """Every repository with manifests, sorted; walks names only, never the blob tree."""
+        names = []
+        async for entry in self.driver.walk(layout.REPOSITORIES, layout.is_repository_internal):
+            if entry.is_dir:
+                name = layout.repository_from_manifests_dir(entry.path)
+                if name is not None:
+                    names.append(name)
+        names.sort()
+        return names
+
+    async def catalog(self, n: int | None = None, last: str | None = None) -> list[str]:
+        return _page(await self.repositories(), n, last)
+
+    async def purge_uploads(self, older_than: float, now: float | None = None) -> int:
+        """Delete upload sessions idle for more than *older_than* seconds; return how many."""
+        deadline = (time.time() if now is None else now) - older_than
+        sessions: dict[str, float] = {}
+
+        def prune(directory: str) -> bool:
+            base = directory.rsplit("/", 1)[-1]
+            return base.startswith("_") and base != "_uploads"
+
+        async for entry in self.driver.walk(layout.REPOSITORIES, prune):
+            if entry.is_dir or "/_uploads/" not in entry.path:
+                continue
+            session = entry.path.rsplit("/", 1)[0]
+            sessions[session] = max(sessions.get(session, 0.0), entry.mtime)
+        purged = 0
+        for session, last_active in sessions.items():
+            if last_active < deadline:
+                try:
+                    await self.driver.delete(session)
+                    purged += 1
+                except PathNotFound:
+                    pass
+        return purged
+
+    async def check(self) -> None:
+        """Raise when storage cannot be reached (readiness)."""
+        try:
+            await self.driver.list(layout.ROOT)
+        except PathNotFound:
+            pass
+
+    async def close(self) -> None:
+        await self.driver.close()
+
+
+def _page(items: list[str], n: int | None, last: str | None) -> list[str]:
+    start = bisect.bisect_right(items, last) if last else 0
+    end = len(items) if n is None else start + n
+    return items[start:end]

@@ -1,0 +1,366 @@
+"""Blobs: one content-addressed copy each, reachable only through repository links.
+
+``BlobStore`` owns the shared data (``blobs/<alg>/<xx>/<hex>/data``);
+``RepositoryBlobs`` is one repository's view of it: a blob is visible to a
+repository only when the repository holds a link to it, which it gets by an
+upload or a mount. Uploads stream into ``_uploads/<id>/data`` while being
+hashed, and become a blob only after the digest (and size, when given) are
+verified, by one move into place. A crash at any point leaves no partial blob
+visible: either the move happened or the data is still an upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+
+import attrs
+
+from ..digest import DEFAULT_ALGORITHM, Digest, Hasher
+from ..errors import (
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeInvalid,
+    SizeInvalid,
+)
+from ..names import RepositoryName
+from . import layout
+from .driver import FileWriter, PathNotFound, StorageDriver
+
+WRITE_BUFFER = 1 << 20
+"""Bytes gathered before one write+hash step: large enough that thread hops are cheap."""
+
+_MAX_HASH_STATES = 4096
+
+
+@attrs.frozen
+class BlobInfo:
+    digest: Digest
+    size: int
+
+
+class BlobStore:
+    """The registry-wide, deduplicated blob data. Callers go through RepositoryBlobs."""
+
+    def __init__(self, driver: StorageDriver) -> None:
+        self.driver = driver
+        # Hash state of uploads this process has been writing, keyed by upload
+        # path. Python cannot persist a hashlib state, so an upload continued
+        # elsewhere (another process, after a restart) is re-read instead.
+        self._hash_states: OrderedDict[str, Hasher] = OrderedDict()
+        self._upload_locks: dict[str, asyncio.Lock] = {}
+
+    async def stat(self, digest: Digest) -> BlobInfo:
+        try:
+            info = await self.driver.stat(layout.blob_data(digest))
+        except PathNotFound:
+            raise BlobUnknown(detail={"digest": str(digest)}) from None
+        return BlobInfo(digest, info.size)
+
+    async def exists(self, digest: Digest) -> bool:
+        try:
+            await self.driver.stat(layout.blob_data(digest))
+        except PathNotFound:
+            return False
+        return True
+
+    async def read_small(self, digest: Digest) -> bytes:
+        try:
+            return await self.driver.read(layout.blob_data(digest))
+        except PathNotFound:
+            raise BlobUnknown(detail={"digest": str(digest)}) from None
+
+    async def put_small(self, data: bytes, digest: Digest) -> None:
+        """Store a small payload whose digest the caller has computed (manifests)."""
+        await self.driver.write_if_absent(layout.blob_data(digest), data)
+
+    # -- hash states of in-flight uploads -------------------------------------
+
+    def _take_hash_state(self, key: str, size: int) -> Hasher | None:
+        hasher = self._hash_states.pop(key, None)
+        return hasher if hasher is not None and hasher.size == size else None
+
+    def _keep_hash_state(self, key: str, hasher: Hasher) -> None:
+        self._hash_states[key] = hasher
+        while len(self._hash_states) > _MAX_HASH_STATES:
+            self._hash_states.popitem(last=False)
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._upload_locks.get(key)
+        if lock is None:
+            lock = self._upload_locks[key] = asyncio.Lock()
+        return lock
+
+    def _release_lock(self, key: str) -> None:
+        lock = self._upload_locks.get(key)
+        # A woken waiter has not re-taken the lock yet, so look at the queue too.
+        if lock is not None and not lock.locked() and not getattr(lock, "_waiters", None):
+            del self._upload_locks[key]
+
+    @contextlib.asynccontextmanager
+    async def upload_lock(self, key: str) -> AsyncIterator[None]:
+        """Serialise work on one upload within this process (clients may race PATCHes)."""
+        try:
+            async with self._lock(key):
+                yield
+        finally:
+            self._release_lock(key)
+
+
+class RepositoryBlobs:
+    """One repository's view of the blob store."""
+
+    def __init__(self, store: BlobStore, name: RepositoryName) -> None:
+        self.store = store
+        self.name = name
+        self.driver = store.driver
+
+    async def _linked(self, digest: Digest) -> bool:
+        try:
+            content = await self.driver.read(layout.layer_link(self.name, digest))
+        except PathNotFound:
+            return False
+        return content.strip() == str(digest).encode()
+
+    async def stat(self, digest: Digest) -> BlobInfo:
+        """Size of a blob this repository links; BLOB_UNKNOWN otherwise."""
+        if not await self._linked(digest):
+            raise BlobUnknown(detail={"digest": str(digest)})
+        return await self.store.stat(digest)
+
+    async def exists(self, digest: Digest) -> bool:
+        try:
+            await self.stat(digest)
+        except BlobUnknown:
+            return False
+        return True
+
+    def read(
+        self, digest: Digest, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream a blob the caller has already checked with :meth:`stat`."""
+        return self.driver.read_stream(layout.blob_data(digest), offset, length)
+
+    def local_path(self, digest: Digest) -> str | None:
+        return self.driver.local_path(layout.blob_data(digest))
+
+    async def signed_url(self, digest: Digest, expires: int) -> str | None:
+        return await self.driver.signed_url(layout.blob_data(digest), expires)
+
+    async def link(self, digest: Digest) -> None:
+        await self.driver.write(layout.layer_link(self.name, digest), str(digest).encode())
+
+    async def delete(self, digest: Digest) -> None:
+        """Remove this repository's link; the data stays for garbage collection."""
+        if not await self._linked(digest):
+            raise BlobUnknown(detail={"digest": str(digest)})
+        await self.driver.delete(layout.layer_link_dir(self.name, digest))
+
+    async def mount(self, digest: Digest, source: RepositoryBlobs) -> BlobInfo | None:
+        """Link a blob *source* holds; None when it does not (the caller uploads instead)."""
+        try:
+            info = await source.stat(digest)
+        except BlobUnknown:
+            return None
+        await self.link(digest)
+        return info
+
+    # -- uploads ---------------------------------------------------------------
+
+    async def start_upload(self) -> Upload:
+        upload_id = str(uuid.uuid4())
+        now = time.time()
+        await self.driver.write(
+            layout.upload_started_at(self.name, upload_id), _format_time(now).encode()
+        )
+        writer = await self.driver.open_writer(
+            layout.upload_data(self.name, upload_id), append=True
+        )
+        await writer.commit()
+        return Upload(self, upload_id, 0, now)
+
+    @contextlib.asynccontextmanager
+    async def upload(self) -> AsyncIterator[Upload]:
+        """A new upload that is cancelled unless committed inside the block."""
+        session = await self.start_upload()
+        try:
+            yield session
+        finally:
+            if not session.committed:
+                await session.cancel()
+
+    async def get_upload(self, upload_id: str) -> Upload:
+        """An existing upload session of this repository; BLOB_UPLOAD_UNKNOWN otherwise."""
+        try:
+            uuid.UUID(upload_id)
+        except ValueError:
+            raise BlobUploadUnknown(detail={"uuid": upload_id[:64]}) from None
+        try:
+            started = await self.driver.read(layout.upload_started_at(self.name, upload_id))
+            info = await self.driver.stat(layout.upload_data(self.name, upload_id))
+        except PathNotFound:
+            raise BlobUploadUnknown(detail={"uuid": upload_id}) from None
+        return Upload(self, upload_id, info.size, _parse_time(started.decode()))
+
+
+class Upload:
+    """One resumable upload session."""
+
+    def __init__(
+        self, blobs: RepositoryBlobs, upload_id: str, size: int, started_at: float
+    ) -> None:
+        self.blobs = blobs
+        self.id = upload_id
+        self.size = size
+        self.started_at = started_at
+        self._data = layout.upload_data(blobs.name, upload_id)
+        self.committed = False
+
+    @property
+    def _store(self) -> BlobStore:
+        return self.blobs.store
+
+    async def append(self, source: AsyncIterator[bytes], start: int | None = None) -> int:
+        """Stream *source* onto the end of the upload; return the bytes appended.
+
+        *start* is the client's idea of the current offset (Content-Range):
+        anything else is refused with 416 and the stored offset, so the client
+        can resume. When the source fails midway (a client disconnect), the
+        bytes already stored stay stored and the error propagates.
+        """
+        store = self._store
+        async with store.upload_lock(self._data):
+            try:
+                info = await self.blobs.driver.stat(self._data)
+            except PathNotFound:
+                raise BlobUploadUnknown(detail={"uuid": self.id}) from None
+            self.size = info.size
+            if start is not None and start != self.size:
+                raise RangeInvalid(
+                    f"chunk starts at {start} but the upload holds {self.size} bytes",
+                    headers=_range_headers(self.size),
+                )
+            hasher = store._take_hash_state(self._data, self.size)
+            if hasher is None:
+                hasher = await self._rehash(DEFAULT_ALGORITHM)
+            writer = await self.blobs.driver.open_writer(self._data, append=True)
+            before = self.size
+            try:
+                await _pump(source, writer, hasher)
+            finally:
+                await writer.commit()
+                self.size = writer.size
+                if hasher.size == self.size:
+                    store._keep_hash_state(self._data, hasher)
+            return self.size - before
+
+    async def write(self, data: bytes) -> None:
+        """Append one chunk held in memory (library callers; the server streams)."""
+
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        await self.append(one())
+
+    async def _rehash(self, algorithm: str) -> Hasher:
+        hasher = Hasher(algorithm)
+        async for chunk in self.blobs.driver.read_stream(self._data):
+            await asyncio.to_thread(hasher.update, chunk)
+        return hasher
+
+    async def commit(self, digest: Digest, size: int | None = None) -> BlobInfo:
+        """Verify and publish the upload as blob *digest*, linked into this repository."""
+        store = self._store
+        async with store.upload_lock(self._data):
+            try:
+                info = await self.blobs.driver.stat(self._data)
+            except PathNotFound:
+                raise BlobUploadUnknown(detail={"uuid": self.id}) from None
+            self.size = info.size
+            if size is not None and size != self.size:
+                raise SizeInvalid(f"upload holds {self.size} bytes, the client declared {size}")
+            hasher = store._take_hash_state(self._data, self.size)
+            if hasher is None or hasher.algorithm != digest.algorithm:
+                hasher = await self._rehash(digest.algorithm)
+            actual = hasher.digest()
+            if actual != digest:
+                # Keep the state: the client may still send the right digest.
+                store._keep_hash_state(self._data, hasher)
+                raise DigestInvalid(detail={"expected": str(digest), "actual": str(actual)})
+            if await store.exists(digest):
+                await self.blobs.driver.delete(layout.upload_dir(self.blobs.name, self.id))
+            else:
+                await self.blobs.driver.move(self._data, layout.blob_data(digest))
+                await self.blobs.driver.delete(layout.upload_dir(self.blobs.name, self.id))
+            await self.blobs.link(digest)
+        self.committed = True
+        return BlobInfo(digest, self.size)
+
+    async def cancel(self) -> None:
+        self._store._hash_states.pop(self._data, None)
+        await self.blobs.driver.delete(layout.upload_dir(self.blobs.name, self.id))
+
+
+async def _pump(source: AsyncIterator[bytes], writer: FileWriter, hasher: Hasher) -> None:
+    """Copy *source* into *writer* and *hasher* in large steps, overlapping network and disk.
+
+    While one buffer is written and hashed (both off the event loop, on
+    separate threads), the next one is read from the network.
+    """
+    pending: asyncio.Future[None] | None = None
+    parts: list[bytes] = []
+    gathered = 0
+
+    async def step(buffer: bytes) -> None:
+        await asyncio.gather(writer.write(buffer), asyncio.to_thread(hasher.update, buffer))
+
+    try:
+        async for chunk in source:
+            if not chunk:
+                continue
+            parts.append(chunk)
+            gathered += len(chunk)
+            if gathered >= WRITE_BUFFER:
+                buffer = parts[0] if len(parts) == 1 else b"".join(parts)
+                parts, gathered = [], 0
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(step(buffer))
+    finally:
+        if pending is not None:
+            await pending
+    if parts:
+        await step(b"".join(parts))
+
+
+def _range_headers(size: int) -> dict[str, str]:
+    return {"Range": f"0-{max(size - 1, 0)}"}
+
+
+def upload_range(size: int) -> str:
+    """The spec's Range value for an upload holding *size* bytes."""
+    return f"0-{max(size - 1, 0)}"
+
+
+def _format_time(moment: float) -> str:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{int(moment % 1 * 1e9):09d}Z"
+    )
+
+
+def _parse_time(text: str) -> float:
+    import calendar
+
+    text = text.strip()
+    try:
+        main, _, fraction = text.rstrip("Z").partition(".")
+        seconds = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
+        return seconds + (float(f"0.{fraction}") if fraction else 0.0)
+    except ValueError:
+        raise BlobUploadInvalid("upload session has an unreadable start time") from None

@@ -1,0 +1,147 @@
+"""The StorageDriver protocol every backend implements.
+
+Paths are ``/``-separated, relative to the driver's root, ASCII only, with no
+empty, ``.`` or ``..`` components (see :func:`check_path`). A driver never
+interprets a path: the layout module decides what lives where.
+
+Contract notes that matter to callers:
+
+* "not found" is always :class:`PathNotFound`, whatever the backend says;
+* ``read``/``write`` are for small objects (links, manifests, records) and
+  ``write`` is atomic: a reader sees the old bytes or the new, never a mix;
+* ``write_if_absent`` is the one primitive replicas use to agree on one-time
+  state without a database: exactly one of several racing callers gets True;
+* large data goes through ``open_writer`` (stream, then commit or cancel) and
+  ``read_stream``;
+* optional abilities (``local_path``, ``signed_url``) answer None when the
+  backend does not have them. They are discovered, never assumed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+
+class StorageError(Exception):
+    """A backend failure that is not "not found" (retries already spent)."""
+
+
+class PathNotFound(StorageError):
+    """The object or directory does not exist."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"path not found: {path}")
+        self.path = path
+
+
+class InvalidPath(StorageError, ValueError):
+    """A path that breaks the driver path rules."""
+
+
+_PATH = re.compile(r"^[A-Za-z0-9._:@+=,-]+(?:/[A-Za-z0-9._:@+=,-]+)*$")
+
+
+def check_path(path: str) -> str:
+    """Return *path* if it obeys the driver path rules, else raise InvalidPath."""
+    if not _PATH.match(path) or any(part in (".", "..") for part in path.split("/")):
+        raise InvalidPath(f"invalid storage path: {path!r}")
+    return path
+
+
+@attrs.frozen
+class FileInfo:
+    path: str
+    size: int
+    mtime: float
+    is_dir: bool = False
+
+
+class FileWriter(Protocol):
+    """A stream of bytes into one object, made visible only by ``commit``.
+
+    A writer opened with ``append=True`` continues an object whose bytes are
+    already stored (a resumed upload); ``size`` counts all of them.
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def cancel(self) -> None: ...
+
+
+WalkFilter = Callable[[str], bool]
+"""Given a directory's path, True means: do not descend into it."""
+
+
+@runtime_checkable
+class StorageDriver(Protocol):
+    """One storage backend (see the module docstring for the contract)."""
+
+    name: str
+
+    async def read(self, path: str) -> bytes:
+        """The whole content of a small object."""
+        ...
+
+    async def write(self, path: str, data: bytes) -> None:
+        """Atomically create or replace a small object."""
+        ...
+
+    async def write_if_absent(self, path: str, data: bytes) -> bool:
+        """Create a small object only when it does not exist; True if this call created it."""
+        ...
+
+    def read_stream(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream an object's bytes from *offset* (at most *length* of them)."""
+        ...
+
+    async def open_writer(self, path: str, *, append: bool = False) -> FileWriter:
+        """Open a writer for large data (see FileWriter)."""
+        ...
+
+    async def stat(self, path: str) -> FileInfo:
+        """Size and modification time of an object (or a directory, is_dir=True)."""
+        ...
+
+    async def list(self, path: str) -> list[str]:
+        """Names of the direct children of a directory (objects and directories)."""
+        ...
+
+    def walk(self, path: str, prune: WalkFilter | None = None) -> AsyncIterator[FileInfo]:
+        """Every object and directory below *path*, recursively, in no set order.
+
+        A directory for which *prune* answers True is yielded but not entered,
+        which lets callers walk a tree without paying for the parts they skip.
+        A missing *path* yields nothing.
+        """
+        ...
+
+    async def move(self, source: str, destination: str) -> None:
+        """Move an object, replacing any object at *destination*."""
+        ...
+
+    async def delete(self, path: str) -> None:
+        """Delete an object, or a directory with everything under it."""
+        ...
+
+    def local_path(self, path: str) -> str | None:
+        """A filesystem path for zero-copy sendfile, or None when the backend has none."""
+        ...
+
+    async def signed_url(self, path: str, expires: int) -> str | None:
+        """A URL a client can GET the object from for *expires* seconds, or None."""
+        ...
+
+    async def close(self) -> None:
+        """Release sessions and handles."""
+        ...

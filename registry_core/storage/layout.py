@@ -1,0 +1,106 @@
+"""Where every object lives: the one module that builds storage paths.
+
+The layout is CNCF Distribution's (``docker/registry/v2/...``), so a folder
+or bucket written by Distribution 2.x is served by Cargohold and back. State
+Distribution has no place for lives where Distribution's walkers never look:
+``_referrers`` inside a repository (Distribution skips ``_`` directories other
+than its own) and the top-level ``cargohold/`` prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ..digest import Digest
+from ..names import RepositoryName
+
+ROOT: Final = "docker/registry/v2"
+BLOBS: Final = f"{ROOT}/blobs"
+REPOSITORIES: Final = f"{ROOT}/repositories"
+EXTRA: Final = "cargohold"
+"""Prefix for Cargohold's own state (tenancy, keys, ...)."""
+
+
+def blob_dir(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+
+def blob_data(digest: Digest) -> str:
+    return f"{blob_dir(digest)}/data"
+
+
+def repository(name: RepositoryName) -> str:
+    return f"{REPOSITORIES}/{name.value}"
+
+
+def layer_link(name: RepositoryName, digest: Digest) -> str:
+    return f"{repository(name)}/_layers/{digest.algorithm}/{digest.hex}/link"
+
+
+def layer_link_dir(name: RepositoryName, digest: Digest) -> str:
+    return f"{repository(name)}/_layers/{digest.algorithm}/{digest.hex}"
+
+
+def manifests_dir(name: RepositoryName) -> str:
+    return f"{repository(name)}/_manifests"
+
+
+def revision_dir(name: RepositoryName, digest: Digest) -> str:
+    return f"{manifests_dir(name)}/revisions/{digest.algorithm}/{digest.hex}"
+
+
+def revision_link(name: RepositoryName, digest: Digest) -> str:
+    return f"{revision_dir(name, digest)}/link"
+
+
+def tags_dir(name: RepositoryName) -> str:
+    return f"{manifests_dir(name)}/tags"
+
+
+def tag_dir(name: RepositoryName, tag: str) -> str:
+    return f"{tags_dir(name)}/{tag}"
+
+
+def tag_current_link(name: RepositoryName, tag: str) -> str:
+    return f"{tag_dir(name, tag)}/current/link"
+
+
+def tag_index_link(name: RepositoryName, tag: str, digest: Digest) -> str:
+    return f"{tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}/link"
+
+
+def referrers_dir(name: RepositoryName, subject: Digest) -> str:
+    return f"{repository(name)}/_referrers/{subject.algorithm}/{subject.hex}"
+
+
+def referrer_entry(name: RepositoryName, subject: Digest, referrer: Digest) -> str:
+    return f"{referrers_dir(name, subject)}/{referrer.algorithm}-{referrer.hex}"
+
+
+def uploads_dir(name: RepositoryName) -> str:
+    return f"{repository(name)}/_uploads"
+
+
+def upload_dir(name: RepositoryName, upload_id: str) -> str:
+    return f"{uploads_dir(name)}/{upload_id}"
+
+
+def upload_data(name: RepositoryName, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/data"
+
+
+def upload_started_at(name: RepositoryName, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/startedat"
+
+
+def is_repository_internal(directory: str) -> bool:
+    """True for a repository's own ``_name`` directories (layers, manifests, uploads...)."""
+    return directory.rsplit("/", 1)[-1].startswith("_")
+
+
+def repository_from_manifests_dir(path: str) -> str | None:
+    """The repository name owning a ``.../_manifests`` path, or None."""
+    prefix = REPOSITORIES + "/"
+    if not path.startswith(prefix) or not path.endswith("/_manifests"):
+        return None
+    return path[len(prefix) : -len("/_manifests")]

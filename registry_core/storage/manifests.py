@@ -1,0 +1,264 @@
+"""Manifests, tags and referrers of one repository.
+
+Manifest bytes are stored once in the blob store (as Distribution does) and
+linked as revisions of a repository; a tag is a ``current/link`` to one
+revision, plus an ``index`` of the revisions it has pointed at. A tag is
+written only after the manifest it names is stored and linked, so no tag ever
+points at missing content. The referrers index is one small descriptor object
+per (subject, referrer) pair, written when a manifest with a ``subject`` is
+pushed: listing referrers never parses every manifest in the repository.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import attrs
+import msgspec
+
+from ..digest import Digest
+from ..errors import DigestInvalid, ManifestBlobUnknown, ManifestUnknown
+from ..manifest import ParsedManifest, detect_media_type, parse_manifest
+from ..mediatypes import MAX_MANIFEST_SIZE
+from ..names import RepositoryName, validate_tag
+from . import layout
+from .blobs import BlobStore, RepositoryBlobs
+from .cache import ContentCache
+from .driver import PathNotFound, StorageDriver
+
+
+@attrs.frozen
+class StoredManifest:
+    digest: Digest
+    media_type: str
+    body: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.body)
+
+
+class _ReferrerRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    mediaType: str
+    digest: str
+    size: int
+    artifactType: str | None = None
+    annotations: dict[str, str] | None = None
+
+
+class ManifestStore:
+    """Manifests and tags of one repository."""
+
+    def __init__(
+        self,
+        driver: StorageDriver,
+        store: BlobStore,
+        blobs: RepositoryBlobs,
+        name: RepositoryName,
+        cache: ContentCache,
+        *,
+        strict_index: bool = False,
+        max_size: int = MAX_MANIFEST_SIZE,
+    ) -> None:
+        self.driver = driver
+        self.store = store
+        self.blobs = blobs
+        self.name = name
+        self.cache = cache
+        self.strict_index = strict_index
+        self.max_size = max_size
+
+    # -- reading ------------------------------------------------------------------
+
+    async def resolve(self, reference: str) -> Digest:
+        """The digest a tag or digest reference names in this repository."""
+        if ":" in reference:
+            digest = Digest.parse(reference)
+            if not await self._has_revision(digest):
+                raise ManifestUnknown(detail={"reference": reference})
+            return digest
+        tag = validate_tag(reference)
+        try:
+            link = await self.driver.read(layout.tag_current_link(self.name, tag))
+        except PathNotFound:
+            raise ManifestUnknown(detail={"tag": tag}) from None
+        return Digest.parse(link.decode().strip())
+
+    async def _has_revision(self, digest: Digest) -> bool:
+        try:
+            await self.driver.stat(layout.revision_link(self.name, digest))
+        except PathNotFound:
+            return False
+        return True
+
+    async def get(self, reference: str) -> StoredManifest:
+        digest = await self.resolve(reference)
+        return await self.get_by_digest(digest)
+
+    async def get_by_digest(self, digest: Digest) -> StoredManifest:
+        """A revision's content; the caller has checked it belongs to this repository."""
+        cached = self.cache.get(digest)
+        if cached is None:
+            try:
+                body = await self.driver.read(layout.blob_data(digest))
+            except PathNotFound:
+                raise ManifestUnknown(detail={"digest": str(digest)}) from None
+            cached = self.cache.put(digest, body, detect_media_type(body))
+        body, media_type = cached
+        return StoredManifest(digest, media_type, body)
+
+    # -- writing ------------------------------------------------------------------
+
+    async def put(
+        self, body: bytes, content_type: str | None, tag: str | None = None
+    ) -> ParsedManifest:
+        """Validate, store and link a manifest, then point *tag* at it."""
+        if tag is not None:
+            validate_tag(tag)
+        parsed = parse_manifest(body, content_type, max_size=self.max_size)
+        await self._check_references(parsed)
+        await self.store.put_small(body, parsed.digest)
+        self.cache.put(parsed.digest, body, parsed.media_type)
+        await self.driver.write(
+            layout.revision_link(self.name, parsed.digest), str(parsed.digest).encode()
+        )
+        if parsed.subject is not None:
+            record = _ReferrerRecord(
+                mediaType=parsed.media_type,
+                digest=str(parsed.digest),
+                size=parsed.size,
+                artifactType=parsed.artifact_type,
+                annotations=parsed.annotations,
+            )
+            await self.driver.write(
+                layout.referrer_entry(self.name, parsed.subject, parsed.digest),
+                msgspec.json.encode(record),
+            )
+        if tag is not None:
+            await self.tag(tag, parsed.digest)
+        return parsed
+
+    async def _check_references(self, parsed: ParsedManifest) -> None:
+        missing_blobs = await _missing(self.blobs.exists, parsed.blobs)
+        if missing_blobs:
+            raise ManifestBlobUnknown(
+                f"manifest references {len(missing_blobs)} blob(s) not in {self.name}",
+                detail={"digests": [str(d) for d in missing_blobs]},
+            )
+        if self.strict_index and parsed.manifests:
+            missing = await _missing(self._has_revision, parsed.manifests)
+            if missing:
+                raise ManifestBlobUnknown(
+                    f"index references {len(missing)} manifest(s) not in {self.name}",
+                    detail={"digests": [str(d) for d in missing]},
+                )
+
+    async def tag(self, tag: str, digest: Digest) -> None:
+        validate_tag(tag)
+        if not await self._has_revision(digest):
+            raise ManifestUnknown(detail={"digest": str(digest)})
+        await self.driver.write(layout.tag_index_link(self.name, tag, digest), str(digest).encode())
+        await self.driver.write(layout.tag_current_link(self.name, tag), str(digest).encode())
+
+    async def delete(self, reference: str) -> None:
+        """By digest: the revision, its tags and its referrer entry. By tag: only the tag."""
+        if ":" not in reference:
+            tag = validate_tag(reference)
+            try:
+                await self.driver.stat(layout.tag_current_link(self.name, tag))
+            except PathNotFound:
+                raise ManifestUnknown(detail={"tag": tag}) from None
+            await self.driver.delete(layout.tag_dir(self.name, tag))
+            return
+        digest = await self.resolve(reference)
+        stored = await self.get_by_digest(digest)
+        for tag in await self.tags_pointing_at(digest):
+            await self.driver.delete(layout.tag_dir(self.name, tag))
+        await self.driver.delete(layout.revision_dir(self.name, digest))
+        subject = _subject_of(stored.body)
+        if subject is not None:
+            try:
+                await self.driver.delete(layout.referrer_entry(self.name, subject, digest))
+            except PathNotFound:
+                pass
+
+    # -- tags and referrers ----------------------------------------------------------
+
+    async def tags(self) -> list[str]:
+        """Every tag, in the spec's lexical order."""
+        try:
+            names = await self.driver.list(layout.tags_dir(self.name))
+        except PathNotFound:
+            return []
+        return sorted(names)
+
+    async def tags_pointing_at(self, digest: Digest) -> list[str]:
+        wanted = str(digest).encode()
+        tags = await self.tags()
+
+        async def points(tag: str) -> bool:
+            try:
+                link = await self.driver.read(layout.tag_current_link(self.name, tag))
+            except PathNotFound:
+                return False
+            return link.strip() == wanted
+
+        found = await asyncio.gather(*(points(tag) for tag in tags))
+        return [tag for tag, hit in zip(tags, found, strict=True) if hit]
+
+    async def exists(self) -> bool:
+        """True when the repository has any manifest revision or tag."""
+        try:
+            await self.driver.stat(layout.manifests_dir(self.name))
+        except PathNotFound:
+            return False
+        return True
+
+    async def referrers(self, subject: Digest) -> list[dict[str, Any]]:
+        """Descriptors of the manifests whose subject is *subject*, by digest order."""
+        directory = layout.referrers_dir(self.name, subject)
+        try:
+            entries = await self.driver.list(directory)
+        except PathNotFound:
+            return []
+        bodies = await asyncio.gather(
+            *(_read_or_none(self.driver, f"{directory}/{entry}") for entry in sorted(entries))
+        )
+        records = []
+        for body in bodies:
+            if body is None:
+                continue
+            try:
+                record = msgspec.json.decode(body, type=_ReferrerRecord)
+            except msgspec.DecodeError:
+                continue
+            records.append(msgspec.to_builtins(record))
+        return records
+
+
+async def _read_or_none(driver: StorageDriver, path: str) -> bytes | None:
+    try:
+        return await driver.read(path)
+    except PathNotFound:
+        return None
+
+
+async def _missing(exists: Any, digests: tuple[Digest, ...]) -> list[Digest]:
+    unique = list(dict.fromkeys(digests))
+    present = await asyncio.gather(*(exists(d) for d in unique))
+    return [d for d, ok in zip(unique, present, strict=True) if not ok]
+
+
+class _SubjectProbe(msgspec.Struct):
+    subject: dict[str, Any] | None = None
+
+
+def _subject_of(body: bytes) -> Digest | None:
+    try:
+        probe = msgspec.json.decode(body, type=_SubjectProbe)
+        if probe.subject is None:
+            return None
+        return Digest.parse(str(probe.subject.get("digest", "")))
+    except (msgspec.DecodeError, msgspec.ValidationError, DigestInvalid):
+        return None
