@@ -7,6 +7,7 @@ goes through here; none of it speaks HTTP.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -113,10 +114,8 @@ class Registry:
 
     async def check(self) -> None:
         """Raise when storage cannot be reached (readiness)."""
-        try:
+        with contextlib.suppress(PathNotFound):
             await self.driver.list(layout.ROOT)
-        except PathNotFound:
-            pass
 
     async def close(self) -> None:
         await self.driver.close()

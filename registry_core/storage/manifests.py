@@ -12,6 +12,7 @@ pushed: listing referrers never parses every manifest in the repository.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import attrs
@@ -178,10 +179,8 @@ class ManifestStore:
         await self.driver.delete(layout.revision_dir(self.name, digest))
         subject = _subject_of(stored.body)
         if subject is not None:
-            try:
+            with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.referrer_entry(self.name, subject, digest))
-            except PathNotFound:
-                pass
 
     # -- tags and referrers ----------------------------------------------------------
 
