@@ -32,7 +32,7 @@ class Tags:
 
     async def page(self, n: int | None = None, last: str | None = None) -> list[str]:
         """Tags in lexical order after *last*, at most *n* of them."""
-        return _page(await self._manifests.tags(), n, last)
+        return paginate(await self._manifests.tags(), n, last)
 
 
 class Repository:
@@ -86,7 +86,7 @@ class Registry:
         return names
 
     async def catalog(self, n: int | None = None, last: str | None = None) -> list[str]:
-        return _page(await self.repositories(), n, last)
+        return paginate(await self.repositories(), n, last)
 
     async def purge_uploads(self, older_than: float, now: float | None = None) -> int:
         """Delete upload sessions idle for more than *older_than* seconds; return how many."""
@@ -121,7 +121,8 @@ class Registry:
         await self.driver.close()
 
 
-def _page(items: list[str], n: int | None, last: str | None) -> list[str]:
+def paginate(items: list[str], n: int | None, last: str | None) -> list[str]:
+    """The spec's pagination: items sorted lexically after *last*, at most *n*."""
     start = bisect.bisect_right(items, last) if last else 0
     end = len(items) if n is None else start + n
     return items[start:end]

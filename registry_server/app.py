@@ -1,0 +1,145 @@
+"""Build the aiohttp application around a Registry.
+
+Errors are rendered here, once: a library RegistryError becomes the spec's
+JSON error body with its status; a storage failure becomes 503 UNAVAILABLE;
+anything else is logged with the request id and answered with a JSON 500,
+never a traceback or an HTML page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+from drivers import open_driver
+from registry_core import Config, Registry, RegistryError, StorageError
+from registry_core.errors import NotFound, TooLarge, Unavailable, Unsupported
+
+from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
+from .v2 import API_VERSION_HEADER, V2Routes
+
+LOGGER = logging.getLogger("cargohold.server")
+REGISTRY_KEY = web.AppKey("registry", Registry)
+V2_KEY = web.AppKey("v2", V2Routes)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+HandlerType = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(request: web.Request, errors: list[RegistryError], status: int) -> web.Response:
+    headers: dict[str, str] = dict(API_VERSION_HEADER)
+    for error in errors:
+        headers.update(error.headers)
+    if request.method == "HEAD":
+        return web.Response(status=status, headers=headers)
+    body = msgspec.json.encode({"errors": [error.to_dict() for error in errors]})
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def _from_http_exception(exc: web.HTTPException) -> RegistryError:
+    if exc.status == 404:
+        return NotFound()
+    if exc.status == 405:
+        return Unsupported(headers={"Allow": exc.headers.get("Allow", "")})
+    if exc.status == 413:
+        return TooLarge("request body too large")
+    error = RegistryError(exc.reason)
+    error.status = exc.status  # type: ignore[misc]
+    return error
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: HandlerType) -> web.StreamResponse:
+    """Request id, and the one place errors become responses."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request["request_id"] = request_id
+    try:
+        response = await handler(request)
+    except RegistryError as exc:
+        response = error_response(request, [exc], exc.status)
+    except StorageError as exc:
+        LOGGER.error("storage failure (request %s): %s", request_id, exc)
+        response = error_response(request, [Unavailable("storage backend unavailable")], 503)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _from_http_exception(exc)
+        response = error_response(request, [error], exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        LOGGER.exception("unhandled error (request %s)", request_id)
+        error = RegistryError("internal server error", detail={"request_id": request_id})
+        response = error_response(request, [error], 500)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    request["route"] = "healthz"
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    request["route"] = "readyz"
+    try:
+        await request.app[REGISTRY_KEY].check()
+    except (StorageError, OSError) as exc:
+        LOGGER.warning("readiness check failed: %s", exc)
+        return web.json_response({"status": "unavailable"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def _purge_loop(registry: Registry, older_than: float, interval: float) -> None:
+    while True:
+        try:
+            purged = await registry.purge_uploads(older_than)
+            if purged:
+                LOGGER.info("purged %d idle upload session(s)", purged)
+        except Exception:
+            LOGGER.exception("upload purge failed; will retry")
+        await asyncio.sleep(interval)
+
+
+def build_app(config: Config, registry: Registry | None = None) -> web.Application:
+    """The application for *config*; pass *registry* to serve one you built yourself."""
+    if registry is None:
+        registry = Registry(
+            open_driver(config.storage.url, **config.storage.options),
+            strict_index=config.manifests.strict_index,
+            max_manifest_size=config.manifests.max_size,
+            cache_bytes=config.manifests.cache_bytes,
+        )
+    app = web.Application(middlewares=[request_context], client_max_size=1 << 20)
+    app[REGISTRY_KEY] = registry
+    app[LOG_FORMAT_KEY] = config.server.log_format
+    metrics = Metrics()
+    app[METRICS_KEY] = metrics
+    v2 = V2Routes(registry)
+    app[V2_KEY] = v2
+    metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)
+    v2.add_to(app)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics.handler)
+
+    async def background(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(
+            _purge_loop(registry, config.uploads.purge_after, config.uploads.purge_interval)
+        )
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await registry.close()
+
+    app.cleanup_ctx.append(background)
+    return app

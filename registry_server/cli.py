@@ -1,0 +1,117 @@
+"""The ``cargohold`` command line.
+
+``cargohold serve`` runs the reference server. Configuration comes from a
+TOML file, ``CARGOHOLD_SECTION_KEY`` environment variables and the flags, in
+that order of precedence (flags win); a bad key stops start-up with a message
+naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from registry_core import ConfigError, load_config
+
+from .observability import AccessLogger
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"server.listen must be HOST:PORT, not {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.listen:
+        overrides.setdefault("server", {})["listen"] = args.listen
+    if args.log_format:
+        overrides.setdefault("server", {})["log_format"] = args.log_format
+    if args.storage:
+        overrides.setdefault("storage", {})["url"] = args.storage
+    try:
+        config = load_config(args.config, overrides=overrides)
+        host, port = _split_listen(config.server.listen)
+    except ConfigError as exc:
+        print(f"cargohold: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from .app import build_app
+
+    try:
+        app = build_app(config)
+    except (ValueError, OSError) as exc:
+        print(f"cargohold: cannot open storage {config.storage.url!r}: {exc}", file=sys.stderr)
+        return 2
+    if not _is_loopback(host):
+        logging.getLogger("cargohold.server").warning(
+            "listening on %s without TLS: credentials would cross the network in clear text",
+            host,
+        )
+    _install_uvloop()
+    print(
+        f"cargohold: serving {config.storage.url} on http://{host}:{port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("cargohold.access"),
+        shutdown_timeout=config.server.shutdown_timeout,
+        print=None,
+        handle_signals=True,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cargohold", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="run the registry server")
+    run.add_argument("--config", help="TOML configuration file")
+    run.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:5000)")
+    run.add_argument(
+        "--storage",
+        help="storage URL: a folder, file:///abs/path or memory:// (default ./var/registry)",
+    )
+    run.add_argument("--log-format", choices=["text", "json"], help="access log format")
+    run.set_defaults(func=serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Metrics and access logs: one place that sees every finished request.
+
+aiohttp calls the access logger after the response is fully sent (sendfile
+included), which is the only point where status, bytes out and duration are
+all known, so the Prometheus counters are updated there too. Labels carry the
+route kind, method and status, never a repository name: names are unbounded
+and, across tenants, a leak.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+ACCESS_LOGGER = logging.getLogger("cargohold.access")
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "cargohold_http_requests",
+            "Requests served, by route kind, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "cargohold_http_request_duration_seconds",
+            "Time from request start to the last byte of the response.",
+            ["route", "method"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.bytes_in = Counter(
+            "cargohold_http_request_bytes",
+            "Request body bytes received.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.bytes_out = Counter(
+            "cargohold_http_response_bytes",
+            "Response body bytes sent.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.uploads_in_flight = Gauge(
+            "cargohold_uploads_in_flight",
+            "Upload requests currently streaming data.",
+            registry=self.registry,
+        )
+
+    def observe(
+        self, request: web.BaseRequest, response: web.StreamResponse, seconds: float
+    ) -> None:
+        route = request.get("route", "other")
+        self.requests.labels(route, request.method, str(response.status)).inc()
+        self.latency.labels(route, request.method).observe(seconds)
+        self.bytes_in.labels(route).inc(request.get("bytes_in", 0))
+        self.bytes_out.labels(route).inc(body_bytes(response))
+
+    async def handler(self, request: web.Request) -> web.Response:
+        request["route"] = "metrics"
+        response = web.Response(body=generate_latest(self.registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+
+def body_bytes(response: web.StreamResponse) -> int:
+    """Body bytes sent (aiohttp's body_length also counts the status line and headers)."""
+    if response.content_length is not None and response.status not in (204, 304):
+        return response.content_length if response.prepared else 0
+    return response.body_length
+
+
+METRICS_KEY = web.AppKey("metrics", Metrics)
+LOG_FORMAT_KEY = web.AppKey("log_format", str)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One structured line per request (text or JSON), and the metrics update."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        app = request.app if isinstance(request, web.Request) else None
+        if app is not None and METRICS_KEY in app:
+            app[METRICS_KEY].observe(request, response, time)
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        record: dict[str, Any] = {
+            "ts": _now(),
+            "request_id": request.get("request_id", ""),
+            "remote": request.remote or "",
+            "method": request.method,
+            "path": request.path,
+            "route": request.get("route", "other"),
+            "repository": request.get("repository"),
+            "status": response.status,
+            "bytes_in": request.get("bytes_in", 0),
+            "bytes_out": body_bytes(response),
+            "duration_ms": round(time * 1000, 3),
+        }
+        log_format = app[LOG_FORMAT_KEY] if app is not None and LOG_FORMAT_KEY in app else "text"
+        if log_format == "json":
+            self.logger.info(msgspec.json.encode(record).decode())
+        else:
+            self.logger.info(
+                " ".join(f"{key}={value}" for key, value in record.items() if value is not None)
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+
+def _now() -> str:
+    moment = time.time()
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{int(moment % 1 * 1000):03d}Z"
+    )

@@ -1,0 +1,433 @@
+"""The ``/v2/`` routes of the distribution spec 1.1: parse, call the library, answer.
+
+Repository names contain slashes, so one catch-all route hands the path to
+:func:`match_route`, which matches the fixed suffixes (``/blobs/uploads/``,
+``/manifests/<ref>``...) from the right. Handlers build no storage path and
+hold no registry logic; library errors propagate to the error middleware.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlencode
+
+import attrs
+import msgspec
+from aiohttp import web
+
+from registry_core import Registry, RegistryError
+from registry_core.digest import Digest
+from registry_core.errors import (
+    BlobUploadInvalid,
+    DigestInvalid,
+    NameUnknown,
+    NotFound,
+    RangeInvalid,
+    SizeInvalid,
+    TooLarge,
+    Unsupported,
+)
+from registry_core.mediatypes import OCI_INDEX
+from registry_core.names import Reference, RepositoryName
+from registry_core.registry import Repository, paginate
+from registry_core.storage.blobs import Upload, upload_range
+
+API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+MAX_PAGE = 10000
+
+Handler = Callable[[web.Request, "Route"], Awaitable[web.StreamResponse]]
+
+
+@attrs.frozen
+class Route:
+    """A matched ``/v2/`` path: which endpoint, and its path parameters."""
+
+    kind: str
+    name: str | None = None
+    reference: str | None = None
+
+
+_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("uploads", re.compile(r"^(?P<name>.+)/blobs/uploads/?$")),
+    ("upload", re.compile(r"^(?P<name>.+)/blobs/uploads/(?P<ref>[^/]+)$")),
+    ("blob", re.compile(r"^(?P<name>.+)/blobs/(?P<ref>[^/]+)$")),
+    ("manifest", re.compile(r"^(?P<name>.+)/manifests/(?P<ref>[^/]+)$")),
+    ("tags", re.compile(r"^(?P<name>.+)/tags/list$")),
+    ("referrers", re.compile(r"^(?P<name>.+)/referrers/(?P<ref>[^/]+)$")),
+)
+
+
+def match_route(tail: str) -> Route | None:
+    """Which endpoint a path below ``/v2/`` names (None: no such endpoint)."""
+    if tail == "":
+        return Route("base")
+    if tail == "_catalog":
+        return Route("catalog")
+    for kind, pattern in _PATTERNS:
+        found = pattern.match(tail)
+        if found:
+            return Route(kind, found["name"], found.groupdict().get("ref"))
+    return None
+
+
+def _page_size(request: web.Request) -> int | None:
+    raw = request.query.get("n")
+    if raw is None or raw == "":
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        raise PaginationInvalid(f"n must be a number, not {raw[:20]!r}") from None
+    if n < 0:
+        raise PaginationInvalid("n must not be negative")
+    return min(n, MAX_PAGE)
+
+
+class PaginationInvalid(SizeInvalid):
+    code = "PAGINATION_NUMBER_INVALID"
+    default_message = "invalid number of results requested"
+
+
+def _next_link(path: str, n: int | None, page: list[str], complete: bool) -> dict[str, str]:
+    if n is None or complete or not page:
+        return {}
+    query = urlencode({"n": n, "last": page[-1]})
+    return {"Link": f'<{path}?{query}>; rel="next"'}
+
+
+def _json(
+    body: object, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(body),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def _request_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives, counted for metrics and logs."""
+    async for chunk in request.content.iter_any():
+        request["bytes_in"] = request.get("bytes_in", 0) + len(chunk)
+        yield chunk
+
+
+def _content_range_start(request: web.Request) -> int | None:
+    header = request.headers.get("Content-Range")
+    if not header:
+        return None
+    found = re.fullmatch(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?", header.strip())
+    if not found:
+        raise RangeInvalid(f"malformed Content-Range {header[:60]!r}")
+    start, end = int(found[1]), int(found[2])
+    if end < start:
+        raise RangeInvalid(f"Content-Range {header!r} ends before it starts")
+    length = request.content_length
+    if length is not None and length != end - start + 1:
+        raise SizeInvalid(
+            f"Content-Range {header!r} covers {end - start + 1} bytes but Content-Length is "
+            f"{length}"
+        )
+    return start
+
+
+class V2Routes:
+    """Handlers for every ``/v2/`` endpoint, bound to one Registry."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.uploads_in_flight = 0
+        self._handlers: dict[tuple[str, str], Handler] = {
+            ("base", "GET"): self.base,
+            ("base", "HEAD"): self.base,
+            ("catalog", "GET"): self.catalog,
+            ("tags", "GET"): self.tags,
+            ("manifest", "GET"): self.get_manifest,
+            ("manifest", "HEAD"): self.get_manifest,
+            ("manifest", "PUT"): self.put_manifest,
+            ("manifest", "DELETE"): self.delete_manifest,
+            ("blob", "GET"): self.get_blob,
+            ("blob", "HEAD"): self.get_blob,
+            ("blob", "DELETE"): self.delete_blob,
+            ("uploads", "POST"): self.start_upload,
+            ("upload", "GET"): self.upload_status,
+            ("upload", "PATCH"): self.patch_upload,
+            ("upload", "PUT"): self.finish_upload,
+            ("upload", "DELETE"): self.cancel_upload,
+            ("referrers", "GET"): self.referrers,
+        }
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_route("*", "/v2", self.dispatch)
+        app.router.add_route("*", "/v2/{tail:.*}", self.dispatch)
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        route = match_route(request.match_info.get("tail", ""))
+        if route is None:
+            request["route"] = "unknown"
+            raise NotFound(f"no endpoint at {request.path[:200]}")
+        request["route"] = route.kind
+        if route.name is not None:
+            request["repository"] = route.name
+        handler = self._handlers.get((route.kind, request.method))
+        if handler is None:
+            allowed = sorted(method for kind, method in self._handlers if kind == route.kind)
+            raise Unsupported(
+                f"{request.method} is not supported here",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        response = await handler(request, route)
+        response.headers.update(API_VERSION_HEADER)
+        return response
+
+    def repository(self, route: Route) -> Repository:
+        assert route.name is not None
+        return self.registry.repository(RepositoryName.parse(route.name))
+
+    # -- base, catalog, tags, referrers -------------------------------------------
+
+    async def base(self, request: web.Request, route: Route) -> web.StreamResponse:
+        return _json({})
+
+    async def catalog(self, request: web.Request, route: Route) -> web.StreamResponse:
+        n = _page_size(request)
+        last = request.query.get("last")
+        names = await self.registry.repositories()
+        page = paginate(names, n, last)
+        complete = not page or page[-1] == names[-1]
+        headers = _next_link("/v2/_catalog", n, page, complete)
+        return _json({"repositories": page}, headers=headers)
+
+    async def tags(self, request: web.Request, route: Route) -> web.StreamResponse:
+        repo = self.repository(route)
+        n = _page_size(request)
+        tags = await repo.manifests.tags()
+        if not tags and not await repo.manifests.exists():
+            raise NameUnknown(detail={"name": route.name})
+        page = paginate(tags, n, request.query.get("last"))
+        complete = not page or page[-1] == tags[-1]
+        headers = _next_link(f"/v2/{repo.name}/tags/list", n, page, complete)
+        return _json({"name": str(repo.name), "tags": page}, headers=headers)
+
+    async def referrers(self, request: web.Request, route: Route) -> web.StreamResponse:
+        repo = self.repository(route)
+        assert route.reference is not None
+        subject = Digest.parse(route.reference)
+        descriptors = await repo.manifests.referrers(subject)
+        headers: dict[str, str] = {}
+        wanted = request.query.get("artifactType")
+        if wanted:
+            descriptors = [d for d in descriptors if d.get("artifactType") == wanted]
+            headers["OCI-Filters-Applied"] = "artifactType"
+        body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+        response = _json(body, headers=headers)
+        response.content_type = OCI_INDEX
+        return response
+
+    # -- manifests --------------------------------------------------------------
+
+    async def get_manifest(self, request: web.Request, route: Route) -> web.StreamResponse:
+        repo = self.repository(route)
+        assert route.reference is not None
+        reference = Reference.parse(route.reference)
+        stored = await repo.manifests.get(str(reference))
+        etag = f'"{stored.digest}"'
+        headers = {
+            "Docker-Content-Digest": str(stored.digest),
+            "ETag": etag,
+            "Content-Type": stored.media_type,
+        }
+        if etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(stored.size)
+            return web.Response(headers=headers)
+        return web.Response(body=stored.body, headers=headers)
+
+    async def put_manifest(self, request: web.Request, route: Route) -> web.StreamResponse:
+        repo = self.repository(route)
+        assert route.reference is not None
+        reference = Reference.parse(route.reference, write=True)
+        limit = self.registry.max_manifest_size
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge(f"manifest is {request.content_length} bytes; the limit is {limit}")
+        body = await _read_limited(request, limit)
+        if reference.digest is not None:
+            actual = Digest.of(body, reference.digest.algorithm)
+            if actual != reference.digest:
+                raise DigestInvalid(
+                    "manifest body does not match the digest in the URL",
+                    detail={"expected": str(reference.digest), "actual": str(actual)},
+                )
+        parsed = await repo.manifests.put(
+            body, request.headers.get("Content-Type"), tag=reference.tag
+        )
+        digest = reference.digest or parsed.digest
+        headers = {
+            "Location": f"/v2/{repo.name}/manifests/{digest}",
+            "Docker-Content-Digest": str(digest),
+        }
+        if parsed.subject is not None:
+            headers["OCI-Subject"] = str(parsed.subject)
+        return web.Response(status=201, headers=headers)
+
+    async def delete_manifest(self, request: web.Request, route: Route) -> web.StreamResponse:
+        repo = self.repository(route)
+        assert route.reference is not None
+        reference = Reference.parse(route.reference)
+        await repo.manifests.delete(str(reference))
+        return web.Response(status=202)
+
+    # -- blobs ------------------------------------------------------------------
+
+    async def get_blob(self, request: web.Request, route: Route) -> web.StreamResponse:
+        repo = self.repository(route)
+        assert route.reference is not None
+        digest = Digest.parse(route.reference)
+        info = await repo.blobs.stat(digest)
+        headers = {
+            "Docker-Content-Digest": str(digest),
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{digest}"',
+            "Cache-Control": "max-age=31536000",
+        }
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(info.size)
+            return web.Response(headers=headers)
+        local = repo.blobs.local_path(digest)
+        if local is not None:
+            del headers["ETag"]  # FileResponse sets its own (mtime-size) and answers If-* with it
+            return web.FileResponse(local, headers=headers)
+        return await _stream_blob(request, repo, digest, info.size, headers)
+
+    async def delete_blob(self, request: web.Request, route: Route) -> web.StreamResponse:
+        repo = self.repository(route)
+        assert route.reference is not None
+        await repo.blobs.delete(Digest.parse(route.reference))
+        return web.Response(status=202)
+
+    # -- uploads ----------------------------------------------------------------
+
+    def _upload_headers(self, repo: Repository, upload: Upload) -> dict[str, str]:
+        return {
+            "Location": f"/v2/{repo.name}/blobs/uploads/{upload.id}",
+            "Range": upload_range(upload.size),
+            "Docker-Upload-UUID": upload.id,
+        }
+
+    def _blob_created(self, repo: Repository, digest: Digest) -> web.Response:
+        return web.Response(
+            status=201,
+            headers={
+                "Location": f"/v2/{repo.name}/blobs/{digest}",
+                "Docker-Content-Digest": str(digest),
+            },
+        )
+
+    async def start_upload(self, request: web.Request, route: Route) -> web.StreamResponse:
+        repo = self.repository(route)
+        mount = request.query.get("mount")
+        source = request.query.get("from")
+        if mount and source:
+            digest = Digest.parse(mount)
+            try:
+                source_repo = self.registry.repository(source)
+            except RegistryError:  # an unusable `from` means a plain upload, as the spec allows
+                source_repo = None
+            if source_repo is not None and await repo.blobs.mount(digest, source_repo.blobs):
+                return self._blob_created(repo, digest)
+        expected = request.query.get("digest")
+        if expected is not None:
+            digest = Digest.parse(expected)
+            async with repo.blobs.upload() as upload:
+                await self._append(request, upload, None)
+                await upload.commit(digest, request.content_length)
+            return self._blob_created(repo, digest)
+        upload = await repo.blobs.start_upload()
+        return web.Response(status=202, headers=self._upload_headers(repo, upload))
+
+    async def _append(self, request: web.Request, upload: Upload, start: int | None) -> None:
+        self.uploads_in_flight += 1
+        try:
+            await upload.append(_request_chunks(request), start)
+        finally:
+            self.uploads_in_flight -= 1
+
+    async def upload_status(self, request: web.Request, route: Route) -> web.StreamResponse:
+        repo = self.repository(route)
+        assert route.reference is not None
+        upload = await repo.blobs.get_upload(route.reference)
+        return web.Response(status=204, headers=self._upload_headers(repo, upload))
+
+    async def patch_upload(self, request: web.Request, route: Route) -> web.StreamResponse:
+        repo = self.repository(route)
+        assert route.reference is not None
+        upload = await repo.blobs.get_upload(route.reference)
+        start = _content_range_start(request)
+        await self._append(request, upload, start)
+        return web.Response(status=202, headers=self._upload_headers(repo, upload))
+
+    async def finish_upload(self, request: web.Request, route: Route) -> web.StreamResponse:
+        repo = self.repository(route)
+        assert route.reference is not None
+        expected = request.query.get("digest")
+        if not expected:
+            raise DigestInvalid("the digest query parameter is required to finish an upload")
+        digest = Digest.parse(expected)
+        upload = await repo.blobs.get_upload(route.reference)
+        if request.body_exists:
+            start = _content_range_start(request)
+            await self._append(request, upload, start)
+        await upload.commit(digest)
+        return self._blob_created(repo, digest)
+
+    async def cancel_upload(self, request: web.Request, route: Route) -> web.StreamResponse:
+        repo = self.repository(route)
+        assert route.reference is not None
+        upload = await repo.blobs.get_upload(route.reference)
+        await upload.cancel()
+        return web.Response(status=204)
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(f"manifest is over the {limit}-byte limit")
+        parts.append(chunk)
+    request["bytes_in"] = total
+    return b"".join(parts)
+
+
+async def _stream_blob(
+    request: web.Request, repo: Repository, digest: Digest, size: int, headers: dict[str, str]
+) -> web.StreamResponse:
+    """Serve a blob from a driver without local files, honouring one byte Range."""
+    start, end = 0, size
+    status = 200
+    try:
+        requested = request.http_range
+    except ValueError:
+        requested = slice(None, None)
+        raise BlobUploadInvalid("malformed Range header") from None
+    if requested.start is not None or requested.stop is not None:
+        first = requested.start or 0
+        if first < 0:
+            first = max(size + first, 0)
+        last = size if requested.stop is None else min(requested.stop, size)
+        if first >= size or last <= first:
+            return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+        start, end, status = first, last, 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = end - start
+    await response.prepare(request)
+    async for chunk in repo.blobs.read(digest, start, end - start):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
