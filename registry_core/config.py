@@ -27,6 +27,8 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:5000"
     log_format: Literal["text", "json"] = "text"
+    workers: int = 1
+    """Processes sharing the port (SO_REUSEPORT); all state is in storage."""
     shutdown_timeout: float = 30.0
     """Seconds SIGTERM waits for in-flight requests (uploads) before exiting."""
 

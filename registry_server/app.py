@@ -61,6 +61,8 @@ async def request_context(request: web.Request, handler: HandlerType) -> web.Str
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
     request["request_id"] = request_id
+    request["metrics"] = request.app[METRICS_KEY]
+    request["log_format"] = request.app[LOG_FORMAT_KEY]
     try:
         response = await handler(request)
     except RegistryError as exc:

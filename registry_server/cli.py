@@ -51,6 +51,8 @@ def serve(args: argparse.Namespace) -> int:
     overrides: dict[str, dict[str, Any]] = {}
     if args.listen:
         overrides.setdefault("server", {})["listen"] = args.listen
+    if args.workers:
+        overrides.setdefault("server", {})["workers"] = args.workers
     if args.log_format:
         overrides.setdefault("server", {})["log_format"] = args.log_format
     if args.storage:
@@ -58,6 +60,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=overrides)
         host, port = _split_listen(config.server.listen)
+        if config.server.workers > 1 and config.storage.url.startswith("memory://"):
+            raise ConfigError("server.workers > 1 needs shared storage, not memory://")
     except ConfigError as exc:
         print(f"cargohold: {exc}", file=sys.stderr)
         return 2
@@ -65,7 +69,8 @@ def serve(args: argparse.Namespace) -> int:
     from .app import build_app
 
     try:
-        app = build_app(config)
+        # Opened once here so a bad storage URL stops start-up with a clear message.
+        build_app(config)
     except (ValueError, OSError) as exc:
         print(f"cargohold: cannot open storage {config.storage.url!r}: {exc}", file=sys.stderr)
         return 2
@@ -74,23 +79,34 @@ def serve(args: argparse.Namespace) -> int:
             "listening on %s without TLS: credentials would cross the network in clear text",
             host,
         )
-    _install_uvloop()
+    workers = config.server.workers
     print(
-        f"cargohold: serving {config.storage.url} on http://{host}:{port}",
+        f"cargohold: serving {config.storage.url} on http://{host}:{port}"
+        + (f" with {workers} workers" if workers > 1 else ""),
         file=sys.stderr,
         flush=True,
     )
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger("cargohold.access"),
-        shutdown_timeout=config.server.shutdown_timeout,
-        print=None,
-        handle_signals=True,
-    )
-    return 0
+
+    def run_worker() -> None:
+        _install_uvloop()
+        web.run_app(
+            build_app(config),
+            host=host,
+            port=port,
+            access_log_class=AccessLogger,
+            access_log=logging.getLogger("cargohold.access"),
+            shutdown_timeout=config.server.shutdown_timeout,
+            print=None,
+            handle_signals=True,
+            reuse_port=workers > 1,
+        )
+
+    if workers <= 1:
+        run_worker()
+        return 0
+    from .workers import run_workers
+
+    return run_workers(workers, run_worker)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage",
         help="storage URL: a folder, file:///abs/path or memory:// (default ./var/registry)",
     )
+    run.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
     run.add_argument("--log-format", choices=["text", "json"], help="access log format")
     run.set_defaults(func=serve)
     return parser

@@ -89,9 +89,11 @@ class AccessLogger(AbstractAccessLogger):
     """One structured line per request (text or JSON), and the metrics update."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        app = request.app if isinstance(request, web.Request) else None
-        if app is not None and METRICS_KEY in app:
-            app[METRICS_KEY].observe(request, response, time)
+        # The middleware leaves the app's metrics and log format on the request;
+        # a request that never reached it (unparseable HTTP) is logged as text.
+        metrics: Metrics | None = request.get("metrics")
+        if metrics is not None:
+            metrics.observe(request, response, time)
         if not self.logger.isEnabledFor(logging.INFO):
             return
         record: dict[str, Any] = {
@@ -107,8 +109,7 @@ class AccessLogger(AbstractAccessLogger):
             "bytes_out": body_bytes(response),
             "duration_ms": round(time * 1000, 3),
         }
-        log_format = app[LOG_FORMAT_KEY] if app is not None and LOG_FORMAT_KEY in app else "text"
-        if log_format == "json":
+        if request.get("log_format") == "json":
             self.logger.info(msgspec.json.encode(record).decode())
         else:
             self.logger.info(
