@@ -5,15 +5,53 @@ instance; each driver here gets a private store so two registries in one
 process never see each other's objects. All calls run inline on the event
 loop: they never block, and running them without an ``await`` in between is
 what makes ``write_if_absent`` atomic.
+
+fsspec's memory files are shared, live objects (opening one for writing
+publishes it at once; every reader shares one file position), so writers
+here gather their bytes and publish a new object on commit, and readers
+slice a snapshot: an object in the store is replaced, never changed in place.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from fsspec.implementations.memory import MemoryFileSystem
 
-from registry_core.storage.driver import PathNotFound
+from registry_core.storage.driver import FileWriter, PathNotFound
 
-from .fsspec_driver import FsspecDriver
+from .fsspec_driver import READ_CHUNK, FsspecDriver
+
+
+class MemoryWriter:
+    """Gathers bytes; commit publishes them (after any existing ones when appending)."""
+
+    def __init__(self, driver: MemoryDriver, full: str, size: int, append: bool) -> None:
+        self._driver = driver
+        self._full = full
+        self._size = size
+        self._append = append
+        self._parts: list[bytes] = []
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def write(self, data: bytes) -> None:
+        self._parts.append(bytes(data))
+        self._size += len(data)
+
+    async def commit(self) -> None:
+        store = self._driver.fs.store
+        existing = store.get(self._full) if self._append else None
+        head = existing.getvalue() if existing is not None else b""
+        await self._driver._call(
+            self._driver.fs.pipe_file, self._full, head + b"".join(self._parts)
+        )
+        self._parts = []
+
+    async def cancel(self) -> None:
+        self._parts = []
 
 
 class MemoryDriver(FsspecDriver):
@@ -31,6 +69,21 @@ class MemoryDriver(FsspecDriver):
             return False
         self.fs.pipe_file(full, data)
         return True
+
+    async def open_writer(self, path: str, *, append: bool = False) -> FileWriter:
+        full = self._full(path)
+        existing = self.fs.store.get(full) if append else None
+        return MemoryWriter(self, full, existing.size if existing is not None else 0, append)
+
+    async def read_stream(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        stored = self.fs.store.get(self._full(path))
+        if stored is None:
+            raise PathNotFound(path)
+        end = stored.size if length is None else min(stored.size, offset + length)
+        for start in range(offset, end, READ_CHUNK):
+            yield bytes(stored.getbuffer()[start : min(start + READ_CHUNK, end)])
 
     async def move(self, source: str, destination: str) -> None:
         full = self._full(source)

@@ -36,7 +36,7 @@ class Digest:
         length = ALGORITHMS.get(algorithm)
         if length is None:
             raise DigestInvalid(f"unsupported digest algorithm {algorithm[:20]!r}")
-        if len(hexpart) != length or not _HEX.match(hexpart):
+        if len(hexpart) != length or not _HEX.fullmatch(hexpart):
             raise DigestInvalid(
                 f"invalid digest {text[:160]!r}: expected {length} lowercase hex characters"
             )

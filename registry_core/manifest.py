@@ -181,7 +181,8 @@ def _subject(doc: _ImageManifest | _Index) -> Digest | None:
 
 def _parse_image(body: bytes, media_type: str, digest: Digest) -> ParsedManifest:
     doc = msgspec.json.decode(body, type=_ImageManifest)
-    blobs = [_digest_of(doc.config, "config")] if doc.config.data is None else []
+    config_digest = _digest_of(doc.config, "config")  # checks embedded data too
+    blobs = [config_digest] if doc.config.data is None else []
     for position, layer in enumerate(doc.layers):
         layer_digest = _digest_of(layer, f"layers[{position}]")
         if not layer.urls and layer.data is None:

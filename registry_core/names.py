@@ -51,7 +51,7 @@ class RepositoryName:
         for component in components:
             if not component:
                 raise NameInvalid(f"repository name {text!r} has an empty path component")
-            if not _COMPONENT.match(component):
+            if not _COMPONENT.fullmatch(component):
                 raise NameInvalid(
                     f"repository name component {component!r} is invalid: use lowercase "
                     "letters and digits, separated by '.', '_', '__' or '-'"
@@ -76,7 +76,7 @@ class RepositoryName:
 
 def validate_tag(tag: str) -> str:
     """Return *tag* if it follows the spec's tag grammar, else raise TagInvalid."""
-    if not _TAG.match(tag):
+    if not _TAG.fullmatch(tag):
         raise TagInvalid(
             f"invalid tag {tag[:140]!r}: up to 128 characters of letters, digits, '_', '.', "
             "'-', not starting with '.' or '-'"

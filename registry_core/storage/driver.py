@@ -47,7 +47,7 @@ _PATH = re.compile(r"^[A-Za-z0-9._:@+=,-]+(?:/[A-Za-z0-9._:@+=,-]+)*$")
 
 def check_path(path: str) -> str:
     """Return *path* if it obeys the driver path rules, else raise InvalidPath."""
-    if not _PATH.match(path) or any(part in (".", "..") for part in path.split("/")):
+    if not _PATH.fullmatch(path) or any(part in (".", "..") for part in path.split("/")):
         raise InvalidPath(f"invalid storage path: {path!r}")
     return path
 
