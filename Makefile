@@ -1,0 +1,40 @@
+# Developer entry points. Everything runs from the repository's virtualenv (.venv).
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+VENV        := .venv
+VENV_BIN    := $(VENV)/bin
+STAMP       := $(VENV)/.installed
+PYTHON      ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+ARGS        ?=
+PYTEST_ARGS ?= -q -ra
+
+.PHONY: venv serve test-deps test lint bench
+
+# Create the virtualenv once; (re)install the project only when pyproject.toml
+# is newer than the stamp file.
+venv: $(STAMP)
+
+$(VENV_BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VENV_BIN)/python
+	$(VENV_BIN)/pip install -e '.[dev,uvloop]'
+	touch $@
+
+# Run the reference server (defaults: 127.0.0.1:5000, ./var/registry).
+serve: venv
+	$(VENV_BIN)/cargohold serve $(ARGS)
+
+# Debian packages the integration tests drive (skopeo, podman, containerd, ...).
+test-deps:
+	bash scripts/install-test-deps.sh
+
+test: test-deps venv
+	$(VENV_BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV_BIN)/ruff check . && $(VENV_BIN)/ruff format --check .
+
+bench: venv
+	$(VENV_BIN)/python -m benchmarks.run $(ARGS)
