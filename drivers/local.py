@@ -56,7 +56,12 @@ def _open_append(path: str) -> tuple[object, int]:
 
 def _move(source: str, destination: str) -> None:
     os.makedirs(os.path.dirname(destination), exist_ok=True)
-    os.replace(source, destination)
+    try:
+        os.replace(source, destination)
+    except NotADirectoryError:
+        if os.path.exists(source):
+            raise
+        raise PathNotFound(source) from None  # a parent of the source is an object
 
 
 def _delete(path: str) -> None:
@@ -65,7 +70,7 @@ def _delete(path: str) -> None:
             shutil.rmtree(path)
         else:
             os.unlink(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise PathNotFound(path) from None
 
 
@@ -162,7 +167,7 @@ class LocalDriver(FsspecDriver):
         full = self._full(path)
         try:
             handle = await asyncio.to_thread(open, full, "rb")
-        except (FileNotFoundError, IsADirectoryError):
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise PathNotFound(path) from None
         try:
             if offset:

@@ -132,6 +132,16 @@ PATH_OPERATIONS: dict[str, Callable[[StorageDriver, str], Awaitable[Any]]] = {
 }
 
 
+NOT_FOUND_OPERATIONS: dict[str, Callable[[StorageDriver, str], Awaitable[Any]]] = {
+    "read": lambda d, p: d.read(p),
+    "read_stream": lambda d, p: read_all(d, p),
+    "stat": lambda d, p: d.stat(p),
+    "list": lambda d, p: d.list(p),
+    "move_from": lambda d, p: d.move(p, "contract/destination"),
+    "delete": lambda d, p: d.delete(p),
+}
+
+
 class StorageDriverContract:
     """Every clause of the StorageDriver contract, one test each.
 
@@ -290,6 +300,16 @@ class StorageDriverContract:
         await writer.write(b"gone")
         await writer.cancel()
         assert await driver.list("contract/dir") == ["kept"]
+
+    async def test_pending_writer_is_not_listed_or_walked(self, driver: StorageDriver) -> None:
+        await driver.write("contract/dir/kept", b"x")
+        writer = await driver.open_writer("contract/dir/pending")
+        await writer.write(b"in flight")
+        try:
+            assert await driver.list("contract/dir") == ["kept"]
+            assert [e.path for e in await walk_all(driver, "contract/dir")] == ["contract/dir/kept"]
+        finally:
+            await writer.cancel()
 
     async def test_append_writer_continues_an_existing_object(self, driver: StorageDriver) -> None:
         await write_streamed(driver, "contract/upload", b"first part, ")
@@ -581,6 +601,18 @@ class StorageDriverContract:
     ) -> None:
         with pytest.raises(InvalidPath):
             await PATH_OPERATIONS[operation](driver, path)
+
+    @pytest.mark.parametrize("operation", sorted(NOT_FOUND_OPERATIONS))
+    async def test_path_below_an_object_is_not_found(
+        self, driver: StorageDriver, operation: str
+    ) -> None:
+        await driver.write("contract/object", b"x")
+        with pytest.raises(PathNotFound):
+            await NOT_FOUND_OPERATIONS[operation](driver, "contract/object/child")
+
+    async def test_walk_below_an_object_yields_nothing(self, driver: StorageDriver) -> None:
+        await driver.write("contract/object", b"x")
+        assert await walk_all(driver, "contract/object/child") == []
 
     # -- optional abilities ---------------------------------------------------------------
 
