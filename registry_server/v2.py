@@ -424,6 +424,10 @@ async def _stream_blob(
             return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
         start, end, status = first, last, 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    # Prepared here, so the headers dispatch and the middleware add afterwards would be lost.
+    headers.update(API_VERSION_HEADER)
+    if "request_id" in request:
+        headers["X-Request-Id"] = request["request_id"]
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
     await response.prepare(request)
