@@ -333,10 +333,12 @@ async def _pump(source: AsyncIterator[bytes], writer: FileWriter, hasher: Hasher
                     await pending
                 pending = asyncio.ensure_future(step(buffer))
     finally:
+        # Also when the source fails (a client gone mid-body): every byte that
+        # arrived is stored, so the client can resume from the stored offset.
         if pending is not None:
             await pending
-    if parts:
-        await step(b"".join(parts))
+        if parts:
+            await step(b"".join(parts))
 
 
 def _range_headers(size: int) -> dict[str, str]:

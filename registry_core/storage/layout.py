@@ -104,3 +104,70 @@ def repository_from_manifests_dir(path: str) -> str | None:
     if not path.startswith(prefix) or not path.endswith("/_manifests"):
         return None
     return path[len(prefix) : -len("/_manifests")]
+
+
+# -- Cargohold's own state: tenancy and auth (one small object per record) -----------
+
+TENANCY: Final = f"{EXTRA}/tenancy"
+AUTH: Final = f"{EXTRA}/auth"
+
+
+def users_dir() -> str:
+    return f"{TENANCY}/users"
+
+
+def user_record(name: str) -> str:
+    return f"{users_dir()}/{name}"
+
+
+def owners_dir() -> str:
+    return f"{TENANCY}/owners"
+
+
+def owner_record(owner: str) -> str:
+    return f"{owners_dir()}/{owner}"
+
+
+def registries_dir(owner: str) -> str:
+    return f"{TENANCY}/registries/{owner}"
+
+
+def registry_record(owner: str, registry: str) -> str:
+    return f"{registries_dir(owner)}/{registry}"
+
+
+def members_dir(owner: str, registry: str | None) -> str:
+    """Members of an owner (``registry`` None: every registry it holds) or of one registry."""
+    return f"{TENANCY}/members/{owner}/{registry or '_owner'}"
+
+
+def member_record(owner: str, registry: str | None, user: str) -> str:
+    return f"{members_dir(owner, registry)}/{user}"
+
+
+def api_keys_dir() -> str:
+    return f"{AUTH}/api-keys"
+
+
+def api_key_record(key_id: str) -> str:
+    return f"{api_keys_dir()}/{key_id}"
+
+
+def tokens_dir() -> str:
+    return f"{AUTH}/tokens"
+
+
+def token_record(token_id: str) -> str:
+    return f"{tokens_dir()}/{token_id}"
+
+
+def token_pulls_dir(token_id: str) -> str:
+    return f"{AUTH}/token-pulls/{token_id}"
+
+
+def token_pull(token_id: str, pull_id: str) -> str:
+    return f"{token_pulls_dir(token_id)}/{pull_id}"
+
+
+def signing_key() -> str:
+    return f"{AUTH}/signing-key"
