@@ -23,6 +23,7 @@ from registry_core import Config, Registry, RegistryError, StorageError
 from registry_core.errors import NotFound, TooLarge, Unavailable, Unsupported
 
 from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
+from .state import state_of
 from .v2 import API_VERSION_HEADER, V2Routes
 
 LOGGER = logging.getLogger("cargohold.server")
@@ -31,6 +32,35 @@ V2_KEY = web.AppKey("v2", V2Routes)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 HandlerType = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class InFlight:
+    """Requests being handled (request bodies included), so a graceful stop can wait."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is being handled; False if *timeout* ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+IN_FLIGHT_KEY = web.AppKey("in_flight", InFlight)
 
 
 def error_response(request: web.Request, errors: list[RegistryError], status: int) -> web.Response:
@@ -60,9 +90,12 @@ async def request_context(request: web.Request, handler: HandlerType) -> web.Str
     """Request id, and the one place errors become responses."""
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    request["request_id"] = request_id
-    request["metrics"] = request.app[METRICS_KEY]
-    request["log_format"] = request.app[LOG_FORMAT_KEY]
+    state = state_of(request)
+    state.request_id = request_id
+    state.metrics = request.app[METRICS_KEY]
+    state.log_format = request.app[LOG_FORMAT_KEY]
+    in_flight = request.app[IN_FLIGHT_KEY]
+    in_flight.enter()
     try:
         response = await handler(request)
     except RegistryError as exc:
@@ -81,17 +114,26 @@ async def request_context(request: web.Request, handler: HandlerType) -> web.Str
         LOGGER.exception("unhandled error (request %s)", request_id)
         error = RegistryError("internal server error", detail={"request_id": request_id})
         response = error_response(request, [error], 500)
-    response.headers["X-Request-Id"] = request_id
+    finally:
+        in_flight.leave()
     return response
 
 
+async def common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers every response carries, added as it is prepared (streamed ones too)."""
+    response.headers.update(API_VERSION_HEADER)
+    request_id = state_of(request).request_id
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
+
+
 async def healthz(request: web.Request) -> web.Response:
-    request["route"] = "healthz"
+    state_of(request).route = "healthz"
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    request["route"] = "readyz"
+    state_of(request).route = "readyz"
     try:
         await request.app[REGISTRY_KEY].check()
     except (StorageError, OSError) as exc:
@@ -121,8 +163,10 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
             cache_bytes=config.manifests.cache_bytes,
         )
     app = web.Application(middlewares=[request_context], client_max_size=1 << 20)
+    app.on_response_prepare.append(common_headers)
     app[REGISTRY_KEY] = registry
     app[LOG_FORMAT_KEY] = config.server.log_format
+    app[IN_FLIGHT_KEY] = InFlight()
     metrics = Metrics()
     app[METRICS_KEY] = metrics
     v2 = V2Routes(registry)

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +46,44 @@ def _install_uvloop() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve_until_signalled(
+    app: web.Application, host: str, port: int, *, shutdown_timeout: float, reuse_port: bool
+) -> None:
+    """Serve *app* until SIGTERM/SIGINT, then stop gracefully.
+
+    aiohttp's own graceful stop closes every connection before it waits, and a
+    closed connection drops the rest of a request body still arriving: an
+    upload in flight would stall until the timeout and be lost. So: stop
+    listening first, wait (up to *shutdown_timeout*) for the requests being
+    handled, bodies included, and only then let aiohttp close connections.
+    """
+    from .app import IN_FLIGHT_KEY
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("cargohold.access"),
+        shutdown_timeout=shutdown_timeout,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
+        await site.start()
+        await stopping.wait()
+        await site.stop()  # no new connections from here on
+        if not await app[IN_FLIGHT_KEY].wait_idle(shutdown_timeout):
+            logging.getLogger("cargohold.server").warning(
+                "requests still running after %ss; closing their connections", shutdown_timeout
+            )
+    finally:
+        await runner.cleanup()
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -89,16 +128,14 @@ def serve(args: argparse.Namespace) -> int:
 
     def run_worker() -> None:
         _install_uvloop()
-        web.run_app(
-            build_app(config),
-            host=host,
-            port=port,
-            access_log_class=AccessLogger,
-            access_log=logging.getLogger("cargohold.access"),
-            shutdown_timeout=config.server.shutdown_timeout,
-            print=None,
-            handle_signals=True,
-            reuse_port=workers > 1,
+        asyncio.run(
+            _serve_until_signalled(
+                build_app(config),
+                host,
+                port,
+                shutdown_timeout=config.server.shutdown_timeout,
+                reuse_port=workers > 1,
+            )
         )
 
     if workers <= 1:

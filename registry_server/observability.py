@@ -19,6 +19,8 @@ from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .state import state_of
+
 ACCESS_LOGGER = logging.getLogger("cargohold.access")
 
 
@@ -61,14 +63,14 @@ class Metrics:
     def observe(
         self, request: web.BaseRequest, response: web.StreamResponse, seconds: float
     ) -> None:
-        route = request.get("route", "other")
+        route = state_of(request).route
         self.requests.labels(route, request.method, str(response.status)).inc()
         self.latency.labels(route, request.method).observe(seconds)
-        self.bytes_in.labels(route).inc(request.get("bytes_in", 0))
+        self.bytes_in.labels(route).inc(state_of(request).bytes_in)
         self.bytes_out.labels(route).inc(body_bytes(response))
 
     async def handler(self, request: web.Request) -> web.Response:
-        request["route"] = "metrics"
+        state_of(request).route = "metrics"
         response = web.Response(body=generate_latest(self.registry))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
@@ -91,25 +93,26 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         # The middleware leaves the app's metrics and log format on the request;
         # a request that never reached it (unparseable HTTP) is logged as text.
-        metrics: Metrics | None = request.get("metrics")
+        state = state_of(request)
+        metrics = state.metrics
         if metrics is not None:
             metrics.observe(request, response, time)
         if not self.logger.isEnabledFor(logging.INFO):
             return
         record: dict[str, Any] = {
             "ts": _now(),
-            "request_id": request.get("request_id", ""),
+            "request_id": state.request_id,
             "remote": request.remote or "",
             "method": request.method,
             "path": request.path,
-            "route": request.get("route", "other"),
-            "repository": request.get("repository"),
+            "route": state.route,
+            "repository": state.repository,
             "status": response.status,
-            "bytes_in": request.get("bytes_in", 0),
+            "bytes_in": state.bytes_in,
             "bytes_out": body_bytes(response),
             "duration_ms": round(time * 1000, 3),
         }
-        if request.get("log_format") == "json":
+        if state.log_format == "json":
             self.logger.info(msgspec.json.encode(record).decode())
         else:
             self.logger.info(

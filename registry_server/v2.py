@@ -33,6 +33,8 @@ from registry_core.names import Reference, RepositoryName
 from registry_core.registry import Repository, paginate
 from registry_core.storage.blobs import Upload, upload_range
 
+from .state import state_of
+
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 MAX_PAGE = 10000
 
@@ -110,7 +112,7 @@ def _json(
 async def _request_chunks(request: web.Request) -> AsyncIterator[bytes]:
     """The request body as it arrives, counted for metrics and logs."""
     async for chunk in request.content.iter_any():
-        request["bytes_in"] = request.get("bytes_in", 0) + len(chunk)
+        state_of(request).bytes_in += len(chunk)
         yield chunk
 
 
@@ -166,11 +168,11 @@ class V2Routes:
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         route = match_route(request.match_info.get("tail", ""))
         if route is None:
-            request["route"] = "unknown"
+            state_of(request).route = "unknown"
             raise NotFound(f"no endpoint at {request.path[:200]}")
-        request["route"] = route.kind
-        if route.name is not None:
-            request["repository"] = route.name
+        state = state_of(request)
+        state.route = route.kind
+        state.repository = route.name
         handler = self._handlers.get((route.kind, request.method))
         if handler is None:
             allowed = sorted(method for kind, method in self._handlers if kind == route.kind)
@@ -178,9 +180,7 @@ class V2Routes:
                 f"{request.method} is not supported here",
                 headers={"Allow": ", ".join(allowed)},
             )
-        response = await handler(request, route)
-        response.headers.update(API_VERSION_HEADER)
-        return response
+        return await handler(request, route)
 
     def repository(self, route: Route) -> Repository:
         assert route.name is not None
@@ -400,7 +400,7 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
         if total > limit:
             raise TooLarge(f"manifest is over the {limit}-byte limit")
         parts.append(chunk)
-    request["bytes_in"] = total
+    state_of(request).bytes_in = total
     return b"".join(parts)
 
 
@@ -424,10 +424,6 @@ async def _stream_blob(
             return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
         start, end, status = first, last, 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    # Prepared here, so the headers dispatch and the middleware add afterwards would be lost.
-    headers.update(API_VERSION_HEADER)
-    if "request_id" in request:
-        headers["X-Request-Id"] = request["request_id"]
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
     await response.prepare(request)
