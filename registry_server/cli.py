@@ -60,12 +60,13 @@ async def _serve_until_signalled(
     handled, bodies included, and only then let aiohttp close connections.
     """
     from .app import IN_FLIGHT_KEY
+    from .runner import AppRunner
 
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    runner = web.AppRunner(
+    runner = AppRunner(
         app,
         handle_signals=False,
         access_log_class=AccessLogger,
