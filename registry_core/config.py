@@ -30,6 +30,10 @@ class ServerConfig(_Section):
     workers: int = 1
     """Processes sharing the port (SO_REUSEPORT); all state is in storage."""
     shutdown_timeout: float = 30.0
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    """Addresses whose X-Forwarded-Proto/Host headers are believed (a TLS-terminating proxy)."""
+    state_dir: str | None = None
+    """Where the bootstrap admin password file goes (default: beside a local store, else ./var)."""
     """Seconds SIGTERM waits for in-flight requests (uploads) before exiting."""
 
 
@@ -53,15 +57,46 @@ class ManifestsConfig(_Section):
     cache_bytes: int = 64 * 1024 * 1024
 
 
+class AuthConfig(_Section):
+    enabled: bool = True
+    """False: an open registry (no logins, no tenancy checks) for local experiments."""
+    cache_ttl: float = 10.0
+    """Seconds a verified login, a registry's visibility or a role is cached per process."""
+    token_ttl: int = 300
+    """Lifetime of issued bearer tokens, in seconds."""
+    realm: str | None = None
+    """Token endpoint URL for the challenge (default: this server's /v2/token)."""
+    service: str | None = None
+    """The ``service`` of the challenge and the token audience (default: the request's host)."""
+    max_failures: int = 10
+    """Failed logins per username or client address within ``failure_window`` before 429."""
+    failure_window: float = 300.0
+    slowdown_after: int = 3
+    """Failed logins after which answers are delayed (doubling, at most 2 s)."""
+    bootstrap_admin: bool = True
+    """On first start with no user at all, create a superuser ``admin`` with a random password."""
+
+
+class TlsConfig(_Section):
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+    """Require client certificates signed by this CA (mutual TLS)."""
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     uploads: UploadsConfig = msgspec.field(default_factory=UploadsConfig)
     manifests: ManifestsConfig = msgspec.field(default_factory=ManifestsConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
+    domains: dict[str, str] = msgspec.field(default_factory=dict)
+    """Host name -> ``OWNER`` or ``OWNER/REGISTRY``: clients of that host use shorter names."""
 
 
 ENV_PREFIX = "CARGOHOLD_"
-_SECTIONS = ("server", "storage", "uploads", "manifests")
+_SECTIONS = ("server", "storage", "uploads", "manifests", "auth", "tls")
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import msgspec
 from aiohttp import web
@@ -21,7 +24,10 @@ from aiohttp import web
 from drivers import open_driver
 from registry_core import Config, Registry, RegistryError, StorageError
 from registry_core.errors import NotFound, TooLarge, Unavailable, Unsupported
+from registry_core.tenancy import TenancyStore
 
+from .auth import Guard
+from .domains import Domains
 from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
 from .state import state_of
 from .v2 import API_VERSION_HEADER, V2Routes
@@ -29,6 +35,8 @@ from .v2 import API_VERSION_HEADER, V2Routes
 LOGGER = logging.getLogger("cargohold.server")
 REGISTRY_KEY = web.AppKey("registry", Registry)
 V2_KEY = web.AppKey("v2", V2Routes)
+TENANCY_KEY = web.AppKey("tenancy", TenancyStore)
+GUARD_KEY = web.AppKey("guard", Guard)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 HandlerType = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -153,6 +161,40 @@ async def _purge_loop(registry: Registry, older_than: float, interval: float) ->
         await asyncio.sleep(interval)
 
 
+def state_dir(config: Config) -> Path:
+    """Where the server keeps local state: --state-dir, else beside a local store."""
+    if config.server.state_dir:
+        return Path(config.server.state_dir)
+    url = config.storage.url
+    if "://" not in url or url.startswith("file://"):
+        store = Path(url[len("file://") :] if url.startswith("file://") else url)
+        return store.parent / f"{store.name}-state"
+    return Path("var") / "state"
+
+
+async def bootstrap_admin(tenancy: TenancyStore, directory: Path) -> None:
+    """First start with no user: a superuser ``admin`` with a random password.
+
+    Create-if-absent, so of several replicas only one wins; the winner writes
+    the password to a 0600 file and prints only that file's path.
+    """
+    password = secrets.token_urlsafe(18)
+    if not await tenancy.create_first_user("admin", password):
+        return
+
+    def write() -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "admin-password"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(password + "\n")
+        os.chmod(path, 0o600)
+        return path.resolve()
+
+    path = await asyncio.to_thread(write)
+    LOGGER.warning("created the superuser 'admin'; its password is in %s", path)
+
+
 def build_app(config: Config, registry: Registry | None = None) -> web.Application:
     """The application for *config*; pass *registry* to serve one you built yourself."""
     if registry is None:
@@ -169,7 +211,13 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     app[IN_FLIGHT_KEY] = InFlight()
     metrics = Metrics()
     app[METRICS_KEY] = metrics
-    v2 = V2Routes(registry)
+    domains = Domains(config.domains, config.server.trusted_proxies)
+    tenancy = TenancyStore(registry.driver)
+    guard = Guard(config.auth, tenancy, domains) if config.auth.enabled else None
+    app[TENANCY_KEY] = tenancy
+    if guard is not None:
+        app[GUARD_KEY] = guard
+    v2 = V2Routes(registry, guard, domains)
     app[V2_KEY] = v2
     metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)
     v2.add_to(app)
@@ -178,6 +226,8 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     app.router.add_get("/metrics", metrics.handler)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
+        if guard is not None and config.auth.bootstrap_admin:
+            await bootstrap_admin(tenancy, state_dir(config))
         task = asyncio.create_task(
             _purge_loop(registry, config.uploads.purge_after, config.uploads.purge_interval)
         )

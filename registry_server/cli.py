@@ -97,6 +97,8 @@ def serve(args: argparse.Namespace) -> int:
         overrides.setdefault("server", {})["log_format"] = args.log_format
     if args.storage:
         overrides.setdefault("storage", {})["url"] = args.storage
+    if args.state_dir:
+        overrides.setdefault("server", {})["state_dir"] = args.state_dir
     try:
         config = load_config(args.config, overrides=overrides)
         host, port = _split_listen(config.server.listen)
@@ -159,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
     run.add_argument("--log-format", choices=["text", "json"], help="access log format")
+    run.add_argument("--state-dir", help="folder for local state (the bootstrap admin password)")
     run.set_defaults(func=serve)
+    from .admin_cli import add_admin_commands
+
+    add_admin_commands(commands)
     return parser
 
 

@@ -33,6 +33,8 @@ from registry_core.names import Reference, RepositoryName
 from registry_core.registry import Repository, paginate
 from registry_core.storage.blobs import Upload, upload_range
 
+from .auth import OPEN_ACCESS, Guard
+from .domains import Domains
 from .state import state_of
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -71,6 +73,12 @@ def match_route(tail: str) -> Route | None:
         if found:
             return Route(kind, found["name"], found.groupdict().get("ref"))
     return None
+
+
+def _visible(request: web.Request, repo: Repository) -> str:
+    """The repository's name as this request's client knows it (custom domains)."""
+    mapper = state_of(request).mapper
+    return (mapper.external(repo.name.value) if mapper else None) or repo.name.value
 
 
 def _page_size(request: web.Request) -> int | None:
@@ -138,8 +146,12 @@ def _content_range_start(request: web.Request) -> int | None:
 class V2Routes:
     """Handlers for every ``/v2/`` endpoint, bound to one Registry."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self, registry: Registry, guard: Guard | None = None, domains: Domains | None = None
+    ) -> None:
         self.registry = registry
+        self.guard = guard
+        self.domains = domains or Domains({}, [])
         self.uploads_in_flight = 0
         self._handlers: dict[tuple[str, str], Handler] = {
             ("base", "GET"): self.base,
@@ -162,6 +174,9 @@ class V2Routes:
         }
 
     def add_to(self, app: web.Application) -> None:
+        if self.guard is not None:
+            app.router.add_route("GET", "/v2/token", self.token)
+            app.router.add_route("POST", "/v2/token", self.token)
         app.router.add_route("*", "/v2", self.dispatch)
         app.router.add_route("*", "/v2/{tail:.*}", self.dispatch)
 
@@ -172,7 +187,11 @@ class V2Routes:
             raise NotFound(f"no endpoint at {request.path[:200]}")
         state = state_of(request)
         state.route = route.kind
-        state.repository = route.name
+        mapper = state.mapper = self.domains.mapper(request)
+        name = None
+        if route.name is not None:
+            route = attrs.evolve(route, name=mapper.internal(route.name))
+            state.repository = route.name
         handler = self._handlers.get((route.kind, request.method))
         if handler is None:
             allowed = sorted(method for kind, method in self._handlers if kind == route.kind)
@@ -180,7 +199,18 @@ class V2Routes:
                 f"{request.method} is not supported here",
                 headers={"Allow": ", ".join(allowed)},
             )
+        if self.guard is None:
+            state.access = OPEN_ACCESS
+        else:
+            if route.name is not None:
+                name = RepositoryName.parse(route.name)
+            state.access = await self.guard.check(request, route.kind, name, mapper)
         return await handler(request, route)
+
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        state_of(request).route = "token"
+        assert self.guard is not None
+        return await self.guard.token_endpoint(request)
 
     def repository(self, route: Route) -> Repository:
         assert route.name is not None
@@ -194,7 +224,12 @@ class V2Routes:
     async def catalog(self, request: web.Request, route: Route) -> web.StreamResponse:
         n = _page_size(request)
         last = request.query.get("last")
-        names = await self.registry.repositories()
+        state = state_of(request)
+        names = []
+        for full in await self.registry.repositories():
+            visible = state.mapper.external(full)
+            if visible is not None and await state.access.allows(RepositoryName(full), "pull"):
+                names.append(visible)
         page = paginate(names, n, last)
         complete = not page or page[-1] == names[-1]
         headers = _next_link("/v2/_catalog", n, page, complete)
@@ -208,8 +243,9 @@ class V2Routes:
             raise NameUnknown(detail={"name": route.name})
         page = paginate(tags, n, request.query.get("last"))
         complete = not page or page[-1] == tags[-1]
-        headers = _next_link(f"/v2/{repo.name}/tags/list", n, page, complete)
-        return _json({"name": str(repo.name), "tags": page}, headers=headers)
+        visible = _visible(request, repo)
+        headers = _next_link(f"/v2/{visible}/tags/list", n, page, complete)
+        return _json({"name": visible, "tags": page}, headers=headers)
 
     async def referrers(self, request: web.Request, route: Route) -> web.StreamResponse:
         repo = self.repository(route)
@@ -232,7 +268,11 @@ class V2Routes:
         repo = self.repository(route)
         assert route.reference is not None
         reference = Reference.parse(route.reference)
-        stored = await repo.manifests.get(str(reference))
+        if request.method == "HEAD":
+            stored = await repo.manifests.get(str(reference))
+        else:
+            async with state_of(request).access.pulling():
+                stored = await repo.manifests.get(str(reference))
         etag = f'"{stored.digest}"'
         headers = {
             "Docker-Content-Digest": str(stored.digest),
@@ -266,7 +306,7 @@ class V2Routes:
         )
         digest = reference.digest or parsed.digest
         headers = {
-            "Location": f"/v2/{repo.name}/manifests/{digest}",
+            "Location": f"/v2/{_visible(request, repo)}/manifests/{digest}",
             "Docker-Content-Digest": str(digest),
         }
         if parsed.subject is not None:
@@ -311,18 +351,20 @@ class V2Routes:
 
     # -- uploads ----------------------------------------------------------------
 
-    def _upload_headers(self, repo: Repository, upload: Upload) -> dict[str, str]:
+    def _upload_headers(
+        self, request: web.Request, repo: Repository, upload: Upload
+    ) -> dict[str, str]:
         return {
-            "Location": f"/v2/{repo.name}/blobs/uploads/{upload.id}",
+            "Location": f"/v2/{_visible(request, repo)}/blobs/uploads/{upload.id}",
             "Range": upload_range(upload.size),
             "Docker-Upload-UUID": upload.id,
         }
 
-    def _blob_created(self, repo: Repository, digest: Digest) -> web.Response:
+    def _blob_created(self, request: web.Request, repo: Repository, digest: Digest) -> web.Response:
         return web.Response(
             status=201,
             headers={
-                "Location": f"/v2/{repo.name}/blobs/{digest}",
+                "Location": f"/v2/{_visible(request, repo)}/blobs/{digest}",
                 "Docker-Content-Digest": str(digest),
             },
         )
@@ -333,21 +375,26 @@ class V2Routes:
         source = request.query.get("from")
         if mount and source:
             digest = Digest.parse(mount)
+            state = state_of(request)
             try:
-                source_repo = self.registry.repository(source)
+                source_repo = self.registry.repository(state.mapper.internal(source))
             except RegistryError:  # an unusable `from` means a plain upload, as the spec allows
                 source_repo = None
-            if source_repo is not None and await repo.blobs.mount(digest, source_repo.blobs):
-                return self._blob_created(repo, digest)
+            if (
+                source_repo is not None
+                and await state.access.allows(source_repo.name, "pull")
+                and await repo.blobs.mount(digest, source_repo.blobs)
+            ):
+                return self._blob_created(request, repo, digest)
         expected = request.query.get("digest")
         if expected is not None:
             digest = Digest.parse(expected)
             async with repo.blobs.upload() as upload:
                 await self._append(request, upload, None)
                 await upload.commit(digest, request.content_length)
-            return self._blob_created(repo, digest)
+            return self._blob_created(request, repo, digest)
         upload = await repo.blobs.start_upload()
-        return web.Response(status=202, headers=self._upload_headers(repo, upload))
+        return web.Response(status=202, headers=self._upload_headers(request, repo, upload))
 
     async def _append(self, request: web.Request, upload: Upload, start: int | None) -> None:
         self.uploads_in_flight += 1
@@ -360,7 +407,7 @@ class V2Routes:
         repo = self.repository(route)
         assert route.reference is not None
         upload = await repo.blobs.get_upload(route.reference)
-        return web.Response(status=204, headers=self._upload_headers(repo, upload))
+        return web.Response(status=204, headers=self._upload_headers(request, repo, upload))
 
     async def patch_upload(self, request: web.Request, route: Route) -> web.StreamResponse:
         repo = self.repository(route)
@@ -368,7 +415,7 @@ class V2Routes:
         upload = await repo.blobs.get_upload(route.reference)
         start = _content_range_start(request)
         await self._append(request, upload, start)
-        return web.Response(status=202, headers=self._upload_headers(repo, upload))
+        return web.Response(status=202, headers=self._upload_headers(request, repo, upload))
 
     async def finish_upload(self, request: web.Request, route: Route) -> web.StreamResponse:
         repo = self.repository(route)
@@ -382,7 +429,7 @@ class V2Routes:
             start = _content_range_start(request)
             await self._append(request, upload, start)
         await upload.commit(digest)
-        return self._blob_created(repo, digest)
+        return self._blob_created(request, repo, digest)
 
     async def cancel_upload(self, request: web.Request, route: Route) -> web.StreamResponse:
         repo = self.repository(route)

@@ -252,7 +252,7 @@ class V2Client:
 
 def make_config(storage: str, tmp_path: Path, manifests: dict[str, Any] | None = None) -> Any:
     url = "memory://" if storage == "memory" else f"file://{tmp_path / 'storage'}"
-    overrides: dict[str, dict[str, Any]] = {"storage": {"url": url}}
+    overrides: dict[str, dict[str, Any]] = {"storage": {"url": url}, "auth": {"enabled": False}}
     if manifests:
         overrides["manifests"] = manifests
     return load_config(overrides=overrides, environ={})

@@ -313,6 +313,9 @@ class RegistryServer(ManagedServer):
     to the ``serve`` command line. ``env`` overrides the inherited environment (a ``None``
     value unsets); inherited ``CARGOHOLD_*`` variables are dropped so the developer's
     shell cannot change test behaviour. Ready when ``GET /healthz`` answers 200.
+    ``auth``: False (the default) serves an open registry (``CARGOHOLD_AUTH_ENABLED=false``);
+    True leaves authentication on, configured by ``config`` (tests create users with the
+    CLI on the storage before starting the server).
 
     Usage::
 
@@ -333,8 +336,10 @@ class RegistryServer(ManagedServer):
         env: Mapping[str, str | None] | None = None,
         workdir: str | os.PathLike[str] | None = None,
         startup_timeout: float = 30.0,
+        auth: bool = False,
     ) -> None:
         super().__init__(port=port, env=env, workdir=workdir, startup_timeout=startup_timeout)
+        self.auth = auth
         self.storage_url = storage_url
         self.config = Path(config) if config is not None else None
         self.extra_args = list(extra_args)
@@ -369,6 +374,8 @@ class RegistryServer(ManagedServer):
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
         env["PYTHONUNBUFFERED"] = "1"
+        if not self.auth:
+            env["CARGOHOLD_AUTH_ENABLED"] = "false"
         return env
 
 

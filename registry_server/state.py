@@ -1,0 +1,43 @@
+"""Per-request state shared by the middleware, the handlers and the access logger.
+
+One typed object under one key, instead of loose string keys: the access
+logger (which runs after the response, outside the middleware) reads what
+the middleware and handlers recorded here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .observability import Metrics
+
+
+@attrs.define
+class RequestState:
+    request_id: str = ""
+    route: str = "other"
+    repository: str | None = None
+    bytes_in: int = 0
+    metrics: Metrics | None = None
+    log_format: str = "text"
+    access: Any = None
+    """What the caller may do (``registry_server.auth.Access``), set by dispatch."""
+    mapper: Any = None
+    """Client-visible <-> full names for this request's host (custom domains)."""
+
+
+_KEY_TYPE = getattr(web, "RequestKey", None)
+STATE_KEY: Any = _KEY_TYPE("state", RequestState) if _KEY_TYPE is not None else "cargohold.state"
+
+
+def state_of(request: web.BaseRequest) -> RequestState:
+    """The request's state, created on first use (also for requests no middleware saw)."""
+    state = request.get(STATE_KEY)
+    if state is None:
+        state = RequestState()
+        request[STATE_KEY] = state
+    return state  # type: ignore[no-any-return]
