@@ -305,9 +305,35 @@ class Authenticator:
         self._roles[(user, tenant)] = (now + self.cache_ttl, role)
         return role
 
+    async def api_key_login(self, secret: str) -> Identity | None:
+        """An ``X-Api-Key`` header: the key alone names its user."""
+        key_id = None
+        parts = secret.split("_", 2)
+        if len(parts) == 3 and parts[0] == API_KEY_PREFIX:
+            key_id = parts[1]
+        if key_id is None:
+            return None
+        record = await self.tenancy.get_api_key(key_id)
+        if record is None:
+            return None
+        return await self.login(record.user, secret)
+
     async def actions(self, identity: Identity, name: RepositoryName) -> frozenset[str]:
         """What *identity* may do on repository *name* (empty: nothing, existence hidden)."""
-        tenant = name.tenant
+        return await self.tenant_actions(identity, name.tenant, name.image)
+
+    async def role(self, identity: Identity, tenant: Tenant) -> str | None:
+        """The management role on a tenant: ``admin`` for superusers, else the member role."""
+        if identity.kind != "user":
+            return None
+        if identity.superuser:
+            return "admin"
+        return await self._role(identity.name, tenant)
+
+    async def tenant_actions(
+        self, identity: Identity, tenant: Tenant, image: str | None = None
+    ) -> frozenset[str]:
+        """What *identity* may do in registry *tenant* (on *image*, for pattern-limited tokens)."""
         record = await self.registry_record(tenant)
         if record is None:
             return frozenset()
@@ -315,7 +341,11 @@ class Authenticator:
         granted: frozenset[str] = PULL if public else frozenset()
         if identity.kind == "token":
             token = identity.token
-            if token is not None and token.tenant == tenant and token.covers(name.image):
+            if (
+                token is not None
+                and token.tenant == tenant
+                and (image is None or token.covers(image))
+            ):
                 return PULL
             return frozenset()
         if identity.kind == "user":

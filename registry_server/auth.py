@@ -291,6 +291,29 @@ class Guard:
             return frozenset()
         return scope.actions & await self.authenticator.actions(identity, name)
 
+    # -- the management API -----------------------------------------------------------------
+
+    async def api_identity(self, request: web.BaseRequest) -> Identity:
+        """The caller of an ``/api/v1/`` route: ``X-Api-Key``, Basic, or a user's bearer token."""
+        key = request.headers.get("X-Api-Key")
+        if key:
+            keys = [f"addr:{request.remote or ''}"]
+            delay = self.throttle.check(keys)
+            identity = await self.authenticator.api_key_login(key.strip())
+            if identity is None:
+                self.throttle.failed(keys)
+                if delay:
+                    await asyncio.sleep(delay)
+                raise Unauthorized("invalid API key")
+            return identity
+        identity, claims = await self.identify(request)
+        if identity.anonymous:
+            raise Unauthorized(
+                "authentication required: X-Api-Key, Basic credentials or a bearer token",
+                headers={"WWW-Authenticate": 'Basic realm="cargohold"'},
+            )
+        return await self.live(identity, claims)
+
     def forget(self, record_ids: Iterable[str]) -> None:
         for record_id in record_ids:
             self.authenticator.forget(record_id)
