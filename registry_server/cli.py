@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from registry_core import ConfigError, load_config
+from registry_core.config import TlsConfig
 
 from .observability import AccessLogger
 
@@ -48,8 +50,32 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def tls_context(config: TlsConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from ``[tls]`` (None: plain HTTP)."""
+    if not config.cert and not config.key:
+        return None
+    if not (config.cert and config.key):
+        raise ConfigError("tls.cert and tls.key must be given together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.cert, config.key)
+        if config.client_ca:
+            context.load_verify_locations(config.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate or key: {exc}") from None
+    return context
+
+
 async def _serve_until_signalled(
-    app: web.Application, host: str, port: int, *, shutdown_timeout: float, reuse_port: bool
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float,
+    reuse_port: bool,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve *app* until SIGTERM/SIGINT, then stop gracefully.
 
@@ -75,7 +101,7 @@ async def _serve_until_signalled(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context)
         await site.start()
         await stopping.wait()
         await site.stop()  # no new connections from here on
@@ -104,6 +130,7 @@ def serve(args: argparse.Namespace) -> int:
         host, port = _split_listen(config.server.listen)
         if config.server.workers > 1 and config.storage.url.startswith("memory://"):
             raise ConfigError("server.workers > 1 needs shared storage, not memory://")
+        context = tls_context(config.tls)
     except ConfigError as exc:
         print(f"cargohold: {exc}", file=sys.stderr)
         return 2
@@ -116,14 +143,17 @@ def serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"cargohold: cannot open storage {config.storage.url!r}: {exc}", file=sys.stderr)
         return 2
-    if not _is_loopback(host):
+    if not _is_loopback(host) and context is None and not config.server.trusted_proxies:
         logging.getLogger("cargohold.server").warning(
-            "listening on %s without TLS: credentials would cross the network in clear text",
+            "listening on %s without TLS or a trusted TLS-terminating proxy: credentials "
+            "would cross the network in clear text (set [tls] cert/key or "
+            "server.trusted_proxies)",
             host,
         )
     workers = config.server.workers
     print(
-        f"cargohold: serving {config.storage.url} on http://{host}:{port}"
+        f"cargohold: serving {config.storage.url} on "
+        f"{'https' if context else 'http'}://{host}:{port}"
         + (f" with {workers} workers" if workers > 1 else ""),
         file=sys.stderr,
         flush=True,
@@ -138,6 +168,7 @@ def serve(args: argparse.Namespace) -> int:
                 port,
                 shutdown_timeout=config.server.shutdown_timeout,
                 reuse_port=workers > 1,
+                ssl_context=tls_context(config.tls),
             )
         )
 
