@@ -77,6 +77,19 @@ class AuthConfig(_Section):
     """On first start with no user at all, create a superuser ``admin`` with a random password."""
 
 
+class ArchivesConfig(_Section):
+    """Image archives uploaded whole (``docker save``, OCI layouts) and exported."""
+
+    max_size: int = 16 * 1024**3
+    """Bytes an archive may have, as uploaded and once unpacked (413 beyond)."""
+    max_layer_size: int = 8 * 1024**3
+    """Bytes one layer may have, compressed or not (400 beyond)."""
+    temp_dir: str = ""
+    """Where uploads are spooled and layers compressed (default: the system's temp folder)."""
+    compression: Literal["gzip", "zstd"] = "gzip"
+    """How layers that arrive uncompressed are stored (zstd needs ``cargohold[zstd]``)."""
+
+
 class TlsConfig(_Section):
     cert: str | None = None
     key: str | None = None
@@ -91,12 +104,13 @@ class Config(_Section):
     manifests: ManifestsConfig = msgspec.field(default_factory=ManifestsConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
+    archives: ArchivesConfig = msgspec.field(default_factory=ArchivesConfig)
     domains: dict[str, str] = msgspec.field(default_factory=dict)
     """Host name -> ``OWNER`` or ``OWNER/REGISTRY``: clients of that host use shorter names."""
 
 
 ENV_PREFIX = "CARGOHOLD_"
-_SECTIONS = ("server", "storage", "uploads", "manifests", "auth", "tls")
+_SECTIONS = ("server", "storage", "uploads", "manifests", "auth", "tls", "archives")
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
