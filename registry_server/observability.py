@@ -67,7 +67,7 @@ class Metrics:
         self.requests.labels(route, request.method, str(response.status)).inc()
         self.latency.labels(route, request.method).observe(seconds)
         self.bytes_in.labels(route).inc(state_of(request).bytes_in)
-        self.bytes_out.labels(route).inc(body_bytes(response))
+        self.bytes_out.labels(route).inc(body_bytes(request, response))
 
     async def handler(self, request: web.Request) -> web.Response:
         state_of(request).route = "metrics"
@@ -76,8 +76,10 @@ class Metrics:
         return response
 
 
-def body_bytes(response: web.StreamResponse) -> int:
+def body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
     """Body bytes sent (aiohttp's body_length also counts the status line and headers)."""
+    if request.method == "HEAD":
+        return 0  # Content-Length announces what a GET would get; no body is sent
     if response.content_length is not None and response.status not in (204, 304):
         return response.content_length if response.prepared else 0
     return response.body_length
@@ -109,7 +111,7 @@ class AccessLogger(AbstractAccessLogger):
             "repository": state.repository,
             "status": response.status,
             "bytes_in": state.bytes_in,
-            "bytes_out": body_bytes(response),
+            "bytes_out": body_bytes(request, response),
             "duration_ms": round(time * 1000, 3),
         }
         if state.log_format == "json":
