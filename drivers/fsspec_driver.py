@@ -61,7 +61,12 @@ class FsspecDriver:
         self._blocking = blocking
 
     def _full(self, path: str) -> str:
-        return f"{self.root}/{check_path(path)}" if path else self.root
+        """The backend path of an object (never the root: "" is not an object)."""
+        return f"{self.root}/{check_path(path)}"
+
+    def _dir(self, path: str) -> str:
+        """The backend path of a directory to list or walk; "" is the driver's root."""
+        return self._full(path) if path else self.root
 
     def _relative(self, full: str) -> str:
         full = full.rstrip("/")
@@ -129,11 +134,11 @@ class FsspecDriver:
         return FsspecWriter(self, handle, size)
 
     async def stat(self, path: str) -> FileInfo:
-        info = await self._call(self.fs.info, self._full(path))
+        info = await self._call(self.fs.info, self._dir(path))
         return _file_info(path, info)
 
     async def list(self, path: str) -> list[str]:
-        full = self._full(path)
+        full = self._dir(path)
         entries = await self._call(self.fs.ls, full, detail=False)
         names = [str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries]
         if names == [full.rsplit("/", 1)[-1]] and not await self._call(self.fs.isdir, full):
@@ -143,7 +148,7 @@ class FsspecDriver:
     async def walk(self, path: str, prune: WalkFilter | None = None) -> AsyncIterator[FileInfo]:
         def collect() -> list[FileInfo]:
             found: list[FileInfo] = []
-            full = self._full(path)
+            full = self._dir(path)
             if not self.fs.isdir(full):
                 return found
             for directory, dirs, files in self.fs.walk(full, detail=True, topdown=True):

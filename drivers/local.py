@@ -198,7 +198,7 @@ class LocalDriver(FsspecDriver):
         return LocalWriter(await self._call(create), 0, full, temporary)
 
     async def stat(self, path: str) -> FileInfo:
-        full = self._full(path)
+        full = self._dir(path)
 
         def stat() -> FileInfo:
             try:
@@ -211,7 +211,7 @@ class LocalDriver(FsspecDriver):
         return await self._call(stat)
 
     async def list(self, path: str) -> list[str]:
-        full = self._full(path)
+        full = self._dir(path)
 
         def listdir() -> list[str]:
             try:
@@ -226,7 +226,7 @@ class LocalDriver(FsspecDriver):
         return await self._call(listdir)
 
     async def walk(self, path: str, prune: WalkFilter | None = None) -> AsyncIterator[FileInfo]:
-        for entry in await self._call(_scan, self._full(path), self.root, prune):
+        for entry in await self._call(_scan, self._dir(path), self.root, prune):
             yield entry
 
     async def move(self, source: str, destination: str) -> None:
