@@ -26,6 +26,7 @@ from registry_core import Config, Registry, RegistryError, StorageError
 from registry_core.errors import NotFound, TooLarge, Unavailable, Unsupported
 from registry_core.tenancy import TenancyStore
 
+from .api import ApiRoutes
 from .auth import Guard
 from .domains import Domains
 from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
@@ -221,6 +222,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     app[V2_KEY] = v2
     metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)
     v2.add_to(app)
+    ApiRoutes(registry, guard, config.archives).add_to(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics.handler)

@@ -195,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", help="folder for local state (the bootstrap admin password)")
     run.set_defaults(func=serve)
     from .admin_cli import add_admin_commands
+    from .archive_cli import add_archive_commands
 
     add_admin_commands(commands)
+    add_archive_commands(commands)
     return parser
 
 

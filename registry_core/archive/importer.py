@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final, Literal
 
 import attrs
@@ -556,12 +556,15 @@ async def import_archive(
     options: ImportOptions | None = None,
     workspace: Workspace | None = None,
     delete_source: bool = False,
+    authorize: Callable[[RepositoryName], Awaitable[None]] | None = None,
 ) -> ImportResult:
     """Import the archive at *path* into *tenant* (``OWNER/REGISTRY``).
 
     *tags* are ``NAME[:TAG]`` names inside the tenant that replace the ones
     the archive carries (single-image archives only). *delete_source*: *path*
     is a temporary file the import may remove as soon as it has unpacked it.
+    *authorize* is awaited with every repository the archive would write to,
+    before any layer is read; it raises to refuse.
     """
     options = options or ImportOptions()
     if isinstance(tenant, str):
@@ -579,7 +582,7 @@ async def import_archive(
             delete_source=delete_source,
         )
         try:
-            return await _import(registry, tenant, archive, tags, options, workspace)
+            return await _import(registry, tenant, archive, tags, options, workspace, authorize)
         finally:
             await asyncio.to_thread(archive.close)
     finally:
@@ -594,10 +597,14 @@ async def _import(
     tags: Sequence[str],
     options: ImportOptions,
     workspace: Workspace,
+    authorize: Callable[[RepositoryName], Awaitable[None]] | None,
 ) -> ImportResult:
     reader = ArchiveReader(archive, max_metadata_size=options.max_metadata_size)
     targets = await asyncio.to_thread(reader.targets)
     names = resolve_names(targets, tenant, tags)
+    if authorize is not None:
+        for repository in dict.fromkeys(name for pairs in names for name, _ in pairs):
+            await authorize(repository)
     importer = _Importer(registry, tenant, archive, options, workspace)
     try:
         stored = [await importer.plan(target.plan) for target in targets]
