@@ -15,7 +15,7 @@ from .mediatypes import MAX_MANIFEST_SIZE
 from .names import RepositoryName
 from .storage import layout
 from .storage.blobs import BlobStore, RepositoryBlobs
-from .storage.cache import DEFAULT_CACHE_BYTES, ContentCache
+from .storage.cache import DEFAULT_CACHE_BYTES, ContentCache, LinkCache
 from .storage.driver import PathNotFound, StorageDriver
 from .storage.manifests import ManifestStore
 
@@ -47,6 +47,7 @@ class Repository:
             self.blobs,
             name,
             registry.manifest_cache,
+            registry.link_cache,
             strict_index=registry.strict_index,
             max_size=registry.max_manifest_size,
         )
@@ -63,10 +64,12 @@ class Registry:
         strict_index: bool = False,
         max_manifest_size: int = MAX_MANIFEST_SIZE,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        link_cache_ttl: float = 0.0,
     ) -> None:
         self.driver = driver
         self.blob_store = BlobStore(driver)
         self.manifest_cache = ContentCache(cache_bytes)
+        self.link_cache = LinkCache(link_cache_ttl)
         self.strict_index = strict_index
         self.max_manifest_size = max_manifest_size
 

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import secrets
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from .api import ApiRoutes
 from .auth import Guard
 from .domains import Domains
 from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
-from .state import state_of
+from .state import new_request_id, state_of
 from .v2 import API_VERSION_HEADER, V2Routes
 
 LOGGER = logging.getLogger("cargohold.server")
@@ -98,7 +97,7 @@ def _from_http_exception(exc: web.HTTPException) -> RegistryError:
 async def request_context(request: web.Request, handler: HandlerType) -> web.StreamResponse:
     """Request id, and the one place errors become responses."""
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID.match(incoming) else new_request_id()
     state = state_of(request)
     state.request_id = request_id
     state.metrics = request.app[METRICS_KEY]
@@ -204,6 +203,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
             strict_index=config.manifests.strict_index,
             max_manifest_size=config.manifests.max_size,
             cache_bytes=config.manifests.cache_bytes,
+            link_cache_ttl=config.manifests.link_cache_ttl,
         )
     app = web.Application(middlewares=[request_context], client_max_size=1 << 20)
     app.on_response_prepare.append(common_headers)

@@ -9,15 +9,13 @@ a request id (also recorded for the access log).
 
 from __future__ import annotations
 
-import uuid
-
 import msgspec
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from registry_core import RegistryError
 
-from .state import state_of
+from .state import new_request_id, state_of
 from .v2 import API_VERSION_HEADER
 
 
@@ -33,7 +31,7 @@ class JsonErrorRequestHandler(web.RequestHandler):
     ) -> web.StreamResponse:
         # Logs the error, and raises when part of a response was already sent.
         super().handle_error(request, status, exc, message)
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         state_of(request).request_id = request_id
         error = RegistryError(
             "malformed HTTP request" if 400 <= status < 500 else "internal server error"

@@ -7,6 +7,7 @@ across processes and replicas alike; only its size is bounded. Mutable state
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 from ..digest import Digest
@@ -38,3 +39,39 @@ class ContentCache:
             _, (old, _) = self._items.popitem(last=False)
             self._bytes -= len(old)
         return item
+
+
+class LinkCache:
+    """A short-lived cache of mutable links (tag -> digest, revision present), per process.
+
+    Writes and deletes made through this process update it at once; changes
+    made by other processes sharing the storage are seen within ``ttl``
+    seconds. ``ttl = 0`` turns it off.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, str], tuple[float, Digest]] = {}
+
+    def get(self, repository: str, key: str) -> Digest | None:
+        if self.ttl <= 0:
+            return None
+        entry = self._entries.get((repository, key))
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            self._entries.pop((repository, key), None)
+            return None
+        return entry[1]
+
+    def put(self, repository: str, key: str, digest: Digest) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[(repository, key)] = (time.monotonic() + self.ttl, digest)
+
+    def forget_repository(self, repository: str) -> None:
+        for entry in [k for k in self._entries if k[0] == repository]:
+            del self._entries[entry]

@@ -53,6 +53,22 @@ def check_path(path: str) -> str:
 
 
 @attrs.frozen
+class DriverSettings:
+    """Cargohold's own storage keys (``[storage]``) a driver may honour.
+
+    They are never handed to the backend library: ``[storage.options]`` is, unchanged.
+    A factory that accepts a ``settings`` keyword receives them.
+    """
+
+    part_size: int = 8 * 1024 * 1024
+    """Bytes per part of a streamed upload (a store raises it to its own minimum)."""
+    timeout: float = 60.0
+    """Seconds one backend request may take before it is abandoned (and retried)."""
+    retries: int = 5
+    """Retries, with exponential backoff, of a request that failed transiently."""
+
+
+@attrs.frozen
 class FileInfo:
     path: str
     size: int

@@ -25,7 +25,7 @@ from ..mediatypes import MAX_MANIFEST_SIZE
 from ..names import RepositoryName, validate_tag
 from . import layout
 from .blobs import BlobStore, RepositoryBlobs
-from .cache import ContentCache
+from .cache import ContentCache, LinkCache
 from .driver import PathNotFound, StorageDriver
 
 
@@ -58,6 +58,7 @@ class ManifestStore:
         blobs: RepositoryBlobs,
         name: RepositoryName,
         cache: ContentCache,
+        links: LinkCache | None = None,
         *,
         strict_index: bool = False,
         max_size: int = MAX_MANIFEST_SIZE,
@@ -67,6 +68,8 @@ class ManifestStore:
         self.blobs = blobs
         self.name = name
         self.cache = cache
+        self.links = links or LinkCache(0)
+        self._key = name.value
         self.strict_index = strict_index
         self.max_size = max_size
 
@@ -74,17 +77,22 @@ class ManifestStore:
 
     async def resolve(self, reference: str) -> Digest:
         """The digest a tag or digest reference names in this repository."""
+        cached = self.links.get(self._key, reference)
+        if cached is not None:
+            return cached
         if ":" in reference:
             digest = Digest.parse(reference)
             if not await self._has_revision(digest):
                 raise ManifestUnknown(detail={"reference": reference})
-            return digest
-        tag = validate_tag(reference)
-        try:
-            link = await self.driver.read(layout.tag_current_link(self.name, tag))
-        except PathNotFound:
-            raise ManifestUnknown(detail={"tag": tag}) from None
-        return Digest.parse(link.decode().strip())
+        else:
+            tag = validate_tag(reference)
+            try:
+                link = await self.driver.read(layout.tag_current_link(self.name, tag))
+            except PathNotFound:
+                raise ManifestUnknown(detail={"tag": tag}) from None
+            digest = Digest.parse(link.decode().strip())
+        self.links.put(self._key, reference, digest)
+        return digest
 
     async def _has_revision(self, digest: Digest) -> bool:
         try:
@@ -161,9 +169,16 @@ class ManifestStore:
             raise ManifestUnknown(detail={"digest": str(digest)})
         await self.driver.write(layout.tag_index_link(self.name, tag, digest), str(digest).encode())
         await self.driver.write(layout.tag_current_link(self.name, tag), str(digest).encode())
+        self.links.put(self._key, tag, digest)
 
     async def delete(self, reference: str) -> None:
         """By digest: the revision, its tags and its referrer entry. By tag: only the tag."""
+        try:
+            await self._delete(reference)
+        finally:
+            self.links.forget_repository(self._key)
+
+    async def _delete(self, reference: str) -> None:
         if ":" not in reference:
             tag = validate_tag(reference)
             try:
