@@ -260,6 +260,11 @@ class Authenticator:
         for key in self._by_secret_id.pop(record_id, set()):
             self._logins.pop(key, None)
 
+    def forget_access(self) -> None:
+        """Drop cached registry records and roles (after a visibility or membership change)."""
+        self._tenants.clear()
+        self._roles.clear()
+
     def forget_all(self) -> None:
         self._logins.clear()
         self._tenants.clear()

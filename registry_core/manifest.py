@@ -221,3 +221,23 @@ def _parse_index(body: bytes, media_type: str, digest: Digest) -> ParsedManifest
 def descriptor_dict(descriptor: Descriptor) -> dict[str, Any]:
     """A descriptor as plain JSON-ready data."""
     return msgspec.to_builtins(descriptor)
+
+
+class _References(msgspec.Struct, kw_only=True):
+    config: Descriptor | None = None
+    layers: list[Descriptor] = []
+    manifests: list[Descriptor] = []
+
+
+def descriptors_of(body: bytes) -> list[Descriptor]:
+    """What stored manifest bytes reference: config and layers, or an index's manifests.
+
+    For reporting (sizes, listings); the bytes were validated when they were pushed,
+    so anything unreadable yields an empty list rather than an error.
+    """
+    try:
+        doc = msgspec.json.decode(body, type=_References)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return []
+    found = [doc.config] if doc.config is not None else []
+    return found + doc.layers + doc.manifests

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 
 from .mediatypes import MAX_MANIFEST_SIZE
-from .names import RepositoryName
+from .names import RepositoryName, Tenant
 from .storage import layout
 from .storage.blobs import BlobStore, RepositoryBlobs
 from .storage.cache import DEFAULT_CACHE_BYTES, ContentCache, LinkCache
@@ -77,10 +77,14 @@ class Registry:
         parsed = name if isinstance(name, RepositoryName) else RepositoryName.parse(name)
         return Repository(self, parsed)
 
-    async def repositories(self) -> list[str]:
-        """Every repository with manifests, sorted; walks names only, never the blob tree."""
+    async def repositories(self, tenant: Tenant | None = None) -> list[str]:
+        """Every repository with manifests (of *tenant* only, if given), sorted.
+
+        Walks names only, never the blob tree.
+        """
         names = []
-        async for entry in self.driver.walk(layout.REPOSITORIES, layout.is_repository_internal):
+        top = layout.REPOSITORIES if tenant is None else layout.tenant_repositories(tenant)
+        async for entry in self.driver.walk(top, layout.is_repository_internal):
             if entry.is_dir:
                 name = layout.repository_from_manifests_dir(entry.path)
                 if name is not None:

@@ -52,6 +52,12 @@ class NotFoundRecord(RegistryError):
     code, status, default_message = "NOT_FOUND", 404, "not found"
 
 
+class InvalidRequest(RegistryError):
+    """A value the caller chose that cannot be used (a client error, never a 500)."""
+
+    code, status, default_message = "INVALID_REQUEST", 400, "invalid request"
+
+
 class UserRecord(msgspec.Struct, kw_only=True):
     name: str
     password_hash: str
@@ -231,7 +237,7 @@ class TenancyStore:
     async def create_user(self, name: str, password: str, *, superuser: bool = False) -> UserRecord:
         check_slug("user", name)
         if not password:
-            raise RegistryError("a password is required")
+            raise InvalidRequest("a password is required")
         record = UserRecord(
             name=name,
             password_hash=await asyncio.to_thread(hash_password, password),
@@ -273,6 +279,8 @@ class TenancyStore:
         self, name: str, *, password: str | None = None, superuser: bool | None = None
     ) -> UserRecord:
         user = await self.require_user(name)
+        if password == "":
+            raise InvalidRequest("a password is required")
         if password is not None:
             user.password_hash = await asyncio.to_thread(hash_password, password)
         if superuser is not None:
@@ -280,11 +288,23 @@ class TenancyStore:
         await self._save(layout.user_record(name), user)
         return user
 
-    async def delete_user(self, name: str) -> None:
+    async def delete_user(self, name: str) -> list[str]:
+        """Delete *name*, revoke its API keys and drop its memberships; the revoked key ids."""
         await self.require_user(name)
+        revoked = []
         for key in await self.list_api_keys(name):
-            await self.revoke_api_key(key.id)
+            if not key.revoked:
+                await self.revoke_api_key(key.id)
+                revoked.append(key.id)
+        # A user created later under the same name must not inherit these roles.
+        for owner in await self.list_owners():
+            targets: list[str | None] = [None]
+            targets += [r.name for r in await self.list_registries(owner.name)]
+            for registry in targets:
+                with contextlib.suppress(PathNotFound):
+                    await self.driver.delete(layout.member_record(owner.name, registry, name))
         await self.driver.delete(layout.user_record(name))
+        return revoked
 
     # -- owners and registries -------------------------------------------------------------
 
@@ -367,7 +387,7 @@ class TenancyStore:
         self, owner: str, registry: str | None, user: str, role: Role
     ) -> MemberRecord:
         if role not in ROLES:
-            raise RegistryError(f"role must be one of {', '.join(ROLES)}")
+            raise InvalidRequest(f"role must be one of {', '.join(ROLES)}")
         await self.require_user(user)
         if registry is None:
             await self.require_owner(owner)
@@ -378,10 +398,18 @@ class TenancyStore:
         return record
 
     async def remove_member(self, owner: str, registry: str | None, user: str) -> None:
+        if not all(_SLUG.match(part) for part in (owner, registry or "x", user)):
+            raise NotFoundRecord(f"{user!r} is not a member there")
         try:
             await self.driver.delete(layout.member_record(owner, registry, user))
         except PathNotFound:
             raise NotFoundRecord(f"{user!r} is not a member there") from None
+
+    async def get_member(self, owner: str, registry: str | None, user: str) -> MemberRecord | None:
+        """The role *user* holds directly on the owner (``registry`` None) or on one registry."""
+        if not all(_SLUG.match(part) for part in (owner, registry or "x", user)):
+            return None
+        return await self._load(layout.member_record(owner, registry, user), MemberRecord)
 
     async def list_members(self, owner: str, registry: str | None) -> list[MemberRecord]:
         return await self._load_all(layout.members_dir(owner, registry), MemberRecord)
@@ -455,7 +483,7 @@ class TenancyStore:
     ) -> tuple[TokenRecord, str]:
         await self.require_registry(owner, registry)
         if max_pulls is not None and max_pulls < 1:
-            raise RegistryError("max_pulls must be at least 1")
+            raise InvalidRequest("max_pulls must be at least 1")
         token_id, secret = new_secret(TOKEN_PREFIX)
         now = time.time()
         record = TokenRecord(

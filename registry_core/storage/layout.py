@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 from ..digest import Digest
-from ..names import RepositoryName
+from ..names import RepositoryName, Tenant
 
 ROOT: Final = "docker/registry/v2"
 BLOBS: Final = f"{ROOT}/blobs"
@@ -33,6 +33,11 @@ def repository(name: RepositoryName) -> str:
     return f"{REPOSITORIES}/{name.value}"
 
 
+def tenant_repositories(tenant: Tenant) -> str:
+    """The folder holding every repository of ``OWNER/REGISTRY``."""
+    return f"{REPOSITORIES}/{tenant.owner}/{tenant.registry}"
+
+
 def layer_link(name: RepositoryName, digest: Digest) -> str:
     return f"{repository(name)}/_layers/{digest.algorithm}/{digest.hex}/link"
 
@@ -45,8 +50,16 @@ def manifests_dir(name: RepositoryName) -> str:
     return f"{repository(name)}/_manifests"
 
 
+def revisions_root(name: RepositoryName) -> str:
+    return f"{manifests_dir(name)}/revisions"
+
+
+def revisions_dir(name: RepositoryName, algorithm: str) -> str:
+    return f"{revisions_root(name)}/{algorithm}"
+
+
 def revision_dir(name: RepositoryName, digest: Digest) -> str:
-    return f"{manifests_dir(name)}/revisions/{digest.algorithm}/{digest.hex}"
+    return f"{revisions_dir(name, digest.algorithm)}/{digest.hex}"
 
 
 def revision_link(name: RepositoryName, digest: Digest) -> str:

@@ -221,6 +221,23 @@ class ManifestStore:
         found = await asyncio.gather(*(points(tag) for tag in tags))
         return [tag for tag, hit in zip(tags, found, strict=True) if hit]
 
+    async def revisions(self) -> list[Digest]:
+        """Every manifest revision linked in this repository, sorted by digest."""
+        try:
+            algorithms = await self.driver.list(layout.revisions_root(self.name))
+        except PathNotFound:
+            return []
+        found: list[Digest] = []
+        for algorithm in algorithms:
+            try:
+                entries = await self.driver.list(layout.revisions_dir(self.name, algorithm))
+            except PathNotFound:
+                continue
+            for entry in entries:
+                with contextlib.suppress(DigestInvalid):
+                    found.append(Digest.parse(f"{algorithm}:{entry}"))
+        return sorted(found, key=str)
+
     async def exists(self) -> bool:
         """True when the repository has any manifest revision or tag."""
         try:
