@@ -28,7 +28,9 @@ from registry_core.tenancy import TenancyStore
 from .api import ApiRoutes
 from .auth import Guard
 from .domains import Domains
+from .management import Management
 from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
+from .openapi import add_to as add_openapi
 from .state import new_request_id, state_of
 from .v2 import API_VERSION_HEADER, V2Routes
 
@@ -223,6 +225,8 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)
     v2.add_to(app)
     ApiRoutes(registry, guard, config.archives).add_to(app)
+    Management(registry, tenancy, guard).add_to(app)
+    add_openapi(app, enabled=guard is not None)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics.handler)

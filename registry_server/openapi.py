@@ -1,0 +1,591 @@
+"""The OpenAPI 3.1 document of the ``/api/v1/`` API, served at ``/api/v1/openapi.json``.
+
+Request and response schemas are generated from the very msgspec Structs the
+handlers decode and encode (:mod:`.management`), so a body cannot drift from
+its description; the list of operations is written out here, by hand, and a
+test walks the application's router to keep it exactly the set of routes the
+server answers (``tests/test_api_openapi.py``). The archive routes of
+:mod:`.api` are described here too. This module serves a document and holds no
+API logic.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+import attrs
+import msgspec
+from aiohttp import web
+
+from registry_core.errors import NotFound
+
+from . import management as m
+from .state import state_of
+
+OPENAPI_PATH = f"{m.API_PREFIX}/openapi.json"
+JSON = "application/json"
+
+
+# -- the archive routes' bodies (built by registry_core.archive, documented here) ---------
+
+
+class ImportedImage(msgspec.Struct, kw_only=True):
+    repository: str
+    tags: list[str]
+    digest: str
+    media_type: str
+    config_digests: list[str]
+    platforms: list[str]
+    layers: int
+    size: int
+    """Manifest, config and layers as stored, in bytes."""
+    verbatim: bool
+    """True when the archive's own manifest was stored byte for byte."""
+    source: str
+
+
+class ArchiveImport(msgspec.Struct, kw_only=True):
+    images: list[ImportedImage]
+    blobs_stored: int
+    blobs_existing: int
+    bytes_stored: int
+    archive_compression: str
+    seconds: float
+
+
+# -- operations -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Query:
+    name: str
+    description: str
+    schema: dict[str, Any] = attrs.field(factory=lambda: {"type": "string"})
+    required: bool = False
+
+
+@attrs.frozen
+class Operation:
+    method: str
+    path: str
+    """As the router's canonical form: ``{name}`` for every path parameter."""
+    summary: str
+    tag: str
+    response: Any = None
+    """The Struct (or list type) of the success body; None: no body."""
+    status: int = 200
+    body: Any = None
+    errors: tuple[int, ...] = (401, 403, 404)
+    description: str = ""
+    query: tuple[Query, ...] = ()
+    security: tuple[str, ...] = ("apiKey", "basic", "bearer")
+    body_content: dict[str, Any] | None = None
+    """A non-JSON request body (archives)."""
+    response_content: dict[str, Any] | None = None
+    """A non-JSON success body (archives)."""
+
+
+_USER = f"{m.API_PREFIX}/users/{{name}}"
+_OWNER = f"{m.API_PREFIX}/owners/{{owner}}"
+_REGISTRY = f"{m.API_PREFIX}/registries/{{owner}}/{{registry}}"
+_IMAGE = f"{_REGISTRY}/repositories/{{image}}"
+_BINARY = {"type": "string", "format": "binary"}
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "GET",
+        OPENAPI_PATH,
+        "This document",
+        "meta",
+        response=None,
+        errors=(404,),
+        security=(),
+        response_content={JSON: {"schema": {"type": "object"}}},
+    ),
+    Operation("GET", f"{m.API_PREFIX}/user", "Who am I", "users", m.WhoAmI, errors=(401,)),
+    Operation("GET", f"{m.API_PREFIX}/users", "List users", "users", m.UserList, errors=(401, 403)),
+    Operation(
+        "POST",
+        f"{m.API_PREFIX}/users",
+        "Create a user",
+        "users",
+        m.User,
+        status=201,
+        body=m.NewUser,
+        errors=(400, 401, 403, 409),
+        description="Superusers only.",
+    ),
+    Operation(
+        "GET",
+        _USER,
+        "Show a user",
+        "users",
+        m.User,
+        description="A user may show itself; superusers any user.",
+    ),
+    Operation(
+        "PATCH",
+        _USER,
+        "Change a user's password or superuser flag",
+        "users",
+        m.User,
+        body=m.UserChange,
+        errors=(400, 401, 403, 404),
+        description="A user may change its own password; only a superuser may change "
+        "other users or the superuser flag.",
+    ),
+    Operation(
+        "DELETE",
+        _USER,
+        "Delete a user",
+        "users",
+        status=204,
+        description="Superusers only. Revokes the user's API keys and removes its memberships.",
+    ),
+    Operation(
+        "GET",
+        f"{_USER}/api-keys",
+        "List a user's API keys",
+        "api-keys",
+        m.ApiKeyList,
+        description="The user itself or a superuser. Secrets are never shown here.",
+    ),
+    Operation(
+        "POST",
+        f"{_USER}/api-keys",
+        "Create an API key",
+        "api-keys",
+        m.CreatedApiKey,
+        status=201,
+        body=m.NewApiKey,
+        errors=(400, 401, 403, 404),
+        description="The user itself or a superuser. The response carries the secret, "
+        "once; it is stored only as a hash.",
+    ),
+    Operation(
+        "DELETE",
+        f"{_USER}/api-keys/{{id}}",
+        "Revoke an API key",
+        "api-keys",
+        status=204,
+        description="Refused by this server process at once; by others within auth.cache_ttl.",
+    ),
+    Operation(
+        "GET",
+        f"{m.API_PREFIX}/owners",
+        "List owners",
+        "owners",
+        m.OwnerList,
+        errors=(401, 403),
+        description="Owners the caller holds a role on (on the owner or one of its "
+        "registries); every owner for superusers.",
+    ),
+    Operation(
+        "POST",
+        f"{m.API_PREFIX}/owners",
+        "Create an owner",
+        "owners",
+        m.Owner,
+        status=201,
+        body=m.NewOwner,
+        errors=(400, 401, 403, 409),
+        description="Superusers only.",
+    ),
+    Operation("GET", _OWNER, "Show an owner", "owners", m.Owner),
+    Operation(
+        "DELETE",
+        _OWNER,
+        "Delete an owner",
+        "owners",
+        status=204,
+        errors=(401, 403, 404, 409),
+        description="Superusers only; the owner must hold no registry (409 otherwise).",
+    ),
+    Operation(
+        "GET",
+        f"{_OWNER}/registries",
+        "List an owner's registries",
+        "registries",
+        m.RegistryList,
+        description="The registries of the owner the caller can pull from.",
+    ),
+    Operation(
+        "POST",
+        f"{_OWNER}/registries",
+        "Create a registry",
+        "registries",
+        m.Registry,
+        status=201,
+        body=m.NewRegistry,
+        errors=(400, 401, 403, 404, 409),
+        description="Admins of the owner and superusers.",
+    ),
+    Operation(
+        "GET",
+        f"{_OWNER}/members",
+        "List the owner's members",
+        "members",
+        m.MemberList,
+        description="Roles on the owner apply to all its registries. Admins of the owner.",
+    ),
+    Operation(
+        "PUT",
+        f"{_OWNER}/members",
+        "Give a user a role on the owner",
+        "members",
+        m.Member,
+        body=m.MemberChange,
+        errors=(400, 401, 403, 404),
+        description="Creates or replaces the membership. Admins of the owner.",
+    ),
+    Operation(
+        "DELETE",
+        f"{_OWNER}/members/{{user}}",
+        "Remove a member of the owner",
+        "members",
+        status=204,
+    ),
+    Operation(
+        "GET",
+        _REGISTRY,
+        "Show a registry",
+        "registries",
+        m.Registry,
+        description="Anyone who can pull from it.",
+    ),
+    Operation(
+        "PATCH",
+        _REGISTRY,
+        "Change a registry's visibility",
+        "registries",
+        m.Registry,
+        body=m.RegistryChange,
+        errors=(400, 401, 403, 404),
+        description="Admins of the registry.",
+    ),
+    Operation(
+        "DELETE",
+        _REGISTRY,
+        "Delete a registry",
+        "registries",
+        status=204,
+        description="Admins of the registry. Its members and tokens go with it; its images "
+        "stay in storage until garbage collection.",
+    ),
+    Operation(
+        "GET",
+        f"{_REGISTRY}/members",
+        "List the registry's members",
+        "members",
+        m.MemberList,
+        description="Roles given on this registry only. Admins of the registry.",
+    ),
+    Operation(
+        "PUT",
+        f"{_REGISTRY}/members",
+        "Give a user a role on the registry",
+        "members",
+        m.Member,
+        body=m.MemberChange,
+        errors=(400, 401, 403, 404),
+        description="Creates or replaces the membership. Admins of the registry.",
+    ),
+    Operation(
+        "DELETE",
+        f"{_REGISTRY}/members/{{user}}",
+        "Remove a member of the registry",
+        "members",
+        status=204,
+    ),
+    Operation(
+        "GET",
+        f"{_REGISTRY}/tokens",
+        "List the registry's entitlement tokens",
+        "tokens",
+        m.TokenList,
+        description="Admins of the registry. Secrets are never shown here.",
+    ),
+    Operation(
+        "POST",
+        f"{_REGISTRY}/tokens",
+        "Create an entitlement token",
+        "tokens",
+        m.CreatedToken,
+        status=201,
+        body=m.NewToken,
+        errors=(400, 401, 403, 404),
+        description="A read-only login for the registry: username OWNER/REGISTRY, password "
+        "the secret, which this response carries once. Admins of the registry.",
+    ),
+    Operation(
+        "DELETE",
+        f"{_REGISTRY}/tokens/{{id}}",
+        "Revoke an entitlement token",
+        "tokens",
+        status=204,
+        description="Refused by this server process at once; by others within auth.cache_ttl. "
+        "Bearer tokens already issued for it stay valid until they expire.",
+    ),
+    Operation(
+        "GET",
+        f"{_REGISTRY}/repositories",
+        "List the registry's repositories",
+        "content",
+        m.RepositoryList,
+        description="With the number of tags of each. Anyone who can pull from the registry.",
+    ),
+    Operation(
+        "GET",
+        f"{_IMAGE}/tags",
+        "List a repository's tags",
+        "content",
+        m.TagList,
+        errors=(400, 401, 403, 404),
+        description="Each tag with its digest, media type and total size.",
+    ),
+    Operation(
+        "GET",
+        f"{_IMAGE}/manifests",
+        "List a repository's manifests",
+        "content",
+        m.ManifestList,
+        errors=(400, 401, 403, 404),
+        description="Every manifest revision with its size, total size and tags.",
+    ),
+    Operation(
+        "POST",
+        f"{_REGISTRY}/archives",
+        "Import an image archive",
+        "archives",
+        ArchiveImport,
+        status=201,
+        errors=(400, 401, 403, 404, 413),
+        description="The body is a `docker save` tarball or an OCI layout archive (plain, "
+        "gzip or zstd), imported all or nothing. Needs push (write role) on every "
+        "repository written. With auth disabled the route is open.",
+        query=(
+            Query(
+                "tag",
+                "Extra NAME:TAG to tag an imported image with (repeatable).",
+                {"type": "array", "items": {"type": "string"}},
+            ),
+            Query(
+                "compression",
+                "How layers that arrive uncompressed are stored.",
+                {"type": "string", "enum": ["gzip", "zstd"]},
+            ),
+        ),
+        security=("apiKey", "basic"),
+        body_content={"application/octet-stream": {"schema": _BINARY}},
+    ),
+    Operation(
+        "GET",
+        f"{_REGISTRY}/archives",
+        "Export an image as a docker save tarball",
+        "archives",
+        errors=(400, 401, 403, 404),
+        description="Needs pull on the repository. With auth disabled the route is open.",
+        query=(
+            Query("image", "NAME:TAG or NAME@DIGEST inside the registry.", required=True),
+            Query("repo_tag", "The RepoTags entry written into manifest.json."),
+            Query("platform", "OS/ARCH[/VARIANT] to pick from a multi-platform image."),
+        ),
+        security=("apiKey", "basic"),
+        response_content={"application/x-tar": {"schema": _BINARY}},
+    ),
+)
+
+_PARAMETERS = {
+    "name": "A user name.",
+    "owner": "An owner (an organisation or a user account).",
+    "registry": "A registry of the owner.",
+    "user": "A user name.",
+    "id": "The record id (the part of the secret after its prefix).",
+    "image": "The image name inside the registry; it may contain '/' (e.g. tools/build).",
+}
+
+_ERRORS = {
+    400: ("BadRequest", "The request body or a name is invalid."),
+    401: (
+        "Unauthorized",
+        "Credentials are missing, wrong, expired or revoked (UNAUTHORIZED).",
+    ),
+    403: (
+        "Forbidden",
+        "The caller can see the thing but lacks the right (DENIED); entitlement tokens "
+        "are refused here except on /user.",
+    ),
+    404: (
+        "NotFound",
+        "No such thing, or one the caller cannot see: both answer alike. Every route "
+        "answers 404 when the server runs with auth disabled (archives excepted).",
+    ),
+    409: ("Conflict", "The name is taken, or the owner still holds registries (CONFLICT)."),
+    413: ("TooLarge", "The upload is over archives.max_size."),
+    429: ("TooManyRequests", "Too many failed logins from this address or for this user."),
+}
+
+_DESCRIPTION = """\
+Manage Cargohold's tenants: users, API keys, owners, registries, members and entitlement
+tokens, and list the repositories, tags and manifests of a registry.
+
+Authenticate with an API key (`X-Api-Key: KEY`), HTTP Basic (a username with its
+password or one of its API keys), or a user's bearer token from `/v2/token`.
+Entitlement tokens pull images and nothing else.
+
+Names the caller cannot see answer exactly like names that do not exist (404); what the
+caller can see but may not do answers 403. Errors have one JSON shape,
+`{"errors": [{"code", "message", "detail"?}]}`. Secrets (API keys, entitlement tokens)
+appear only in the response that creates them.
+
+The API is served only when the server runs with `[auth] enabled = true`; otherwise
+every route here except the archive routes answers 404.
+"""
+
+
+def _parameters(operation: Operation) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "description": _PARAMETERS[name],
+            "schema": {"type": "string"},
+        }
+        for name in re.findall(r"\{(\w+)\}", operation.path)
+    ]
+    for query in operation.query:
+        entry: dict[str, Any] = {
+            "name": query.name,
+            "in": "query",
+            "required": query.required,
+            "description": query.description,
+            "schema": query.schema,
+        }
+        if query.schema.get("type") == "array":
+            entry["explode"] = True
+        found.append(entry)
+    return found
+
+
+def _operation_id(operation: Operation) -> str:
+    words = re.sub(r"[^A-Za-z0-9]+", " ", operation.summary).split()
+    return words[0].lower() + "".join(w.capitalize() for w in words[1:])
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    """The whole OpenAPI document (built once per process)."""
+    kinds = [m.ErrorBody]
+    for op in OPERATIONS:
+        kinds += [k for k in (op.response, op.body) if k is not None]
+    kinds = list(dict.fromkeys(kinds))
+    schemas, components = msgspec.json.schema_components(
+        kinds, ref_template="#/components/schemas/{name}"
+    )
+    schema_of = dict(zip(kinds, schemas, strict=True))
+
+    responses: dict[str, Any] = {}
+    for status, (name, text) in _ERRORS.items():
+        response: dict[str, Any] = {
+            "description": text,
+            "content": {JSON: {"schema": schema_of[m.ErrorBody]}},
+        }
+        if status == 401:
+            response["headers"] = {
+                "WWW-Authenticate": {
+                    "description": "The authentication challenge.",
+                    "schema": {"type": "string"},
+                }
+            }
+        if status == 429:
+            response["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": {"type": "integer"},
+                }
+            }
+        responses[name] = response
+
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        success: dict[str, Any] = {"description": op.summary}
+        if op.response_content is not None:
+            success["content"] = op.response_content
+        elif op.response is not None:
+            success["content"] = {JSON: {"schema": schema_of[op.response]}}
+        else:
+            success["description"] = "Done; no body."
+        entry: dict[str, Any] = {
+            "operationId": _operation_id(op),
+            "summary": op.summary,
+            "tags": [op.tag],
+            "parameters": _parameters(op),
+            "responses": {
+                str(op.status): success,
+                **{
+                    str(code): {"$ref": f"#/components/responses/{_ERRORS[code][0]}"}
+                    for code in sorted({*op.errors, *((429,) if op.security else ())})
+                },
+            },
+            "security": [{scheme: []} for scheme in op.security],
+        }
+        if op.description:
+            entry["description"] = op.description
+        if op.body is not None:
+            entry["requestBody"] = {
+                "required": True,
+                "content": {JSON: {"schema": schema_of[op.body]}},
+            }
+        elif op.body_content is not None:
+            entry["requestBody"] = {"required": True, "content": op.body_content}
+        paths.setdefault(op.path, {})[op.method.lower()] = entry
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Cargohold management API",
+            "version": "1",
+            "description": _DESCRIPTION,
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "responses": responses,
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Api-Key",
+                    "description": "A user's API key.",
+                },
+                "basic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "A user name with its password or one of its API keys.",
+                },
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "A user's token from the /v2/token endpoint.",
+                },
+            },
+        },
+        "security": [{"apiKey": []}, {"basic": []}, {"bearer": []}],
+    }
+
+
+def add_to(app: web.Application, enabled: bool) -> None:
+    """Serve the document (only when the management API itself is served)."""
+    body = msgspec.json.encode(document()) if enabled else b""
+
+    async def serve(request: web.Request) -> web.Response:
+        state_of(request).route = "management"
+        if not enabled:
+            raise NotFound(m.DISABLED_MESSAGE)
+        return web.Response(body=body, content_type=JSON)
+
+    app.router.add_route("GET", OPENAPI_PATH, serve)
