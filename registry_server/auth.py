@@ -219,13 +219,19 @@ class Guard:
             return access
         visible = mapper.external(name.value) or name.value
         scope = f"repository:{visible}:{','.join(sorted(needs))}"
-        if identity.anonymous:
-            raise Unauthorized(headers=self.challenge(request, scope))
-        if claims is not None:
+        if claims is not None:  # any valid bearer token, an anonymous one too
             raise Unauthorized(
                 "token lacks the scope for this request",
                 headers=self.challenge(request, scope, error="insufficient_scope"),
             )
+        if identity.anonymous:
+            raise Unauthorized(headers=self.challenge(request, scope))
+        if identity.kind == "token" and (
+            identity.token is None or identity.token.tenant != name.tenant
+        ):
+            # An entitlement token is a login of its own registry only: elsewhere it
+            # counts as invalid credentials (the same answer whether the name exists).
+            raise Unauthorized("invalid username or secret", headers=self.challenge(request, scope))
         raise Denied(headers=self.challenge(request, scope))
 
     # -- the token endpoint -------------------------------------------------------------------
