@@ -160,3 +160,44 @@ def test_stalled_upload_is_cut_off_after_shutdown_timeout(
     server.start()
     resp = new_session().head(f"{server.url}/v2/{unique_repo}/blobs/{digest}")
     assert resp.status_code == 404
+
+
+def test_patch_in_flight_at_sigterm_gets_202_and_completes_after_restart(
+    registry_factory, unique_repo: str, payload: bytes
+) -> None:
+    server = registry_factory()
+    resp = new_session().post(f"{server.url}/v2/{unique_repo}/blobs/uploads/")
+    assert resp.status_code == 202
+    location = resp.headers["Location"]
+    sock = _connect(server, timeout=60.0)
+    _send_head(
+        sock,
+        "PATCH",
+        location,
+        {
+            "Content-Length": str(len(payload)),
+            "Content-Range": f"0-{len(payload) - 1}",
+            "Content-Type": "application/octet-stream",
+            "Connection": "close",
+        },
+    )
+    with sock:
+        for i in range(CHUNKS):
+            sock.sendall(payload[i * CHUNK : (i + 1) * CHUNK])
+            time.sleep(0.03)
+            if i == CHUNKS // 3:
+                os.kill(server.pid, signal.SIGTERM)
+        status, headers, body = _read_response(sock)
+    assert status == 202, body
+    assert headers["range"] == f"0-{len(payload) - 1}"
+    assert server.proc is not None
+    assert server.proc.wait(timeout=30) == 0
+    server.start()
+    http = new_session()
+    status_resp = http.get(server.url + location)
+    assert status_resp.status_code == 204
+    assert status_resp.headers["Range"] == f"0-{len(payload) - 1}"
+    digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+    resp = http.put(f"{server.url}{location}?digest={digest}")
+    assert resp.status_code == 201, resp.text
+    assert http.get(f"{server.url}/v2/{unique_repo}/blobs/{digest}").content == payload
