@@ -7,7 +7,6 @@ goes through here; none of it speaks HTTP.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -16,7 +15,7 @@ from .names import RepositoryName, Tenant
 from .storage import layout
 from .storage.blobs import BlobStore, RepositoryBlobs
 from .storage.cache import DEFAULT_CACHE_BYTES, ContentCache, LinkCache
-from .storage.driver import PathNotFound, StorageDriver
+from .storage.driver import PathNotFound, StorageDriver, StorageError
 from .storage.manifests import ManifestStore
 
 
@@ -120,9 +119,18 @@ class Registry:
         return purged
 
     async def check(self) -> None:
-        """Raise when storage cannot be reached (readiness)."""
-        with contextlib.suppress(PathNotFound):
-            await self.driver.list(layout.ROOT)
+        """Raise StorageError unless storage takes a write and gives it back (readiness).
+
+        A listing alone cannot tell an empty store from a vanished one; a small
+        probe object can, and it also catches a store that went read-only.
+        """
+        probe = f"{time.time():.6f}".encode()
+        try:
+            await self.driver.write(layout.readiness_probe(), probe)
+            if await self.driver.read(layout.readiness_probe()) != probe:
+                raise StorageError("storage returned other bytes than were written")
+        except PathNotFound as exc:
+            raise StorageError(f"storage is not reachable: {exc}") from None
 
     async def close(self) -> None:
         await self.driver.close()

@@ -146,6 +146,18 @@ def test_readyz_is_503_when_storage_is_unreachable(breakable_store) -> None:
     assert resp.json() == {"status": "unavailable"}
 
 
+def test_readyz_is_503_when_the_storage_folder_became_a_file(
+    tmp_path: Path, registry_factory
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    server = registry_factory(f"file://{store}")
+    assert new_session().get(f"{server.url}/readyz").status_code == 200
+    store.rename(tmp_path / "store.aside")
+    store.write_bytes(b"not a folder")
+    assert new_session().get(f"{server.url}/readyz").status_code == 503
+
+
 def test_healthz_stays_200_when_storage_is_unreachable(breakable_store) -> None:
     server, break_it, _ = breakable_store
     break_it()

@@ -184,3 +184,8 @@ def token_pull(token_id: str, pull_id: str) -> str:
 
 def signing_key() -> str:
     return f"{AUTH}/signing-key"
+
+
+def readiness_probe() -> str:
+    """A small object the readiness check writes and reads back."""
+    return f"{EXTRA}/readiness-probe"
