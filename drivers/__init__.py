@@ -5,17 +5,23 @@ listed here, and any installed package can add more through the
 ``cargohold.drivers`` entry-point group (the entry point names a callable
 taking ``(url, **options)`` and returning a StorageDriver). Nothing registers
 itself on import: the lookup table is explicit.
+
+``options`` are the backend's own (for fsspec drivers: the filesystem's storage
+options, handed over unchanged). Cargohold's own keys (part size, timeouts,
+retries) travel separately as :class:`DriverSettings`, given only to factories
+that declare a ``settings`` parameter.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit
 
-from registry_core.storage.driver import StorageDriver
+from registry_core.storage.driver import DriverSettings, StorageDriver
 
 DriverFactory = Callable[..., StorageDriver]
 ENTRY_POINT_GROUP = "cargohold.drivers"
@@ -23,6 +29,11 @@ ENTRY_POINT_GROUP = "cargohold.drivers"
 _BUILTIN: dict[str, str] = {
     "file": "drivers.local:open_local",
     "memory": "drivers.memory:open_memory",
+    "s3": "drivers.s3:open_s3",
+    "gs": "drivers.gcs:open_gcs",
+    "gcs": "drivers.gcs:open_gcs",
+    "az": "drivers.azure:open_azure",
+    "abfs": "drivers.azure:open_azure",
 }
 
 
@@ -53,7 +64,24 @@ def driver_factory(scheme: str) -> DriverFactory:
     )
 
 
-def open_driver(url: str, **options: Any) -> StorageDriver:
-    """Open the driver a storage URL names: a plain path, ``file:///abs``, ``memory://``..."""
+def _takes_settings(factory: DriverFactory) -> bool:
+    try:
+        parameter = inspect.signature(factory).parameters.get("settings")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+
+
+def open_driver(
+    url: str, *, settings: DriverSettings | None = None, **options: Any
+) -> StorageDriver:
+    """Open the driver a storage URL names: a plain path, ``file:///abs``, ``memory://``,
+    ``s3://bucket/prefix``, ``gs://...``, ``az://container/prefix``..."""
     scheme = urlsplit(url).scheme if "://" in url else "file"
-    return driver_factory(scheme)(url, **options)
+    factory = driver_factory(scheme)
+    if settings is not None and _takes_settings(factory):
+        return factory(url, settings=settings, **options)
+    return factory(url, **options)

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from .storage.driver import DriverSettings
+
 
 class ConfigError(ValueError):
     """The configuration is unusable; the message names the bad key."""
@@ -39,9 +41,23 @@ class ServerConfig(_Section):
 
 class StorageConfig(_Section):
     url: str = "./var/registry"
-    """A local path, ``file:///abs/path``, ``memory://``, or a plug-in driver's URL."""
+    """A local path, ``file:///abs/path``, ``memory://``, ``s3://bucket/prefix``,
+    ``gs://bucket/prefix``, ``az://container/prefix``, or a plug-in driver's URL."""
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     """Handed unchanged to the driver (its fsspec storage options)."""
+    redirect: bool | None = None
+    """Blob GETs answer 307 to a signed URL; None: the driver's default (on for cloud drivers)."""
+    redirect_expires: int = 300
+    """Seconds a redirect's signed URL stays valid."""
+    part_size: int = 8 * 1024 * 1024
+    """Bytes per part of a streamed upload to object storage."""
+    timeout: float = 60.0
+    """Seconds one storage request may take before it is abandoned and retried."""
+    retries: int = 5
+    """Retries (with backoff) of a storage request that failed transiently, before 503."""
+
+    def driver_settings(self) -> DriverSettings:
+        return DriverSettings(part_size=self.part_size, timeout=self.timeout, retries=self.retries)
 
 
 class UploadsConfig(_Section):

@@ -201,7 +201,11 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     """The application for *config*; pass *registry* to serve one you built yourself."""
     if registry is None:
         registry = Registry(
-            open_driver(config.storage.url, **config.storage.options),
+            open_driver(
+                config.storage.url,
+                settings=config.storage.driver_settings(),
+                **config.storage.options,
+            ),
             strict_index=config.manifests.strict_index,
             max_manifest_size=config.manifests.max_size,
             cache_bytes=config.manifests.cache_bytes,
@@ -220,7 +224,15 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     app[TENANCY_KEY] = tenancy
     if guard is not None:
         app[GUARD_KEY] = guard
-    v2 = V2Routes(registry, guard, domains)
+    redirect = config.storage.redirect
+    if redirect is None:  # the driver's default: on where signed URLs are the norm (clouds)
+        redirect = bool(getattr(registry.driver, "redirect_default", False))
+    v2 = V2Routes(
+        registry,
+        guard,
+        domains,
+        redirect_expires=config.storage.redirect_expires if redirect else None,
+    )
     app[V2_KEY] = v2
     metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)
     v2.add_to(app)

@@ -147,9 +147,16 @@ class V2Routes:
     """Handlers for every ``/v2/`` endpoint, bound to one Registry."""
 
     def __init__(
-        self, registry: Registry, guard: Guard | None = None, domains: Domains | None = None
+        self,
+        registry: Registry,
+        guard: Guard | None = None,
+        domains: Domains | None = None,
+        *,
+        redirect_expires: int | None = None,
     ) -> None:
         self.registry = registry
+        self.redirect_expires = redirect_expires
+        """Blob GETs redirect to signed URLs valid this long (None: never redirect)."""
         self.guard = guard
         self.domains = domains or Domains({}, [])
         self.uploads_in_flight = 0
@@ -337,6 +344,13 @@ class V2Routes:
         if request.method == "HEAD":
             headers["Content-Length"] = str(info.size)
             return web.Response(headers=headers)
+        if self.redirect_expires is not None:
+            signed = await repo.blobs.signed_url(digest, self.redirect_expires)
+            if signed is not None:
+                return web.Response(
+                    status=307,
+                    headers={"Location": signed, "Docker-Content-Digest": str(digest)},
+                )
         local = repo.blobs.local_path(digest)
         if local is not None:
             del headers["ETag"]  # FileResponse sets its own (mtime-size) and answers If-* with it

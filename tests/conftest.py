@@ -145,3 +145,39 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
                 )
             report.sections.append((f"{name} log ({server.log_path})", text or "(empty)"))
     return report
+
+
+# --- object-store emulators (cloud driver tests) ------------------------------------------
+
+
+def _emulator(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    import os
+
+    from tests.helpers.emulators import Azurite, GcsEmulator, MotoServer, emulator_missing
+
+    missing = emulator_missing(kind)
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    cls = {"s3": MotoServer, "gcs": GcsEmulator, "azure": Azurite}[kind]
+    with cls(workdir=tmp_path_factory.mktemp(cls.name)) as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """moto's S3 server on a free port, for the whole session."""
+    yield from _emulator("s3", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """gcp-storage-emulator on a free port, for the whole session."""
+    yield from _emulator("gcs", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Azurite's blob service on a free port, for the whole session."""
+    yield from _emulator("azure", tmp_path_factory)
