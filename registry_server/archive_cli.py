@@ -233,6 +233,8 @@ async def _push(args: argparse.Namespace) -> int:
             while chunk := await asyncio.to_thread(handle.read, CHUNK):
                 bar.update(len(chunk))
                 yield chunk
+        bar.finish()
+        print("uploaded; the server is verifying and storing the image(s)", file=sys.stderr)
 
     endpoint = f"{url}/api/v1/registries/{tenant}/archives"
     headers = _headers(key) | {
@@ -244,7 +246,6 @@ async def _push(args: argparse.Namespace) -> int:
     async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
         try:
             async with session.post(endpoint, data=body(), params=params, headers=headers) as resp:
-                bar.finish()
                 if resp.status != 201:
                     raise await _error_of(resp)
                 result = await resp.json()
