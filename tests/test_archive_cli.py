@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -238,3 +240,47 @@ def test_login_saves_a_private_credentials_file_push_and_pull_use(
         check=False,
     )
     assert refused.returncode == 1 and "401" in refused.stderr
+
+
+def test_pulled_tarball_loads_with_podman(file_registry_server, tmp_path: Path, home: Path) -> None:
+    """``podman load`` (the ``docker load`` of a machine without a Docker daemon)."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    archive = multi_layer_archive(tmp_path, "loadme:1")
+    cargohold(
+        "push",
+        "docker",
+        "acme/prod",
+        str(archive.path),
+        "--url",
+        file_registry_server.url,
+        home=home,
+    )
+    out = tmp_path / "loadme.docker"
+    cargohold(
+        "pull",
+        "docker",
+        "acme/prod/loadme:1",
+        "-o",
+        str(out),
+        "--url",
+        file_registry_server.url,
+        home=home,
+    )
+    scratch = Path(tempfile.mkdtemp(prefix="chp-"))  # podman wants a short runroot
+    podman = [
+        "podman",
+        "--storage-driver",
+        "vfs",
+        "--root",
+        str(scratch / "root"),
+        "--runroot",
+        str(scratch / "run"),
+    ]
+    loaded = run([*podman, "load", "-i", str(out)], env={"HOME": str(home)}, timeout=180)
+    assert f"{file_registry_server.host}/acme/prod/loadme:1" in loaded.stdout + loaded.stderr
+    image_id = run(
+        [*podman, "images", "--no-trunc", "--format", "{{.ID}}"], env={"HOME": str(home)}
+    )
+    shutil.rmtree(scratch, ignore_errors=True)
+    assert image_id.stdout.strip().removeprefix("sha256:") == archive.config_digest.split(":")[1]
