@@ -60,6 +60,10 @@ ROUTE_NEEDS: dict[tuple[str, str], frozenset[str]] = {
 }
 
 
+API_CHALLENGE = {"WWW-Authenticate": 'Basic realm="cargohold"'}
+"""The challenge of the management API (a 401 must carry one)."""
+
+
 class Access:
     """What the current caller may do; handlers ask it for anything beyond the route."""
 
@@ -310,13 +314,13 @@ class Guard:
                 self.throttle.failed(keys)
                 if delay:
                     await asyncio.sleep(delay)
-                raise Unauthorized("invalid API key")
+                raise Unauthorized("invalid API key", headers=API_CHALLENGE)
             return identity
         identity, claims = await self.identify(request)
         if identity.anonymous:
             raise Unauthorized(
                 "authentication required: X-Api-Key, Basic credentials or a bearer token",
-                headers={"WWW-Authenticate": 'Basic realm="cargohold"'},
+                headers=API_CHALLENGE,
             )
         return await self.live(identity, claims)
 

@@ -62,11 +62,11 @@ from registry_core.tenancy import (
     parse_duration,
 )
 
-from .auth import Guard
+from .auth import API_CHALLENGE, Guard
 from .state import state_of
 
 API_PREFIX = "/api/v1"
-BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="cargohold"'}
+
 DISABLED_MESSAGE = "the management API is served only with [auth] enabled = true"
 
 T = TypeVar("T")
@@ -474,7 +474,7 @@ class Management:
             # here, and a changed superuser flag counts at once.
             record = await self.tenancy.get_user(identity.name)
             if record is None:
-                raise Unauthorized("this user no longer exists", headers=BASIC_CHALLENGE)
+                raise Unauthorized("this user no longer exists", headers=API_CHALLENGE)
             return Identity("user", record.name, superuser=record.superuser)
         if not tokens_allowed:
             raise Denied(
