@@ -19,7 +19,7 @@ $(VENV_BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(VENV_BIN)/python
-	$(VENV_BIN)/pip install -e '.[dev,uvloop]'
+	$(VENV_BIN)/pip install -e '.[dev,uvloop,s3,gcs,azure,cloud-test]'
 	touch $@
 
 # Run the reference server (defaults: 127.0.0.1:5000, ./var/registry).

@@ -57,6 +57,10 @@ need slirp4netns cmd:slirp4netns
 need golang-github-containers-common file:/usr/share/containers/containers.conf
 need iptables cmd:iptables
 need ca-certificates exe:/usr/sbin/update-ca-certificates
+# Azurite (the Azure Blob emulator of the cloud driver tests) is an npm package.
+if ! have_cmd azurite-blob && ! have_cmd npm; then
+    missing+=(npm)
+fi
 # `make venv` on a fresh machine: python3 -m venv needs ensurepip.
 if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)
@@ -96,6 +100,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     cleanup_policy
     created_policy=0
     trap - EXIT
+fi
+
+if ! have_cmd azurite-blob; then
+    log "installing azurite (npm)"
+    "${SUDO[@]}" npm install --global --no-fund --no-audit --loglevel=error azurite@3
+    azurite-blob --version >/dev/null
 fi
 
 # Never leave the packaged docker-registry service running: it would hold
