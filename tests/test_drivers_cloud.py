@@ -1,6 +1,8 @@
 """The cloud drivers (S3, GCS, Azure) on their local emulators: the shared contract,
 then what the object-store layer promises on top of it (uploads as parts, joins,
 costs, resumption elsewhere, signed URLs, the GCS create-if-absent precondition).
+Last, a third-party driver package (``examples/custom_driver``): installed with pip,
+found through its entry point, passing the contract, selected by name in a config.
 
 Emulators: moto's server (S3), gcp-storage-emulator (GCS), Azurite (Azure); one of
 each per session (fixtures in conftest), one bucket per module, one fresh key prefix
@@ -10,8 +12,11 @@ per test.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import secrets
+import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,7 +31,10 @@ from drivers.testing import StorageDriverContract
 from registry_core import Digest, Registry
 from registry_core.storage import layout
 from registry_core.storage.driver import DriverSettings, StorageError
+from tests.helpers import RegistryServer, sample_image
 from tests.helpers.emulators import CloudEmulator, FakeTokenServer, RecordingProxy, cloud_driver
+from tests.helpers.registry_api import get_manifest, new_session, push_image
+from tests.helpers.server import REPO_ROOT
 
 SETTINGS = DriverSettings(timeout=30.0, retries=3)
 CLOUDS = ["s3", "gcs", "azure"]
@@ -413,3 +421,96 @@ async def test_missing_bucket_is_a_storage_error_not_path_not_found(
         assert type(caught.value) is StorageError
     finally:
         await driver.close()
+
+
+# -- a third-party driver: examples/custom_driver -------------------------------------------------
+
+EXAMPLE = REPO_ROOT / "examples" / "custom_driver"
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example package pip-installed (as a user would) into a folder of its own."""
+    site = tmp_path_factory.mktemp("plugin-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", site, EXAMPLE],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return site
+
+
+def plugin_env(site: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO_ROOT)])}
+
+
+def test_plugin_package_registers_its_driver_through_the_entry_point(plugin_site: Path) -> None:
+    probe = "from drivers import available_drivers; print(' '.join(available_drivers()))"
+    found = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=plugin_env(plugin_site),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "sealed" in found.stdout.split()
+
+
+def test_plugin_driver_passes_the_contract_suite(plugin_site: Path, tmp_path: Path) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            str(EXAMPLE / "pyproject.toml"),
+            "--rootdir",
+            str(EXAMPLE),
+            str(EXAMPLE / "tests"),
+        ],
+        cwd=tmp_path,
+        env=plugin_env(plugin_site),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout
+
+
+def test_server_serves_from_the_plugin_driver_named_in_the_config(
+    plugin_site: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    store = tmp_path / "store"
+    config = tmp_path / "cargohold.toml"
+    config.write_text(
+        "[storage]\n"
+        'url = "sealed://"\n'
+        "[storage.options]\n"
+        f'key = "{secrets.token_hex(32)}"\n'
+        f'inner = "file://{store}"\n'
+    )
+    image = sample_image(layers=2)
+    with RegistryServer(
+        "sealed://",
+        config=config,
+        env={"PYTHONPATH": plugin_env(plugin_site)["PYTHONPATH"]},
+        workdir=tmp_path_factory.mktemp("cargohold-sealed"),
+    ) as server:
+        push_image(server.url, "acme/prod/sealed", image, "1.0")
+        answer = get_manifest(server.url, "acme/prod/sealed", "1.0")
+        assert answer.status_code == 200
+        assert answer.content == image.manifest
+        session = new_session()
+        for blob in image.blobs():
+            fetched = session.get(f"{server.url}/v2/acme/prod/sealed/blobs/{blob.digest}")
+            assert fetched.status_code == 200
+            assert fetched.content == blob.data
+    at_rest = b"".join(path.read_bytes() for path in store.rglob("*") if path.is_file())
+    assert image.config.data not in at_rest
+    assert image.manifest not in at_rest
