@@ -28,7 +28,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from registry_core import Registry
+from registry_core import Registry, RegistryError
 from registry_core.archive import (
     ArchiveInvalid,
     ArchiveTooLarge,
@@ -175,8 +175,32 @@ class ApiRoutes:
 
     def add_to(self, app: web.Application) -> None:
         base = "/api/v1/registries/{owner}/{registry}/archives"
-        app.router.add_post(base, self.upload_archive)
+        app.router.add_post(base, self.upload_archive, expect_handler=self.expect_upload)
         app.router.add_get(base, self.download_archive)
+
+    async def expect_upload(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: refuse (401/403/413) before the client sends gigabytes."""
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return None
+        try:
+            tenant = _tenant(request)
+            identity = await self.auth.identify(request)
+            await self.auth.require(request, identity, RepositoryName(f"{tenant}/archive"), "push")
+            declared = request.content_length
+            if declared is not None and declared > self.options.max_size:
+                raise ArchiveTooLarge(
+                    f"the archive is {declared} bytes; the limit is {self.options.max_size} "
+                    "(archives.max_size)"
+                )
+        except RegistryError as exc:
+            from .app import error_response  # the app module imports this one
+
+            response = error_response(request, [exc], exc.status)
+            response.force_close()
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own handler: the body has not started
+        return None
 
     async def upload_archive(self, request: web.Request) -> web.Response:
         state = state_of(request)

@@ -245,7 +245,9 @@ async def _push(args: argparse.Namespace) -> int:
     started = time.monotonic()
     async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
         try:
-            async with session.post(endpoint, data=body(), params=params, headers=headers) as resp:
+            async with session.post(
+                endpoint, data=body(), params=params, headers=headers, expect100=True
+            ) as resp:
                 if resp.status != 201:
                     raise await _error_of(resp)
                 result = await resp.json()
