@@ -284,3 +284,23 @@ def test_pulled_tarball_loads_with_podman(file_registry_server, tmp_path: Path, 
     )
     shutil.rmtree(scratch, ignore_errors=True)
     assert image_id.stdout.strip().removeprefix("sha256:") == archive.config_digest.split(":")[1]
+
+
+def test_push_over_the_size_limit_is_refused_before_the_upload(
+    registry_factory, tmp_path: Path, home: Path
+) -> None:
+    server = registry_factory(env={"CARGOHOLD_ARCHIVES_MAX_SIZE": "100000"})
+    archive = multi_layer_archive(tmp_path)
+    done = cargohold(
+        "push",
+        "docker",
+        "acme/prod",
+        str(archive.path),
+        "--url",
+        server.url,
+        home=home,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "server answered 413" in done.stderr and "archives.max_size" in done.stderr
+    assert "bytes_in=0" in server.log_text()  # refused on the headers (Expect: 100-continue)
