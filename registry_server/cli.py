@@ -42,10 +42,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _install_uvloop() -> None:
+def _install_event_loop(choice: str) -> None:
+    if choice == "asyncio":
+        return
     try:
         import uvloop
     except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("server.event_loop = 'uvloop' but uvloop is not installed") from None
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
@@ -160,7 +164,7 @@ def serve(args: argparse.Namespace) -> int:
     )
 
     def run_worker() -> None:
-        _install_uvloop()
+        _install_event_loop(config.server.event_loop)
         asyncio.run(
             _serve_until_signalled(
                 build_app(config),
