@@ -88,14 +88,19 @@ def _scan(top: str, root: str, prune: WalkFilter | None) -> list[FileInfo]:
             if entry.name.startswith(".") and ".tmp-" in entry.name:
                 continue
             relative = entry.path[cut:]
+            if entry.is_dir(follow_symlinks=False):
+                # Directory entries carry no useful size, and their mtime is not part
+                # of the contract: skipping the stat keeps name-only walks (the
+                # catalog) at one readdir per directory.
+                found.append(FileInfo(relative, 0, 0.0, True))
+                if prune is None or not prune(relative):
+                    stack.append(entry.path)
+                continue
             try:
                 stat = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            is_dir = entry.is_dir(follow_symlinks=False)
-            found.append(FileInfo(relative, 0 if is_dir else stat.st_size, stat.st_mtime, is_dir))
-            if is_dir and (prune is None or not prune(relative)):
-                stack.append(entry.path)
+            found.append(FileInfo(relative, stat.st_size, stat.st_mtime, False))
     return found
 
 

@@ -75,8 +75,9 @@ class ManifestsConfig(_Section):
     max_size: int = 4 * 1024 * 1024
     cache_bytes: int = 64 * 1024 * 1024
     link_cache_ttl: float = 1.0
-    """Seconds a tag or revision lookup is cached per process (0: off). This process's own
-    writes update it at once; other processes' writes are seen within this time."""
+    """Seconds a tag or revision lookup, and the catalog, are cached per process (0: off).
+    This process's own writes update them at once; other processes' writes are seen within
+    this time."""
 
 
 class AuthConfig(_Section):

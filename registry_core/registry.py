@@ -81,6 +81,11 @@ class Registry:
 
         Walks names only, never the blob tree.
         """
+        if tenant is None:
+            cached = self.link_cache.catalog()
+            if cached is not None:
+                return list(cached)
+        generation = self.link_cache.generation
         names = []
         top = layout.REPOSITORIES if tenant is None else layout.tenant_repositories(tenant)
         async for entry in self.driver.walk(top, layout.is_repository_internal):
@@ -89,6 +94,8 @@ class Registry:
                 if name is not None:
                     names.append(name)
         names.sort()
+        if tenant is None:
+            self.link_cache.put_catalog(names, generation)
         return names
 
     async def catalog(self, n: int | None = None, last: str | None = None) -> list[str]:

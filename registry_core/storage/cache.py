@@ -53,6 +53,9 @@ class LinkCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: dict[tuple[str, str], tuple[float, Digest]] = {}
+        self.generation = 0
+        """Bumped by every manifest write or delete in this process (catalog freshness)."""
+        self._catalog: tuple[float, int, list[str]] | None = None
 
     def get(self, repository: str, key: str) -> Digest | None:
         if self.ttl <= 0:
@@ -71,6 +74,20 @@ class LinkCache:
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[(repository, key)] = (time.monotonic() + self.ttl, digest)
+
+    def catalog(self) -> list[str] | None:
+        """The cached repository list, if fresh and nothing was written since."""
+        entry = self._catalog
+        if self.ttl <= 0 or entry is None:
+            return None
+        expires, generation, names = entry
+        if generation != self.generation or expires < time.monotonic():
+            return None
+        return names
+
+    def put_catalog(self, names: list[str], generation: int) -> None:
+        if self.ttl > 0:
+            self._catalog = (time.monotonic() + self.ttl, generation, names)
 
     def forget_repository(self, repository: str) -> None:
         for entry in [k for k in self._entries if k[0] == repository]:

@@ -129,6 +129,7 @@ class ManifestStore:
         await self._check_references(parsed)
         await self.store.put_small(body, parsed.digest)
         self.cache.put(parsed.digest, body, parsed.media_type)
+        self.links.generation += 1
         await self.driver.write(
             layout.revision_link(self.name, parsed.digest), str(parsed.digest).encode()
         )
@@ -177,6 +178,7 @@ class ManifestStore:
             await self._delete(reference)
         finally:
             self.links.forget_repository(self._key)
+            self.links.generation += 1
 
     async def _delete(self, reference: str) -> None:
         if ":" not in reference:
