@@ -19,7 +19,7 @@ import datetime
 import secrets
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from registry_core.storage.driver import DriverSettings
@@ -177,6 +177,22 @@ class AzureStore(FsspecObjectStore):
         with _translated():
             stream = await self._blob(key).download_blob(max_concurrency=1, **extra)
             return bytes(await stream.readall())
+
+    async def stream(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        if end <= start:
+            return
+        await self.filesystem()
+        with _translated():
+            downloader = await self._blob(key).download_blob(
+                offset=start, length=end - start, max_concurrency=1
+            )
+        pieces = downloader.chunks()
+        while True:
+            with _translated():
+                piece = await anext(pieces, None)
+            if piece is None:
+                return
+            yield piece
 
     async def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         await self.filesystem()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from .object_store import Caller, ObjectInfo, ObjectStore, TransientFault, Upload
@@ -54,7 +54,8 @@ class FaultyStore(ObjectStore):
     transient fault (0: never). *down*: operations that always fail (an
     outage). *stall*: operations whose every-Nth call hangs instead of failing
     (the driver's timeout must cut it). *only*: restrict *every* and *stall*
-    to these operations. Operation names: head, get, put, list, copy, delete,
+    to these operations. *cut_streams*: every download stream breaks (a transient
+    fault) after delivering this many bytes. Operation names: head, get, put, list, copy, delete,
     delete_many, start_upload, start_append, upload_part, complete, abort,
     sign, and the sub-requests of a join (``compose``, ``upload_part_copy``...).
     """
@@ -67,12 +68,14 @@ class FaultyStore(ObjectStore):
         down: Iterable[str] = (),
         stall: Iterable[str] = (),
         only: Iterable[str] | None = None,
+        cut_streams: int | None = None,
     ) -> None:
         self.inner = inner
         self.every = every
         self.down = set(down)
         self.stall = set(stall)
         self.only = None if only is None else set(only)
+        self.cut_streams = cut_streams
         self.name = inner.name
         self.min_part_size = inner.min_part_size
         self.part_alignment = inner.part_alignment
@@ -134,6 +137,25 @@ class FaultyStore(ObjectStore):
         data = await self.inner.get(key, start, end)
         self.read[key] += len(data)
         return data
+
+    async def stream(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        await self._enter("get")
+        pieces = self.inner.stream(key, start, end)
+        delivered = 0
+        try:
+            async for piece in pieces:
+                if self.cut_streams is not None and delivered + len(piece) > self.cut_streams:
+                    piece = piece[: self.cut_streams - delivered]
+                    if piece:
+                        self.read[key] += len(piece)
+                        yield piece
+                    self.faults["stream"] += 1
+                    raise TransientFault(f"injected: stream cut after {self.cut_streams} bytes")
+                delivered += len(piece)
+                self.read[key] += len(piece)
+                yield piece
+        finally:
+            await pieces.aclose()  # type: ignore[attr-defined]
 
     async def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         await self._enter("put", key, len(data))

@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import datetime
 import secrets
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 from registry_core.storage.driver import DriverSettings
@@ -40,6 +40,7 @@ COMPOSE_SOURCES = 32
 COMPOSE_COMPONENTS = 1024
 """A composite object holds at most this many original objects."""
 LIST_PAGE = 1000
+STREAM_PIECE = 1024 * 1024
 EMPTY_BOUNDARY = "cargohold-empty-object"
 EMPTY_MULTIPART = (
     f"--{EMPTY_BOUNDARY}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{{}}\r\n"
@@ -147,11 +148,7 @@ class GcsStore(FsspecObjectStore):
         import aiohttp
 
         fs = await self.filesystem()
-        credentials = fs.credentials
-        valid = getattr(credentials, "_credentials_valid", None)
-        if credentials.credentials is not None and (valid is None or not valid(300)):
-            # google-auth refreshes with blocking I/O: keep it off the event loop.
-            await asyncio.to_thread(credentials.maybe_refresh)
+        await self._refresh(fs)
         try:
             async with fs.session.request(
                 method,
@@ -167,6 +164,18 @@ class GcsStore(FsspecObjectStore):
             raise TransientFault(f"{type(exc).__name__}: {exc}") from exc
         if status < 300 or status in accept:
             return status, answer, body
+        self._raise_for(status, body, method)
+
+    @staticmethod
+    async def _refresh(fs: Any) -> None:
+        credentials = fs.credentials
+        valid = getattr(credentials, "_credentials_valid", None)
+        if credentials.credentials is not None and (valid is None or not valid(300)):
+            # google-auth refreshes with blocking I/O: keep it off the event loop.
+            await asyncio.to_thread(credentials.maybe_refresh)
+
+    @staticmethod
+    def _raise_for(status: int, body: bytes, method: str) -> NoReturn:
         message = body[:300].decode("utf-8", "replace")
         if status == 404:
             raise KeyMissing(message)
@@ -203,6 +212,26 @@ class GcsStore(FsspecObjectStore):
             "GET", self._object_url(fs, key), params={"alt": "media"}, headers=headers
         )
         return body
+
+    async def stream(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        import aiohttp
+
+        if end <= start:
+            return
+        fs = await self.filesystem()
+        await self._refresh(fs)
+        try:
+            async with fs.session.get(
+                self._object_url(fs, key),
+                params=fs._get_params({"alt": "media"}),
+                headers=fs._get_headers({"Range": f"bytes={start}-{end - 1}"}),
+            ) as response:
+                if response.status >= 300:
+                    self._raise_for(response.status, await response.read(), "GET")
+                async for piece in response.content.iter_chunked(STREAM_PIECE):
+                    yield piece
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            raise TransientFault(f"{type(exc).__name__}: {exc}") from exc
 
     async def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         fs = await self.filesystem()

@@ -60,9 +60,9 @@ PARTS = "~parts"
 _PART_NAME = re.compile(r"^(\d{20})-(\d{17})$")
 
 READ_RANGE = 4 * 1024 * 1024
-"""Bytes fetched by one ranged GET while streaming an object out."""
-READ_AHEAD = 2
-"""Ranged GETs in flight ahead of the consumer."""
+"""Bytes fetched by one ranged GET when a store streams by ranges."""
+READ_CHUNK = 1024 * 1024
+"""Bytes handed on at once while streaming an object out (small pieces are gathered)."""
 BACKOFF_BASE = 0.1
 BACKOFF_MAX = 5.0
 SLOW_OPERATION_FACTOR = 10
@@ -143,6 +143,13 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """The bytes ``[start, end)`` of an object (all of it without a range)."""
+
+    async def stream(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` of an object, in pieces, from as few requests as the store
+        allows (this default: ranged ``get`` calls). The driver resumes a stream that
+        breaks from where it stopped, so a store need not retry inside it."""
+        for first in range(start, end, READ_RANGE):
+            yield await self.get(key, first, min(first + READ_RANGE, end))
 
     @abc.abstractmethod
     async def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None: ...
@@ -368,25 +375,29 @@ class ObjectStoreDriver:
             except (KeyMissing, PreconditionFailed, StorageError):
                 raise
             except (TransientFault, TimeoutError) as exc:
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                if attempt >= self.settings.retries:
-                    raise StorageError(
-                        f"{self.name} {operation} failed {attempt + 1} times, last: {reason}"
-                    ) from exc
-                delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
-                attempt += 1
-                LOGGER.warning(
-                    "%s %s failed (%s); retry %d/%d in %.2fs",
-                    self.name,
-                    operation,
-                    reason,
-                    attempt,
-                    self.settings.retries,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                attempt = await self._backoff(operation, attempt, exc)
             except Exception as exc:
                 raise StorageError(f"{self.name} {operation}: {type(exc).__name__}: {exc}") from exc
+
+    async def _backoff(self, operation: str, attempt: int, exc: BaseException) -> int:
+        """Wait before retry number *attempt* + 1, or raise StorageError when retries are spent."""
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if attempt >= self.settings.retries:
+            raise StorageError(
+                f"{self.name} {operation} failed {attempt + 1} times, last: {reason}"
+            ) from exc
+        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
+        LOGGER.warning(
+            "%s %s failed (%s); retry %d/%d in %.2fs",
+            self.name,
+            operation,
+            reason,
+            attempt + 1,
+            self.settings.retries,
+            delay,
+        )
+        await asyncio.sleep(delay)
+        return attempt + 1
 
     async def _head(self, key: str) -> ObjectInfo | None:
         try:
@@ -484,36 +495,47 @@ class ObjectStoreDriver:
                 yield chunk
 
     async def _ranges(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes ``[start, end)`` of one object by ranged GETs, a few of them in flight."""
-        bounds = iter(range(start, end, READ_RANGE))
-        pending: deque[tuple[int, asyncio.Future[bytes]]] = deque()
+        """Bytes ``[start, end)`` of one object, streamed; a broken stream resumes where it stopped.
 
-        def launch() -> None:
-            first = next(bounds, None)
-            if first is not None:
-                last = min(first + READ_RANGE, end)
-                task = asyncio.ensure_future(self._call("get", self.store.get, key, first, last))
-                pending.append((last - first, task))
-
-        try:
-            for _ in range(READ_AHEAD + 1):
-                launch()
-            while pending:
-                expected, task = pending.popleft()
-                try:
-                    data = await task
-                except KeyMissing:
-                    raise StorageError(f"{key} vanished while it was read") from None
-                launch()
-                if len(data) != expected:
-                    raise StorageError(f"{key} changed while it was read")
-                yield data
-        finally:
-            for _, task in pending:
-                task.cancel()
-            for _, task in pending:
-                with contextlib.suppress(BaseException):
-                    await task
+        Each wait for the next piece has the request timeout; a transient fault or a
+        timeout reopens the stream at the current offset, with the usual backoff (a
+        piece received resets the count). Pieces are gathered to READ_CHUNK bytes.
+        """
+        position, attempt = start, 0
+        gathered: list[bytes] = []
+        size = 0
+        while position < end:
+            pieces = self.store.stream(key, position, end)
+            try:
+                while position < end:
+                    try:
+                        async with asyncio.timeout(self.settings.timeout):
+                            piece = await anext(pieces, None)
+                    except KeyMissing:
+                        raise StorageError(f"{key} vanished while it was read") from None
+                    except (TransientFault, TimeoutError) as exc:
+                        attempt = await self._backoff("get", attempt, exc)
+                        break  # reopen at *position*
+                    except StorageError:
+                        raise
+                    except Exception as exc:
+                        raise StorageError(f"{self.name} get: {type(exc).__name__}: {exc}") from exc
+                    if piece is None:
+                        raise StorageError(f"{key} ended at {position}, before {end}: it changed")
+                    piece = piece[: end - position]
+                    if not piece:
+                        continue
+                    attempt = 0
+                    position += len(piece)
+                    gathered.append(piece)
+                    size += len(piece)
+                    if size >= READ_CHUNK:
+                        yield gathered[0] if len(gathered) == 1 else b"".join(gathered)
+                        gathered, size = [], 0
+            finally:
+                await pieces.aclose()  # type: ignore[attr-defined]
+        if gathered:
+            yield b"".join(gathered)
 
     async def open_writer(self, path: str, *, append: bool = False) -> FileWriter:
         key = self._key(path)

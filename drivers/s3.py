@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from registry_core.storage.driver import DriverSettings
@@ -36,6 +36,7 @@ MIN_PART = 5 * 1024 * 1024
 MAX_PART = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
 DELETE_BATCH = 1000
+STREAM_PIECE = 1024 * 1024
 
 _TRANSIENT_CODES = {
     "InternalError",
@@ -62,9 +63,10 @@ def _transient_types() -> tuple[type[BaseException], ...]:
         TimeoutError,
         ConnectionError,
     ]
-    streaming = getattr(errors, "ResponseStreamingError", None)
-    if streaming is not None:
-        kinds.append(streaming)
+    for name in ("ResponseStreamingError", "IncompleteReadError"):
+        kind = getattr(errors, name, None)
+        if kind is not None:
+            kinds.append(kind)
     return tuple(kinds)
 
 
@@ -187,6 +189,23 @@ class S3Store(FsspecObjectStore):
         with _translated(self._transient):
             async with answer["Body"] as body:
                 return bytes(await body.read())
+
+    async def stream(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        if end <= start:
+            return
+        answer = await self._request(
+            "get_object", Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}"
+        )
+        body = answer["Body"]
+        try:
+            while True:
+                with _translated(self._transient):
+                    piece = await body.read(STREAM_PIECE)
+                if not piece:
+                    return
+                yield piece
+        finally:
+            body.close()
 
     async def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         extra = {"IfNoneMatch": "*"} if if_absent else {}

@@ -219,6 +219,21 @@ async def test_a_hung_request_is_cut_by_the_timeout_and_retried(
         await driver.close()
 
 
+async def test_a_broken_download_stream_resumes_where_it_stopped(
+    cloud: tuple[CloudEmulator, str],
+) -> None:
+    driver = cloud_driver(*cloud, settings=FAST_RETRIES, cut_streams=700_000)
+    data = random.Random(10).randbytes(3 * 1024 * 1024 + 99)
+    try:
+        await driver.write("streamed/object", data)
+        got = b"".join([chunk async for chunk in driver.read_stream("streamed/object", 5)])
+        assert got == data[5:]
+        assert driver.store.faults["stream"] >= 4
+        assert driver.store.read["/".join([driver.root, "streamed/object"])] == len(data) - 5
+    finally:
+        await driver.close()
+
+
 # -- persistent faults -----------------------------------------------------------------------------
 
 
