@@ -17,6 +17,7 @@ import random
 import secrets
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -271,6 +272,38 @@ async def test_upload_continued_by_another_process_rebuilds_its_digest(
     finally:
         await one.close()
         await other.close()
+
+
+async def test_idle_uploads_are_purged_with_their_parts(cloud: tuple[CloudEmulator, str]) -> None:
+    driver = cloud_driver(*cloud, settings=SETTINGS)
+    registry = Registry(driver)
+    try:
+        upload = await registry.repository(REPO).blobs.start_upload()
+        await upload.write(payload(1024))
+        await upload.write(payload(1024, seed=1))
+        assert await registry.purge_uploads(older_than=3600) == 0
+        assert await registry.purge_uploads(older_than=0, now=time.time() + 10) == 1
+        assert not [key for key in await raw_keys(driver) if "/_uploads/" in key]
+    finally:
+        await registry.close()
+
+
+async def test_catalog_and_tags_come_from_the_bucket(cloud: tuple[CloudEmulator, str]) -> None:
+    registry = Registry(cloud_driver(*cloud, settings=SETTINGS))
+    names = [f"acme/prod/app{n}" for n in range(3)]
+    try:
+        for name in names:
+            image = sample_image(name.rsplit("/", 1)[-1], layers=1)
+            repo = registry.repository(name)
+            for blob in image.blobs():
+                async with repo.blobs.upload() as upload:
+                    await upload.write(blob.data)
+                    await upload.commit(Digest.parse(blob.digest))
+            await repo.manifests.put(image.manifest, image.media_type, tag="1.0")
+        assert await registry.repositories() == names
+        assert [tag async for tag in registry.repository(names[0]).tags.list()] == ["1.0"]
+    finally:
+        await registry.close()
 
 
 # -- joining parts: each store's server-side operation ---------------------------------------------
