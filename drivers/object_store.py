@@ -67,6 +67,7 @@ BACKOFF_BASE = 0.1
 BACKOFF_MAX = 5.0
 SLOW_OPERATION_FACTOR = 10
 """Server-side copies and joins may take this many times the request timeout."""
+SLOW_OPERATIONS = frozenset({"copy", "compose", "upload_part_copy", "complete"})
 FANOUT = 16
 """Concurrent requests for one listing walk or bulk delete."""
 
@@ -168,7 +169,7 @@ class ObjectStore(abc.ABC):
         """Delete one object; a missing one is not an error."""
 
     async def delete_many(self, keys: Sequence[str]) -> None:
-        await _bounded(self.delete(key) for key in keys)
+        await bounded(self.delete(key) for key in keys)
 
     @abc.abstractmethod
     async def start_upload(self, key: str) -> Upload: ...
@@ -365,7 +366,7 @@ class ObjectStoreDriver:
     ) -> T:
         """Run one backend request with a timeout, retrying transient faults with backoff."""
         timeout = self.settings.timeout
-        if operation in ("copy", "compose", "complete"):
+        if operation in SLOW_OPERATIONS:
             timeout *= SLOW_OPERATION_FACTOR
         attempt = 0
         while True:
@@ -441,7 +442,8 @@ class ObjectStoreDriver:
         try:
             return await self._call("get", self.store.get, key)
         except KeyMissing:
-            pass
+            if self.store.native_append:
+                raise PathNotFound(path) from None
         layout = await self._layout(key)
         if not layout.exists:
             raise PathNotFound(path)
@@ -888,7 +890,7 @@ class StreamWriter:
 # -- helpers for the concrete drivers -------------------------------------------------------------
 
 
-async def _bounded(coroutines: Iterable[Awaitable[Any]], limit: int = FANOUT) -> list[Any]:
+async def bounded(coroutines: Iterable[Awaitable[Any]], limit: int = FANOUT) -> list[Any]:
     """Await *coroutines* with at most *limit* running at once; results in order."""
     semaphore = asyncio.Semaphore(limit)
 
@@ -897,9 +899,6 @@ async def _bounded(coroutines: Iterable[Awaitable[Any]], limit: int = FANOUT) ->
             return await coroutine
 
     return await asyncio.gather(*(one(c) for c in coroutines))
-
-
-bounded = _bounded
 
 
 def split_url(url: str, schemes: Sequence[str]) -> tuple[str, str]:
