@@ -135,11 +135,9 @@ class RepositoryBlobs:
         return await self.store.stat(digest)
 
     async def exists(self, digest: Digest) -> bool:
-        try:
-            await self.stat(digest)
-        except BlobUnknown:
-            return False
-        return True
+        """True when this repository links the blob and its data is there (checked together)."""
+        linked, present = await asyncio.gather(self._linked(digest), self.store.exists(digest))
+        return linked and present
 
     def read(
         self, digest: Digest, offset: int = 0, length: int | None = None

@@ -127,12 +127,16 @@ class ManifestStore:
             validate_tag(tag)
         parsed = parse_manifest(body, content_type, max_size=self.max_size)
         await self._check_references(parsed)
-        await self.store.put_small(body, parsed.digest)
+        # Content and revision link together (a revision whose content is missing
+        # reads as unknown, so a crash between them exposes nothing); tags only after.
+        await asyncio.gather(
+            self.store.put_small(body, parsed.digest),
+            self.driver.write(
+                layout.revision_link(self.name, parsed.digest), str(parsed.digest).encode()
+            ),
+        )
         self.cache.put(parsed.digest, body, parsed.media_type)
         self.links.generation += 1
-        await self.driver.write(
-            layout.revision_link(self.name, parsed.digest), str(parsed.digest).encode()
-        )
         if parsed.subject is not None:
             record = _ReferrerRecord(
                 mediaType=parsed.media_type,
@@ -146,7 +150,7 @@ class ManifestStore:
                 msgspec.json.encode(record),
             )
         if tag is not None:
-            await self.tag(tag, parsed.digest)
+            await self._write_tag(tag, parsed.digest)
         return parsed
 
     async def _check_references(self, parsed: ParsedManifest) -> None:
@@ -168,8 +172,14 @@ class ManifestStore:
         validate_tag(tag)
         if not await self._has_revision(digest):
             raise ManifestUnknown(detail={"digest": str(digest)})
-        await self.driver.write(layout.tag_index_link(self.name, tag, digest), str(digest).encode())
-        await self.driver.write(layout.tag_current_link(self.name, tag), str(digest).encode())
+        await self._write_tag(tag, digest)
+
+    async def _write_tag(self, tag: str, digest: Digest) -> None:
+        link = str(digest).encode()
+        await asyncio.gather(
+            self.driver.write(layout.tag_index_link(self.name, tag, digest), link),
+            self.driver.write(layout.tag_current_link(self.name, tag), link),
+        )
         self.links.put(self._key, tag, digest)
 
     async def delete(self, reference: str) -> None:
