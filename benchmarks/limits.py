@@ -3,7 +3,9 @@
 - ``sha256_mib_s``: hashlib.sha256 over a big buffer on one core (what an
   upload that verifies its digest can reach at best on one core);
 - ``disk_write_mib_s``: a dd-like write of 1 GiB (256 MiB in quick mode) in
-  8 MiB writes plus fsync, to the filesystem the registries store on;
+  8 MiB writes plus fsync, to the filesystem the registries store on, and
+  ``disk_write_cpu_s_per_gib``, the writing thread's CPU for it (what the
+  kernel charges a server for the bytes it writes, before any hashing);
 - ``nginx_sendfile_mib_s[SIZE]``: nginx (sendfile on) serving a file of each
   blob size over loopback, read by the same client as the download workload;
 - ``nginx_small_req_s``: wrk against nginx serving a manifest-sized static file
@@ -19,7 +21,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .client import Conn, MiB, SmallImage, timed
+from .client import Conn, GiB, MiB, SmallImage, timed
 from .harness import Nginx, log
 from .workloads.blobs import size_label
 from .wrk import run_wrk
@@ -61,9 +63,10 @@ def sha256_rate(ctx: Context) -> dict[str, Any]:
 def disk_write_rate(ctx: Context) -> dict[str, Any]:
     size = ctx.disk_write_size
     path = ctx.workdir / "disk-write.bin"
-    values = []
+    values, cpu = [], []
     view = memoryview(ctx.blobs.buffer)
     for _ in range(ctx.runs):
+        cpu0 = time.thread_time()
         start = time.perf_counter()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -73,8 +76,9 @@ def disk_write_rate(ctx: Context) -> dict[str, Any]:
         finally:
             os.close(fd)
         values.append(size / MiB / (time.perf_counter() - start))
+        cpu.append((time.thread_time() - cpu0) / (size / GiB))
         path.unlink()
-    return summary(values, "MiB/s", size_mib=size // MiB)
+    return summary(values, "MiB/s", size_mib=size // MiB), summary(cpu, "s/GiB")
 
 
 async def nginx_limits(ctx: Context) -> dict[str, dict[str, Any]]:
@@ -129,7 +133,9 @@ async def measure(ctx: Context, notes: list[str]) -> dict[str, dict[str, Any]]:
     try:
         limits["sha256_mib_s"] = await asyncio.to_thread(sha256_rate, ctx)
         log(f"limits: disk write {ctx.disk_write_size // MiB} MiB + fsync")
-        limits["disk_write_mib_s"] = await asyncio.to_thread(disk_write_rate, ctx)
+        rate, cpu = await asyncio.to_thread(disk_write_rate, ctx)
+        limits["disk_write_mib_s"] = rate
+        limits["disk_write_cpu_s_per_gib"] = cpu
         log("limits: nginx sendfile and small-file req/s")
         limits.update(await nginx_limits(ctx))
     except Exception as exc:
@@ -141,6 +147,7 @@ async def measure(ctx: Context, notes: list[str]) -> dict[str, dict[str, Any]]:
 LABELS = {
     "sha256_mib_s": "sha256, one core (hashlib)",
     "disk_write_mib_s": "disk write + fsync",
+    "disk_write_cpu_s_per_gib": "CPU of that write (kernel page cache + fsync)",
     "nginx_sendfile_mib_s": "nginx sendfile GET",
     "nginx_small_req_s": "nginx small static file (wrk)",
 }

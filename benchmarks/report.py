@@ -175,9 +175,10 @@ def markdown(report: dict[str, Any], png_name: str | None = "latest.png") -> str
             "|---|---|---|---|---|",
         ]
         for key, lim in report["limits"].items():
+            d = 2 if lim["median"] < 10 else 1
             lines.append(
-                f"| {_limit_name(key)} | {_num(lim['median'], 1)} {lim['unit']} | "
-                f"{_num(lim['min'], 1)} | {_num(lim['max'], 1)} | {lim['spread']:.1%} |"
+                f"| {_limit_name(key)} | {_num(lim['median'], d)} {lim['unit']} | "
+                f"{_num(lim['min'], d)} | {_num(lim['max'], d)} | {lim['spread']:.1%} |"
             )
 
     errors = [
@@ -211,13 +212,12 @@ def chart(report: dict[str, Any], path: Path) -> bool:
         return False
     rows = []
     for entry in report["workloads"].values():
-        own = [k for k in entry["metrics"] if k not in COMMON and k != "errors"]
-        for mk in [*own[:2], "server_cpu_s"]:
+        for mk, meta in entry["metrics"].items():
+            if mk in COMMON or not meta.get("chart", True):
+                continue
             adv = advantage(entry, mk)
             if adv is not None:
-                rows.append(
-                    (f"{entry['title']} {entry['case']}: {entry['metrics'][mk]['label']}", adv)
-                )
+                rows.append((f"{entry['title']} {entry['case']}: {meta['label']}", adv))
     fractions = []
     for entry in report["workloads"].values():
         for mk, meta in entry["metrics"].items():
@@ -242,6 +242,7 @@ def chart(report: dict[str, Any], path: Path) -> bool:
         ax1.barh(y, med, xerr=[low, high], color=colors, capsize=2, ecolor="#555")
         ax1.set_yticks(list(y), labels, fontsize=8)
         ax1.set_xscale("log")
+        ax1.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax1.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
         ax1.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax1.axvline(1, color="black", lw=1)
