@@ -31,7 +31,7 @@ class _Listing(Workload):
         Metric("latency_ms", "median latency", "ms", False, digits=2),
         Metric("latency_p90_ms", "p90 latency", "ms", False, digits=2, chart=False),
         Metric("cpu_ms_per_req", "server CPU per request", "ms", False, digits=2),
-        Metric("first_ms", "first request of a run (new connection)", "ms", False, 2, chart=False),
+        Metric("first_ms", "first request of a run", "ms", False, digits=2, chart=False),
     )
 
     def path(self, case: Case) -> str:
