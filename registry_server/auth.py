@@ -259,6 +259,13 @@ class Guard:
             identity = await self._basic(request, username, secret)
             scopes = parse_scopes([str(v) for v in form.getall("scope", [])])
         else:
+            if request.headers.get("Authorization", "").split(" ", 1)[0].lower() == "bearer":
+                # Not a login: renewing with it would widen a narrow token and let it
+                # outlive its revoked or expired key, entitlement token or user.
+                raise Unauthorized(
+                    "the token endpoint takes Basic credentials or none, not a bearer token",
+                    headers=self.challenge(request),
+                )
             identity = await self.live(*await self.identify(request))
             scopes = parse_scopes(request.query.getall("scope", []))
         access: list[AccessClaim] = []

@@ -273,8 +273,11 @@ def test_cross_tenant_requests_are_refused_without_leaking_existence(
                 leaked = [h for h in LEAKY_HEADERS if h in resp.headers]
                 if leaked:
                     problems.append(f"{where}: headers {leaked}")
-                if not resp.headers.get("WWW-Authenticate", "").startswith("Bearer realm="):
+                challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+                if challenge[0] != "Bearer" or "realm" not in challenge[1]:
                     problems.append(f"{where}: no challenge")
+                elif bearer and challenge[1].get("error") != "insufficient_scope":
+                    problems.append(f"{where}: challenge without insufficient_scope")
             if len(set(answers.values())) != 1:
                 problems.append(f"{attacker.label} {method} {path}: answers differ {answers}")
         assert_intact(world, victim)

@@ -390,6 +390,37 @@ def test_tampered_token_is_refused(server: RegistryServer, world: World) -> None
     assert resp.status_code == 401
 
 
+def test_bearer_token_cannot_be_exchanged_for_a_wider_one(
+    server: RegistryServer, world: World
+) -> None:
+    """A pull-only token handed to someone does not buy the user's other rights."""
+    narrow = fetch_token(server.url, f"repository:{APP}:pull", auth=world.cred("write").auth)
+
+    resp = http(token=narrow).get(
+        f"{server.url}/v2/token", params={"scope": f"repository:{APP}:pull,push"}
+    )
+
+    assert resp.status_code == 401
+    assert error_codes(resp) == ["UNAUTHORIZED"]
+    assert "token" not in resp.json()
+
+
+def test_revoked_entitlement_token_cannot_renew_its_bearer_token(
+    server: RegistryServer, world: World
+) -> None:
+    """An issued JWT lives until it expires, but must not outlive its login by renewal."""
+    token = world.seed.token("acme/prod")
+    bearer = fetch_token(server.url, f"repository:{APP}:pull", auth=token.auth)
+    world.seed.revoke_token(token.id)
+
+    resp = http(token=bearer).get(
+        f"{server.url}/v2/token", params={"scope": f"repository:{APP}:pull"}
+    )
+
+    assert resp.status_code == 401
+    assert "token" not in resp.json()
+
+
 def test_token_for_another_service_is_refused(server: RegistryServer, world: World) -> None:
     # Asked through another host name: the token's audience is that host.
     token = fetch_token(
