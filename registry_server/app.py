@@ -23,7 +23,7 @@ from aiohttp import web
 from drivers import open_driver
 from registry_core import Config, Registry, RegistryError, StorageError
 from registry_core.errors import NotFound, TooLarge, Unavailable, Unsupported
-from registry_core.tenancy import TenancyStore
+from registry_core.tenancy import Conflict, TenancyStore
 
 from .api import ApiRoutes
 from .auth import Guard
@@ -178,11 +178,18 @@ async def bootstrap_admin(tenancy: TenancyStore, directory: Path) -> None:
     """First start with no user: a superuser ``admin`` with a random password.
 
     Create-if-absent, so of several replicas only one wins; the winner writes
-    the password to a 0600 file and prints only that file's path.
+    the password to a 0600 file and prints only that file's path. It also
+    makes the registry ``admin/default``, so a newcomer can push at once.
     """
     password = secrets.token_urlsafe(18)
     if not await tenancy.create_first_user("admin", password):
         return
+    for create in (
+        lambda: tenancy.create_owner("admin", "user"),
+        lambda: tenancy.create_registry("admin", "default"),
+    ):
+        with contextlib.suppress(Conflict):
+            await create()
 
     def write() -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -194,7 +201,10 @@ async def bootstrap_admin(tenancy: TenancyStore, directory: Path) -> None:
         return path.resolve()
 
     path = await asyncio.to_thread(write)
-    LOGGER.warning("created the superuser 'admin'; its password is in %s", path)
+    LOGGER.warning(
+        "created the superuser 'admin' and the registry admin/default; the password is in %s",
+        path,
+    )
 
 
 def build_app(config: Config, registry: Registry | None = None) -> web.Application:

@@ -70,6 +70,10 @@ class Access:
     async def allows(self, name: RepositoryName, action: str) -> bool:
         return True
 
+    async def lists(self, name: RepositoryName) -> bool:
+        """Whether ``/v2/_catalog`` shows *name* to this caller."""
+        return True
+
     @contextlib.asynccontextmanager
     async def pulling(self) -> AsyncIterator[None]:
         """Wrap a manifest GET: refused past a pull limit, counted when it succeeds."""
@@ -85,9 +89,23 @@ class CallerAccess(Access):
     identity: Identity
     claims: Claims | None
     mapper: NameMapper
+    _live: Identity | None = None
 
     async def allows(self, name: RepositoryName, action: str) -> bool:
         return action in await self.guard.granted(self.identity, self.claims, name, self.mapper)
+
+    async def lists(self, name: RepositoryName) -> bool:
+        # A bearer token with the registry:catalog:* scope lists everything its
+        # holder may pull (the Docker token flow for /v2/_catalog); otherwise
+        # only what the token itself grants.
+        if self.claims is not None and any(
+            c.type == "registry" and c.name == "catalog" and "*" in c.actions
+            for c in self.claims.access
+        ):
+            if self._live is None:
+                self._live = await self.guard.live(self.identity, self.claims)
+            return "pull" in await self.guard.authenticator.actions(self._live, name)
+        return await self.allows(name, "pull")
 
     @contextlib.asynccontextmanager
     async def pulling(self) -> AsyncIterator[None]:
@@ -300,6 +318,9 @@ class Guard:
     async def _scope_actions(
         self, identity: Identity, scope: Scope, mapper: NameMapper
     ) -> frozenset[str]:
+        if scope.type == "registry" and scope.name == "catalog":
+            # Listing is always filtered per caller, so the scope itself is harmless.
+            return frozenset({"*"}) if scope.actions else frozenset()
         if scope.type != "repository":
             return frozenset()
         try:

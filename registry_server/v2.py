@@ -235,7 +235,7 @@ class V2Routes:
         names = []
         for full in await self.registry.repositories():
             visible = state.mapper.external(full)
-            if visible is not None and await state.access.allows(RepositoryName(full), "pull"):
+            if visible is not None and await state.access.lists(RepositoryName(full)):
                 names.append(visible)
         page = paginate(names, n, last)
         complete = not page or page[-1] == names[-1]

@@ -584,6 +584,31 @@ def test_first_start_creates_superuser_admin_with_password_file(
     assert got.content == image.manifest
 
 
+def test_first_start_creates_the_registry_admin_default_to_push_into(
+    registry_factory, tmp_path: Path
+) -> None:
+    seed = new_store(tmp_path)  # no owner, no registry, no user: a brand-new server
+    server = registry_factory(
+        storage_url=seed.storage, auth=True, config=_bootstrap_config(tmp_path)
+    )
+    password = (tmp_path / "store-state" / "admin-password").read_text().strip()
+    layout, image = layout_of(tmp_path)
+    target = "admin/default/app"
+    skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        f"admin:{password}",
+        f"oci:{layout}:1",
+        f"docker://{server.host}/{target}:1",
+    )
+    got = http(("admin", password)).get(
+        f"{server.url}/v2/{target}/manifests/1", headers={"Accept": MANIFEST_ACCEPT}
+    )
+    assert got.content == image.manifest
+    assert "admin/default" in cargohold_cli("registries", "list", storage=seed.storage).stdout
+
+
 def test_restart_and_second_replica_keep_the_first_admin(registry_factory, tmp_path: Path) -> None:
     seed = _empty_store(tmp_path)
     config = _bootstrap_config(tmp_path)
