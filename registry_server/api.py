@@ -9,11 +9,11 @@ save`` tarball. Handlers are thin: they authorize, move bytes, and call the
 library; its errors become the usual ``{"errors": [...]}`` body in the app's
 middleware.
 
-Who may call: with auth on, an API key (``X-Api-Key``) or Basic credentials
-of a user holding ``push`` (write role) on the registry for uploads, ``pull``
-for downloads. Bearer tokens are repository-scoped for ``/v2/`` clients and
-are not taken here. With auth off (``auth.enabled = false``) the routes are
-open, like the rest of the server.
+Who may call: with auth on, the management API's logins (an API key in
+``X-Api-Key``, Basic credentials, or a user's bearer token) of a user holding
+``push`` (write role) on the registry for uploads, ``pull`` for downloads
+(anonymous callers may download from public registries). With auth off
+(``auth.enabled = false``) the routes are open, like the rest of the server.
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ from registry_core.archive import (
     import_archive,
 )
 from registry_core.archive.references import parse_tag_option, repository_in
-from registry_core.auth import Identity
+from registry_core.auth import ANONYMOUS, Identity
 from registry_core.config import ArchivesConfig
 from registry_core.errors import Denied, NameInvalid, Unauthorized
 from registry_core.names import RepositoryName, Tenant
-from registry_core.tenancy import API_KEY_PREFIX, secret_id
 
 from .auth import Guard
 from .state import state_of
@@ -69,30 +68,17 @@ class ApiAuth:
         self.guard = guard
 
     async def identify(self, request: web.Request) -> Identity | None:
-        """The caller; None when auth is off."""
+        """The caller (anonymous without credentials); None when auth is off.
+
+        The same logins as the management API: ``X-Api-Key``, Basic with a
+        password or an API key, or a user's bearer token.
+        """
         guard = self.guard
         if guard is None:
             return None
-        key = request.headers.get(API_KEY_HEADER, "").strip()
-        if key:
-            throttle_keys = [f"addr:{request.remote or ''}"]
-            delay = guard.throttle.check(throttle_keys)
-            key_id = secret_id(key, API_KEY_PREFIX)
-            record = await guard.tenancy.get_api_key(key_id) if key_id else None
-            identity = await guard.authenticator.login(record.user, key) if record else None
-            if identity is None:
-                guard.throttle.failed(throttle_keys)
-                if delay:
-                    await asyncio.sleep(delay)
-                raise Unauthorized("invalid, expired or revoked API key", headers=_CHALLENGE)
-            return identity
-        if request.headers.get("Authorization", "").lower().startswith("bearer "):
-            raise Unauthorized(
-                "bearer tokens are for /v2/; use an API key (X-Api-Key) or Basic credentials",
-                headers=_CHALLENGE,
-            )
-        identity, _claims = await guard.identify(request)
-        return identity
+        if not request.headers.get(API_KEY_HEADER) and not request.headers.get("Authorization"):
+            return ANONYMOUS
+        return await guard.api_identity(request)
 
     async def require(
         self, request: web.Request, identity: Identity | None, name: RepositoryName, action: str

@@ -377,7 +377,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 {"type": "string", "enum": ["gzip", "zstd"]},
             ),
         ),
-        security=("apiKey", "basic"),
+        security=("apiKey", "basic", "bearer"),
         body_content={"application/octet-stream": {"schema": _BINARY}},
     ),
     Operation(
@@ -392,7 +392,7 @@ OPERATIONS: tuple[Operation, ...] = (
             Query("repo_tag", "The RepoTags entry written into manifest.json."),
             Query("platform", "OS/ARCH[/VARIANT] to pick from a multi-platform image."),
         ),
-        security=("apiKey", "basic"),
+        security=("apiKey", "basic", "bearer"),
         response_content={"application/x-tar": {"schema": _BINARY}},
     ),
 )
