@@ -94,8 +94,9 @@ def build_oci_image(path: Path, layer_sizes: list[int], seed: int, tag: str = "l
     return config[1] + msize + sum(s for _, s in layers)
 
 
-def layer_sizes(ctx: Context, seed: int) -> list[int]:
-    rng = random.Random(seed)
+def layer_sizes(ctx: Context) -> list[int]:
+    """The same sizes for every image of a benchmark run: runs differ in content only."""
+    rng = random.Random(ctx.seed)
     low, high = ctx.image_layer_mib
     return [rng.randint(low * MiB, high * MiB) for _ in range(ctx.image_layers)]
 
@@ -144,7 +145,7 @@ class _Skopeo(Workload):
         if not marker.exists():
             shutil.rmtree(path, ignore_errors=True)
             seed = int.from_bytes(hashlib.sha256(f"{ctx.seed}/{key}".encode()).digest()[:4])
-            size = build_oci_image(path / "layout", layer_sizes(ctx, seed), seed)
+            size = build_oci_image(path / "layout", layer_sizes(ctx), seed)
             marker.write_text(str(size))
         return path / "layout", int(marker.read_text())
 
