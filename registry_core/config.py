@@ -31,8 +31,8 @@ class ServerConfig(_Section):
     log_format: Literal["text", "json"] = "text"
     workers: int = 1
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
-    """``auto``: uvloop when installed. asyncio's own loop sends local blobs with zero-copy
-    sendfile, which uvloop lacks; uvloop answers small requests faster."""
+    """``auto``: asyncio's own loop for local-folder storage (it sends blobs with zero-copy
+    sendfile, which uvloop lacks), uvloop otherwise (it answers small requests faster)."""
     """Processes sharing the port (SO_REUSEPORT); all state is in storage."""
     shutdown_timeout: float = 30.0
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
