@@ -244,8 +244,6 @@ def test_login_saves_a_private_credentials_file_push_and_pull_use(
 
 def test_pulled_tarball_loads_with_podman(file_registry_server, tmp_path: Path, home: Path) -> None:
     """``podman load`` (the ``docker load`` of a machine without a Docker daemon)."""
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed")
     archive = multi_layer_archive(tmp_path, "loadme:1")
     cargohold(
         "push",
