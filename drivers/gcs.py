@@ -365,23 +365,29 @@ class GcsStore(FsspecObjectStore):
             return None  # anonymous or user credentials: nothing to sign with
         if not getattr(credentials, "signer_email", None):
             return None
-        if self._signer is None:
-            from google.cloud import storage
 
-            client = storage.Client(
-                project=fs.project or "cargohold",
-                credentials=credentials,
-                client_options={"api_endpoint": fs._location},
+        def sign() -> str:
+            # In a thread: RSA signing costs CPU, and credentials without a key of
+            # their own (GCE) sign through the IAM API with blocking requests.
+            if self._signer is None:
+                from google.cloud import storage
+
+                client = storage.Client(
+                    project=fs.project or "cargohold",
+                    credentials=credentials,
+                    client_options={"api_endpoint": fs._location},
+                )
+                self._signer = client.bucket(self.bucket)
+            return str(
+                self._signer.blob(key).generate_signed_url(
+                    version="v4",
+                    expiration=datetime.timedelta(seconds=expires),
+                    api_access_endpoint=fs._location,
+                    method="GET",
+                )
             )
-            self._signer = client.bucket(self.bucket)
-        return str(
-            self._signer.blob(key).generate_signed_url(
-                version="v4",
-                expiration=datetime.timedelta(seconds=expires),
-                api_access_endpoint=fs._location,
-                method="GET",
-            )
-        )
+
+        return await asyncio.to_thread(sign)
 
 
 def open_gcs(
