@@ -31,6 +31,7 @@ from .object_store import (
     PreconditionFailed,
     TransientFault,
     bounded,
+    read_pieces,
     split_url,
 )
 
@@ -228,7 +229,7 @@ class GcsStore(FsspecObjectStore):
             ) as response:
                 if response.status >= 300:
                     self._raise_for(response.status, await response.read(), "GET")
-                async for piece in response.content.iter_chunked(STREAM_PIECE):
+                async for piece in read_pieces(response.content.read, STREAM_PIECE):
                     yield piece
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             raise TransientFault(f"{type(exc).__name__}: {exc}") from exc

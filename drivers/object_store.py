@@ -901,6 +901,26 @@ async def bounded(coroutines: Iterable[Awaitable[Any]], limit: int = FANOUT) -> 
     return await asyncio.gather(*(one(c) for c in coroutines))
 
 
+async def read_pieces(
+    read: Callable[[int], Awaitable[bytes]], size: int = READ_CHUNK
+) -> AsyncIterator[bytes]:
+    """Pieces of *size* bytes (the last one shorter) from a ``read(n)`` that returns at most
+    *n* bytes, ``b""`` at the end: HTTP bodies hand out whatever arrived, often 64 KiB."""
+    while True:
+        gathered: list[bytes] = []
+        missing = size
+        while missing:
+            piece = await read(missing)
+            if not piece:
+                break
+            gathered.append(piece)
+            missing -= len(piece)
+        if gathered:
+            yield gathered[0] if len(gathered) == 1 else b"".join(gathered)
+        if missing:
+            return
+
+
 def split_url(url: str, schemes: Sequence[str]) -> tuple[str, str]:
     """``scheme://bucket/prefix`` -> (bucket, prefix), checking the scheme and the prefix."""
     parts = urlsplit(url)

@@ -29,6 +29,7 @@ from .object_store import (
     PreconditionFailed,
     TransientFault,
     bounded,
+    read_pieces,
     split_url,
 )
 
@@ -197,12 +198,13 @@ class S3Store(FsspecObjectStore):
             "get_object", Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}"
         )
         body = answer["Body"]
+
+        async def read(size: int) -> bytes:
+            with _translated(self._transient):
+                return bytes(await body.read(size))
+
         try:
-            while True:
-                with _translated(self._transient):
-                    piece = await body.read(STREAM_PIECE)
-                if not piece:
-                    return
+            async for piece in read_pieces(read, STREAM_PIECE):
                 yield piece
         finally:
             body.close()
