@@ -35,7 +35,7 @@ import logging
 import random
 import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -68,6 +68,7 @@ BACKOFF_MAX = 5.0
 SLOW_OPERATION_FACTOR = 10
 """Server-side copies and joins may take this many times the request timeout."""
 SLOW_OPERATIONS = frozenset({"copy", "compose", "upload_part_copy", "complete"})
+PARTS_HINTS = 4096
 FANOUT = 16
 """Concurrent requests for one listing walk or bulk delete."""
 
@@ -340,6 +341,9 @@ class ObjectStoreDriver:
         alignment = max(store.part_alignment, 1)
         part_size = max(self.settings.part_size, store.min_part_size, alignment)
         self.part_size = -(-part_size // alignment) * alignment
+        # Keys this process appended to lately: their stat and reads look for parts at
+        # once instead of after a plain HEAD fails (a hint only: both are still asked).
+        self._parts_hint: OrderedDict[str, None] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} root={self.root!r}>"
@@ -410,11 +414,24 @@ class ObjectStoreDriver:
         objects, _ = await self._call("list", self.store.list, prefix)
         return objects
 
+    def _hint_parts(self, key: str) -> None:
+        self._parts_hint[key] = None
+        self._parts_hint.move_to_end(key)
+        while len(self._parts_hint) > PARTS_HINTS:
+            self._parts_hint.popitem(last=False)
+
+    def _forget_parts(self, key: str) -> None:
+        self._parts_hint.pop(key, None)
+        below = f"{key}/"
+        for hinted in [k for k in self._parts_hint if k.startswith(below)]:
+            del self._parts_hint[hinted]
+
     async def _layout(self, key: str, *, plain_first: bool = True) -> _Layout:
-        """Where *key*'s bytes are. *plain_first*: look at the parts only when no plain object."""
+        """Where *key*'s bytes are. *plain_first*: look at the parts only when no plain object
+        (one request for plain objects), unless this process appended to *key* lately."""
         if self.store.native_append:
             return _Layout(await self._head(key))
-        if plain_first:
+        if plain_first and key not in self._parts_hint:
             plain = await self._head(key)
             if plain is not None:
                 return _Layout(plain)
@@ -556,6 +573,7 @@ class ObjectStoreDriver:
         layout = await self._layout(key, plain_first=False)
         if layout.plain is not None:
             layout = await self._plain_to_parts(key, layout)
+        self._hint_parts(key)
         return StreamWriter(
             self,
             part_key(key, layout.size, _now_us()),
@@ -579,7 +597,13 @@ class ObjectStoreDriver:
 
     async def stat(self, path: str) -> FileInfo:
         key = self._key(path)
-        plain = await self._head(key)
+        if key in self._parts_hint:  # an upload this process writes: ask both ways at once
+            plain, listed = await asyncio.gather(self._head(key), self._list_all(parts_prefix(key)))
+            if plain is None and listed:
+                layout = _Layout(None, tuple(assemble(listed, parts_prefix(key))), (), True)
+                return FileInfo(path, layout.size, layout.mtime)
+        else:
+            plain = await self._head(key)
         if plain is not None:
             return FileInfo(path, plain.size, plain.mtime)
         if self.store.native_append:
@@ -672,6 +696,7 @@ class ObjectStoreDriver:
     async def move(self, source: str, destination: str) -> None:
         source_key, destination_key = self._key(source), self._key(destination)
         layout = await self._layout(source_key, plain_first=False)
+        self._forget_parts(source_key)
         if layout.plain is not None:
             await self._copy(source_key, destination_key, layout.plain.size)
             await self._call("delete", self.store.delete, source_key)
@@ -706,6 +731,7 @@ class ObjectStoreDriver:
 
     async def delete(self, path: str) -> None:
         key = self._key(path)
+        self._forget_parts(key)
         lookups: list[Awaitable[Any]] = [self._head(key), self._list_all(f"{key}/")]
         if not self.store.native_append:
             lookups.append(self._list_all(parts_prefix(key)))
