@@ -152,10 +152,28 @@ class Conn:
             )
         return resp, data
 
-    def download(self, path: str, digest: str | None = None) -> int:
-        """GET a blob into a reused buffer; hash it only when ``digest`` is given."""
+    def download(self, path: str, digest: str | None = None, *, follow: bool = False) -> int:
+        """GET a blob into a reused buffer; hash it only when ``digest`` is given.
+
+        With ``follow``, a redirect (a registry's 307 to a signed object-store URL) is
+        followed on a new connection to its host, as registry clients do; ``redirected``
+        then holds the host it went to."""
+        self.redirected: str | None = None
         self.conn.request("GET", self._path(path))
         resp = self.conn.getresponse()
+        if follow and resp.status in (301, 302, 303, 307, 308):
+            location = resp.getheader("Location") or ""
+            resp.read()
+            parts = urlsplit(location)
+            if not parts.netloc:
+                raise BenchError(f"GET {path[:120]}: redirect to {location[:120]!r}")
+            other = Conn(f"{parts.scheme}://{parts.netloc}", self.timeout)
+            try:
+                total = other.download(location, digest)
+            finally:
+                other.close()
+            self.redirected = parts.netloc
+            return total
         if resp.status != 200:
             raise BenchError(f"GET {path[:120]} answered {resp.status}: {resp.read()[:300]!r}")
         buf = bytearray(1 << 20)

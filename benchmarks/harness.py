@@ -289,6 +289,9 @@ def cargohold_command() -> list[str]:
 
 
 class Cargohold(Server):
+    """``cargohold serve`` on a fresh local folder. Options: ``config`` (TOML text),
+    ``env``, ``workers``, ``storage_url`` (replaces the local folder, e.g. ``s3://...``)."""
+
     kind = "cargohold"
     label = "Cargohold"
     health_path = "/healthz"
@@ -300,7 +303,7 @@ class Cargohold(Server):
             "--listen",
             self.host,
             "--storage",
-            self.storage.as_uri(),
+            self.options.get("storage_url") or self.storage.as_uri(),
         ]
         if self.options.get("config"):
             config = self.workdir / "cargohold.toml"
@@ -324,8 +327,7 @@ version: 0.1
 log:
   level: warn
 storage:
-  filesystem:
-    rootdirectory: {root}
+{storage}
   delete:
     enabled: true
   cache:
@@ -334,10 +336,17 @@ http:
   addr: {host}
 {extra}"""
 
+DISTRIBUTION_FILESYSTEM = """\
+  filesystem:
+    rootdirectory: {root}"""
+
 
 class Distribution(Server):
     """CNCF Distribution 2.8 (Debian's ``docker-registry``), the packaged default config
-    less auth: filesystem storage, delete enabled, in-memory blob descriptor cache."""
+    less auth: filesystem storage, delete enabled, in-memory blob descriptor cache.
+
+    Options: ``storage_yaml`` replaces the ``filesystem:`` driver block (indented by two
+    spaces, e.g. an ``s3:`` block and ``redirect:``), ``config_extra`` is appended."""
 
     kind = "distribution"
     label = "Distribution"
@@ -347,7 +356,10 @@ class Distribution(Server):
         config = self.workdir / "config.yml"
         config.write_text(
             DISTRIBUTION_CONFIG.format(
-                root=self.storage, host=self.host, extra=self.options.get("config_extra", "")
+                storage=self.options.get("storage_yaml")
+                or DISTRIBUTION_FILESYSTEM.format(root=self.storage),
+                host=self.host,
+                extra=self.options.get("config_extra", ""),
             )
         )
         return [find_executable("docker-registry") or "docker-registry", "serve", str(config)]
@@ -400,6 +412,60 @@ class Nginx(Server):
             NGINX_CONFIG.format(workdir=self.workdir, host=self.host, root=self.storage)
         )
         return [find_executable("nginx") or "nginx", "-c", str(config), "-e", "stderr"]
+
+
+class Moto(Server):
+    """moto's S3 emulator (``moto_server``, PyPI ``moto[server]``), objects in memory.
+
+    S3 workloads start one for all their cases, give each server of a case its own
+    bucket, and :meth:`reset` it between cases (which frees what the case stored)."""
+
+    kind = "moto"
+    label = "moto"
+    health_path = "/"
+    key = secret = "test"
+    region = "us-east-1"
+
+    def command(self) -> list[str]:
+        exe = Path(sys.executable).parent / "moto_server"
+        return [
+            str(exe) if exe.exists() else "moto_server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
+
+    def env(self) -> dict[str, str]:
+        env = client_env()
+        env.pop("PYTHONPATH", None)
+        return env
+
+    def _call(self, method: str, path: str) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.url + path, method=method)
+        try:
+            with _OPENER.open(request, timeout=60) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def create_bucket(self, name: str) -> str:
+        status, body = self._call("PUT", f"/{name}")
+        if status not in (200, 409):
+            raise ServerError(f"moto: create bucket {name}: {status} {body[:300]!r}")
+        return name
+
+    def reset(self) -> None:
+        """Forget every bucket and object (moto's ``/moto-api/reset``)."""
+        status, body = self._call("POST", "/moto-api/reset")
+        if status != 200:
+            raise ServerError(f"moto: reset answered {status} {body[:300]!r}")
+
+
+def moto_available() -> bool:
+    return (Path(sys.executable).parent / "moto_server").exists() or bool(
+        shutil.which("moto_server")
+    )
 
 
 def tool_versions() -> dict[str, str]:

@@ -97,6 +97,18 @@ class Context:
         ctx.wrk_threads = args.wrk_threads
         return ctx
 
+    def start_service(self, service: Server, timeout: float = 60.0) -> Server:
+        """Start a helper process (an S3 emulator) that stop_all() also stops."""
+        LIVE.append(service)
+        service.launch()
+        service.wait_ready(timeout)
+        return service
+
+    def stop_service(self, service: Server) -> None:
+        service.stop()
+        with contextlib.suppress(ValueError):
+            LIVE.remove(service)
+
     def limit(self, key: str, label: str | None = None) -> float | None:
         """Median of a machine limit; ``key[label]`` first when the limit is per case."""
         for name in ([f"{key}[{label}]"] if label else []) + [key]:
@@ -169,8 +181,17 @@ async def run_case(ctx: Context, workload: Workload, case: Any, index: int) -> C
     where = ctx.workdir / "servers" / f"{index:02d}-{workload.name}"
     servers: dict[str, Server] = {}
     states: dict[str, Any] = {}
+    kinds = tuple(k for k in SERVER_KINDS if k in workload.servers)
     try:
-        for kind in SERVER_KINDS:  # both start at once; setup once each is ready
+        try:
+            await workload.begin_case(ctx, case)
+        except Exception as exc:
+            for kind in kinds:
+                result.runs[kind] = []
+                result.errors.setdefault(kind, []).append(f"begin: {_describe(exc, None)}")
+            log(f"  begin FAILED: {_describe(exc, None)}")
+            kinds = ()
+        for kind in kinds:  # both start at once; setup once each is ready
             result.runs[kind] = []
             try:
                 servers[kind] = start_server(ctx, workload, case, kind, where)
@@ -185,7 +206,7 @@ async def run_case(ctx: Context, workload: Workload, case: Any, index: int) -> C
                 result.errors.setdefault(kind, []).append(f"setup: {_describe(exc, server)}")
                 log(f"  {kind}: setup FAILED: {result.errors[kind][-1]}")
         for run in range(ctx.runs):
-            order = SERVER_KINDS if run % 2 == 0 else tuple(reversed(SERVER_KINDS))
+            order = kinds if run % 2 == 0 else tuple(reversed(kinds))
             for kind in order:
                 if kind not in states:
                     continue
@@ -335,10 +356,29 @@ async def main_async(args: argparse.Namespace, ctx: Context, notes: list[str]) -
             log(f"  {key}: {value['median']:,.1f} {value['unit']} (spread {value['spread']:.1%})")
     index = 0
     for workload in workloads:
-        for case in workload.cases(ctx):
-            index += 1
-            log(f"{workload.name} {case.label}".rstrip())
-            results.append(await run_case(ctx, workload, case, index))
+        cases = workload.cases(ctx)
+        if not cases:
+            log(f"{workload.name}: skipped ({'quick mode' if ctx.quick else 'no case'})")
+            continue
+        try:
+            await workload.begin(ctx)
+        except Exception as exc:
+            log(f"{workload.name}: FAILED to begin: {_describe(exc, None)}")
+            for case in cases:
+                failed = CaseResult(workload, case)
+                for kind in workload.servers:
+                    failed.runs[kind] = []
+                    failed.errors[kind] = [f"begin: {_describe(exc, None)}"]
+                results.append(failed)
+            await workload.end(ctx)
+            continue
+        try:
+            for case in cases:
+                index += 1
+                log(f"{workload.name} {case.label}".rstrip())
+                results.append(await run_case(ctx, workload, case, index))
+        finally:
+            await workload.end(ctx)
     targets = []
     for result in results:
         try:

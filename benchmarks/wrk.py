@@ -24,8 +24,12 @@ async def run_wrk(
     threads: int = 1,
     duration: float = 10.0,
     timeout: float = 5.0,
+    env: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """One wrk run; returns requests, req_s, latency percentiles (ms) and error counts."""
+    """One wrk run; returns requests, req_s, latency percentiles (ms) and error counts.
+
+    ``env`` is added to wrk's environment (the Lua script reads e.g. WRK_AUTHORIZATION
+    there, which keeps credentials off the command line)."""
     cmd = [
         "wrk",
         f"-t{threads}",
@@ -40,7 +44,7 @@ async def run_wrk(
         *cmd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env=client_env(),
+        env={**client_env(), **(env or {})},
     )
     try:
         out, _ = await proc.communicate()

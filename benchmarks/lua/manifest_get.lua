@@ -9,6 +9,12 @@ wrk.headers["Accept"] = table.concat({
    "application/vnd.docker.distribution.manifest.v2+json",
    "application/vnd.docker.distribution.manifest.list.v2+json",
 }, ", ")
+-- An Authorization header ("Basic ...", "Bearer ...") from the environment, if set
+-- (the auth workload; kept off the command line).
+local authorization = os.getenv("WRK_AUTHORIZATION")
+if authorization and authorization ~= "" then
+   wrk.headers["Authorization"] = authorization
+end
 
 function done(summary, latency, requests)
    local e = summary.errors

@@ -75,9 +75,21 @@ class Workload:
     title: ClassVar[str] = ""
     description: ClassVar[str] = ""
     metrics: ClassVar[tuple[Metric, ...]] = ()
+    servers: ClassVar[tuple[str, ...]] = ("cargohold", "distribution")
+    """The servers it runs against; a Cargohold-only workload shows "—" for Distribution."""
 
     def cases(self, ctx: Context) -> list[Case]:
         return [Case()]
+
+    async def begin(self, ctx: Context) -> None:
+        """Before the first case: start what the cases share (an S3 emulator, say) with
+        ``ctx.start_service``, which the runner stops on any exit too."""
+
+    async def begin_case(self, ctx: Context, case: Case) -> None:
+        """Before a case's servers start (fresh buckets, say)."""
+
+    async def end(self, ctx: Context) -> None:
+        """After the last case, also after a failure: stop what :meth:`begin` started."""
 
     def server_options(self, ctx: Context, kind: str, case: Case) -> dict[str, Any]:
         """Extra options for the server of ``kind`` (``cargohold``/``distribution``):
@@ -142,4 +154,4 @@ def register(cls: type[Workload]) -> type[Workload]:
 
 
 # Registration order is report order.
-from . import blobs, small, manifest_get, listing, skopeo  # noqa: E402, F401, I001
+from . import blobs, small, manifest_get, listing, skopeo, auth, s3  # noqa: E402, F401, I001

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..client import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, BenchError, MiB
 from ..harness import client_env
-from . import Case, Metric, Workload, register
+from . import Case, CaseResult, Metric, Target, Workload, register
 
 if TYPE_CHECKING:
     from ..harness import Server
@@ -148,6 +148,20 @@ class _Skopeo(Workload):
             size = build_oci_image(path / "layout", layer_sizes(ctx), seed)
             marker.write_text(str(size))
         return path / "layout", int(marker.read_text())
+
+    def targets(self, ctx: Context, case: Case, result: CaseResult) -> list[Target]:
+        # Issue 4: a real client's push and pull at least as fast as Distribution's.
+        c, d = result.median("cargohold", "seconds"), result.median("distribution", "seconds")
+        if c is None or d is None:
+            return []
+        return [
+            Target(
+                f"{self.title} {case.label}: wall time <= Distribution's",
+                f"{c:,.2f} s ({c / d:.2f}x)",
+                f"<= {d:,.2f} s",
+                c <= d,
+            )
+        ]
 
     def scratch(self, ctx: Context, server: Server, name: str) -> Path:
         path = ctx.workdir / "scratch" / server.kind / name
