@@ -9,10 +9,13 @@ a worker thread. Blobs have a real path, which lets the server use sendfile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from fsspec.implementations.local import LocalFileSystem
 
@@ -20,25 +23,46 @@ from registry_core.storage.driver import FileInfo, FileWriter, PathNotFound, Wal
 
 from .fsspec_driver import READ_CHUNK, FsspecDriver
 
+T = TypeVar("T")
+
+
+_TEMPORARY_PREFIX = f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"
+_temporary_numbers = itertools.count()
+
 
 def _temporary(path: str) -> str:
+    # Unique per process (pid + random) and per call (a counter): cheaper than a UUID each.
     directory, base = os.path.split(path)
-    return os.path.join(directory, f".{base}.tmp-{uuid.uuid4().hex}")
+    return os.path.join(directory, f".{base}.tmp-{_TEMPORARY_PREFIX}-{next(_temporary_numbers)}")
+
+
+def _with_parent(path: str, action: Callable[[], T]) -> T:
+    """Run *action*; if it fails for want of *path*'s folder, make the folder and retry.
+
+    Most writes land in folders that exist: trying first saves a makedirs (and
+    the exception it raises internally) on every small write.
+    """
+    try:
+        return action()
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return action()
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     temporary = _temporary(path)
-    with open(temporary, "wb") as handle:
-        handle.write(data)
+    _with_parent(path, lambda: _write_file(temporary, data))
     os.replace(temporary, path)
 
 
 def _create_if_absent(path: str, data: bytes) -> bool:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     temporary = _temporary(path)
-    with open(temporary, "wb") as handle:
-        handle.write(data)
+    _with_parent(path, lambda: _write_file(temporary, data))
     try:
         os.link(temporary, path)
         return True
@@ -49,14 +73,17 @@ def _create_if_absent(path: str, data: bytes) -> bool:
 
 
 def _open_append(path: str) -> tuple[object, int]:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handle = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by the writer
+    handle = _with_parent(path, lambda: open(path, "ab", buffering=0))  # noqa: SIM115 - closed by the writer
     return handle, handle.seek(0, os.SEEK_END)
 
 
 def _move(source: str, destination: str) -> None:
-    os.makedirs(os.path.dirname(destination), exist_ok=True)
     try:
+        os.replace(source, destination)
+    except FileNotFoundError:
+        if not os.path.lexists(source):
+            raise PathNotFound(source) from None
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
         os.replace(source, destination)
     except NotADirectoryError:
         if os.path.exists(source):
@@ -64,12 +91,30 @@ def _move(source: str, destination: str) -> None:
         raise PathNotFound(source) from None  # a parent of the source is an object
 
 
+def _remove_folder(path: str) -> None:
+    """Remove a folder; the common case (a few files, no subfolders) without rmtree's walk."""
+    with os.scandir(path) as entries:
+        names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    if any(is_dir for _, is_dir in names):
+        shutil.rmtree(path)
+        return
+    for name, _ in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(path, name))
+    try:
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path)  # something was added meanwhile
+
+
 def _delete(path: str) -> None:
     try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
+        os.unlink(path)
+    except IsADirectoryError:
+        try:
+            _remove_folder(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
     except (FileNotFoundError, NotADirectoryError):
         raise PathNotFound(path) from None
 
