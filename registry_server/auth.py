@@ -157,7 +157,7 @@ class Guard:
         return {"WWW-Authenticate": value}
 
     async def _basic(self, request: web.BaseRequest, username: str, secret: str) -> Identity:
-        keys = [f"user:{username}", f"addr:{request.remote or ''}"]
+        keys = [f"user:{username}", f"addr:{self.domains.client_address(request)}"]
         delay = self.throttle.check(keys)
         identity = await self.authenticator.login(username, secret)
         if identity is None:
@@ -335,7 +335,7 @@ class Guard:
         """The caller of an ``/api/v1/`` route: ``X-Api-Key``, Basic, or a user's bearer token."""
         key = request.headers.get("X-Api-Key")
         if key:
-            keys = [f"addr:{request.remote or ''}"]
+            keys = [f"addr:{self.domains.client_address(request)}"]
             delay = self.throttle.check(keys)
             identity = await self.authenticator.api_key_login(key.strip())
             if identity is None:

@@ -74,6 +74,19 @@ class Domains:
             return False
         return any(address in network for network in self._trusted)
 
+    def client_address(self, request: web.BaseRequest) -> str:
+        """The client's address: behind a trusted proxy, the last hop it reports.
+
+        The right-most ``X-Forwarded-For`` entry is the one the trusted proxy
+        added itself; entries left of it came from the client and could be forged.
+        """
+        if self._trusted_peer(request):
+            forwarded = request.headers.get("X-Forwarded-For", "")
+            hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+            if hops:
+                return hops[-1]
+        return request.remote or ""
+
     def origin(self, request: web.BaseRequest) -> Origin:
         scheme, host = request.scheme, request.host
         if self._trusted_peer(request):

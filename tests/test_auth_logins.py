@@ -420,6 +420,35 @@ def test_failed_logins_from_one_address_are_refused_with_429(throttled) -> None:
     assert elsewhere.get(f"{server.url}/v2/").status_code == 200
 
 
+def test_behind_a_trusted_proxy_failed_logins_count_per_forwarded_client(
+    tmp_path: Path,
+) -> None:
+    seed = new_store(tmp_path)
+    seed.registry("acme/prod")
+    seed.user("bystander")
+    seed.member("acme/prod", "bystander", "read")
+    proxy = "127.0.0.60"
+    config = write_config(
+        tmp_path / "config.toml",
+        server={"trusted_proxies": [f"{proxy}/32"]},
+        auth={"max_failures": MAX_FAILURES, "slowdown_after": 100, "failure_window": WINDOW},
+    )
+    with RegistryServer(seed.storage, auth=True, config=config, workdir=tmp_path / "srv") as server:
+        # Addresses in the header only: every packet goes to 127.0.0.1 through "the proxy".
+        attacker = {"X-Forwarded-For": "203.0.113.7"}
+        neighbour = {"X-Forwarded-For": "203.0.113.8"}
+        for i in range(MAX_FAILURES):
+            resp = from_address(proxy, (f"spray-{i}", "guess")).get(
+                f"{server.url}/v2/", headers=attacker
+            )
+            assert resp.status_code == 401
+        good = seed.credentials["bystander"].auth
+        locked = from_address(proxy, good).get(f"{server.url}/v2/", headers=attacker)
+        assert_too_many(locked)
+        other = from_address(proxy, good).get(f"{server.url}/v2/", headers=neighbour)
+        assert other.status_code == 200
+
+
 def test_failed_logins_are_slowed_before_they_are_refused(throttled) -> None:
     server, _ = throttled
     session = from_address("127.0.0.40", ("slow", "guess"))
