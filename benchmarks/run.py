@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import resource
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import limits
+from . import limits, profile
 from .client import BlobSource, GiB, MiB
 from .harness import (
     REPO_ROOT,
@@ -43,6 +44,7 @@ from .harness import (
     loadavg,
     log,
     machine_busy_seconds,
+    moto_available,
     tool_versions,
 )
 from .workloads import COMMON_METRICS, WORKLOADS, CaseResult, Workload
@@ -75,6 +77,7 @@ class Context:
     blobs: BlobSource = field(default_factory=BlobSource)
     download_suffix: bytes = b"download-suffix!"
     limits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profile_dir: Path | None = None
 
     @classmethod
     def create(cls, args: argparse.Namespace, workdir: Path) -> Context:
@@ -95,6 +98,7 @@ class Context:
         if args.duration:
             ctx.get_duration = args.duration
         ctx.wrk_threads = args.wrk_threads
+        ctx.profile_dir = args.profile
         return ctx
 
     def start_service(self, service: Server, timeout: float = 60.0) -> Server:
@@ -182,6 +186,8 @@ async def run_case(ctx: Context, workload: Workload, case: Any, index: int) -> C
     servers: dict[str, Server] = {}
     states: dict[str, Any] = {}
     kinds = tuple(k for k in SERVER_KINDS if k in workload.servers)
+    recorder: subprocess.Popen[bytes] | None = None
+    profile_raw: Path | None = None
     try:
         try:
             await workload.begin_case(ctx, case)
@@ -205,6 +211,14 @@ async def run_case(ctx: Context, workload: Workload, case: Any, index: int) -> C
             except Exception as exc:
                 result.errors.setdefault(kind, []).append(f"setup: {_describe(exc, server)}")
                 log(f"  {kind}: setup FAILED: {result.errors[kind][-1]}")
+        if ctx.profile_dir is not None and "cargohold" in states:
+            ctx.profile_dir.mkdir(parents=True, exist_ok=True)
+            profile_raw = ctx.profile_dir / f"{index:02d}-{result.key}.txt".replace(" ", "_")
+            tree = servers["cargohold"].tree
+            assert tree is not None
+            recorder = profile.start(tree.pid, profile_raw)
+            if recorder is None:
+                log("  --profile: py-spy is not installed (pip install py-spy)")
         for run in range(ctx.runs):
             order = kinds if run % 2 == 0 else tuple(reversed(kinds))
             for kind in order:
@@ -227,6 +241,12 @@ async def run_case(ctx: Context, workload: Workload, case: Any, index: int) -> C
                     f"cpu {values['server_cpu_s']:.2f}s  rss {values['server_peak_rss_mib']:.0f} MiB"
                 )
     finally:
+        if recorder is not None and profile_raw is not None:
+            profile.stop(recorder)
+            if profile_raw.exists():
+                summary = profile_raw.with_suffix(".md")
+                summary.write_text(profile.summarize(profile_raw, result.key))
+                log(f"  profile: {summary}")
         for server in servers.values():
             stopping = time.monotonic()
             server.stop()
@@ -318,6 +338,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-install", action="store_true", help="never call apt-get")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="results folder")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a new temp dir)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy record Cargohold during every case into DIR (slows it: explain, don't measure)",
+    )
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
@@ -332,6 +358,19 @@ def ensure_matplotlib() -> None:
     except ImportError:
         log("installing matplotlib (the bench extra) for the chart")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib>=3.7"])
+
+
+def ensure_s3_tools(workloads: list[Workload]) -> None:
+    """The S3 workloads need s3fs (Cargohold's s3 driver) and moto's server; install both
+    in one pip run if either is missing (one resolver run keeps botocore's pins agreed)."""
+    if not any(w.name.startswith("s3-") for w in workloads):
+        return
+    if importlib.util.find_spec("s3fs") is not None and moto_available():
+        return
+    log("installing s3fs and moto[server] for the S3 workloads")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "s3fs>=2024.2", "moto[server]>=5.0"]
+    )
 
 
 def select(only: str | None) -> list[Workload]:
@@ -475,11 +514,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, workload in WORKLOADS.items():
             print(f"{name:22s} {workload.description}")
         return 0
-    select(args.only)  # fail fast on a typo
+    selected = select(args.only)  # fail fast on a typo
     if not args.no_install:
         ensure_packages()
         ensure_matplotlib()
+        ensure_s3_tools(selected)
     notes: list[str] = []
+    if args.profile:
+        notes.append(
+            f"--profile: py-spy sampled every Cargohold server (profiles in {args.profile}); "
+            "sampling slows it, so these figures explain rather than measure"
+        )
     if args.workers and not cargohold_supports_workers():
         notes.append(f"--workers {args.workers} ignored: `cargohold serve` has no --workers flag")
         log(notes[-1])

@@ -1,0 +1,126 @@
+"""``--profile DIR``: py-spy records the Cargohold server of every workload case.
+
+The recorder attaches to the server (and its worker processes) after the case's
+setup and stops when the case ends, so the profile covers the measured runs only
+(while Distribution runs, Cargohold is idle, and py-spy leaves idle threads out).
+It writes ``DIR/NN-workload[case].txt`` (py-spy's raw collapsed stacks, for
+``flamegraph.pl`` or speedscope) and ``DIR/NN-workload[case].md``: where the busy
+samples went, by leaf function (self) and by function anywhere on the stack
+(inclusive). Sampling slows the server a little: use the profile to explain a
+figure, take the figures from a run without ``--profile``.
+
+``python -m benchmarks.profile FILE.txt`` prints the summary of a raw file again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+TOP = 25
+_LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
+
+
+def py_spy() -> str | None:
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+def start(pid: int, raw_path: Path) -> subprocess.Popen[bytes] | None:
+    exe = py_spy()
+    if exe is None:
+        return None
+    log = open(raw_path.with_suffix(".log"), "wb")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--nolineno",
+            "--format",
+            "raw",
+            "--output",
+            str(raw_path),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGINT makes py-spy write its output and exit."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _frame(frame: str) -> str:
+    """``handle (registry_server/v2.py)`` -> ``handle (v2.py)``: short but recognisable."""
+    found = re.match(r"^(?P<fn>.*) \((?P<file>[^()]*)\)$", frame)
+    if not found:
+        return frame
+    return f"{found['fn']} ({Path(found['file']).name})"
+
+
+def summarize(raw_path: Path, title: str = "") -> str:
+    self_time: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw_path.read_text(errors="replace").splitlines():
+        found = _LINE.match(line.strip())
+        if not found:
+            continue
+        count = int(found["count"])
+        frames = [_frame(f) for f in found["stack"].split(";") if f]
+        # py-spy puts "process NNN:..." and "thread (0x...)" frames first with -s/-t.
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += count
+        self_time[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    lines = [f"# py-spy profile: {title or raw_path.stem}", ""]
+    if not total:
+        return "\n".join([*lines, "No busy samples (py-spy saw only idle threads).", ""])
+    lines += [
+        f"{total} busy samples at 100 Hz (~{total / 100:.1f} s of CPU on the GIL-holding or "
+        "running threads; idle threads left out).",
+        "",
+        "## Self time (leaf function)",
+        "",
+        "| share | samples | function |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {n / total:.1%} | {n} | `{f}` |" for f, n in self_time.most_common(TOP)]
+    lines += [
+        "",
+        "## Inclusive (anywhere on the stack)",
+        "",
+        "| share | samples | function |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {n / total:.1%} | {n} | `{f}` |" for f, n in inclusive.most_common(TOP * 2)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        print(summarize(Path(name)))
