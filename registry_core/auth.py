@@ -233,6 +233,8 @@ class Authenticator:
         self._by_secret_id: dict[str, set[str]] = {}
         self._tenants: dict[Tenant, tuple[float, object]] = {}
         self._roles: dict[tuple[str, Tenant], tuple[float, str | None]] = {}
+        self.logins_generation = 0
+        """Bumped whenever cached logins are dropped, so caches built on them can tell."""
 
     @staticmethod
     def _cache_key(username: str, secret: str) -> str:
@@ -257,6 +259,7 @@ class Authenticator:
 
     def forget(self, record_id: str) -> None:
         """Drop cached logins of a revoked key or token (this process only)."""
+        self.logins_generation += 1
         for key in self._by_secret_id.pop(record_id, set()):
             self._logins.pop(key, None)
 
@@ -266,6 +269,7 @@ class Authenticator:
         self._roles.clear()
 
     def forget_all(self) -> None:
+        self.logins_generation += 1
         self._logins.clear()
         self._tenants.clear()
         self._roles.clear()

@@ -18,6 +18,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import attrs
 from aiohttp import web
@@ -139,6 +140,8 @@ class Guard:
             config.max_failures, config.failure_window, config.slowdown_after
         )
         self._pull_locks: dict[str, asyncio.Lock] = {}
+        self._headers: dict[str, tuple[float, Identity, int]] = {}
+        self._tokens: dict[tuple[str, str], Claims] = {}
 
     # -- identities ---------------------------------------------------------------------
 
@@ -174,20 +177,51 @@ class Guard:
             return ANONYMOUS, None
         scheme = header.split(" ", 1)[0].lower()
         if scheme == "bearer":
+            return await self._bearer(request, header[7:].strip())
+        # A header seen lately maps straight to its identity (the login cache holds
+        # the verdict anyway); the throttle is still asked, so lockouts apply.
+        cached = self._headers.get(header)
+        if (
+            cached is not None
+            and cached[0] > time.monotonic()
+            and cached[2] == self.authenticator.logins_generation
+        ):
+            identity = cached[1]
+            self.throttle.check(
+                [f"user:{identity.name}", f"addr:{self.domains.client_address(request)}"]
+            )
+            return identity, None
+        basic = parse_basic(header)
+        if basic is None:
+            raise Unauthorized("unsupported Authorization header", headers=self.challenge(request))
+        generation = self.authenticator.logins_generation
+        identity = await self._basic(request, *basic)
+        expires = time.monotonic() + self.config.cache_ttl
+        self._remember(self._headers, header, (expires, identity, generation))
+        return identity, None
+
+    async def _bearer(self, request: web.BaseRequest, token: str) -> tuple[Identity, Claims]:
+        audience = self._service(request)
+        cached = self._tokens.get((token, audience))
+        if cached is not None and cached.exp > time.time():
+            claims = cached
+        else:
             try:
-                claims = await self.signer.verify(
-                    header[7:].strip(), audience=self._service(request)
-                )
+                claims = await self.signer.verify(token, audience=audience)
             except InvalidToken:
                 raise Unauthorized(
                     "invalid or expired token",
                     headers=self.challenge(request, error="invalid_token"),
                 ) from None
-            return Identity(claims.kind, claims.sub), claims  # type: ignore[arg-type]
-        basic = parse_basic(header)
-        if basic is None:
-            raise Unauthorized("unsupported Authorization header", headers=self.challenge(request))
-        return await self._basic(request, *basic), None
+            # A verified signature stays verified: cache the claims until they expire.
+            self._remember(self._tokens, (token, audience), claims)
+        return Identity(claims.kind, claims.sub), claims  # type: ignore[arg-type]
+
+    @staticmethod
+    def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(cache) >= 10_000:
+            cache.clear()
+        cache[key] = value
 
     async def granted(
         self, identity: Identity, claims: Claims | None, name: RepositoryName, mapper: NameMapper
