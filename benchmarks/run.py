@@ -278,6 +278,14 @@ def _describe(exc: BaseException, server: Server | None) -> str:
 # -- machine description ----------------------------------------------------------------
 
 
+def git_describe() -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 def machine_info(workdir: Path) -> dict[str, Any]:
     def read(path: str) -> str:
         try:
@@ -303,11 +311,7 @@ def machine_info(workdir: Path) -> dict[str, Any]:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
-    git = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    git = git_describe()
     return {
         "nproc": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
@@ -387,6 +391,7 @@ async def main_async(args: argparse.Namespace, ctx: Context, notes: list[str]) -
     started = dt.datetime.now(dt.UTC)
     clock = time.monotonic()
     load_start = loadavg()
+    git_start = git_describe()
     workloads = select(args.only)
     results: list[CaseResult] = []
     if not args.skip_limits:
@@ -418,6 +423,13 @@ async def main_async(args: argparse.Namespace, ctx: Context, notes: list[str]) -
                 results.append(await run_case(ctx, workload, case, index))
         finally:
             await workload.end(ctx)
+    git_end = git_describe()
+    if git_end != git_start:
+        # The working tree is shared: the servers ran whatever code was there at each start.
+        notes.append(
+            f"the checkout changed during the run: {git_start} at the start, {git_end} at the "
+            "end (each server ran the code on disk when it started)"
+        )
     targets = []
     for result in results:
         try:
@@ -449,6 +461,7 @@ async def main_async(args: argparse.Namespace, ctx: Context, notes: list[str]) -
         "notes": notes,
         "machine": {
             **machine_info(ctx.workdir),
+            "git_start": git_start,
             "loadavg_start": load_start,
             "loadavg_end": loadavg(),
         },
