@@ -455,6 +455,14 @@ class Moto(Server):
             raise ServerError(f"moto: create bucket {name}: {status} {body[:300]!r}")
         return name
 
+    def requests_logged(self) -> int:
+        """Requests moto has answered so far: lines of its (werkzeug) access log."""
+        try:
+            with open(self.log_path, "rb") as f:
+                return sum(1 for line in f if b'HTTP/1.1" ' in line)
+        except OSError:
+            return 0
+
     def reset(self) -> None:
         """Forget every bucket and object (moto's ``/moto-api/reset``)."""
         status, body = self._call("POST", "/moto-api/reset")

@@ -20,7 +20,10 @@ the ``proxied`` cases turn redirects off on both (``redirect = false`` /
 that each server really did what its case says.
 
 moto's own CPU seconds per run are reported (``moto CPU``): on this machine the
-emulator, a Python server, shares the two cores with the registry and the client.
+emulator, a Python server, shares the two cores with the registry and the client. So
+is the number of requests moto served during the run (from its access log; in the
+redirect cases that includes the client's GETs of the presigned URLs): the storage
+round trips each registry needs for the same work.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
 REPO = "bench/s3/big"
 MOTO_CPU = Metric("moto_cpu_s", "moto CPU", "s", False, digits=2, chart=False)
+MOTO_REQUESTS = Metric("moto_requests", "requests moto served", "", False, digits=0, chart=False)
 THROUGHPUT = Metric("mib_s", "throughput", "MiB/s", True)
 _buckets = itertools.count(1)
 
@@ -121,8 +125,11 @@ class _OnS3(Workload):
     ) -> dict[str, float]:
         assert self.moto is not None and self.moto.tree is not None
         cpu0 = self.moto.tree.cpu_seconds()
+        requests0 = self.moto.requests_logged()
         values = await self.measure(ctx, server, case, state, run)
         values[MOTO_CPU.key] = self.moto.tree.cpu_seconds() - cpu0
+        await asyncio.sleep(0.05)  # moto's access log is written right after each answer
+        values[MOTO_REQUESTS.key] = self.moto.requests_logged() - requests0
         return values
 
     async def measure(
@@ -146,7 +153,7 @@ def _at_least(title: str, result: CaseResult, key: str, unit: str) -> list[Targe
 
 
 class _S3Upload(_OnS3):
-    metrics = (THROUGHPUT, CPU_PER_GIB, MOTO_CPU)
+    metrics = (THROUGHPUT, CPU_PER_GIB, MOTO_CPU, MOTO_REQUESTS)
     upload: Any = None
 
     def cases(self, ctx: Context) -> list[Case]:
@@ -203,7 +210,7 @@ class S3Download(_OnS3):
         "redirect: the servers' defaults (307 to a presigned moto URL, followed by the "
         "client); proxied: redirects off on both, the registry streams the object."
     )
-    metrics = (THROUGHPUT, CPU_PER_GIB, MOTO_CPU)
+    metrics = (THROUGHPUT, CPU_PER_GIB, MOTO_CPU, MOTO_REQUESTS)
 
     def cases(self, ctx: Context) -> list[Case]:
         size = blob_size(ctx)
@@ -262,7 +269,7 @@ class S3SkopeoPush(_OnS3, SkopeoPush):
     name = "s3-skopeo-push"
     title = "S3: skopeo push"
     description = "As skopeo-push (a fresh multi-layer image each run), both registries on moto S3."
-    metrics = (*SkopeoPush.metrics, MOTO_CPU)
+    metrics = (*SkopeoPush.metrics, MOTO_CPU, MOTO_REQUESTS)
 
     async def measure(
         self, ctx: Context, server: Server, case: Case, state: Any, run: int
@@ -278,7 +285,7 @@ class S3SkopeoPull(_OnS3, SkopeoPull):
         "As skopeo-pull, both registries on moto S3; redirect: blob GETs answered 307 to "
         "presigned moto URLs (skopeo follows), proxied: redirects off on both."
     )
-    metrics = (*SkopeoPull.metrics, MOTO_CPU)
+    metrics = (*SkopeoPull.metrics, MOTO_CPU, MOTO_REQUESTS)
 
     def cases(self, ctx: Context) -> list[Case]:
         if ctx.quick:  # skopeo-pull covers it on local storage; keeps --quick < 3 min
