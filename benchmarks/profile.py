@@ -71,38 +71,67 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(5)
 
 
-def _frame(frame: str) -> str:
-    """``handle (registry_server/v2.py)`` -> ``handle (v2.py)``: short but recognisable."""
-    found = re.match(r"^(?P<fn>.*) \((?P<file>[^()]*)\)$", frame)
-    if not found:
-        return frame
-    return f"{found['fn']} ({Path(found['file']).name})"
+_FRAME = re.compile(r"^(?P<fn>.*) \((?P<file>[^()]*)\)$")
+OWN = ("registry_server/", "registry_core/", "drivers/")
+# Where a pool thread waits for work: py-spy counts it as running, it is not.
+IDLE_LEAVES = {("_worker", "concurrent/futures/thread.py")}
+
+
+def _split(frame: str) -> tuple[str, str]:
+    found = _FRAME.match(frame)
+    return (found["fn"], found["file"]) if found else (frame, "")
+
+
+def _package(file: str) -> str:
+    """``aiohttp/web_protocol.py`` -> ``aiohttp``; ``selectors.py`` -> ``selectors``."""
+    head = file.split("/", 1)[0]
+    return head.removesuffix(".py") if head else "?"
 
 
 def summarize(raw_path: Path, title: str = "") -> str:
+    """Busy samples by package and by leaf function (self time), and Cargohold's own
+    functions anywhere on the stack (inclusive)."""
     self_time: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in raw_path.read_text(errors="replace").splitlines():
         found = _LINE.match(line.strip())
         if not found:
             continue
         count = int(found["count"])
-        frames = [_frame(f) for f in found["stack"].split(";") if f]
-        # py-spy puts "process NNN:..." and "thread (0x...)" frames first with -s/-t.
-        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        frames = [
+            _split(f)
+            for f in found["stack"].split(";")
+            if f and not f.startswith(("process ", "thread "))
+        ]
         if not frames:
             continue
+        if frames[-1] in IDLE_LEAVES:
+            idle += count
+            continue
         total += count
-        self_time[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
+        fn, file = frames[-1]
+        self_time[f"{fn} ({file})"] += count
+        packages[_package(file)] += count
+        for fn, file in set(frames):
+            if file.startswith(OWN) and file != "registry_server/cli.py":  # cli: the whole run
+                inclusive[f"{fn} ({file})"] += count
     lines = [f"# py-spy profile: {title or raw_path.stem}", ""]
     if not total:
         return "\n".join([*lines, "No busy samples (py-spy saw only idle threads).", ""])
     lines += [
-        f"{total} busy samples at 100 Hz (~{total / 100:.1f} s of CPU on the GIL-holding or "
-        "running threads; idle threads left out).",
+        f"{total} busy samples at 100 Hz, ~{total / 100:.1f} s of thread time (py-spy leaves "
+        f"idle threads out; {idle} more samples of pool threads waiting for work are left out "
+        "too). Shares are of the busy samples.",
+        "",
+        "## By package (of the function running)",
+        "",
+        "| share | samples | package |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {n / total:.1%} | {n} | `{k}` |" for k, n in packages.most_common(12)]
+    lines += [
         "",
         "## Self time (leaf function)",
         "",
@@ -112,12 +141,12 @@ def summarize(raw_path: Path, title: str = "") -> str:
     lines += [f"| {n / total:.1%} | {n} | `{f}` |" for f, n in self_time.most_common(TOP)]
     lines += [
         "",
-        "## Inclusive (anywhere on the stack)",
+        "## Cargohold's functions, inclusive (anywhere on the stack)",
         "",
         "| share | samples | function |",
         "|---|---|---|",
     ]
-    lines += [f"| {n / total:.1%} | {n} | `{f}` |" for f, n in inclusive.most_common(TOP * 2)]
+    lines += [f"| {n / total:.1%} | {n} | `{f}` |" for f, n in inclusive.most_common(TOP)]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """Turn a results dict (the JSON the runner writes) into ``latest.md`` and ``latest.png``.
 
 Works from the JSON alone, so ``python -m benchmarks.report results/latest.json``
-re-renders an old run.
+re-renders an old run (``results/NAME.json`` -> ``NAME.md`` and ``NAME.png`` beside it).
 """
 
 from __future__ import annotations
@@ -271,8 +271,9 @@ def chart(report: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
-    json_path, md_path, png_path = out / "latest.json", out / "latest.md", out / "latest.png"
+def write_outputs(report: dict[str, Any], out: Path, name: str = "latest") -> list[Path]:
+    """``NAME.json``, ``NAME.md`` and ``NAME.png`` in ``out``."""
+    json_path, md_path, png_path = out / f"{name}.json", out / f"{name}.md", out / f"{name}.png"
     json_path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     has_png = chart(report, png_path)
     if not has_png:
@@ -285,5 +286,5 @@ if __name__ == "__main__":
     source = Path(
         sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results/latest.json"
     )
-    for p in write_outputs(json.loads(source.read_text()), source.parent):
+    for p in write_outputs(json.loads(source.read_text()), source.parent, source.stem):
         print(p)

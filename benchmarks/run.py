@@ -341,6 +341,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-limits", action="store_true", help="do not measure the limits")
     parser.add_argument("--no-install", action="store_true", help="never call apt-get")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="results folder")
+    parser.add_argument(
+        "--name", default="latest", help="results file names: NAME.json/.md/.png (default latest)"
+    )
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a new temp dir)")
     parser.add_argument(
         "--profile",
@@ -568,10 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     from .report import write_outputs
 
     args.output.mkdir(parents=True, exist_ok=True)
-    paths = write_outputs(report, args.output)
+    paths = write_outputs(report, args.output, args.name)
     for path in paths:
         log(f"wrote {path}")
-    print((args.output / "latest.md").read_text())
+    print((args.output / f"{args.name}.md").read_text())
     return 0
 
 
