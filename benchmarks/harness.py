@@ -456,10 +456,11 @@ class Moto(Server):
         return name
 
     def requests_logged(self) -> int:
-        """Requests moto has answered so far: lines of its (werkzeug) access log."""
+        """Requests moto has answered so far: request lines of its (werkzeug) access log,
+        ``[date] "GET /... HTTP/1.1" 200 -`` (colored with ANSI codes for 206, 404, ...)."""
         try:
             with open(self.log_path, "rb") as f:
-                return sum(1 for line in f if b'HTTP/1.1" ' in line)
+                return sum(1 for line in f if b'] "' in line and b" HTTP/1." in line)
         except OSError:
             return 0
 
