@@ -25,14 +25,14 @@ from registry_core import Config, Registry, RegistryError, StorageError
 from registry_core.errors import NotFound, TooLarge, Unavailable, Unsupported
 from registry_core.tenancy import Conflict, TenancyStore
 
-from .api import ApiRoutes
-from .auth import Guard
 from .domains import Domains
-from .management import Management
+from .http.archives import ApiRoutes
+from .http.guard import Guard
+from .http.management import Management
+from .http.openapi import add_to as add_openapi
+from .http.v2 import API_VERSION_HEADER, V2Routes
 from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
-from .openapi import add_to as add_openapi
 from .state import new_request_id, state_of
-from .v2 import API_VERSION_HEADER, V2Routes
 
 LOGGER = logging.getLogger("cargohold.server")
 REGISTRY_KEY = web.AppKey("registry", Registry)

@@ -15,8 +15,8 @@ from aiohttp.web_request import BaseRequest
 
 from registry_core import RegistryError
 
+from .http.v2 import API_VERSION_HEADER
 from .state import new_request_id, state_of
-from .v2 import API_VERSION_HEADER
 
 
 class JsonErrorRequestHandler(web.RequestHandler):

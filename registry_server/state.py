@@ -27,7 +27,7 @@ class RequestState:
     metrics: Metrics | None = None
     log_format: str = "text"
     access: Any = None
-    """What the caller may do (``registry_server.auth.Access``), set by dispatch."""
+    """What the caller may do (``registry_server.http.guard.Access``), set by dispatch."""
     mapper: Any = None
     """Client-visible <-> full names for this request's host (custom domains)."""
 

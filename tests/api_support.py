@@ -29,7 +29,7 @@ from registry_core import Digest, load_config
 from registry_core import tenancy as tenancy_module
 from registry_core.tenancy import TenancyStore
 from registry_server.app import REGISTRY_KEY, TENANCY_KEY, build_app
-from registry_server.openapi import document
+from registry_server.http.openapi import document
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 from openapi_spec_validator import validate
 
-from registry_server.openapi import document
+from registry_server.http.openapi import document
 from tests.api_support import (
     ANONYMOUS,
     ApiClient,
@@ -237,7 +237,7 @@ async def test_real_responses_of_every_operation_match_the_document(api, world, 
     assert (await api.get(f"{PROD}/repositories/none/tags", reader)).status == 404
     assert (await api.get(f"{PROD}/repositories/BAD/manifests", reader)).status == 400
 
-    # archives (routes of registry_server.api, documented in the same document)
+    # archives (routes of registry_server.http.archives, documented in the same document)
     archive = tmp_path / "app.tar"
     write_docker_archive(archive, "imported:1.0", [{"hello.txt": "hello\n"}])
     imported = await api.post(f"{PROD}/archives", writer, data=archive.read_bytes())

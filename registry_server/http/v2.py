@@ -33,9 +33,9 @@ from registry_core.names import Reference, RepositoryName
 from registry_core.registry import Repository, paginate
 from registry_core.storage.blobs import Upload, upload_range
 
-from .auth import OPEN_ACCESS, Guard
-from .domains import Domains
-from .state import state_of
+from ..domains import Domains
+from ..state import state_of
+from .guard import OPEN_ACCESS, Guard
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 MAX_PAGE = 10000

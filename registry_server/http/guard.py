@@ -41,7 +41,7 @@ from registry_core.errors import Denied, NameInvalid, Unauthorized
 from registry_core.names import RepositoryName
 from registry_core.tenancy import TenancyStore
 
-from .domains import Domains, NameMapper
+from ..domains import Domains, NameMapper
 
 ROUTE_NEEDS: dict[tuple[str, str], frozenset[str]] = {
     ("tags", "GET"): frozenset({"pull"}),

@@ -43,8 +43,8 @@ from registry_core.config import ArchivesConfig
 from registry_core.errors import Denied, NameInvalid, Unauthorized
 from registry_core.names import RepositoryName, Tenant
 
-from .auth import Guard
-from .state import state_of
+from ..state import state_of
+from .guard import Guard
 
 LOGGER = logging.getLogger("cargohold.api")
 API_KEY_HEADER: Final = "X-Api-Key"
@@ -179,7 +179,7 @@ class ApiRoutes:
                     "(archives.max_size)"
                 )
         except RegistryError as exc:
-            from .app import error_response  # the app module imports this one
+            from ..app import error_response  # the app module imports this one
 
             response = error_response(request, [exc], exc.status)
             response.force_close()

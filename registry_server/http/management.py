@@ -62,8 +62,8 @@ from registry_core.tenancy import (
     parse_duration,
 )
 
-from .auth import API_CHALLENGE, Guard
-from .state import state_of
+from ..state import state_of
+from .guard import API_CHALLENGE, Guard
 
 API_PREFIX = "/api/v1"
 

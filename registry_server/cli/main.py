@@ -23,7 +23,7 @@ from aiohttp import web
 from registry_core import ConfigError, load_config
 from registry_core.config import TlsConfig
 
-from .observability import AccessLogger
+from ..observability import AccessLogger
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -94,8 +94,8 @@ async def _serve_until_signalled(
     listening first, wait (up to *shutdown_timeout*) for the requests being
     handled, bodies included, and only then let aiohttp close connections.
     """
-    from .app import IN_FLIGHT_KEY
-    from .runner import AppRunner
+    from ..app import IN_FLIGHT_KEY
+    from ..runner import AppRunner
 
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -144,7 +144,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"cargohold: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    from .app import build_app
+    from ..app import build_app
 
     try:
         # Opened once here so a bad storage URL stops start-up with a clear message.
@@ -168,7 +168,7 @@ def serve(args: argparse.Namespace) -> int:
         flush=True,
     )
 
-    from .app import REGISTRY_KEY
+    from ..app import REGISTRY_KEY
 
     local_storage = app[REGISTRY_KEY].driver.local_path("probe") is not None
 
@@ -188,7 +188,7 @@ def serve(args: argparse.Namespace) -> int:
     if workers <= 1:
         run_worker()
         return 0
-    from .workers import run_workers
+    from ..workers import run_workers
 
     return run_workers(workers, run_worker)
 
@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["text", "json"], help="access log format")
     run.add_argument("--state-dir", help="folder for local state (the bootstrap admin password)")
     run.set_defaults(func=serve)
-    from .admin_cli import add_admin_commands
-    from .archive_cli import add_archive_commands
+    from .admin import add_admin_commands
+    from .archives import add_archive_commands
 
     add_admin_commands(commands)
     add_archive_commands(commands)

@@ -21,8 +21,8 @@ from aiohttp import web
 
 from registry_core.errors import NotFound
 
+from ..state import state_of
 from . import management as m
-from .state import state_of
 
 OPENAPI_PATH = f"{m.API_PREFIX}/openapi.json"
 JSON = "application/json"
