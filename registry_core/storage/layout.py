@@ -189,3 +189,17 @@ def signing_key() -> str:
 def readiness_probe() -> str:
     """A small object the readiness check writes and reads back."""
     return f"{EXTRA}/readiness-probe"
+
+
+# -- Per-tenant settings (upstreams, retention, quotas, policies): one object per kind --------
+
+SETTINGS: Final = f"{EXTRA}/settings"
+
+
+def settings_dir(owner: str, registry: str | None) -> str:
+    """Settings of an owner (``registry`` None) or of one of its registries."""
+    return f"{SETTINGS}/{owner}/{registry or '_owner'}"
+
+
+def settings_record(owner: str, registry: str | None, kind: str) -> str:
+    return f"{settings_dir(owner, registry)}/{kind}"
