@@ -203,3 +203,26 @@ def settings_dir(owner: str, registry: str | None) -> str:
 
 def settings_record(owner: str, registry: str | None, kind: str) -> str:
     return f"{settings_dir(owner, registry)}/{kind}"
+
+
+# -- Background jobs: numbered leases and per-job state (cursors, marks) -----------------
+
+JOBS: Final = f"{EXTRA}/jobs"
+
+
+def job_dir(job: str) -> str:
+    return f"{JOBS}/{job}"
+
+
+def job_lease_dir(job: str) -> str:
+    """The numbered leases of one exclusive job (``<epoch>`` objects)."""
+    return f"{job_dir(job)}/lease"
+
+
+def job_lease(job: str, epoch: int) -> str:
+    return f"{job_lease_dir(job)}/{epoch}"
+
+
+def job_state(job: str, name: str) -> str:
+    """A small state object a job keeps between runs (a cursor, the last report)."""
+    return f"{job_dir(job)}/state/{name}"
