@@ -743,6 +743,15 @@ class ObjectStoreDriver:
             raise PathNotFound(path)
         await self._call("delete_many", self.store.delete_many, keys)
 
+    async def delete_many(self, paths: Sequence[str]) -> None:
+        """Delete objects (never folders) by path, batched as the store allows (S3: 1000 a
+        request); a missing object is not an error. Optional: callers discover it."""
+        keys = [self._key(path) for path in paths]
+        for key in keys:
+            self._forget_parts(key)
+        if keys:
+            await self._call("delete_many", self.store.delete_many, keys)
+
     # -- optional abilities ----------------------------------------------------------------
 
     def local_path(self, path: str) -> str | None:

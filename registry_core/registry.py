@@ -6,9 +6,12 @@ goes through here; none of it speaks HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import logging
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from .mediatypes import MAX_MANIFEST_SIZE
 from .names import RepositoryName, Tenant
@@ -17,6 +20,10 @@ from .storage.blobs import BlobStore, RepositoryBlobs
 from .storage.cache import DEFAULT_CACHE_BYTES, ContentCache, LinkCache
 from .storage.driver import PathNotFound, StorageDriver, StorageError
 from .storage.manifests import ManifestStore
+
+if TYPE_CHECKING:
+    from .lifecycle.gc import GcReport
+    from .lifecycle.marks import UntaggedPolicy
 
 
 class Tags:
@@ -124,6 +131,68 @@ class Registry:
                 except PathNotFound:
                     pass
         return purged
+
+    async def collect_garbage(
+        self,
+        *,
+        grace: float = 3600.0,
+        settle: float = 30.0,
+        dry_run: bool = False,
+        collect_untagged: UntaggedPolicy | None = None,
+        lease_ttl: float = 60.0,
+        wait: float = 0.0,
+        recompute_usage: bool = True,
+    ) -> GcReport:
+        """One online GC run (see ``registry_core.lifecycle.gc``); safe while clients push.
+
+        Holds the ``gc`` lease, waiting up to *wait* seconds for another run to
+        end (then ``jobs.LeaseBusy``); a dry run only reads and takes no lease.
+        *collect_untagged* is the retention hook: untagged manifests it answers
+        True for are collected (by default every one is kept).
+        """
+        from .jobs import LeaseBusy, Leases
+        from .lifecycle.gc import collect_garbage
+
+        if dry_run:
+            return await collect_garbage(
+                self.driver, grace=grace, dry_run=True, collect_untagged=collect_untagged
+            )
+        leases = Leases(self.driver)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                async with leases.hold("gc", lease_ttl) as guard:
+                    report = await collect_garbage(
+                        self.driver,
+                        grace=grace,
+                        settle=settle,
+                        collect_untagged=collect_untagged,
+                        fence=guard.check,
+                    )
+                    break
+            except LeaseBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(min(1.0, lease_ttl / 10))
+        if recompute_usage:
+            await self._recompute_usage_after_gc()
+        self.link_cache.generation += 1
+        return report
+
+    async def _recompute_usage_after_gc(self) -> None:
+        """Correct quota usage drift exactly after a GC run, when the quotas module has it."""
+        try:
+            from .lifecycle import usage
+        except ImportError:
+            return
+        recompute = getattr(usage, "recompute_usage", None)
+        if recompute is None:
+            return
+        try:
+            await recompute(self)
+        except Exception:
+            # GC itself succeeded; the next run (or the usage job) corrects the totals.
+            logging.getLogger(__name__).warning("usage recompute after GC failed", exc_info=True)
 
     async def check(self) -> None:
         """Raise StorageError unless storage takes a write and gives it back (readiness).

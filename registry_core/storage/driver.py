@@ -14,7 +14,10 @@ Contract notes that matter to callers:
 * large data goes through ``open_writer`` (stream, then commit or cancel) and
   ``read_stream``;
 * optional abilities (``local_path``, ``signed_url``) answer None when the
-  backend does not have them. They are discovered, never assumed.
+  backend does not have them. They are discovered, never assumed. So is
+  ``delete_many(paths)`` (objects only, batched: S3 takes 1000 keys a request),
+  which bulk deleters such as GC use when present and replace by single deletes
+  when not.
 """
 
 from __future__ import annotations

@@ -226,3 +226,63 @@ def job_lease(job: str, epoch: int) -> str:
 def job_state(job: str, name: str) -> str:
     """A small state object a job keeps between runs (a cursor, the last report)."""
     return f"{job_dir(job)}/state/{name}"
+
+
+# -- Garbage collection: blobs set aside while a sweep re-checks, and reading walked paths ---
+
+
+def gc_trash_dir() -> str:
+    """Blob data a GC run has set aside (invisible to clients) until its re-check is done."""
+    return f"{job_dir('gc')}/trash"
+
+
+def gc_trash(run: str, digest: Digest) -> str:
+    return f"{gc_trash_dir()}/{run}/{digest.algorithm}/{digest.hex}"
+
+
+def digest_from_blob_data(path: str) -> tuple[str, str] | None:
+    """``(algorithm, hex)`` of a ``blobs/<alg>/<xx>/<hex>/data`` path, or None."""
+    parts = path[len(BLOBS) + 1 :].split("/") if path.startswith(BLOBS + "/") else []
+    if len(parts) != 4 or parts[3] != "data" or not parts[2].startswith(parts[1]):
+        return None
+    return parts[0], parts[2]
+
+
+def digest_from_trash(path: str) -> tuple[str, str, str] | None:
+    """``(run, algorithm, hex)`` of a :func:`gc_trash` path, or None."""
+    prefix = gc_trash_dir() + "/"
+    parts = path[len(prefix) :].split("/") if path.startswith(prefix) else []
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+
+
+def classify_repository_object(path: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """What a walked object below ``repositories/`` is: ``(repository, kind, fields)``.
+
+    Kinds: ``layer`` (algorithm, hex), ``revision`` (algorithm, hex), ``tag`` (tag,),
+    ``tag-index`` (tag, algorithm, hex), ``referrer`` (subject algorithm, subject hex,
+    referrer ``alg-hex``), ``upload`` (upload id, file); anything else is None.
+    """
+    if not path.startswith(REPOSITORIES + "/"):
+        return None
+    parts = path[len(REPOSITORIES) + 1 :].split("/")
+    position = next((i for i, part in enumerate(parts) if part.startswith("_")), None)
+    if position is None:
+        return None
+    repo, kind, rest = "/".join(parts[:position]), parts[position], parts[position + 1 :]
+    if not repo:
+        return None
+    if kind == "_layers" and len(rest) == 3 and rest[2] == "link":
+        return repo, "layer", (rest[0], rest[1])
+    if kind == "_referrers" and len(rest) == 3:
+        return repo, "referrer", (rest[0], rest[1], rest[2])
+    if kind == "_uploads" and len(rest) == 2:
+        return repo, "upload", (rest[0], rest[1])
+    if kind != "_manifests" or not rest:
+        return None
+    if rest[0] == "revisions" and len(rest) == 4 and rest[3] == "link":
+        return repo, "revision", (rest[1], rest[2])
+    if rest[0] == "tags" and len(rest) == 4 and rest[2:] == ["current", "link"]:
+        return repo, "tag", (rest[1],)
+    if rest[0] == "tags" and len(rest) == 6 and rest[2] == "index" and rest[5] == "link":
+        return repo, "tag-index", (rest[1], rest[3], rest[4])
+    return None

@@ -1,0 +1,105 @@
+"""A storage driver wrapper that counts the requests a job makes, by operation.
+
+Background jobs (GC, scrub) report their storage cost; wrapping the driver
+once is cheaper and more honest than counting at every call site. It
+forwards everything unchanged, never alters results and holds no state but
+the counters of the one job that created it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from ..storage.driver import FileInfo, FileWriter, PathNotFound, StorageDriver, WalkFilter
+
+
+class CountingDriver:
+    """Forwards to *inner*, counting each operation (a walk counts once, plus its entries)."""
+
+    def __init__(self, inner: StorageDriver) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.counts: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(count for name, count in self.counts.items() if name != "walk-entries")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def read(self, path: str) -> bytes:
+        self.counts["read"] += 1
+        return await self.inner.read(path)
+
+    async def write(self, path: str, data: bytes) -> None:
+        self.counts["write"] += 1
+        await self.inner.write(path, data)
+
+    async def write_if_absent(self, path: str, data: bytes) -> bool:
+        self.counts["write_if_absent"] += 1
+        return await self.inner.write_if_absent(path, data)
+
+    async def read_stream(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        self.counts["read_stream"] += 1
+        async for chunk in self.inner.read_stream(path, offset, length):
+            yield chunk
+
+    async def open_writer(self, path: str, *, append: bool = False) -> FileWriter:
+        self.counts["open_writer"] += 1
+        return await self.inner.open_writer(path, append=append)
+
+    async def stat(self, path: str) -> FileInfo:
+        self.counts["stat"] += 1
+        return await self.inner.stat(path)
+
+    async def list(self, path: str) -> list[str]:
+        self.counts["list"] += 1
+        return await self.inner.list(path)
+
+    async def walk(self, path: str, prune: WalkFilter | None = None) -> AsyncIterator[FileInfo]:
+        self.counts["walk"] += 1
+        async for entry in self.inner.walk(path, prune):
+            self.counts["walk-entries"] += 1
+            yield entry
+
+    async def move(self, source: str, destination: str) -> None:
+        self.counts["move"] += 1
+        await self.inner.move(source, destination)
+
+    async def delete(self, path: str) -> None:
+        self.counts["delete"] += 1
+        await self.inner.delete(path)
+
+    def has_delete_many(self) -> bool:
+        return callable(getattr(self.inner, "delete_many", None))
+
+    async def delete_many(self, paths: Sequence[str]) -> None:
+        """Batched deletes where the driver has them (discovered), else one by one."""
+        batched = getattr(self.inner, "delete_many", None)
+        if callable(batched):
+            self.counts["delete_many"] += 1
+            await batched(list(paths))
+            return
+        for path in paths:
+            self.counts["delete"] += 1
+            await _delete_quietly(self.inner, path)
+
+    def local_path(self, path: str) -> str | None:
+        return self.inner.local_path(path)
+
+    async def signed_url(self, path: str, expires: int) -> str | None:
+        return await self.inner.signed_url(path, expires)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def _delete_quietly(driver: StorageDriver, path: str) -> None:
+    with contextlib.suppress(PathNotFound):
+        await driver.delete(path)

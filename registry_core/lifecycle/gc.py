@@ -1,0 +1,422 @@
+"""Online garbage collection: mark and sweep over storage while clients push and pull.
+
+The protocol, and why no push ever ends with a tag pointing at missing content:
+
+1. *Lease.* A run holds the ``gc`` job lease (``registry_core.jobs``); it
+   checks the lease (fencing) before every destructive batch.
+2. *Recover.* Blob data a killed earlier run left set aside (the trash) is
+   put back first; restoring is always safe, and the mark below re-links any
+   blob a kept manifest references but its repository lost the link to.
+3. *Mark.* Walk every repository (layer links, revisions, tags, referrers,
+   each with its mtime), read each tag link and each distinct manifest body
+   once, then walk the blob tree. Kept: tagged manifests, linked revisions
+   (untagged ones unless ``collect_untagged`` says otherwise), index
+   children, attachments whose subject is kept, the blobs all of them
+   reference, and every blob, link and revision younger than ``grace``.
+4. *Unlink.* Remove what the mark did not keep: attachment tags whose subject
+   is gone, tags naming missing manifests, collected revisions with their
+   referrer entries, and layer links to blobs no kept manifest of that
+   repository references.
+5. *Set aside.* Move the data of every unkept blob into the trash
+   (``cargohold/jobs/gc/trash/<run>``). From now on every existence check a
+   writer makes (upload commit, mount, manifest PUT's blob check) sees the
+   blob missing: commits store their own copy, mounts and manifest PUTs fail
+   cleanly instead of linking it.
+6. *Settle, then re-check.* Wait ``settle`` seconds, then walk every
+   repository again. A writer whose existence check passed *before* step 5
+   writes its link within ``settle`` of that check (the bound this protocol
+   assumes: a request's check and its write are one short step apart), so
+   its write is visible now: every layer link, revision or tag that is new
+   or changed since the mark is expanded like a root, and whatever it
+   reaches is rescued: trashed data moves back, removed links are rewritten.
+7. *Delete.* Delete the trash that was not rescued (batched where the driver
+   has ``delete_many``: 1000 keys a request on S3). Nothing can reference it:
+   any reference written after step 5's check window failed its own check.
+
+A kill at any step leaves storage consistent: links are removed only for
+unkept content, data is only ever moved into the trash (restored by the next
+run) or deleted after the re-check. The worst a racing client sees is a
+failed push it retries (a blob it skipped uploading was set aside) or, inside
+the settle window, a pull of a just-pushed image missing a blob for seconds.
+
+This module never imports a driver or aiohttp, never builds a storage path
+itself (layout does) and never deletes anything during a dry run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import attrs
+
+from ..digest import Digest
+from ..names import RepositoryName
+from ..storage import layout
+from ..storage.driver import PathNotFound, StorageDriver
+from .counting import CountingDriver
+from .marks import (
+    Reachability,
+    Snapshot,
+    UntaggedPolicy,
+    expand,
+    reachable,
+    read_tag_targets,
+    stored_name,
+    take_snapshot,
+    walk_repositories,
+)
+
+log = logging.getLogger(__name__)
+
+JOB = "gc"
+BATCH = 1000
+"""Objects per destructive batch (S3's DeleteObjects limit); fenced before each."""
+CONCURRENCY = 32
+
+LeaseCheck = Callable[[], Awaitable[None]]
+T = TypeVar("T")
+
+
+async def _no_fence() -> None:
+    return None
+
+
+@attrs.define
+class GcReport:
+    """What one run did (or, in a dry run, would do)."""
+
+    dry_run: bool
+    run: str
+    blobs_total: int = 0
+    blobs_deleted: int = 0
+    bytes_deleted: int = 0
+    blobs_rescued: int = 0
+    layer_links_removed: int = 0
+    revisions_removed: int = 0
+    tags_removed: int = 0
+    referrers_removed: int = 0
+    links_repaired: int = 0
+    trash_recovered: int = 0
+    mark_seconds: float = 0.0
+    sweep_seconds: float = 0.0
+    duration: float = 0.0
+    storage_requests: int = 0
+    requests_by_operation: dict[str, int] = attrs.field(factory=dict)
+    deleted: list[tuple[str, int]] = attrs.field(factory=list)
+    """``(digest, size)`` of every blob deleted (or that would be)."""
+
+    @property
+    def objects_reclaimed(self) -> int:
+        return (
+            self.blobs_deleted
+            + self.layer_links_removed
+            + self.revisions_removed
+            + self.tags_removed
+            + self.referrers_removed
+        )
+
+    def summary(self) -> dict[str, object]:
+        data = attrs.asdict(self)
+        data.pop("deleted")
+        data["objects_reclaimed"] = self.objects_reclaimed
+        return data
+
+
+@attrs.define
+class _Plan:
+    tags: list[tuple[str, str]] = attrs.field(factory=list)
+    revisions: list[tuple[str, Digest]] = attrs.field(factory=list)
+    referrers: list[tuple[str, str]] = attrs.field(factory=list)
+    layers: list[tuple[str, Digest]] = attrs.field(factory=list)
+    repairs: list[tuple[str, Digest]] = attrs.field(factory=list)
+    blobs: list[Digest] = attrs.field(factory=list)
+
+
+def _plan(snapshot: Snapshot, reach: Reachability, young_after: float) -> _Plan:
+    plan = _Plan()
+    for repo, state in sorted(snapshot.repositories.items()):
+        kept = reach.manifests.get(repo, set())
+        repo_blobs = reach.repo_blobs.get(repo, set())
+        for tag, target in sorted(state.tag_targets.items()):
+            if state.tags[tag] > young_after:
+                continue
+            if target is None or target not in kept or snapshot.bodies.get(target) is None:
+                plan.tags.append((repo, tag))
+        for digest, mtime in sorted(state.revisions.items()):
+            if mtime > young_after:
+                continue
+            if digest not in kept or snapshot.bodies.get(digest) is None:
+                plan.revisions.append((repo, digest))
+        removed_revisions = {d for r, d in plan.revisions if r == repo}
+        for (_subject, referrer), path in sorted(state.referrers.items()):
+            if referrer in removed_revisions or (
+                referrer not in state.revisions and snapshot.seen.get(path, 0.0) <= young_after
+            ):
+                plan.referrers.append((repo, path))
+        for digest, mtime in sorted(state.layers.items()):
+            if mtime <= young_after and (digest not in repo_blobs or digest not in snapshot.blobs):
+                plan.layers.append((repo, digest))
+        for digest in sorted(repo_blobs):
+            if digest not in state.layers and digest in snapshot.blobs:
+                plan.repairs.append((repo, digest))
+    plan.blobs = sorted(d for d in snapshot.blobs if d not in reach.blobs)
+    return plan
+
+
+async def _bounded(calls: Iterable[Awaitable[object]], limit: int = CONCURRENCY) -> None:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(call: Awaitable[object]) -> None:
+        async with semaphore:
+            with contextlib.suppress(PathNotFound):
+                await call
+
+    await asyncio.gather(*(one(c) for c in calls))
+
+
+def _batches(items: list[T], size: int = BATCH) -> Iterable[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class GarbageCollector:
+    """One GC run over a driver; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        driver: StorageDriver,
+        *,
+        grace: float = 3600.0,
+        settle: float = 30.0,
+        dry_run: bool = False,
+        collect_untagged: UntaggedPolicy | None = None,
+        fence: LeaseCheck = _no_fence,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.driver = driver if isinstance(driver, CountingDriver) else CountingDriver(driver)
+        self.grace = grace
+        self.settle = settle
+        self.dry_run = dry_run
+        self.collect_untagged = collect_untagged
+        self.fence = fence
+        self.clock = clock
+        self.run_id = f"{int(clock())}-{uuid.uuid4().hex[:8]}"
+
+    async def run(self) -> GcReport:
+        started = time.monotonic()
+        report = GcReport(dry_run=self.dry_run, run=self.run_id)
+        if not self.dry_run:
+            report.trash_recovered = await self._recover_trash()
+        young_after = self.clock() - self.grace
+        snapshot = await take_snapshot(self.driver)
+        reach = await reachable(
+            self.driver,
+            snapshot,
+            young_after=young_after,
+            collect_untagged=self.collect_untagged,
+        )
+        plan = _plan(snapshot, reach, young_after)
+        report.blobs_total = len(snapshot.blobs)
+        report.mark_seconds = time.monotonic() - started
+        sweep_started = time.monotonic()
+        report.tags_removed = len(plan.tags)
+        report.revisions_removed = len(plan.revisions)
+        report.referrers_removed = len(plan.referrers)
+        report.layer_links_removed = len(plan.layers)
+        report.links_repaired = len(plan.repairs)
+        if self.dry_run:
+            deleted = plan.blobs
+        else:
+            deleted = await self._sweep(snapshot, reach, plan, report)
+        report.deleted = [(str(d), snapshot.blobs[d][0]) for d in deleted]
+        report.blobs_deleted = len(deleted)
+        report.bytes_deleted = sum(size for _, size in report.deleted)
+        report.sweep_seconds = time.monotonic() - sweep_started
+        report.duration = time.monotonic() - started
+        report.requests_by_operation = dict(self.driver.counts)
+        report.storage_requests = self.driver.total
+        return report
+
+    # -- recovery of a killed run ------------------------------------------------------------
+
+    async def _recover_trash(self) -> int:
+        entries = []
+        async for entry in self.driver.walk(layout.gc_trash_dir()):
+            found = None if entry.is_dir else layout.digest_from_trash(entry.path)
+            if found is not None:
+                entries.append((entry.path, Digest(found[1], found[2])))
+        if entries:
+            await self.fence()
+            await _bounded(self._restore(path, digest) for path, digest in entries)
+        return len(entries)
+
+    async def _restore(self, trash_path: str, digest: Digest) -> None:
+        """Put set-aside data back, unless a client stored the blob again meanwhile."""
+        target = layout.blob_data(digest)
+        try:
+            await self.driver.stat(target)
+        except PathNotFound:
+            await self.driver.move(trash_path, target)
+            return
+        await self.driver.delete_many([trash_path])
+
+    # -- the sweep ---------------------------------------------------------------------------
+
+    async def _sweep(
+        self, snapshot: Snapshot, reach: Reachability, plan: _Plan, report: GcReport
+    ) -> list[Digest]:
+        driver = self.driver
+        for batch in _batches(plan.repairs):
+            await self.fence()
+            await _bounded(
+                driver.write(layout.layer_link(stored_name(r), d), str(d).encode())
+                for r, d in batch
+            )
+        for batch in _batches(plan.tags):
+            await self.fence()
+            await _bounded(driver.delete(layout.tag_dir(stored_name(r), t)) for r, t in batch)
+        for batch in _batches(plan.referrers):
+            await self.fence()
+            await driver.delete_many([path for _, path in batch])
+        for batch in _batches(plan.revisions):
+            await self.fence()
+            await _bounded(driver.delete(layout.revision_dir(stored_name(r), d)) for r, d in batch)
+        for batch in _batches(plan.layers):
+            await self.fence()
+            await driver.delete_many([layout.layer_link(stored_name(r), d) for r, d in batch])
+        trashed: dict[Digest, str] = {}
+        for batch in _batches(plan.blobs):
+            await self.fence()
+            moved = await asyncio.gather(*(self._set_aside(d) for d in batch))
+            trashed.update((d, path) for d, path in zip(batch, moved, strict=True) if path)
+        if not trashed and not plan.layers and not plan.revisions and not plan.tags:
+            return []
+        await asyncio.sleep(self.settle)
+        rescued = await self._recheck(snapshot, reach, plan, trashed)
+        report.blobs_rescued = len(rescued)
+        doomed = [d for d in trashed if d not in rescued]
+        for batch in _batches(doomed):
+            await self.fence()
+            await driver.delete_many([trashed[d] for d in batch])
+        return doomed
+
+    async def _set_aside(self, digest: Digest) -> str | None:
+        path = layout.gc_trash(self.run_id, digest)
+        try:
+            await self.driver.move(layout.blob_data(digest), path)
+        except PathNotFound:
+            return None
+        return path
+
+    async def _recheck(
+        self,
+        snapshot: Snapshot,
+        reach: Reachability,
+        plan: _Plan,
+        trashed: dict[Digest, str],
+    ) -> set[Digest]:
+        """Walk repositories again; rescue whatever links written since the mark reach."""
+        again = Snapshot()
+        tag_links = await walk_repositories(self.driver, again)
+        fresh = {path for path, mtime in again.seen.items() if snapshot.seen.get(path) != mtime}
+        # Bodies read by the mark are immutable; those it found missing may exist now, and a
+        # set-aside manifest is read from the trash.
+        view = Snapshot(bodies={d: refs for d, refs in snapshot.bodies.items() if refs})
+
+        def locate(digest: Digest) -> str:
+            return trashed.get(digest) or layout.blob_data(digest)
+
+        removed_layers = {(r, d) for r, d in plan.layers}
+        removed_revisions = {(r, d) for r, d in plan.revisions}
+        needed: set[Digest] = set()
+        relink: list[tuple[str, Digest]] = []
+        unrevoke: list[tuple[str, Digest]] = []
+        fresh_tags = [
+            (repo, tag)
+            for repo, tag in tag_links
+            if layout.tag_current_link(stored_name(repo), tag) in fresh
+        ]
+        await read_tag_targets(self.driver, again, fresh_tags)
+        for repo, state in again.repositories.items():
+            roots: list[Digest] = []
+            name = stored_name(repo)
+            for digest in state.layers:
+                if layout.layer_link(name, digest) in fresh:
+                    needed.add(digest)
+            for digest in state.revisions:
+                if layout.revision_link(name, digest) in fresh:
+                    roots.append(digest)
+            for tag in state.tags:
+                target = state.tag_targets.get(tag)
+                if target is not None:
+                    roots.append(target)
+            if not roots:
+                continue
+            # A fresh Reachability: the whole closure, also of manifests the mark kept.
+            local = Reachability()
+            await expand(self.driver, view, local, repo, roots, locate)
+            needed |= local.blobs
+            for digest in local.manifests.get(repo, set()):
+                if (repo, digest) in removed_revisions:
+                    unrevoke.append((repo, digest))
+            relink.extend(
+                (repo, d) for d in local.repo_blobs.get(repo, set()) if (repo, d) in removed_layers
+            )
+        rescued = {d for d in needed if d in trashed}
+        if rescued:
+            log.info(
+                "gc %s: %d blob(s) rescued by writes during the sweep", self.run_id, len(rescued)
+            )
+        await _bounded(self._restore(trashed[d], d) for d in rescued)
+        await _bounded(
+            self.driver.write(layout.revision_link(stored_name(r), d), str(d).encode())
+            for r, d in unrevoke
+        )
+        await _bounded(
+            self.driver.write(layout.layer_link(stored_name(r), d), str(d).encode())
+            for r, d in relink
+        )
+        return rescued
+
+
+async def collect_garbage(
+    driver: StorageDriver,
+    *,
+    grace: float = 3600.0,
+    settle: float = 30.0,
+    dry_run: bool = False,
+    collect_untagged: UntaggedPolicy | None = None,
+    fence: LeaseCheck = _no_fence,
+) -> GcReport:
+    """Run one GC pass (the caller holds the ``gc`` lease, and passes its check as *fence*)."""
+    collector = GarbageCollector(
+        driver,
+        grace=grace,
+        settle=settle,
+        dry_run=dry_run,
+        collect_untagged=collect_untagged,
+        fence=fence,
+    )
+    report = await collector.run()
+    log.info(
+        "gc %s%s: %d blob(s) and %d byte(s) reclaimed, %d link(s) removed, %d rescued, "
+        "%d storage request(s), %.2fs",
+        report.run,
+        " (dry run)" if dry_run else "",
+        report.blobs_deleted,
+        report.bytes_deleted,
+        report.objects_reclaimed - report.blobs_deleted,
+        report.blobs_rescued,
+        report.storage_requests,
+        report.duration,
+    )
+    return report
+
+
+__all__ = ["JOB", "GarbageCollector", "GcReport", "RepositoryName", "collect_garbage"]
