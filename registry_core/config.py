@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from .lifecycle.retention import RetentionSpec
 from .storage.driver import DriverSettings
 
 
@@ -120,6 +121,36 @@ class TlsConfig(_Section):
     """Require client certificates signed by this CA (mutual TLS)."""
 
 
+class RetentionConfig(_Section):
+    """Retention rules run on this schedule; ``rules`` apply to registries with none stored."""
+
+    interval: float | str = "1d"
+    """Time between scheduled runs over every registry with rules (``0s``: only on demand)."""
+    rules: dict[str, RetentionSpec] = msgspec.field(default_factory=dict)
+    """``"OWNER/REGISTRY" = {keep_last = 10, protected = ["latest"], ...}``."""
+
+    def __post_init__(self) -> None:
+        self.interval_seconds()
+        for name, spec in self.rules.items():
+            try:
+                spec.rules()
+            except ValueError as exc:
+                raise ValueError(f"retention.rules.{name}: {exc}") from None
+
+    def interval_seconds(self) -> float:
+        from .tenancy import parse_duration
+
+        value = self.interval
+        return float(value) if isinstance(value, int | float) else parse_duration(value)
+
+
+class QuotasConfig(_Section):
+    usage_interval: float = 60.0
+    """Seconds between compactions of the usage ledgers (their deltas summed)."""
+    metrics_by_owner: bool = False
+    """Export usage and limits per owner on /metrics (tenant names as labels: opt-in)."""
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
@@ -128,12 +159,15 @@ class Config(_Section):
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
     archives: ArchivesConfig = msgspec.field(default_factory=ArchivesConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    quotas: QuotasConfig = msgspec.field(default_factory=QuotasConfig)
     domains: dict[str, str] = msgspec.field(default_factory=dict)
     """Host name -> ``OWNER`` or ``OWNER/REGISTRY``: clients of that host use shorter names."""
 
 
 ENV_PREFIX = "CARGOHOLD_"
 _SECTIONS = ("server", "storage", "uploads", "manifests", "auth", "tls", "archives")
+_SECTIONS += ("retention", "quotas")
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:

@@ -196,6 +196,11 @@ def readiness_probe() -> str:
 SETTINGS: Final = f"{EXTRA}/settings"
 
 
+def settings_owner_dir(owner: str) -> str:
+    """Every settings folder of an owner (its own ``_owner`` and one per registry)."""
+    return f"{SETTINGS}/{owner}"
+
+
 def settings_dir(owner: str, registry: str | None) -> str:
     """Settings of an owner (``registry`` None) or of one of its registries."""
     return f"{SETTINGS}/{owner}/{registry or '_owner'}"
@@ -286,3 +291,59 @@ def classify_repository_object(path: str) -> tuple[str, str, tuple[str, ...]] | 
     if rest[0] == "tags" and len(rest) == 6 and rest[2] == "index" and rest[5] == "link":
         return repo, "tag-index", (rest[1], rest[3], rest[4])
     return None
+
+
+# -- Lifecycle of tenants' content: usage ledgers, pull times -------------------------------
+
+USAGE: Final = f"{EXTRA}/usage"
+PULLS: Final = f"{EXTRA}/pulls"
+
+
+def layers_root(name: RepositoryName) -> str:
+    """The blob links of one repository (``<algorithm>/<hex>/link``)."""
+    return f"{repository(name)}/_layers"
+
+
+def layers_dir(name: RepositoryName, algorithm: str) -> str:
+    return f"{layers_root(name)}/{algorithm}"
+
+
+def usage_owners() -> str:
+    return USAGE
+
+
+def usage_dir(owner: str, registry: str | None = None) -> str:
+    """The usage ledger of one registry (or the folder of an owner's ledgers)."""
+    return f"{USAGE}/{owner}" if registry is None else f"{USAGE}/{owner}/{registry}"
+
+
+def usage_snapshot(owner: str, registry: str) -> str:
+    """The compacted totals of a registry's usage."""
+    return f"{usage_dir(owner, registry)}/snapshot"
+
+
+def usage_deltas_dir(owner: str, registry: str) -> str:
+    return f"{usage_dir(owner, registry)}/deltas"
+
+
+def usage_delta(owner: str, registry: str, name: str) -> str:
+    """One usage event (its values are in its name, so summing needs a listing only)."""
+    return f"{usage_deltas_dir(owner, registry)}/{name}"
+
+
+def usage_charged_dir(owner: str, registry: str) -> str:
+    return f"{usage_dir(owner, registry)}/charged"
+
+
+def usage_charged(owner: str, registry: str, digest: Digest) -> str:
+    """Marker: blob *digest* is counted in the registry's usage (created if absent)."""
+    return f"{usage_charged_dir(owner, registry)}/{digest.algorithm}-{digest.hex}"
+
+
+def pulls_dir(name: RepositoryName) -> str:
+    return f"{PULLS}/{name.value}/_pulled"
+
+
+def pull_time(name: RepositoryName, digest: Digest) -> str:
+    """When a manifest of a repository was last pulled (written at most hourly per process)."""
+    return f"{pulls_dir(name)}/{digest.algorithm}-{digest.hex}"
