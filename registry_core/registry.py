@@ -13,8 +13,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from .lifecycle.policy import LifecyclePolicy
+from .lifecycle.usage import UsageLedger
 from .mediatypes import MAX_MANIFEST_SIZE
 from .names import RepositoryName, Tenant
+from .settings import SettingsStore
 from .storage import layout
 from .storage.blobs import BlobStore, RepositoryBlobs
 from .storage.cache import DEFAULT_CACHE_BYTES, ContentCache, LinkCache
@@ -46,7 +49,7 @@ class Repository:
 
     def __init__(self, registry: Registry, name: RepositoryName) -> None:
         self.name = name
-        self.blobs = RepositoryBlobs(registry.blob_store, name)
+        self.blobs = RepositoryBlobs(registry.blob_store, name, policy=registry.policy)
         self.manifests = ManifestStore(
             registry.driver,
             registry.blob_store,
@@ -56,6 +59,7 @@ class Repository:
             registry.link_cache,
             strict_index=registry.strict_index,
             max_size=registry.max_manifest_size,
+            policy=registry.policy,
         )
         self.tags = Tags(self.manifests)
 
@@ -71,6 +75,7 @@ class Registry:
         max_manifest_size: int = MAX_MANIFEST_SIZE,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         link_cache_ttl: float = 0.0,
+        settings_ttl: float = 10.0,
     ) -> None:
         self.driver = driver
         self.blob_store = BlobStore(driver)
@@ -78,6 +83,10 @@ class Registry:
         self.link_cache = LinkCache(link_cache_ttl)
         self.strict_index = strict_index
         self.max_manifest_size = max_manifest_size
+        # Per-tenant settings and usage, cached per process for settings_ttl (auth.cache_ttl).
+        self.settings = SettingsStore(driver, settings_ttl)
+        self.usage = UsageLedger(driver, settings_ttl)
+        self.policy = LifecyclePolicy(driver, self.settings, self.usage)
 
     def repository(self, name: str | RepositoryName) -> Repository:
         parsed = name if isinstance(name, RepositoryName) else RepositoryName.parse(name)

@@ -23,6 +23,8 @@ from aiohttp import web
 from drivers import open_driver
 from registry_core import Config, Registry, RegistryError, StorageError
 from registry_core.errors import NotFound, TooLarge, Unavailable, Unsupported
+from registry_core.jobs import Leases, Scheduler
+from registry_core.lifecycle.periodic import add_policy_jobs
 from registry_core.tenancy import Conflict, TenancyStore
 
 from .domains import Domains
@@ -39,6 +41,7 @@ REGISTRY_KEY = web.AppKey("registry", Registry)
 V2_KEY = web.AppKey("v2", V2Routes)
 TENANCY_KEY = web.AppKey("tenancy", TenancyStore)
 GUARD_KEY = web.AppKey("guard", Guard)
+SCHEDULER_KEY = web.AppKey("scheduler", Scheduler)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 HandlerType = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -220,7 +223,11 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
             max_manifest_size=config.manifests.max_size,
             cache_bytes=config.manifests.cache_bytes,
             link_cache_ttl=config.manifests.link_cache_ttl,
+            settings_ttl=config.auth.cache_ttl,
         )
+    registry.policy.configured_retention = {
+        name: spec.rules() for name, spec in config.retention.rules.items()
+    }
     app = web.Application(middlewares=[request_context], client_max_size=1 << 20)
     app.on_response_prepare.append(common_headers)
     app[REGISTRY_KEY] = registry
@@ -252,6 +259,15 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics.handler)
+    # Periodic jobs of every process; each runs only where its storage lease is taken.
+    scheduler = Scheduler(Leases(registry.driver))
+    app[SCHEDULER_KEY] = scheduler
+    add_policy_jobs(
+        scheduler,
+        registry,
+        retention_interval=config.retention.interval_seconds(),
+        usage_interval=config.quotas.usage_interval,
+    )
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         if guard is not None and config.auth.bootstrap_admin:
@@ -259,7 +275,9 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
         task = asyncio.create_task(
             _purge_loop(registry, config.uploads.purge_after, config.uploads.purge_interval)
         )
+        scheduler.start()
         yield
+        await scheduler.stop()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -25,6 +25,7 @@ from ..errors import (
     BlobUnknown,
     BlobUploadInvalid,
     BlobUploadUnknown,
+    Denied,
     DigestInvalid,
     RangeInvalid,
     SizeInvalid,
@@ -32,6 +33,7 @@ from ..errors import (
 from ..names import RepositoryName
 from . import layout
 from .driver import FileWriter, PathNotFound, StorageDriver
+from .policy import RepositoryPolicy, WritePolicy
 
 WRITE_BUFFER = 1 << 20
 """Bytes gathered before one write+hash step: large enough that thread hops are cheap."""
@@ -116,10 +118,17 @@ class BlobStore:
 class RepositoryBlobs:
     """One repository's view of the blob store."""
 
-    def __init__(self, store: BlobStore, name: RepositoryName) -> None:
+    def __init__(
+        self, store: BlobStore, name: RepositoryName, policy: WritePolicy | None = None
+    ) -> None:
         self.store = store
         self.name = name
         self.driver = store.driver
+        self.policy = policy
+
+    async def rules(self) -> RepositoryPolicy | None:
+        """The registry's quota rules for one write (None: none apply, from a cache)."""
+        return None if self.policy is None else await self.policy.of(self.name)
 
     async def _linked(self, digest: Digest) -> bool:
         try:
@@ -166,7 +175,12 @@ class RepositoryBlobs:
             info = await source.stat(digest)
         except BlobUnknown:
             return None
+        rules = await self.rules()
+        if rules is not None:
+            await rules.check_bytes(info.size, digest)
         await self.link(digest)
+        if rules is not None:
+            await rules.blob_linked(digest, info.size)
         return info
 
     # -- uploads ---------------------------------------------------------------
@@ -224,14 +238,36 @@ class Upload:
     def _store(self) -> BlobStore:
         return self.blobs.store
 
-    async def append(self, source: AsyncIterator[bytes], start: int | None = None) -> int:
+    async def append(
+        self, source: AsyncIterator[bytes], start: int | None = None, length: int | None = None
+    ) -> int:
         """Stream *source* onto the end of the upload; return the bytes appended.
 
         *start* is the client's idea of the current offset (Content-Range):
         anything else is refused with 416 and the stored offset, so the client
         can resume. When the source fails midway (a client disconnect), the
-        bytes already stored stay stored and the error propagates.
+        bytes already stored stay stored and the error propagates. A quota
+        refuses *length* announced bytes before any is stored, and a source of
+        unknown length once it is stored; either way the upload is deleted.
         """
+        rules = await self.blobs.rules()
+        if rules is not None and length is not None:
+            await self._within_quota(rules, self.size + length)
+        appended = await self._append(source, start)
+        if rules is not None and length is None:
+            await self._within_quota(rules, self.size)
+        return appended
+
+    async def _within_quota(
+        self, rules: RepositoryPolicy, size: int, digest: Digest | None = None
+    ) -> None:
+        try:
+            await rules.check_bytes(size, digest)
+        except Denied:
+            await self.cancel()  # nothing half-stored stays behind a refusal
+            raise
+
+    async def _append(self, source: AsyncIterator[bytes], start: int | None) -> int:
         store = self._store
         async with store.upload_lock(self._data):
             # An append writer knows the stored size: no separate stat.
@@ -292,6 +328,9 @@ class Upload:
                 # Keep the state: the client may still send the right digest.
                 store._keep_hash_state(self._data, hasher)
                 raise DigestInvalid(detail={"expected": str(digest), "actual": str(actual)})
+            rules = await self.blobs.rules()
+            if rules is not None:
+                await self._within_quota(rules, self.size, digest)
             if await store.exists(digest):
                 pass
             elif self.size == 0:
@@ -303,12 +342,15 @@ class Upload:
             except PathNotFound:
                 raise BlobUploadUnknown(detail={"uuid": self.id}) from None
             await self.blobs.link(digest)
+            if rules is not None:
+                await rules.blob_linked(digest, self.size)
         self.committed = True
         return BlobInfo(digest, self.size)
 
     async def cancel(self) -> None:
         self._store._hash_states.pop(self._data, None)
-        await self.blobs.driver.delete(layout.upload_dir(self.blobs.name, self.id))
+        with contextlib.suppress(PathNotFound):  # already gone (a refusal cancelled it)
+            await self.blobs.driver.delete(layout.upload_dir(self.blobs.name, self.id))
 
 
 async def _read_or_none(driver: StorageDriver, path: str) -> bytes | None:

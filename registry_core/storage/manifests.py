@@ -27,6 +27,7 @@ from . import layout
 from .blobs import BlobStore, RepositoryBlobs
 from .cache import ContentCache, LinkCache
 from .driver import PathNotFound, StorageDriver
+from .policy import RepositoryPolicy, WritePolicy
 
 
 @attrs.frozen
@@ -62,6 +63,7 @@ class ManifestStore:
         *,
         strict_index: bool = False,
         max_size: int = MAX_MANIFEST_SIZE,
+        policy: WritePolicy | None = None,
     ) -> None:
         self.driver = driver
         self.store = store
@@ -72,6 +74,7 @@ class ManifestStore:
         self._key = name.value
         self.strict_index = strict_index
         self.max_size = max_size
+        self.policy = policy
 
     # -- reading ------------------------------------------------------------------
 
@@ -127,6 +130,7 @@ class ManifestStore:
             validate_tag(tag)
         parsed = parse_manifest(body, content_type, max_size=self.max_size)
         await self._check_references(parsed)
+        rules, current = await self._check_tag(tag, parsed.digest)
         # Content and revision link together (a revision whose content is missing
         # reads as unknown, so a crash between them exposes nothing); tags only after.
         await asyncio.gather(
@@ -151,6 +155,8 @@ class ManifestStore:
             )
         if tag is not None:
             await self._write_tag(tag, parsed.digest)
+            if rules is not None:
+                await rules.tag_changed(tag, current, parsed.digest)
         return parsed
 
     async def _check_references(self, parsed: ParsedManifest) -> None:
@@ -172,7 +178,41 @@ class ManifestStore:
         validate_tag(tag)
         if not await self._has_revision(digest):
             raise ManifestUnknown(detail={"digest": str(digest)})
+        rules, current = await self._check_tag(tag, digest)
         await self._write_tag(tag, digest)
+        if rules is not None:
+            await rules.tag_changed(tag, current, digest)
+
+    # -- lifecycle rules (immutable tags, image quotas) -------------------------------
+
+    async def _rules(self) -> RepositoryPolicy | None:
+        return None if self.policy is None else await self.policy.of(self.name)
+
+    async def _current(self, tag: str) -> Digest | None:
+        """The tag's digest fresh from storage (never the link cache: rules decide on it)."""
+        try:
+            link = await self.driver.read(layout.tag_current_link(self.name, tag))
+        except PathNotFound:
+            return None
+        return Digest.parse(link.decode().strip())
+
+    async def _check_tag(
+        self, tag: str | None, new: Digest | None
+    ) -> tuple[RepositoryPolicy | None, Digest | None]:
+        """Ask the registry's rules whether *tag* may point at *new* (None: be deleted)."""
+        if tag is None:
+            return None, None
+        rules = await self._rules()
+        if rules is None or not rules.guards_tag(tag):
+            return rules, None
+        current = await self._current(tag)
+        await rules.check_tag(tag, current, new)
+        return rules, current
+
+    async def pulled(self, digest: Digest) -> None:
+        """A client pulled *digest* (retention's "not pulled for" rule may want to know)."""
+        if self.policy is not None:
+            await self.policy.pulled(self.name, digest)
 
     async def _write_tag(self, tag: str, digest: Digest) -> None:
         link = str(digest).encode()
@@ -197,12 +237,22 @@ class ManifestStore:
                 await self.driver.stat(layout.tag_current_link(self.name, tag))
             except PathNotFound:
                 raise ManifestUnknown(detail={"tag": tag}) from None
+            rules, current = await self._check_tag(tag, None)
             await self.driver.delete(layout.tag_dir(self.name, tag))
+            if rules is not None:
+                await rules.tag_changed(tag, current, None)
             return
         digest = await self.resolve(reference)
         stored = await self.get_by_digest(digest)
-        for tag in await self.tags_pointing_at(digest):
+        tags = await self.tags_pointing_at(digest)
+        rules = await self._rules() if tags else None
+        if rules is not None:  # every tag is checked before any goes
+            for tag in tags:
+                await rules.check_tag(tag, digest, None)
+        for tag in tags:
             await self.driver.delete(layout.tag_dir(self.name, tag))
+            if rules is not None:
+                await rules.tag_changed(tag, digest, None)
         await self.driver.delete(layout.revision_dir(self.name, digest))
         subject = _subject_of(stored.body)
         if subject is not None:

@@ -280,6 +280,7 @@ class V2Routes:
         else:
             async with state_of(request).access.pulling():
                 stored = await repo.manifests.get(str(reference))
+            await repo.manifests.pulled(stored.digest)
         etag = f'"{stored.digest}"'
         headers = {
             "Docker-Content-Digest": str(stored.digest),
@@ -413,7 +414,8 @@ class V2Routes:
     async def _append(self, request: web.Request, upload: Upload, start: int | None) -> None:
         self.uploads_in_flight += 1
         try:
-            await upload.append(_request_chunks(request), start)
+            # The announced length lets a quota refuse the body before it is stored.
+            await upload.append(_request_chunks(request), start, request.content_length)
         finally:
             self.uploads_in_flight -= 1
 
