@@ -121,6 +121,59 @@ class TlsConfig(_Section):
     """Require client certificates signed by this CA (mutual TLS)."""
 
 
+def _duration(value: str, key: str, *, off: bool = False) -> float | None:
+    """Seconds of a duration key (``0s``, ``90s``, ``10m``, ``1h``, ``7d``); None for "off"."""
+    from .tenancy import parse_duration
+
+    if off and value.strip().lower() in ("off", "", "0"):
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
+class GcConfig(_Section):
+    """Online garbage collection (``registry_core.lifecycle.gc``)."""
+
+    interval: str = "off"
+    """How often the server runs GC (``off``, or a duration such as ``6h``); one process works."""
+    grace: str = "1h"
+    """Blobs, links and manifests younger than this are kept (``0s`` allowed)."""
+    settle: str = "30s"
+    """How long a run waits between setting blobs aside and its re-check (must exceed the
+    longest gap between a request's existence check and its link write)."""
+    lease_ttl: str = "60s"
+    """Time to live of the ``gc`` lease; a killed run's lease is taken over after it."""
+
+    def __post_init__(self) -> None:
+        _duration(self.interval, "gc.interval", off=True)
+        for key in ("grace", "settle", "lease_ttl"):
+            _duration(getattr(self, key), f"gc.{key}")
+
+    def seconds(self, key: str) -> float | None:
+        return _duration(getattr(self, key), f"gc.{key}", off=key == "interval")
+
+
+class ScrubConfig(_Section):
+    """Background re-reading of stored blobs and links (``registry_core.lifecycle.scrub``)."""
+
+    interval: str = "off"
+    """How often the server runs a scrub step (``off`` or a duration)."""
+    repair: bool = False
+    """Remove broken links found (clients then get a clean 404)."""
+    bytes_per_second: int = 32 * 1024 * 1024
+    """Read rate limit, so a scrub left on does not starve clients."""
+    batch: int = 500
+    """Blobs checked per step; the cursor in storage resumes the next step after them."""
+
+    def __post_init__(self) -> None:
+        _duration(self.interval, "scrub.interval", off=True)
+
+    def seconds(self, key: str) -> float | None:
+        return _duration(getattr(self, key), f"scrub.{key}", off=key == "interval")
+
+
 class RetentionConfig(_Section):
     """Retention rules run on this schedule; ``rules`` apply to registries with none stored."""
 
@@ -161,12 +214,14 @@ class Config(_Section):
     archives: ArchivesConfig = msgspec.field(default_factory=ArchivesConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     quotas: QuotasConfig = msgspec.field(default_factory=QuotasConfig)
+    gc: GcConfig = msgspec.field(default_factory=GcConfig)
+    scrub: ScrubConfig = msgspec.field(default_factory=ScrubConfig)
     domains: dict[str, str] = msgspec.field(default_factory=dict)
     """Host name -> ``OWNER`` or ``OWNER/REGISTRY``: clients of that host use shorter names."""
 
 
 ENV_PREFIX = "CARGOHOLD_"
-_SECTIONS = ("server", "storage", "uploads", "manifests", "auth", "tls", "archives")
+_SECTIONS = ("server", "storage", "uploads", "manifests", "auth", "tls", "archives", "gc", "scrub")
 _SECTIONS += ("retention", "quotas")
 
 

@@ -25,6 +25,7 @@ from .storage.driver import PathNotFound, StorageDriver, StorageError
 from .storage.manifests import ManifestStore
 
 if TYPE_CHECKING:
+    from .jobs import LeaseGuard
     from .lifecycle.gc import GcReport
     from .lifecycle.marks import UntaggedPolicy
 
@@ -151,13 +152,15 @@ class Registry:
         lease_ttl: float = 60.0,
         wait: float = 0.0,
         recompute_usage: bool = True,
+        guard: LeaseGuard | None = None,
     ) -> GcReport:
         """One online GC run (see ``registry_core.lifecycle.gc``); safe while clients push.
 
         Holds the ``gc`` lease, waiting up to *wait* seconds for another run to
         end (then ``jobs.LeaseBusy``); a dry run only reads and takes no lease.
         *collect_untagged* is the retention hook: untagged manifests it answers
-        True for are collected (by default every one is kept).
+        True for are collected (by default every one is kept). A caller that already
+        holds the ``gc`` lease (the scheduler) passes its *guard*.
         """
         from .jobs import LeaseBusy, Leases
         from .lifecycle.gc import collect_garbage
@@ -168,21 +171,29 @@ class Registry:
             )
         leases = Leases(self.driver)
         deadline = time.monotonic() + wait
-        while True:
+        while guard is None:
             try:
-                async with leases.hold("gc", lease_ttl) as guard:
+                async with leases.hold("gc", lease_ttl) as held:
                     report = await collect_garbage(
                         self.driver,
                         grace=grace,
                         settle=settle,
                         collect_untagged=collect_untagged,
-                        fence=guard.check,
+                        fence=held.check,
                     )
                     break
             except LeaseBusy:
                 if time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(min(1.0, lease_ttl / 10))
+        else:
+            report = await collect_garbage(
+                self.driver,
+                grace=grace,
+                settle=settle,
+                collect_untagged=collect_untagged,
+                fence=guard.check,
+            )
         if recompute_usage:
             await self._recompute_usage_after_gc()
         self.link_cache.generation += 1

@@ -24,6 +24,7 @@ from drivers import open_driver
 from registry_core import Config, Registry, RegistryError, StorageError
 from registry_core.errors import NotFound, TooLarge, Unavailable, Unsupported
 from registry_core.jobs import Leases, Scheduler
+from registry_core.lifecycle.maintenance import add_maintenance_jobs
 from registry_core.lifecycle.periodic import add_policy_jobs
 from registry_core.tenancy import Conflict, TenancyStore
 
@@ -267,6 +268,9 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
         registry,
         retention_interval=config.retention.interval_seconds(),
         usage_interval=config.quotas.usage_interval,
+    )
+    add_maintenance_jobs(
+        scheduler, registry, config, on_gc=metrics.record_gc, on_scrub=metrics.record_scrub
     )
 
     async def background(app: web.Application) -> AsyncIterator[None]:

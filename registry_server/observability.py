@@ -60,6 +60,73 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Garbage collection and scrub, as run by this process (the lease holder works).
+        self.gc_runs = Counter(
+            "cargohold_gc_runs", "GC runs this process completed.", registry=self.registry
+        )
+        self.gc_reclaimed_bytes = Counter(
+            "cargohold_gc_reclaimed_bytes",
+            "Bytes of blob data GC deleted.",
+            registry=self.registry,
+        )
+        self.gc_reclaimed_objects = Counter(
+            "cargohold_gc_reclaimed_objects",
+            "Objects GC deleted, by kind (blob, layer_link, revision, tag, referrer).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.gc_storage_requests = Counter(
+            "cargohold_gc_storage_requests",
+            "Storage requests GC runs made.",
+            registry=self.registry,
+        )
+        self.gc_last_duration = Gauge(
+            "cargohold_gc_last_duration_seconds",
+            "Duration of this process's last GC run (mark and sweep).",
+            ["phase"],
+            registry=self.registry,
+        )
+        self.gc_last_run = Gauge(
+            "cargohold_gc_last_run_timestamp_seconds",
+            "When this process's last GC run ended.",
+            registry=self.registry,
+        )
+        self.scrub_blobs = Counter(
+            "cargohold_scrub_blobs_checked",
+            "Blobs scrub re-read and hashed.",
+            registry=self.registry,
+        )
+        self.scrub_problems = Counter(
+            "cargohold_scrub_problems",
+            "Problems scrub found, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def record_gc(self, report: Any) -> None:
+        """Count one GC run (a ``registry_core.lifecycle.gc.GcReport``)."""
+        self.gc_runs.inc()
+        self.gc_reclaimed_bytes.inc(report.bytes_deleted)
+        for kind, count in (
+            ("blob", report.blobs_deleted),
+            ("layer_link", report.layer_links_removed),
+            ("revision", report.revisions_removed),
+            ("tag", report.tags_removed),
+            ("referrer", report.referrers_removed),
+        ):
+            self.gc_reclaimed_objects.labels(kind).inc(count)
+        self.gc_storage_requests.inc(report.storage_requests)
+        self.gc_last_duration.labels("mark").set(report.mark_seconds)
+        self.gc_last_duration.labels("sweep").set(report.sweep_seconds)
+        self.gc_last_duration.labels("total").set(report.duration)
+        self.gc_last_run.set(time.time())
+
+    def record_scrub(self, report: Any) -> None:
+        """Count one scrub step (a ``registry_core.lifecycle.scrub.ScrubReport``)."""
+        self.scrub_blobs.inc(report.blobs_checked)
+        for problem in report.problems:
+            self.scrub_problems.labels(problem.kind).inc()
+
     def observe(
         self, request: web.BaseRequest, response: web.StreamResponse, seconds: float
     ) -> None:

@@ -233,6 +233,62 @@ def job_state(job: str, name: str) -> str:
     return f"{job_dir(job)}/state/{name}"
 
 
+# -- Lifecycle of tenants' content: usage ledgers, pull times -------------------------------
+
+USAGE: Final = f"{EXTRA}/usage"
+PULLS: Final = f"{EXTRA}/pulls"
+
+
+def layers_root(name: RepositoryName) -> str:
+    """The blob links of one repository (``<algorithm>/<hex>/link``)."""
+    return f"{repository(name)}/_layers"
+
+
+def layers_dir(name: RepositoryName, algorithm: str) -> str:
+    return f"{layers_root(name)}/{algorithm}"
+
+
+def usage_owners() -> str:
+    return USAGE
+
+
+def usage_dir(owner: str, registry: str | None = None) -> str:
+    """The usage ledger of one registry (or the folder of an owner's ledgers)."""
+    return f"{USAGE}/{owner}" if registry is None else f"{USAGE}/{owner}/{registry}"
+
+
+def usage_snapshot(owner: str, registry: str) -> str:
+    """The compacted totals of a registry's usage."""
+    return f"{usage_dir(owner, registry)}/snapshot"
+
+
+def usage_deltas_dir(owner: str, registry: str) -> str:
+    return f"{usage_dir(owner, registry)}/deltas"
+
+
+def usage_delta(owner: str, registry: str, name: str) -> str:
+    """One usage event (its values are in its name, so summing needs a listing only)."""
+    return f"{usage_deltas_dir(owner, registry)}/{name}"
+
+
+def usage_charged_dir(owner: str, registry: str) -> str:
+    return f"{usage_dir(owner, registry)}/charged"
+
+
+def usage_charged(owner: str, registry: str, digest: Digest) -> str:
+    """Marker: blob *digest* is counted in the registry's usage (created if absent)."""
+    return f"{usage_charged_dir(owner, registry)}/{digest.algorithm}-{digest.hex}"
+
+
+def pulls_dir(name: RepositoryName) -> str:
+    return f"{PULLS}/{name.value}/_pulled"
+
+
+def pull_time(name: RepositoryName, digest: Digest) -> str:
+    """When a manifest of a repository was last pulled (written at most hourly per process)."""
+    return f"{pulls_dir(name)}/{digest.algorithm}-{digest.hex}"
+
+
 # -- Garbage collection: blobs set aside while a sweep re-checks, and reading walked paths ---
 
 
@@ -293,57 +349,18 @@ def classify_repository_object(path: str) -> tuple[str, str, tuple[str, ...]] | 
     return None
 
 
-# -- Lifecycle of tenants' content: usage ledgers, pull times -------------------------------
-
-USAGE: Final = f"{EXTRA}/usage"
-PULLS: Final = f"{EXTRA}/pulls"
+# -- Scrub: blobs found corrupt are moved aside, not destroyed -------------------------------
 
 
-def layers_root(name: RepositoryName) -> str:
-    """The blob links of one repository (``<algorithm>/<hex>/link``)."""
-    return f"{repository(name)}/_layers"
+def scrub_quarantine(digest: Digest) -> str:
+    """Where scrub --repair moves a blob whose bytes do not match its digest."""
+    return f"{job_dir('scrub')}/quarantine/{digest.algorithm}/{digest.hex}"
 
 
-def layers_dir(name: RepositoryName, algorithm: str) -> str:
-    return f"{layers_root(name)}/{algorithm}"
+def blob_algorithm_dir(algorithm: str) -> str:
+    return f"{BLOBS}/{algorithm}"
 
 
-def usage_owners() -> str:
-    return USAGE
-
-
-def usage_dir(owner: str, registry: str | None = None) -> str:
-    """The usage ledger of one registry (or the folder of an owner's ledgers)."""
-    return f"{USAGE}/{owner}" if registry is None else f"{USAGE}/{owner}/{registry}"
-
-
-def usage_snapshot(owner: str, registry: str) -> str:
-    """The compacted totals of a registry's usage."""
-    return f"{usage_dir(owner, registry)}/snapshot"
-
-
-def usage_deltas_dir(owner: str, registry: str) -> str:
-    return f"{usage_dir(owner, registry)}/deltas"
-
-
-def usage_delta(owner: str, registry: str, name: str) -> str:
-    """One usage event (its values are in its name, so summing needs a listing only)."""
-    return f"{usage_deltas_dir(owner, registry)}/{name}"
-
-
-def usage_charged_dir(owner: str, registry: str) -> str:
-    return f"{usage_dir(owner, registry)}/charged"
-
-
-def usage_charged(owner: str, registry: str, digest: Digest) -> str:
-    """Marker: blob *digest* is counted in the registry's usage (created if absent)."""
-    return f"{usage_charged_dir(owner, registry)}/{digest.algorithm}-{digest.hex}"
-
-
-def pulls_dir(name: RepositoryName) -> str:
-    return f"{PULLS}/{name.value}/_pulled"
-
-
-def pull_time(name: RepositoryName, digest: Digest) -> str:
-    """When a manifest of a repository was last pulled (written at most hourly per process)."""
-    return f"{pulls_dir(name)}/{digest.algorithm}-{digest.hex}"
+def blob_prefix_dir(algorithm: str, prefix: str) -> str:
+    """One of the 256 two-hex-digit folders of an algorithm's blobs."""
+    return f"{BLOBS}/{algorithm}/{prefix}"

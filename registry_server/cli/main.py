@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_admin_commands(commands)
     add_archive_commands(commands)
+    from .lifecycle import add_lifecycle_commands
+
+    add_lifecycle_commands(commands)
     from .policies import add_policy_commands
 
     add_policy_commands(commands)

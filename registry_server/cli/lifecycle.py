@@ -1,0 +1,203 @@
+"""``cargohold gc``, ``cargohold scrub`` and ``cargohold worker``: storage maintenance.
+
+``gc`` and ``scrub`` work directly on storage (``--storage``/``--config``, no
+server needed) and are safe while servers run: they take the same job leases
+the servers' schedules take. ``worker`` runs only the scheduled jobs, for
+deployments that keep them off the serving processes. Output is a short
+human summary, or one JSON object with ``--json``; errors are one line on
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from drivers import open_driver
+from registry_core import ConfigError, Registry, load_config
+from registry_core.config import Config
+from registry_core.jobs import LeaseBusy, Leases, Scheduler
+from registry_core.lifecycle.maintenance import add_maintenance_jobs, store_gc_report
+from registry_core.lifecycle.scrub import Scrubber
+from registry_core.tenancy import parse_duration
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.storage:
+        overrides["storage"] = {"url": args.storage}
+    return load_config(args.config, overrides=overrides)
+
+
+def _registry(config: Config) -> Registry:
+    driver = open_driver(
+        config.storage.url, settings=config.storage.driver_settings(), **config.storage.options
+    )
+    return Registry(driver)
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"
+
+
+def _run(args: argparse.Namespace, body: Any) -> int:
+    try:
+        config = _config(args)
+        registry = _registry(config)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"cargohold: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        try:
+            return int(await body(config, registry))
+        finally:
+            await registry.close()
+
+    try:
+        return asyncio.run(go())
+    except LeaseBusy as exc:
+        print(f"cargohold: {exc}; try again later", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"cargohold: {exc}", file=sys.stderr)
+        return 1
+
+
+def gc_command(args: argparse.Namespace) -> int:
+    async def body(config: Config, registry: Registry) -> int:
+        grace = parse_duration(args.grace) if args.grace else config.gc.seconds("grace")
+        settle = parse_duration(args.settle) if args.settle else config.gc.seconds("settle")
+        report = await registry.collect_garbage(
+            grace=grace or 0.0,
+            settle=settle or 0.0,
+            dry_run=args.dry_run,
+            lease_ttl=config.gc.seconds("lease_ttl") or 60.0,
+            wait=parse_duration(args.wait),
+        )
+        if not args.dry_run:
+            await store_gc_report(registry, report)
+        if args.json:
+            summary = report.summary()
+            summary["deleted"] = [{"digest": d, "size": s} for d, s in report.deleted]
+            print(json.dumps(summary, indent=2))
+            return 0
+        verb = "would delete" if args.dry_run else "deleted"
+        if args.dry_run:
+            for digest, size in report.deleted:
+                print(f"{digest}  {size}")
+        print(
+            f"gc{' (dry run)' if args.dry_run else ''}: {verb} {report.blobs_deleted} of "
+            f"{report.blobs_total} blob(s), {_size(report.bytes_deleted)} ({report.bytes_deleted}"
+            f" bytes); links: {report.layer_links_removed} layer, {report.revisions_removed} "
+            f"manifest, {report.tags_removed} tag, {report.referrers_removed} referrer; "
+            f"{report.blobs_rescued} rescued; {report.storage_requests} storage requests; "
+            f"{report.duration:.2f}s (mark {report.mark_seconds:.2f}s, "
+            f"sweep {report.sweep_seconds:.2f}s)"
+        )
+        return 0
+
+    return _run(args, body)
+
+
+def scrub_command(args: argparse.Namespace) -> int:
+    async def body(config: Config, registry: Registry) -> int:
+        rate = args.rate if args.rate is not None else config.scrub.bytes_per_second
+        leases = Leases(registry.driver)
+        async with leases.hold("scrub", 120.0) as guard:
+            scrubber = Scrubber(
+                registry.driver,
+                repair=args.repair,
+                bytes_per_second=rate,
+                fence=guard.check,
+            )
+            if args.max_blobs:
+                report = await scrubber.step(max_blobs=args.max_blobs)
+            else:
+                report = await scrubber.full_pass(max_blobs=config.scrub.batch)
+        for problem in report.problems:
+            state = " (repaired)" if problem.repaired else ""
+            print(f"{problem.kind}: {problem.detail}{state}")
+        print(
+            f"scrub: {report.blobs_checked} blob(s) ({_size(report.bytes_read)}) and "
+            f"{report.repositories_checked} repositor{'y' if report.repositories_checked == 1 else 'ies'}"
+            f" checked, {len(report.problems)} problem(s)"
+            f"{', pass complete' if report.pass_completed else ', resumes next run'}; "
+            f"{report.duration:.2f}s"
+        )
+        unrepaired = [p for p in report.problems if not p.repaired]
+        return 3 if unrepaired else 0
+
+    return _run(args, body)
+
+
+def _add_other_jobs(scheduler: Scheduler, registry: Registry, config: Config) -> None:
+    """The policy jobs (retention, usage) where that module is installed, as the server does."""
+    try:
+        from registry_core.lifecycle.periodic import add_policy_jobs
+    except ImportError:
+        return
+    add_policy_jobs(
+        scheduler,
+        registry,
+        retention_interval=config.retention.interval_seconds(),
+        usage_interval=config.quotas.usage_interval,
+    )
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    async def body(config: Config, registry: Registry) -> int:
+        scheduler = Scheduler(Leases(registry.driver))
+        add_maintenance_jobs(scheduler, registry, config)
+        _add_other_jobs(scheduler, registry, config)
+        if not scheduler.jobs:
+            print("cargohold: no job is scheduled (set [gc] interval, ...)", file=sys.stderr)
+            return 2
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        print(f"cargohold: worker running {', '.join(scheduler.jobs)}", file=sys.stderr, flush=True)
+        scheduler.start()
+        await stopping.wait()
+        await scheduler.stop()
+        return 0
+
+    return _run(args, body)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML configuration file (as for serve)")
+    parser.add_argument("--storage", help="storage URL (as for serve)")
+
+
+def add_lifecycle_commands(commands: Any) -> None:
+    gc = commands.add_parser("gc", help="collect garbage online (safe while servers run)")
+    _common(gc)
+    gc.add_argument("--dry-run", action="store_true", help="report what would be deleted")
+    gc.add_argument("--grace", help="keep anything younger than this (default [gc] grace, 1h)")
+    gc.add_argument("--settle", help="wait between set-aside and re-check (default [gc] settle)")
+    gc.add_argument("--wait", default="0s", help="wait this long for a run elsewhere to end")
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.set_defaults(func=gc_command)
+    scrub = commands.add_parser("scrub", help="re-read blobs and links, report (and repair)")
+    _common(scrub)
+    scrub.add_argument("--repair", action="store_true", help="remove what is broken")
+    scrub.add_argument("--max-blobs", type=int, help="one step of this many blobs, then stop")
+    scrub.add_argument("--rate", type=int, help="bytes per second to read (0: unlimited)")
+    scrub.set_defaults(func=scrub_command)
+    worker = commands.add_parser("worker", help="run only the scheduled background jobs")
+    _common(worker)
+    worker.set_defaults(func=worker_command)
