@@ -42,6 +42,7 @@ from registry_core.errors import (
     NotFound,
     Unauthorized,
 )
+from registry_core.lifecycle.quotas import get_quota
 from registry_core.manifest import descriptors_of
 from registry_core.mediatypes import IMAGE_MANIFESTS, MANIFEST_TYPES
 from registry_core.names import RepositoryName, Tenant
@@ -174,21 +175,36 @@ class ApiKeyList(msgspec.Struct, kw_only=True):
     api_keys: list[ApiKey]
 
 
-class Owner(msgspec.Struct, kw_only=True):
+class Usage(msgspec.Struct, kw_only=True):
+    """Stored bytes and images against the quota (``registry_core.lifecycle.quotas``)."""
+
+    used_bytes: int
+    """Unique blobs linked into the registry's repositories (an owner: the sum)."""
+    used_images: int
+    """Tags, attachment tags left out."""
+    max_bytes: int | None
+    max_images: int | None
+
+
+class Owner(msgspec.Struct, kw_only=True, omit_defaults=True):
     name: str
     kind: Literal["user", "org"]
     created: datetime
+    usage: Usage | None = None
+    """Shown when one owner is asked for."""
 
 
 class OwnerList(msgspec.Struct, kw_only=True):
     owners: list[Owner]
 
 
-class Registry(msgspec.Struct, kw_only=True):
+class Registry(msgspec.Struct, kw_only=True, omit_defaults=True):
     owner: str
     name: str
     visibility: Visibility
     created: datetime
+    usage: Usage | None = None
+    """Shown when one registry is asked for."""
 
 
 class RegistryList(msgspec.Struct, kw_only=True):
@@ -623,7 +639,23 @@ class Management:
         return _json(_owner(await self.tenancy.create_owner(body.name, body.kind)), status=201)
 
     async def get_owner(self, request: web.Request, caller: Identity) -> web.Response:
-        return _json(_owner(await self._visible_owner(caller, request.match_info["owner"])))
+        view = _owner(await self._visible_owner(caller, request.match_info["owner"]))
+        view.usage = await self._usage(view.name, None)
+        return _json(view)
+
+    async def _usage(self, owner: str, registry: str | None) -> Usage:
+        settings, ledger = self.registry.settings, self.registry.usage
+        quota = await get_quota(settings, owner, registry)
+        if registry is None:
+            used = await ledger.owner_total(owner)
+        else:
+            used = await ledger.current(Tenant(owner, registry))
+        return Usage(
+            used_bytes=used.bytes,
+            used_images=used.images,
+            max_bytes=quota.max_bytes if quota else None,
+            max_images=quota.max_images if quota else None,
+        )
 
     async def delete_owner(self, request: web.Request, caller: Identity) -> web.Response:
         owner = request.match_info["owner"]
@@ -655,7 +687,9 @@ class Management:
         return _json(_registry(record), status=201)
 
     async def get_registry(self, request: web.Request, caller: Identity) -> web.Response:
-        return _json(_registry(await self._visible_registry(request, caller)))
+        view = _registry(await self._visible_registry(request, caller))
+        view.usage = await self._usage(view.owner, view.name)
+        return _json(view)
 
     async def update_registry(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._registry_admin(request, caller)
