@@ -31,6 +31,7 @@ from registry_core.tenancy import Conflict, TenancyStore
 from .domains import Domains
 from .http.archives import ApiRoutes
 from .http.guard import Guard
+from .http.lifecycle_api import LifecycleApi
 from .http.management import Management
 from .http.openapi import add_to as add_openapi
 from .http.v2 import API_VERSION_HEADER, V2Routes
@@ -255,7 +256,9 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)
     v2.add_to(app)
     ApiRoutes(registry, guard, config.archives).add_to(app)
-    Management(registry, tenancy, guard).add_to(app)
+    management = Management(registry, tenancy, guard)
+    management.add_to(app)
+    LifecycleApi(management).add_to(app)
     add_openapi(app, enabled=guard is not None)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

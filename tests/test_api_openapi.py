@@ -249,6 +249,32 @@ async def test_real_responses_of_every_operation_match_the_document(api, world, 
         await api.get(f"{PROD}/archives", outsider, params={"image": "imported:1.0"})
     ).status == 403
 
+    # lifecycle rules (routes of registry_server.http.lifecycle_api)
+    rules = {"keep_last": 5, "delete_untagged_after": "7d", "protected": ["latest"]}
+    assert (await api.get(f"{PROD}/retention", reader)).status == 200
+    assert (await api.put(f"{PROD}/retention", admin, json_body=rules)).status == 200
+    assert (await api.put(f"{PROD}/retention", reader, json_body=rules)).status == 403
+    bad_rules = {"delete_older_than": "soon"}
+    assert (await api.put(f"{PROD}/retention", admin, json_body=bad_rules)).status == 400
+    dry = {"dry_run": True}
+    assert (await api.post(f"{PROD}/retention/run", admin, json_body=dry)).status == 200
+    assert (await api.delete(f"{PROD}/retention", admin)).status == 204
+    patterns = {"patterns": ["v*"]}
+    assert (await api.get(f"{PROD}/immutable-tags", reader)).status == 200
+    assert (await api.put(f"{PROD}/immutable-tags", admin, json_body=patterns)).status == 200
+    assert (await api.put(f"{PROD}/immutable-tags", reader, json_body=patterns)).status == 403
+    assert (await api.delete(f"{PROD}/immutable-tags", admin)).status == 204
+    limits = {"max_bytes": "1GiB", "max_images": 100}
+    assert (await api.get(f"{PROD}/quota", reader)).status == 200
+    assert (await api.put(f"{PROD}/quota", root, json_body=limits)).status == 200
+    assert (await api.put(f"{PROD}/quota", admin, json_body=limits)).status == 403
+    assert (await api.put(f"{PROD}/quota", root, json_body={"max_bytes": "lots"})).status == 400
+    assert (await api.delete(f"{PROD}/quota", root)).status == 204
+    assert (await api.get(f"{API}/owners/acme/quota", reader)).status == 200
+    assert (await api.get(f"{API}/owners/acme/quota", outsider)).status == 404
+    assert (await api.put(f"{API}/owners/acme/quota", root, json_body=limits)).status == 200
+    assert (await api.delete(f"{API}/owners/acme/quota", root)).status == 204
+
     # the document itself
     assert (await api.get(f"{API}/openapi.json")).status == 200
 

@@ -20,8 +20,11 @@ import msgspec
 from aiohttp import web
 
 from registry_core.errors import NotFound
+from registry_core.lifecycle.immutable import ImmutableTags
+from registry_core.lifecycle.retention import RetentionReport, RetentionSpec
 
 from ..state import state_of
+from . import lifecycle_api as lc
 from . import management as m
 
 OPENAPI_PATH = f"{m.API_PREFIX}/openapi.json"
@@ -394,6 +397,128 @@ OPERATIONS: tuple[Operation, ...] = (
         ),
         security=("apiKey", "basic", "bearer"),
         response_content={"application/x-tar": {"schema": _BINARY}},
+    ),
+)
+
+_LIFECYCLE_ERRORS = (400, 401, 403, 404)
+# The lifecycle routes of registry_server.http.lifecycle_api.
+OPERATIONS += (
+    Operation(
+        "GET",
+        f"{_REGISTRY}/retention",
+        "Show a registry's retention rules",
+        "lifecycle",
+        lc.Retention,
+        description="Anyone who can pull from the registry. Durations in seconds.",
+    ),
+    Operation(
+        "PUT",
+        f"{_REGISTRY}/retention",
+        "Set a registry's retention rules",
+        "lifecycle",
+        lc.Retention,
+        body=RetentionSpec,
+        errors=_LIFECYCLE_ERRORS,
+        description="Registry admins. Replaces every rule; durations are seconds or e.g. "
+        "`30d`, `12h`. Protected patterns (globs) are never deleted by a rule.",
+    ),
+    Operation(
+        "DELETE",
+        f"{_REGISTRY}/retention",
+        "Remove a registry's retention rules",
+        "lifecycle",
+        status=204,
+        description="Registry admins. Rules of the TOML file, if any, apply again.",
+    ),
+    Operation(
+        "POST",
+        f"{_REGISTRY}/retention/run",
+        "Apply a registry's retention rules now",
+        "lifecycle",
+        RetentionReport,
+        body=lc.RetentionRun,
+        errors=_LIFECYCLE_ERRORS,
+        description="Registry admins. A dry run lists what would be deleted and deletes "
+        "nothing. Deleted manifests take their attachments with them; GC frees the bytes.",
+    ),
+    Operation(
+        "GET",
+        f"{_REGISTRY}/immutable-tags",
+        "Show a registry's immutable tag patterns",
+        "lifecycle",
+        ImmutableTags,
+        description="Anyone who can pull from the registry.",
+    ),
+    Operation(
+        "PUT",
+        f"{_REGISTRY}/immutable-tags",
+        "Set a registry's immutable tag patterns",
+        "lifecycle",
+        ImmutableTags,
+        body=ImmutableTags,
+        errors=_LIFECYCLE_ERRORS,
+        description="Registry admins. Tags matching a pattern (`v*`; `*` for all) cannot "
+        "be moved or deleted once set; attachment tags never are immutable.",
+    ),
+    Operation(
+        "DELETE",
+        f"{_REGISTRY}/immutable-tags",
+        "Make every tag of a registry movable again",
+        "lifecycle",
+        status=204,
+        description="Registry admins.",
+    ),
+    Operation(
+        "GET",
+        f"{_REGISTRY}/quota",
+        "Show a registry's quota and usage",
+        "lifecycle",
+        m.Usage,
+        description="Anyone who can pull from the registry.",
+    ),
+    Operation(
+        "PUT",
+        f"{_REGISTRY}/quota",
+        "Set a registry's quota",
+        "lifecycle",
+        m.Usage,
+        body=lc.QuotaChange,
+        errors=_LIFECYCLE_ERRORS,
+        description="Superusers only. Sizes are bytes or e.g. `10GiB`, `500MB`; the "
+        "registry's usage is measured exactly when its quota is set.",
+    ),
+    Operation(
+        "DELETE",
+        f"{_REGISTRY}/quota",
+        "Remove a registry's quota",
+        "lifecycle",
+        status=204,
+        description="Superusers only.",
+    ),
+    Operation(
+        "GET",
+        f"{_OWNER}/quota",
+        "Show an owner's quota and the usage of all its registries",
+        "lifecycle",
+        m.Usage,
+    ),
+    Operation(
+        "PUT",
+        f"{_OWNER}/quota",
+        "Set an owner's quota (over all its registries)",
+        "lifecycle",
+        m.Usage,
+        body=lc.QuotaChange,
+        errors=_LIFECYCLE_ERRORS,
+        description="Superusers only.",
+    ),
+    Operation(
+        "DELETE",
+        f"{_OWNER}/quota",
+        "Remove an owner's quota",
+        "lifecycle",
+        status=204,
+        description="Superusers only.",
     ),
 )
 
