@@ -37,6 +37,7 @@ from .http.openapi import add_to as add_openapi
 from .http.v2 import API_VERSION_HEADER, V2Routes
 from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
 from .state import new_request_id, state_of
+from .usage_metrics import UsageMetrics
 
 LOGGER = logging.getLogger("cargohold.server")
 REGISTRY_KEY = web.AppKey("registry", Registry)
@@ -236,6 +237,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     app[LOG_FORMAT_KEY] = config.server.log_format
     app[IN_FLIGHT_KEY] = InFlight()
     metrics = Metrics()
+    usage_metrics = UsageMetrics(metrics.registry, by_owner=config.quotas.metrics_by_owner)
     app[METRICS_KEY] = metrics
     domains = Domains(config.domains, config.server.trusted_proxies)
     tenancy = TenancyStore(registry.driver)
@@ -283,11 +285,15 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
             _purge_loop(registry, config.uploads.purge_after, config.uploads.purge_interval)
         )
         scheduler.start()
+        usage_task = asyncio.create_task(
+            usage_metrics.run(registry, max(config.quotas.usage_interval, 1.0))
+        )
         yield
         await scheduler.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for running in (task, usage_task):
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
         await registry.close()
 
     app.cleanup_ctx.append(background)

@@ -1,7 +1,8 @@
 """The periodic jobs of retention and usage, registered on a ``jobs.Scheduler``.
 
 ``retention`` applies every registry's rules (stored or from the TOML file);
-``usage`` folds the usage ledgers' deltas into their snapshots. Both run under
+``usage`` folds the usage ledgers' deltas into their snapshots and stores the
+totals per owner that every process's /metrics reports. Both run under
 their lease in whichever process takes it; this module only wires them and
 never keeps state of its own.
 """
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..jobs import LeaseGuard, Scheduler
 from . import retention, usage
+from .quotas import get_quota
 
 if TYPE_CHECKING:
     from ..registry import Registry
@@ -45,7 +47,12 @@ def add_policy_jobs(
                 )
 
     async def compact_usage(guard: LeaseGuard) -> None:
-        await registry.usage.compact_all(guard)
+        totals = await registry.usage.compact_all(guard)
+        for owner in totals.owners:
+            quota = await get_quota(registry.settings, owner, None)
+            if quota is not None and quota.max_bytes is not None:
+                totals.owner_limits[owner] = quota.max_bytes
+        await registry.usage.write_totals(totals)
 
     if retention_interval > 0:
         scheduler.add(retention.JOB, retention_interval, run_retention, ttl=300.0)

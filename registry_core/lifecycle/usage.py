@@ -80,6 +80,18 @@ class Snapshot(msgspec.Struct, kw_only=True):
     absorbed: list[str] = msgspec.field(default_factory=list)
 
 
+class Totals(msgspec.Struct, kw_only=True):
+    """Usage summed per owner, written by the ``usage`` job for every process's /metrics."""
+
+    measured_at: float
+    owners: dict[str, Usage] = msgspec.field(default_factory=dict)
+    owner_limits: dict[str, int] = msgspec.field(default_factory=dict)
+    """Owners with a byte quota -> its limit."""
+
+
+TOTALS_JOB_STATE = "totals"
+
+
 def _delta_name(size: int, images: int) -> str:
     return f"{time.time_ns():020d}.{uuid.uuid4().hex[:12]}.{size}.{images}"
 
@@ -230,14 +242,32 @@ class UsageLedger:
         )
         return Usage(bytes=snapshot.bytes, images=snapshot.images)
 
-    async def compact_all(self, guard: LeaseGuard | None = None) -> int:
-        """Compact every ledger; return how many had deltas."""
-        compacted = 0
+    async def compact_all(self, guard: LeaseGuard | None = None) -> Totals:
+        """Compact every ledger; return the usage per owner (see :meth:`write_totals`)."""
+        totals = Totals(measured_at=time.time())
         for tenant in await self.tenants():
             if await self._deltas(tenant):
-                await self.compact(tenant, guard)
-                compacted += 1
-        return compacted
+                usage = await self.compact(tenant, guard)
+            else:
+                snapshot = await self.snapshot(tenant)
+                usage = Usage(bytes=snapshot.bytes, images=snapshot.images)
+            totals.owners[tenant.owner] = totals.owners.get(tenant.owner, Usage()) + usage
+        return totals
+
+    async def write_totals(self, totals: Totals) -> None:
+        """Store *totals* where every process's /metrics reads them."""
+        await self.driver.write(
+            layout.job_state(JOB, TOTALS_JOB_STATE), msgspec.json.encode(totals)
+        )
+
+    async def read_totals(self) -> Totals | None:
+        """The totals the ``usage`` job last stored, or None before its first run."""
+        try:
+            return msgspec.json.decode(
+                await self.driver.read(layout.job_state(JOB, TOTALS_JOB_STATE)), type=Totals
+            )
+        except (PathNotFound, msgspec.DecodeError):
+            return None
 
     async def _write_snapshot(self, tenant: Tenant, snapshot: Snapshot) -> None:
         await self.driver.write(
