@@ -47,7 +47,7 @@ from ..attachments import is_attachment_tag
 from ..digest import Digest
 from ..errors import DigestInvalid
 from ..jobs import LeaseBusy, LeaseGuard, Leases
-from ..names import RepositoryName, Tenant
+from ..names import Tenant
 from ..storage import layout
 from ..storage.driver import PathNotFound, StorageDriver
 
@@ -305,18 +305,35 @@ async def _list_or_empty(driver: StorageDriver, path: str) -> list[str]:
 
 
 async def measure_tenant(registry: Registry, tenant: Tenant) -> Measured:
-    """Walk a registry's repositories: its linked blobs with their sizes, and its images."""
+    """Walk a registry's repositories: its linked blobs with their sizes, and its images.
+
+    Repositories holding only uploaded blobs (no manifest yet) count too.
+    """
     driver = registry.driver
     linked: set[Digest] = set()
     images = 0
-    for name in await registry.repositories(tenant):
-        repo = RepositoryName(name)
-        for algorithm in await _list_or_empty(driver, layout.layers_root(repo)):
-            for entry in await _list_or_empty(driver, layout.layers_dir(repo, algorithm)):
-                with contextlib.suppress(DigestInvalid):
-                    linked.add(Digest.parse(f"{algorithm}:{entry}"))
-        tags = await _list_or_empty(driver, layout.tags_dir(repo))
-        images += sum(1 for tag in tags if not is_attachment_tag(tag))
+
+    def prune(directory: str) -> bool:
+        # Skip what holds no layer link or current tag link (revisions can be many).
+        parent, _, base = directory.rpartition("/")
+        if base in ("_uploads", "_referrers"):
+            return True
+        if base == "revisions" and parent.endswith("/_manifests"):
+            return True
+        return base == "index" and "/_manifests/tags/" in parent + "/"
+
+    async for entry in driver.walk(layout.tenant_repositories(tenant), prune):
+        if entry.is_dir:
+            continue
+        found = layout.classify_repository_object(entry.path)
+        if found is None:
+            continue
+        _, kind, fields = found
+        if kind == "layer":
+            with contextlib.suppress(DigestInvalid):
+                linked.add(Digest.parse(f"{fields[0]}:{fields[1]}"))
+        elif kind == "tag" and not is_attachment_tag(fields[0]):
+            images += 1
     gate = asyncio.Semaphore(_STAT_CONCURRENCY)
 
     async def size_of(digest: Digest) -> tuple[str, int | None]:

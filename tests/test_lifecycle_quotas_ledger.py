@@ -1,0 +1,123 @@
+"""The usage ledger: per-event deltas, compaction, crash safety, exact recompute.
+
+Two ``Registry`` objects over one folder stand for two server processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import pytest
+
+from drivers import open_driver
+from registry_core import Digest, Registry
+from registry_core.lifecycle.quotas import Quota, set_quota
+from registry_core.lifecycle.usage import Snapshot, Usage, recompute_usage
+from registry_core.names import Tenant
+from registry_core.storage import layout
+
+T = TypeVar("T")
+TENANT = Tenant("acme", "prod")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return f"file://{tmp_path}"
+
+
+def process(store: str) -> Registry:
+    return Registry(open_driver(store), settings_ttl=0.0)
+
+
+async def upload(registry: Registry, repo: str, data: bytes) -> Digest:
+    digest = Digest.of(data)
+    async with registry.repository(repo).blobs.upload() as session:
+        await session.write(data)
+        await session.commit(digest)
+    return digest
+
+
+async def with_quota(registry: Registry) -> None:
+    await set_quota(registry.settings, "acme", "prod", Quota(max_bytes=10**9))
+    await recompute_usage(registry, [TENANT])
+
+
+def deltas(registry: Registry) -> list[str]:
+    try:
+        return run(registry.driver.list(layout.usage_deltas_dir("acme", "prod")))
+    except Exception:
+        return []
+
+
+def test_a_blob_pushed_by_two_processes_is_counted_once(store: str) -> None:
+    one, two = process(store), process(store)
+    run(with_quota(one))
+
+    async def both() -> None:
+        await asyncio.gather(
+            upload(one, "acme/prod/a", b"x" * 1000), upload(two, "acme/prod/b", b"x" * 1000)
+        )
+
+    run(both())
+
+    assert run(process(store).usage.measure(TENANT))[0] == Usage(bytes=1000, images=0)
+
+
+def test_compaction_folds_the_deltas_into_the_snapshot(store: str) -> None:
+    registry = process(store)
+    run(with_quota(registry))
+    for n in range(3):
+        run(upload(registry, "acme/prod/app", bytes([n]) * 100))
+
+    before = run(registry.usage.measure(TENANT))[0]
+    folded = run(registry.usage.compact(TENANT))
+
+    assert folded == before == Usage(bytes=300, images=0)
+    assert deltas(registry) == []
+    assert run(process(store).usage.measure(TENANT))[0] == folded
+
+
+def test_a_crash_between_snapshot_and_delta_deletion_counts_nothing_twice(store: str) -> None:
+    registry = process(store)
+    run(with_quota(registry))
+    run(upload(registry, "acme/prod/app", b"y" * 500))
+    names = deltas(registry)
+    snapshot = run(registry.usage.snapshot(TENANT))
+    # What compaction writes first; the crash leaves the absorbed deltas in place.
+    crashed = Snapshot(bytes=snapshot.bytes + 500, images=0, absorbed=names)
+    path = layout.usage_snapshot("acme", "prod")
+    run(registry.driver.write(path, msgspec.json.encode(crashed)))
+
+    assert run(process(store).usage.measure(TENANT))[0].bytes == 500
+    assert run(registry.usage.compact(TENANT)).bytes == 500
+    assert deltas(registry) == []
+
+
+def test_recompute_corrects_drift_instead_of_accumulating_it(store: str) -> None:
+    registry = process(store)
+    run(with_quota(registry))
+    run(upload(registry, "acme/prod/app", b"z" * 700))
+    bogus = f"{'9' * 20}.lost.123456.7"  # an event counted that never happened
+    run(registry.driver.write(layout.usage_delta("acme", "prod", bogus), b""))
+    assert run(registry.usage.measure(TENANT))[0] == Usage(bytes=123456 + 700, images=7)
+
+    exact = run(recompute_usage(registry, [TENANT]))[TENANT]
+
+    assert exact == Usage(bytes=700, images=0)
+    assert run(process(store).usage.measure(TENANT))[0] == exact
+
+
+def test_a_registry_without_a_quota_writes_nothing_on_push(store: str) -> None:
+    registry = process(store)
+
+    run(upload(registry, "acme/prod/app", b"free" * 100))
+
+    assert not Path(store[len("file://") :], layout.usage_dir("acme", "prod")).exists()
