@@ -9,7 +9,7 @@ PYTHON      ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 ARGS        ?=
 PYTEST_ARGS ?= -q -ra
 
-.PHONY: venv serve test-deps test lint bench
+.PHONY: venv serve test-deps test lint bench test-gc-soak
 
 # Create the virtualenv once; (re)install the project only when pyproject.toml
 # is newer than the stamp file.
@@ -38,3 +38,7 @@ lint: venv
 
 bench: venv
 	$(VENV_BIN)/python -m benchmarks.run $(ARGS)
+
+# GC's concurrency proof at full length: 60 s of 16 clients per backend (local, moto S3).
+test-gc-soak: test-deps venv
+	CARGOHOLD_GC_SOAK_SECONDS=60 $(VENV_BIN)/pytest -q -ra -s -p no:cacheprovider tests/test_lifecycle_gc_concurrency.py

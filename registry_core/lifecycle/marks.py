@@ -102,13 +102,13 @@ class Snapshot:
 
 
 async def walk_repositories(driver: StorageDriver, snapshot: Snapshot) -> list[tuple[str, str]]:
-    """Fill *snapshot* with every repository link; return the tag links to read."""
+    """Fill *snapshot* with every repository link; return the tag links to read.
 
-    def prune(directory: str) -> bool:
-        return directory.endswith("/_uploads")
-
+    No prune function: on object stores that lets the walk be one paged listing (1000
+    keys a request) instead of a listing per directory; upload sessions are skipped here.
+    """
     tag_links: list[tuple[str, str]] = []
-    async for entry in driver.walk(layout.REPOSITORIES, prune):
+    async for entry in driver.walk(layout.REPOSITORIES):
         if entry.is_dir:
             continue
         found = layout.classify_repository_object(entry.path)

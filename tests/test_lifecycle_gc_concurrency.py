@@ -1,0 +1,288 @@
+"""GC in a loop (grace 0s, untagged manifests collected) while 16 HTTP clients push, mount, tag, untag and pull; afterwards
+every tag resolves to a complete image. On local storage and on moto S3.
+
+The CI variant runs for ``CARGOHOLD_GC_SOAK_SECONDS`` (default 8 s);
+``make test-gc-soak`` runs it for 60 s on both backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import secrets
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from drivers import open_driver
+from registry_core import Registry
+from tests.helpers.emulators import CloudEmulator
+from tests.helpers.images import Image, build_image, make_random_layer
+from tests.helpers.registry_api import new_session
+from tests.helpers.server import RegistryServer
+
+CLIENTS = 16
+SOAK_SECONDS = float(os.environ.get("CARGOHOLD_GC_SOAK_SECONDS", "8"))
+COMMON_LAYERS = [make_random_layer(1024 + n, seed=f"common-{n}") for n in range(12)]
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Clients:
+    """The shared view of what the clients believe is tagged, and what went wrong."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.lock = threading.Lock()
+        self.tags: dict[str, dict[str, Image]] = {}
+        self.events: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+
+    def note(self, event: str) -> None:
+        with self.lock:
+            self.events[event] += 1
+
+    def fail(self, message: str) -> None:
+        with self.lock:
+            self.failures.append(message)
+
+    def check(self, response: requests.Response, what: str) -> requests.Response:
+        if response.status_code >= 500:
+            self.fail(f"{what}: {response.status_code} {response.text[:200]}")
+        return response
+
+    # -- client operations, as a registry client does them --------------------------------------
+
+    def upload(self, session: requests.Session, repo: str, data: bytes) -> None:
+        started = self.check(session.post(f"{self.base}/v2/{repo}/blobs/uploads/"), "start")
+        if started.status_code != 202:
+            self.fail(f"upload start answered {started.status_code}")
+            return
+        location = urllib.parse.urljoin(self.base + "/", started.headers["Location"])
+        sep = "&" if "?" in location else "?"
+        done = session.put(f"{location}{sep}digest={urllib.parse.quote(sha(data))}", data=data)
+        if self.check(done, "upload").status_code != 201:
+            self.fail(f"upload answered {done.status_code}: {done.text[:200]}")
+
+    def push(
+        self, session: requests.Session, repo: str, image: Image, tag: str, mount_from: str = ""
+    ) -> bool:
+        """Push like a client: skip blobs the registry says it has (HEAD) or can mount; retry
+        with full uploads when the manifest is refused for a blob GC set aside meanwhile."""
+        for attempt in range(4):
+            for blob in image.blobs():
+                if attempt == 0 and mount_from:
+                    mounted = session.post(
+                        f"{self.base}/v2/{repo}/blobs/uploads/",
+                        params={"mount": blob.digest, "from": mount_from},
+                    )
+                    if self.check(mounted, "mount").status_code == 201:
+                        self.note("mounted")
+                        continue
+                    if mounted.status_code == 202:  # not mountable: an upload session instead
+                        session.delete(
+                            urllib.parse.urljoin(self.base + "/", mounted.headers["Location"])
+                        )
+                if attempt == 0:
+                    head = session.head(f"{self.base}/v2/{repo}/blobs/{blob.digest}")
+                    if self.check(head, "head").status_code == 200:
+                        self.note("skipped upload")
+                        continue
+                self.upload(session, repo, blob.data)
+            put = session.put(
+                f"{self.base}/v2/{repo}/manifests/{tag}",
+                data=image.manifest,
+                headers={"Content-Type": image.media_type},
+            )
+            if self.check(put, "manifest").status_code == 201:
+                with self.lock:
+                    self.tags.setdefault(repo, {})[tag] = image
+                return True
+            self.note(f"manifest refused ({put.status_code}), pushed again")
+        self.fail(f"push of {repo}:{tag} never succeeded")
+        return False
+
+    def pull(self, session: requests.Session, repo: str, tag: str, image: Image) -> None:
+        got = session.get(
+            f"{self.base}/v2/{repo}/manifests/{tag}", headers={"Accept": image.media_type}
+        )
+        if self.check(got, "pull manifest").status_code != 200:
+            self.note("pull raced an untag")
+            return
+        if sha(got.content) != got.headers.get("Docker-Content-Digest"):
+            self.fail(f"{repo}:{tag} manifest bytes do not match their digest")
+        for blob in json.loads(got.content)["layers"]:
+            data = session.get(f"{self.base}/v2/{repo}/blobs/{blob['digest']}")
+            if self.check(data, "pull blob").status_code != 200:
+                self.note(f"pull blob answered {data.status_code}")
+            elif sha(data.content) != blob["digest"]:
+                self.fail(f"{repo}: blob {blob['digest']} has the wrong bytes")
+        self.note("pulled")
+
+    def run_client(self, number: int) -> None:
+        rng = random.Random(number)
+        session = new_session()
+        repo = f"gc/soak/client{number}"
+        counter = 0
+        while not self.stop.is_set():
+            counter += 1
+            with self.lock:
+                mine = dict(self.tags.get(repo, {}))
+                others = [(r, t, i) for r, tags in self.tags.items() for t, i in tags.items()]
+            choice = rng.random()
+            try:
+                if choice < 0.35 or not mine:
+                    image = build_image(
+                        [
+                            make_random_layer(rng.randint(256, 4096), seed=f"{number}-{counter}"),
+                            rng.choice(COMMON_LAYERS),
+                        ]
+                    )
+                    self.push(session, repo, image, f"t{counter}")
+                    self.note("pushed")
+                elif choice < 0.5 and others:
+                    source, _, image = rng.choice(others)
+                    self.push(session, repo, image, f"m{counter}", mount_from=source)
+                    self.note("mount-pushed")
+                elif choice < 0.62:
+                    image = rng.choice(list(mine.values()))
+                    self.push(session, repo, image, f"r{counter}")
+                    self.note("tagged")
+                elif choice < 0.8:
+                    tag = rng.choice(list(mine))
+                    with self.lock:
+                        self.tags[repo].pop(tag, None)
+                    gone = session.delete(f"{self.base}/v2/{repo}/manifests/{tag}")
+                    if self.check(gone, "untag").status_code != 202:
+                        self.fail(f"untag {repo}:{tag} answered {gone.status_code}")
+                    self.note("untagged")
+                elif others:
+                    source, tag, image = rng.choice(others)
+                    self.pull(session, source, tag, image)
+            except requests.RequestException as exc:
+                self.fail(f"client {number}: {exc}")
+
+
+def verify_every_tag(base: str, clients: Clients) -> int:
+    """Every tag the registry lists, and every tag a client believes it set, is complete."""
+    session = new_session()
+    checked = 0
+    repos = session.get(f"{base}/v2/_catalog").json()["repositories"]
+    believed = {(r, t) for r, tags in clients.tags.items() for t in tags}
+    listed = set()
+    for repo in repos:
+        answer = session.get(f"{base}/v2/{repo}/tags/list")
+        for tag in answer.json().get("tags") or []:
+            listed.add((repo, tag))
+    assert believed <= listed, sorted(believed - listed)[:5]
+    for repo, tag in sorted(listed):
+        got = session.get(
+            f"{base}/v2/{repo}/manifests/{tag}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        assert got.status_code == 200, (repo, tag, got.status_code)
+        manifest = json.loads(got.content)
+        assert sha(got.content) == got.headers["Docker-Content-Digest"]
+        for blob in [manifest["config"], *manifest["layers"]]:
+            data = session.get(f"{base}/v2/{repo}/blobs/{blob['digest']}")
+            assert data.status_code == 200, (repo, tag, blob["digest"], data.status_code)
+            assert sha(data.content) == blob["digest"]
+        checked += 1
+    return checked
+
+
+def collect_every_untagged(repository: str, digest: object, linked_at: float) -> bool:
+    """The most aggressive policy: an untag makes its manifest and layers garbage at once."""
+    return True
+
+
+async def soak(server: RegistryServer, registry: Registry, settle: float) -> dict[str, Any]:
+    clients = Clients(server.url)
+    # Garbage from the start (untagged images), whatever the clients manage to do.
+    seeder = new_session()
+    for n in range(4):
+        seed = build_image([make_random_layer(2048, seed=f"seed-{n}")])
+        assert clients.push(seeder, "gc/soak/seed", seed, f"s{n}")
+        assert seeder.delete(f"{server.url}/v2/gc/soak/seed/manifests/s{n}").status_code == 202
+    clients.tags.clear()
+    threads = [
+        threading.Thread(target=clients.run_client, args=(n,), daemon=True) for n in range(CLIENTS)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + SOAK_SECONDS
+    runs, deleted, rescued = 0, 0, 0
+    try:
+        while time.monotonic() < deadline:
+            report = await registry.collect_garbage(
+                grace=0.0, settle=settle, collect_untagged=collect_every_untagged
+            )
+            runs += 1
+            deleted += report.blobs_deleted
+            rescued += report.blobs_rescued
+    finally:
+        clients.stop.set()
+        for thread in threads:
+            await asyncio.to_thread(thread.join, 60)
+    assert clients.failures == [], clients.failures[:10]
+    checked = await asyncio.to_thread(verify_every_tag, server.url, clients)
+    final = await registry.collect_garbage(
+        grace=0.0, settle=0.0, collect_untagged=collect_every_untagged
+    )
+    await asyncio.to_thread(verify_every_tag, server.url, clients)
+    summary = {
+        "gc_runs": runs,
+        "blobs_deleted": deleted,
+        "blobs_rescued": rescued,
+        "tags_checked": checked,
+        **clients.events,
+    }
+    print(json.dumps(summary))
+    assert runs >= 2 and deleted + final.blobs_deleted > 0, summary
+    return summary
+
+
+async def test_gc_in_a_loop_with_16_clients_on_local_storage(
+    registry_factory: Any, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    server = registry_factory(storage_url=f"file://{store}")
+    registry = Registry(open_driver(f"file://{store}"))
+    try:
+        await soak(server, registry, settle=1.0)
+    finally:
+        await registry.close()
+
+
+async def test_gc_in_a_loop_with_16_clients_on_moto_s3(
+    registry_factory: Any, moto_server: CloudEmulator, tmp_path: Path
+) -> None:
+    bucket = moto_server.create_bucket(f"gc-{secrets.token_hex(4)}")
+    url = moto_server.storage_url(bucket, f"soak-{secrets.token_hex(3)}")
+    options = moto_server.storage_options()
+    config = tmp_path / "cargohold.toml"
+    config.write_text(
+        "[storage.options]\n"
+        f'endpoint_url = "{options["endpoint_url"]}"\n'
+        f'key = "{options["key"]}"\n'
+        f'secret = "{options["secret"]}"\n'
+        "[storage.options.client_kwargs]\n"
+        f'region_name = "{options["client_kwargs"]["region_name"]}"\n'
+    )
+    server = registry_factory(storage_url=url, config=config, env=moto_server.server_env())
+    registry = Registry(open_driver(url, **options))
+    try:
+        await soak(server, registry, settle=3.0)
+    finally:
+        await registry.close()
