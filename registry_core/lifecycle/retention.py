@@ -314,6 +314,9 @@ async def run_retention(
                 continue
             report.tags.extend(f"{name}:{t}" for t in dropped_tags if not is_attachment_tag(t))
             report.manifests.extend(f"{name}@{d}" for d in gone)
+            for digest_gone in gone:  # its pull time means nothing any more
+                with contextlib.suppress(PathNotFound):
+                    await registry.driver.delete(layout.pull_time(manifests.name, digest_gone))
     report.tags.sort()
     report.manifests.sort()
     return report

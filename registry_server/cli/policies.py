@@ -20,6 +20,7 @@ import msgspec
 from drivers import open_driver
 from registry_core import ConfigError, Registry, RegistryError, load_config
 from registry_core.config import Config
+from registry_core.jobs import LeaseBusy
 from registry_core.lifecycle.immutable import get_immutable, set_immutable
 from registry_core.lifecycle.quotas import Quota, format_size, get_quota, parse_size, set_quota
 from registry_core.lifecycle.retention import (
@@ -233,7 +234,7 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
 
         try:
             return asyncio.run(go())
-        except (RegistryError, ValueError, msgspec.ValidationError) as exc:
+        except (RegistryError, ValueError, msgspec.ValidationError, LeaseBusy) as exc:
             print(f"cargohold: {exc}", file=sys.stderr)
             return 1
 
