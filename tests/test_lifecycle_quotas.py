@@ -8,6 +8,7 @@ back with ``cargohold quotas show`` (what the ledger says) and ``quotas recomput
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,27 @@ def test_pulls_are_never_blocked_by_a_quota(registry_factory, storage, tmp_path)
     )
 
     assert used(storage)[0] > parse_size("1KiB")
+
+
+def test_a_streamed_upload_of_unknown_length_is_refused_and_deleted(
+    registry_factory, storage
+) -> None:
+    cargohold_cli("quotas", "set", "acme/prod", "--bytes", "10KiB", storage=storage)
+    server = start(registry_factory, storage)
+    session = new_session()
+    started = session.post(f"{server.url}/v2/acme/prod/app/blobs/uploads/")
+    location = server.url + started.headers["Location"]
+
+    def chunks() -> Iterator[bytes]:  # a generator body: sent chunked, no Content-Length
+        for _ in range(20):
+            yield b"y" * KIB
+
+    resp = session.patch(
+        location, data=chunks(), headers={"Content-Type": "application/octet-stream"}
+    )
+
+    assert resp.status_code == 403
+    assert resp.json()["errors"][0]["message"].startswith("quota exceeded: ")
+    assert session.get(location).status_code == 404
+    assert leftover_uploads(server) == []
+    assert used(storage) == (0, 0)
