@@ -23,6 +23,7 @@ from registry_core.lifecycle.retention import (
     RetentionRules,
     run_retention,
     set_retention,
+    untagged_policy,
 )
 from registry_core.names import RepositoryName, Tenant
 from registry_core.storage import layout
@@ -269,3 +270,16 @@ def test_rules_are_set_shown_and_run_from_the_command_line(registry: Registry, r
     assert "would delete tag acme/prod/app:t0" in dry and "acme/prod/app:t1" in dry
     assert unchanged == ["latest", "t0", "t1", "t2"]
     assert tags(registry, "acme/prod/app") == ["latest", "t2"]
+
+
+def test_gc_collects_untagged_manifests_only_where_a_rule_says_so(registry: Registry) -> None:
+    rules = RetentionRules(delete_untagged_after=7 * DAY)
+    run(set_retention(registry.settings, TENANT, rules))
+
+    collect = run(untagged_policy(registry))
+
+    assert collect is not None
+    digest = Digest.of(b"any")
+    assert collect("acme/prod/app", digest, NOW - 8 * DAY)
+    assert not collect("acme/prod/app", digest, NOW - 6 * DAY)
+    assert not collect("acme/other/app", digest, NOW - 80 * DAY)

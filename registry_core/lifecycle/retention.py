@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Annotated
 
@@ -354,3 +354,27 @@ class RetentionSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             delete_untagged_after=_seconds(self.delete_untagged_after),
             protected=list(self.protected),
         )
+
+
+async def untagged_policy(
+    registry: Registry, configured: Mapping[str, RetentionRules] | None = None
+) -> Callable[[str, Digest, float], bool] | None:
+    """GC's ``collect_untagged`` hook from every registry's ``delete_untagged_after`` rule.
+
+    Rules are read once, here (the hook itself must not touch storage); None when
+    no registry has the rule, so GC keeps every untagged manifest.
+    """
+    limits: dict[str, float] = {}
+    for tenant in await tenants_with_rules(registry, configured):
+        rules = await get_retention(registry.settings, tenant, configured)
+        if rules is not None and rules.delete_untagged_after is not None:
+            limits[str(tenant)] = rules.delete_untagged_after
+    if not limits:
+        return None
+    now = time.time()
+
+    def collect(repository: str, digest: Digest, written: float) -> bool:
+        limit = limits.get("/".join(repository.split("/", 2)[:2]))
+        return limit is not None and written < now - limit
+
+    return collect
