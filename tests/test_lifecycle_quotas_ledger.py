@@ -121,3 +121,60 @@ def test_a_registry_without_a_quota_writes_nothing_on_push(store: str) -> None:
     run(upload(registry, "acme/prod/app", b"free" * 100))
 
     assert not Path(store[len("file://") :], layout.usage_dir("acme", "prod")).exists()
+
+
+class CountingDriver:
+    """A driver that counts the storage requests made through it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if not callable(target) or name in ("local_path",):
+            return target
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return target(*args, **kwargs)
+
+        return counted
+
+
+def storage_requests_of_a_push(registry: Registry, driver: CountingDriver, seed: bytes) -> int:
+    async def push() -> None:
+        digest = await upload(registry, "acme/free/app", seed * 100)
+        manifest = msgspec.json.encode(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": str(digest),
+                    "size": 100 * len(seed),
+                },
+                "layers": [],
+            }
+        )
+        await registry.repository("acme/free/app").manifests.put(manifest, None, tag=seed.hex())
+
+    before = driver.calls
+    run(push())
+    return driver.calls - before
+
+
+def test_a_registry_without_rules_pays_no_storage_request_once_its_settings_are_cached(
+    tmp_path: Path,
+) -> None:
+    costs = []
+    for policy in (True, False):
+        driver = CountingDriver(open_driver(f"file://{tmp_path / str(policy)}"))
+        registry = Registry(driver, settings_ttl=3600.0)  # type: ignore[arg-type]
+        if not policy:
+            registry.policy = None  # type: ignore[assignment]
+        storage_requests_of_a_push(registry, driver, b"warm-up")
+        costs.append(storage_requests_of_a_push(registry, driver, b"measured"))
+
+    with_rules_checked, without_any_hook = costs
+    assert with_rules_checked == without_any_hook
