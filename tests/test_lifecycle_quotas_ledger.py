@@ -178,3 +178,14 @@ def test_a_registry_without_rules_pays_no_storage_request_once_its_settings_are_
 
     with_rules_checked, without_any_hook = costs
     assert with_rules_checked == without_any_hook
+
+
+def test_an_unreferenced_upload_counts_until_gc_removes_it(store: str) -> None:
+    registry = process(store)
+    run(with_quota(registry))
+    run(upload(registry, "acme/prod/app", b"orphan" * 200))
+    assert run(registry.usage.measure(TENANT))[0].bytes == 1200
+
+    run(registry.collect_garbage(grace=0.0, settle=0.0))
+
+    assert run(process(store).usage.measure(TENANT))[0] == Usage(bytes=0, images=0)
