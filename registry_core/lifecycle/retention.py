@@ -166,7 +166,7 @@ async def _manifest_facts(
     """(is an attachment, child manifests) of a revision; None when unreadable."""
     try:
         stored = await manifests.get_by_digest(digest)
-        parsed = parse_manifest(stored.body, stored.media_type, max_size=len(stored.body) + 1)
+        parsed = parse_manifest(stored.body, stored.media_type, max_size=manifests.max_size)
     except RegistryError:
         return None
     return is_attachment_manifest(parsed), parsed.manifests
