@@ -28,7 +28,9 @@ that moment in all processes, plus what other processes charged within the
 last ``ttl`` seconds (their events are in storage but not yet in this
 process's cache). Image counts overshoot the same way, by tags created
 concurrently or within ``ttl`` elsewhere. The compaction and the recompute run
-under the ``usage`` lease, so only one writer ever rewrites a snapshot.
+under the ``usage`` lease, so only one writer ever rewrites a snapshot; after
+each compaction the job also stores the usage per owner, which every process
+reads for /metrics.
 """
 
 from __future__ import annotations
@@ -138,7 +140,10 @@ class UsageLedger:
 
     async def measure(self, tenant: Tenant) -> tuple[Usage, Snapshot]:
         """Usage from storage (snapshot plus unabsorbed deltas), bypassing the cache."""
-        snapshot, names = await asyncio.gather(self.snapshot(tenant), self._deltas(tenant))
+        # Deltas first: a compaction between the two reads then shows them as absorbed
+        # by the newer snapshot (never as neither listed nor absorbed: an undercount).
+        names = await self._deltas(tenant)
+        snapshot = await self.snapshot(tenant)
         usage = Usage(bytes=snapshot.bytes, images=snapshot.images)
         absorbed = set(snapshot.absorbed)
         for name in names:
