@@ -15,7 +15,7 @@ import pytest
 
 from drivers import open_driver
 from registry_core import Digest, Registry
-from registry_core.lifecycle.quotas import Quota, set_quota
+from registry_core.lifecycle.quotas import Quota, QuotaExceeded, set_quota
 from registry_core.lifecycle.usage import Snapshot, Usage, recompute_usage
 from registry_core.names import Tenant
 from registry_core.storage import layout
@@ -189,3 +189,21 @@ def test_an_unreferenced_upload_counts_until_gc_removes_it(store: str) -> None:
     run(registry.collect_garbage(grace=0.0, settle=0.0))
 
     assert run(process(store).usage.measure(TENANT))[0] == Usage(bytes=0, images=0)
+
+
+def test_a_mount_is_refused_over_the_quota_unless_the_blob_is_already_counted(
+    store: str,
+) -> None:
+    registry = process(store)
+    run(set_quota(registry.settings, "acme", "prod", Quota(max_bytes=1000)))
+    run(recompute_usage(registry, [TENANT]))
+    inside = run(upload(registry, "acme/prod/app", b"i" * 600))
+    outside = run(upload(registry, "acme/free/app", b"o" * 600))
+    target = registry.repository("acme/prod/tool").blobs
+
+    with pytest.raises(QuotaExceeded):
+        run(target.mount(outside, registry.repository("acme/free/app").blobs))
+    mounted = run(target.mount(inside, registry.repository("acme/prod/app").blobs))
+
+    assert mounted is not None
+    assert run(process(store).usage.measure(TENANT))[0].bytes == 600
