@@ -8,6 +8,9 @@
   (:class:`Seeded`): a single image ``app:1.0``, a multi-arch index ``multi:1.0``, a
   ``shared:1.0`` whose content differs per peer (for priority order) and, when asked, a
   ``big:1.0`` image with one 50 MiB layer (:data:`BIG_LAYER_SIZE`).
+- :func:`start_pull_through` starts the Cargohold under test with upstreams of registry
+  :data:`MIRROR` set through the command line (:class:`Upstream`, ``cargohold upstreams
+  add``), loopback allowed, and one secrets key shared by the server and the CLI.
 - :func:`blob_files` / :func:`corrupt_blobs` look at a ``file://`` store afterwards:
   every committed blob must hash to its own name.
 
@@ -31,24 +34,31 @@ import bcrypt
 from .images import Image, Index, build_image, make_random_layer, sample_image, sample_multiarch
 from .registry_api import new_session, push_image
 from .server import DistributionServer, RegistryServer, wait_for_port
-from .tenants import Credential, Seeder, store_url, write_config
+from .tenants import Credential, Seeder, cargohold_cli, store_url, write_config
 
 __all__ = [
     "BIG_LAYER_SIZE",
+    "MIRROR",
     "PRIVATE",
     "CargoholdUpstream",
     "HtpasswdDistribution",
+    "PullThrough",
     "Seeded",
+    "Upstream",
     "big_image",
     "blob_files",
     "corrupt_blobs",
     "htpasswd_entry",
     "seed",
     "start_cargohold_upstream",
+    "start_pull_through",
 ]
 
 PRIVATE = "up/private"
 """The private registry of the Cargohold peer (the upstream ``prefix`` to use for it)."""
+
+MIRROR = "acme/mirror"
+"""The registry of the Cargohold under test that pulls through the peers."""
 
 BIG_LAYER_SIZE = 50 * 1024 * 1024
 
@@ -205,3 +215,97 @@ def corrupt_blobs(store: Path) -> list[str]:
         if f"sha256:{sha.hexdigest()}" != digest:
             bad.append(digest)
     return bad
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One upstream of a registry, as ``cargohold upstreams add`` takes it."""
+
+    name: str
+    url: str
+    priority: int | None = None
+    username: str | None = None
+    password: str | None = None
+    cache: bool = True
+    tag_ttl: str | None = None
+    images: str | None = None
+    prefix: str | None = None
+
+    def cli_args(self, tenant: str) -> list[str]:
+        args = ["upstreams", "add", tenant, self.url, "--name", self.name]
+        if self.priority is not None:
+            args += ["--priority", str(self.priority)]
+        if self.username is not None:
+            args += ["--username", self.username, "--password-stdin"]
+        if not self.cache:
+            args.append("--no-cache")
+        if self.tag_ttl is not None:
+            args += ["--tag-ttl", self.tag_ttl]
+        if self.images is not None:
+            args += ["--images", self.images]
+        if self.prefix is not None:
+            args += ["--prefix", self.prefix]
+        return args
+
+
+@dataclass(frozen=True)
+class PullThrough:
+    """The Cargohold under test: ``server``, its ``store`` folder and ``config`` file."""
+
+    server: RegistryServer
+    tenant: str
+    store: Path
+    config: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def repo(self, image: str) -> str:
+        """``OWNER/REGISTRY/IMAGE`` of an upstream image pulled through this registry."""
+        return f"{self.tenant}/{image}"
+
+    def add(self, upstream: Upstream) -> None:
+        """``cargohold upstreams add`` on this server's storage (seen within cache_ttl)."""
+        password = None if upstream.password is None else upstream.password + "\n"
+        cargohold_cli(*upstream.cli_args(self.tenant), config=self.config, input=password)
+
+    def remove(self, name: str) -> None:
+        cargohold_cli("upstreams", "remove", self.tenant, name, config=self.config)
+
+
+def start_pull_through(
+    registry_factory: Any,
+    tmp_path: Path,
+    *upstreams: Upstream,
+    tenant: str = MIRROR,
+    auth: bool = False,
+    allow_loopback: bool = True,
+    settings: dict[str, Any] | None = None,
+    auth_settings: dict[str, Any] | None = None,
+    name: str = "pull-through",
+    public: bool = False,
+) -> PullThrough:
+    """Start the Cargohold under test with ``upstreams`` for ``tenant`` (added by the CLI).
+
+    ``settings`` go to ``[upstreams]`` (``timeout``, ``negative_ttl``, ...);
+    ``allow_loopback`` puts ``127.0.0.0/8`` in ``allow_networks``. ``auth`` False serves an
+    open registry. ``auth.cache_ttl`` is 1 s so a setting changed later is seen quickly.
+    """
+    store = tmp_path / f"{name}-store"
+    store.mkdir(parents=True, exist_ok=True)
+    Seeder(store_url(store)).registry(tenant, public=public)
+    section: dict[str, Any] = {"allow_networks": ["127.0.0.0/8"] if allow_loopback else []}
+    section.update(settings or {})
+    config = write_config(
+        tmp_path / f"{name}.toml",
+        storage={"url": store_url(store)},
+        auth={"cache_ttl": 1.0, **(auth_settings or {})},
+        secrets={"key": "test-key-" + secrets.token_urlsafe(24)},
+        upstreams=section,
+    )
+    for upstream in upstreams:
+        password = None if upstream.password is None else upstream.password + "\n"
+        cargohold_cli(*upstream.cli_args(tenant), config=config, input=password)
+    server = registry_factory(storage_url=store_url(store), auth=auth, config=config)
+    return PullThrough(server, tenant, store, config)
