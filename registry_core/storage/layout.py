@@ -203,3 +203,16 @@ def settings_dir(owner: str, registry: str | None) -> str:
 
 def settings_record(owner: str, registry: str | None, kind: str) -> str:
     return f"{settings_dir(owner, registry)}/{kind}"
+
+
+# -- Secrets at rest and the pull-through cache ------------------------------------------
+
+
+def secrets_canary() -> str:
+    """A small value sealed with the first key-encryption key that touched this storage."""
+    return f"{EXTRA}/secrets/canary"
+
+
+def proxy_tag_origin(name: RepositoryName, tag: str) -> str:
+    """Which upstream a cached tag came from and when (absent: the tag was pushed here)."""
+    return f"{repository(name)}/_proxy/tags/{tag}"
