@@ -184,3 +184,29 @@ async def check_key(driver: StorageDriver, box: SecretBox) -> None:
         await check_canary(driver, box)
     except KeyMismatch as exc:
         raise ConfigError(str(exc)) from None
+
+
+def check_secrets_key(config: Config) -> None:
+    """Resolve the key into *config* (generating it if need be) and check it against storage.
+
+    ConfigError says what to do when the key is not the one the storage knows.
+    """
+    import asyncio
+
+    from drivers import open_driver
+
+    from .app import state_dir
+
+    box = secret_box(config, state_dir(config))
+    try:
+        driver = open_driver(config.storage.url, **config.storage.options)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"cannot open storage {config.storage.url!r}: {exc}") from None
+
+    async def check() -> None:
+        try:
+            await check_key(driver, box)
+        finally:
+            await driver.close()
+
+    asyncio.run(check())
