@@ -60,6 +60,7 @@ _HOP_BY_HOP = frozenset(
     )
 )
 _CHUNK = 64 * 1024
+_BODY_ACTIONS = frozenset({"corrupt", "truncate", "stall_body"})
 
 
 @dataclass
@@ -79,7 +80,9 @@ class Fault:
     - ``reset``: close the connection without an answer.
 
     ``methods`` limits the rule (default GET and HEAD); ``times`` is how many requests it
-    applies to (None: all). ``hits`` counts the requests it applied to.
+    applies to (None: all). ``hits`` counts the requests it applied to. The body faults
+    (corrupt, truncate, stall_body) apply to 2xx answers only: a 401 challenge or a 404
+    passes unchanged and does not use the rule up.
     """
 
     path: str
@@ -291,6 +294,11 @@ class FaultProxy:
             data=body,
             allow_redirects=False,
         ) as upstream:
+            if fault is not None and action in _BODY_ACTIONS and not 200 <= upstream.status < 300:
+                # A challenge or an error is not the body the rule is about: keep it for later.
+                with self._lock:
+                    fault.hits -= 1
+                fault = None
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for key, value in upstream.headers.items():
                 if key.lower() not in _HOP_BY_HOP:
