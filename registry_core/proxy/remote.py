@@ -148,6 +148,17 @@ class RemoteRepository:
         self.backoff.check(self.base, self.upstream.name)
         sent = dict(headers or {})
         auth = self.tokens.cached(self.base, self.credentials, self.scope)
+        if auth is None:
+            challenge = await self.tokens.challenge(self.base)
+            if challenge:
+                auth = await self.tokens.answer(
+                    self.base,
+                    challenge,
+                    self.scope,
+                    self.credentials,
+                    self.upstream.name,
+                    scope_from_challenge=False,
+                )
         if auth:
             sent["Authorization"] = auth
         response = await self.client.request(method, url, sent)

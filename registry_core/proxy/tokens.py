@@ -10,6 +10,7 @@ round trip). Never logs a token, a password or an Authorization header.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import time
@@ -24,6 +25,7 @@ from .client import UpstreamClient, UpstreamFailure
 _PARAM = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 MAX_TOKEN_RESPONSE = 1 << 20
 DEFAULT_TOKEN_LIFETIME = 60.0
+CHALLENGE_LIFETIME = 3600.0
 _MAX_CACHED = 4096
 
 
@@ -63,7 +65,34 @@ class TokenFlow:
         self.client = client
         self.clock = clock
         self._cache: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._challenges: dict[str, tuple[str, float]] = {}
+        self._pings: dict[str, asyncio.Future[str]] = {}
         self.tokens_fetched = 0
+
+    async def challenge(self, base: str) -> str:
+        """What ``GET /v2/`` of *base* asks for (``""``: nothing), asked once per hour.
+
+        Real clients ping first, too: the request that matters then goes out
+        with its credentials at once instead of after a 401 round trip.
+        """
+        known = self._challenges.get(base)
+        if known is not None and known[1] > self.clock():
+            return known[0]
+        ping = self._pings.get(base)
+        if ping is None:
+            ping = asyncio.ensure_future(self._ping(base))
+            self._pings[base] = ping
+            ping.add_done_callback(lambda _: self._pings.pop(base, None))
+        return await asyncio.shield(ping)
+
+    async def _ping(self, base: str) -> str:
+        response = await self.client.request("GET", f"{base}/v2/", {})
+        try:
+            found = response.headers.get("WWW-Authenticate", "") if response.status == 401 else ""
+        finally:
+            await response.release()
+        self._challenges[base] = (found, self.clock() + CHALLENGE_LIFETIME)
+        return found
 
     @staticmethod
     def _key(base: str, credentials: Credentials | None, scope: str) -> tuple[str, str, str]:
@@ -96,6 +125,8 @@ class TokenFlow:
         scope: str,
         credentials: Credentials | None,
         upstream_name: str,
+        *,
+        scope_from_challenge: bool = True,
     ) -> str | None:
         """The Authorization header that answers *challenge* (None: nothing we can send)."""
         scheme, params = parse_challenge(challenge)
@@ -109,7 +140,8 @@ class TokenFlow:
         if scheme != "bearer" or not params.get("realm"):
             return None
         query = {"service": params["service"]} if params.get("service") else {}
-        wanted = params.get("scope") or scope
+        # A 401 names the scope it wants; the /v2/ ping's challenge is not about our request.
+        wanted = (params.get("scope") if scope_from_challenge else None) or scope
         url = params["realm"] + ("&" if "?" in params["realm"] else "?")
         url += urlencode({**query, "scope": wanted}) if wanted else urlencode(query)
         headers = {"Authorization": credentials.basic()} if credentials else {}
