@@ -499,3 +499,20 @@ def test_upstream_credentials_never_reach_the_logs_or_storage_in_clear(
         for path in pt.store.rglob("*"):
             if path.is_file():
                 assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_warm_skopeo_pull_asks_the_upstream_nothing(
+    registry_factory: Any, tmp_path: Path, distribution_upstream: HtpasswdDistribution
+) -> None:
+    seed(distribution_upstream.url, auth=distribution_upstream.auth)
+    with FaultProxy(distribution_upstream.url) as counting:
+        upstream = dataclasses.replace(from_distribution(distribution_upstream), url=counting.url)
+        pt = start_pull_through(registry_factory, tmp_path, upstream)
+        ref = f"docker://{pt.server.host}/{pt.repo('multi')}:1.0"
+        skopeo("copy", "--all", "--src-tls-verify=false", ref, f"oci:{tmp_path / 'cold'}:1")
+        assert counting.forwarded_count() > 0
+
+        counting.reset_counts()
+        skopeo("copy", "--all", "--src-tls-verify=false", ref, f"oci:{tmp_path / 'warm'}:1")
+
+        assert counting.received_count() == 0
