@@ -516,3 +516,32 @@ def test_a_warm_skopeo_pull_asks_the_upstream_nothing(
         skopeo("copy", "--all", "--src-tls-verify=false", ref, f"oci:{tmp_path / 'warm'}:1")
 
         assert counting.received_count() == 0
+
+
+def test_pulling_through_a_private_registry_needs_the_read_role(
+    guarded: tuple[PullThrough, dict[str, Any]],
+) -> None:
+    pt, who = guarded
+    upstream = who["upstream"]
+    assert add_by_api(pt, who["admin"], upstream, upstream.password).status_code == 201
+    time.sleep(1.2)  # auth.cache_ttl
+
+    anonymous = get_manifest(pt.url, pt.repo("app"), "1.0")
+    reader = get_manifest(pt.url, pt.repo("app"), "1.0", auth=who["reader"].auth)
+
+    assert anonymous.status_code == 401
+    assert reader.status_code == 200, reader.text
+
+
+def test_an_entitlement_token_pulls_through(
+    guarded: tuple[PullThrough, dict[str, Any]],
+) -> None:
+    pt, who = guarded
+    upstream = who["upstream"]
+    assert add_by_api(pt, who["admin"], upstream, upstream.password).status_code == 201
+    token = Seeder(store_url(pt.store)).token(pt.tenant)
+    time.sleep(1.2)  # auth.cache_ttl
+
+    resp = get_manifest(pt.url, pt.repo("app"), "1.0", auth=token.auth)
+
+    assert resp.status_code == 200, resp.text

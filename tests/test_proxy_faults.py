@@ -497,3 +497,21 @@ def test_a_link_local_upstream_is_refused_even_with_loopback_allowed(
     assert 400 <= resp.status_code < 600 and resp.status_code != 500, resp.text
     assert "flaky" in resp.json()["errors"][0]["message"]
     assert time.monotonic() - started < 5.0
+
+
+def test_hits_misses_and_fetched_bytes_are_counted_without_repository_labels(
+    rig: Rig,
+) -> None:
+    layer = rig.seeded.single.layers[0]
+    assert manifest(rig, "1.0").status_code == 200  # a miss
+    assert manifest(rig, "1.0").status_code == 200  # a hit: the tag is fresh
+    assert download(rig.blob_url(layer.digest)) == (200, layer.digest)
+
+    assert metric_total(rig, "cargohold_upstream_misses_total", upstream="flaky") >= 1
+    assert metric_total(rig, "cargohold_upstream_hits_total", upstream="flaky") >= 1
+    fetched = metric_total(rig, "cargohold_upstream_fetched_bytes_total", upstream="flaky")
+    assert fetched >= layer.size
+    text = new_session().get(f"{rig.pt.url}/metrics").text
+    upstream_lines = [line for line in text.splitlines() if "cargohold_upstream_" in line]
+    assert upstream_lines
+    assert not [line for line in upstream_lines if rig.pt.tenant in line or "app" in line]
