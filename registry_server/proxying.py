@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from registry_core import Config, ConfigError, Registry
 from registry_core.names import Tenant
 from registry_core.proxy import NetworkPolicy, PullThrough, UpstreamSpec, UpstreamStore
-from registry_core.secrets import SecretBox, SecretsError, key_from_state_dir
+from registry_core.secrets import SecretBox, SecretsError, generate_key, key_from_state_dir
 from registry_core.settings import SettingsStore
 from registry_core.storage.driver import StorageDriver
 from registry_core.tenancy import TenancyStore
@@ -36,6 +36,10 @@ def resolve_secrets_key(config: Config, directory: Path) -> str:
     into the configuration, so every worker uses the same key.
     """
     if config.secrets.key:
+        return config.secrets.key
+    if config.storage.url.startswith("memory://"):
+        # Nothing outlives the process, so neither need the key: no file is written.
+        config.secrets.key = generate_key()
         return config.secrets.key
     try:
         key = key_from_state_dir(directory)
