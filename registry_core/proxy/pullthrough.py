@@ -7,7 +7,7 @@ in priority order); blobs streamed to every waiting client while they are
 written to storage and hashed; one upstream fetch per process for concurrent
 identical misses (single-flight, per process by design: processes share only
 storage); a brief per-process memory of upstream 404s. A blob whose bytes do
-not match its digest is never committed, and the last piece of every stream
+not match its digest is never committed, and the last byte of every stream
 is held back until the digest is verified, so a client of a corrupt blob sees
 its stream cut. It speaks to upstreams only through :class:`UpstreamClient`.
 """
@@ -391,11 +391,9 @@ class PullThrough:
 
         Otherwise the blob streamed from the first upstream that has it.
         """
-        if await repo.blobs.exists(digest):
-            return None
         upstreams = await self.candidates(repo.name, ns)
-        if not upstreams:
-            return None  # the local path answers BLOB_UNKNOWN
+        if not upstreams or await repo.blobs.exists(digest):
+            return None  # local content (or BLOB_UNKNOWN) is the usual path's answer
         key = (repo.name.value, str(digest), *(u.name for u in upstreams))
         if self._negative_hit(key):
             raise BlobUnknown(detail={"digest": str(digest)})
@@ -513,10 +511,13 @@ class PullThrough:
             nonlocal received
             async for chunk in response.chunks():
                 received += len(chunk)
-                # Hold one piece back: the last one goes out only after the digest is checked.
+                # The last byte goes out only after the digest is checked, so a client of a
+                # corrupt blob never has it all; everything before it goes out at once.
                 if held:
                     flight.broadcast(held.pop())
-                held.append(chunk)
+                if len(chunk) > 1:
+                    flight.broadcast(chunk[:-1])
+                held.append(chunk[-1:])
                 yield chunk
 
         error: BaseException | None = None
@@ -566,7 +567,7 @@ class PullThrough:
     async def _stream_through(
         self, upstream: Upstream, digest: Digest, response: UpstreamResponse
     ) -> AsyncGenerator[bytes, None]:
-        """Caching off: pass the bytes on, hashed, holding the last piece until verified."""
+        """Caching off: pass the bytes on, hashed, holding the last byte until verified."""
         hasher = Hasher(digest.algorithm)
         held: bytes | None = None
         received = 0
@@ -577,7 +578,9 @@ class PullThrough:
                     await asyncio.to_thread(hasher.update, chunk)
                     if held is not None:
                         yield held
-                    held = chunk
+                    if len(chunk) > 1:
+                        yield chunk[:-1]
+                    held = chunk[-1:]
             except UpstreamFailure as failure:
                 self.observer.error(upstream.name, _metric_kind(failure.kind))
                 raise client_error(upstream, failure) from None
