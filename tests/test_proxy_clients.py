@@ -394,7 +394,7 @@ def test_a_tag_moved_upstream_is_seen_after_its_ttl_and_not_before(
     push_image(distribution_upstream.url, "app", moved, "1.0", auth=distribution_upstream.auth)
 
     before = manifest_digest(pt, "app", "1.0")
-    assert time.monotonic() - first_seen < ttl, "too slow to check the fresh tag"
+    assert time.monotonic() - first_seen < ttl - 1.0, "too slow to check the fresh tag"
     time.sleep(max(0.0, ttl + 0.5 - (time.monotonic() - first_seen)))
     after = manifest_digest(pt, "app", "1.0")
 
