@@ -27,7 +27,7 @@ from tests.helpers import client_env, run, sample_image, skopeo
 from tests.helpers.containerd import ContainerdDaemon
 from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.registry_api import MANIFEST_ACCEPT, get_manifest, new_session, push_image
-from tests.helpers.tenants import Seeder, cargohold_cli, error_codes, store_url
+from tests.helpers.tenants import Seeder, cargohold_cli, error_codes, push_referrer, store_url
 from tests.helpers.upstreams import (
     PRIVATE,
     CargoholdUpstream,
@@ -545,3 +545,43 @@ def test_an_entitlement_token_pulls_through(
     resp = get_manifest(pt.url, pt.repo("app"), "1.0", auth=token.auth)
 
     assert resp.status_code == 200, resp.text
+
+
+# -- tag listing and referrers ----------------------------------------------------------------
+
+
+def test_tag_listing_merges_local_and_upstream_tags(
+    registry_factory: Any, tmp_path: Path, distribution_upstream: HtpasswdDistribution
+) -> None:
+    seeded = seed(distribution_upstream.url, auth=distribution_upstream.auth)
+    push_image(
+        distribution_upstream.url,
+        "app",
+        seeded.single,
+        "upstream-only",
+        auth=distribution_upstream.auth,
+    )
+    pt = start_pull_through(registry_factory, tmp_path, from_distribution(distribution_upstream))
+    push_image(pt.url, pt.repo("app"), sample_image("pushed"), "local-only")
+
+    resp = new_session().get(f"{pt.url}/v2/{pt.repo('app')}/tags/list")
+
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["name"] == pt.repo("app")
+    assert set(resp.json()["tags"]) == {"1.0", "upstream-only", "local-only"}
+
+
+def test_referrers_of_a_proxied_image_include_the_upstreams(
+    registry_factory: Any, tmp_path: Path, cargohold_upstream: CargoholdUpstream
+) -> None:
+    seeded = seed(cargohold_upstream.url, prefix=PRIVATE, auth=cargohold_upstream.writer.auth)
+    writer = new_session(cargohold_upstream.writer.auth)
+    at_upstream = push_referrer(cargohold_upstream.url, f"{PRIVATE}/app", seeded.single, writer)
+    pt = start_pull_through(registry_factory, tmp_path, from_cargohold(cargohold_upstream))
+    assert manifest_digest(pt, "app", "1.0") == seeded.single.digest
+    here = push_referrer(pt.url, pt.repo("app"), seeded.single, new_session())
+
+    resp = new_session().get(f"{pt.url}/v2/{pt.repo('app')}/referrers/{seeded.single.digest}")
+
+    assert resp.status_code == 200, resp.text
+    assert {m["digest"] for m in resp.json()["manifests"]} == {at_upstream, here}

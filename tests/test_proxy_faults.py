@@ -515,3 +515,19 @@ def test_hits_misses_and_fetched_bytes_are_counted_without_repository_labels(
     upstream_lines = [line for line in text.splitlines() if "cargohold_upstream_" in line]
     assert upstream_lines
     assert not [line for line in upstream_lines if rig.pt.tenant in line or "app" in line]
+
+
+def test_a_pull_by_digest_of_cached_content_asks_the_upstream_nothing(rig: Rig) -> None:
+    image = rig.seeded.single
+    assert manifest(rig, image.digest).status_code == 200
+    for blob in image.blobs():
+        assert download(rig.blob_url(blob.digest)) == (200, blob.digest)
+        assert wait_for_blob(rig.pt.store, blob.digest)
+    rig.fp.reset_counts()
+
+    again = manifest(rig, image.digest)
+    blobs = [download(rig.blob_url(blob.digest)) for blob in image.blobs()]
+
+    assert again.content == image.manifest
+    assert blobs == [(200, blob.digest) for blob in image.blobs()]
+    assert rig.fp.received_count() == 0
