@@ -23,10 +23,17 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import client_env, run, sample_image, skopeo
+from tests.helpers import Blob, client_env, run, sample_image, skopeo
 from tests.helpers.containerd import ContainerdDaemon
 from tests.helpers.fault_proxy import FaultProxy
-from tests.helpers.registry_api import MANIFEST_ACCEPT, get_manifest, new_session, push_image
+from tests.helpers.images import OCI_MANIFEST, canonical_json
+from tests.helpers.registry_api import (
+    MANIFEST_ACCEPT,
+    get_manifest,
+    new_session,
+    push_blob,
+    push_image,
+)
 from tests.helpers.tenants import Seeder, cargohold_cli, error_codes, push_referrer, store_url
 from tests.helpers.upstreams import (
     PRIVATE,
@@ -585,3 +592,43 @@ def test_referrers_of_a_proxied_image_include_the_upstreams(
 
     assert resp.status_code == 200, resp.text
     assert {m["digest"] for m in resp.json()["manifests"]} == {at_upstream, here}
+
+
+def test_a_cosign_signature_tag_at_the_upstream_is_served_with_the_image(
+    registry_factory: Any, tmp_path: Path, distribution_upstream: HtpasswdDistribution
+) -> None:
+    seeded = seed(distribution_upstream.url, auth=distribution_upstream.auth)
+    payload = Blob(
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        canonical_json({"critical": {"image": {"docker-manifest-digest": seeded.single.digest}}}),
+    )
+    config = Blob("application/vnd.oci.image.config.v1+json", b"{}")
+    signature = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config.descriptor(),
+            "layers": [
+                payload.descriptor(annotations={"dev.cosignproject.cosign/signature": "c2ln"})
+            ],
+        }
+    )
+    upstream = new_session(distribution_upstream.auth)
+    for blob in (payload, config):
+        push_blob(distribution_upstream.url, "app", blob.data, session=upstream)
+    sig_tag = seeded.single.digest.replace(":", "-") + ".sig"
+    put = upstream.put(
+        f"{distribution_upstream.url}/v2/app/manifests/{sig_tag}",
+        data=signature,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert put.status_code == 201, put.text
+    pt = start_pull_through(registry_factory, tmp_path, from_distribution(distribution_upstream))
+    assert manifest_digest(pt, "app", "1.0") == seeded.single.digest
+
+    resp = get_manifest(pt.url, pt.repo("app"), sig_tag)
+    layer = new_session().get(f"{pt.url}/v2/{pt.repo('app')}/blobs/{payload.digest}")
+
+    assert resp.status_code == 200, resp.text
+    assert resp.content == signature
+    assert layer.content == payload.data
