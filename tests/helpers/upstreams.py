@@ -33,7 +33,7 @@ import bcrypt
 
 from .images import Image, Index, build_image, make_random_layer, sample_image, sample_multiarch
 from .registry_api import new_session, push_image
-from .server import DistributionServer, RegistryServer, wait_for_port
+from .server import DistributionServer, RegistryServer
 from .tenants import Credential, Seeder, cargohold_cli, store_url, write_config
 
 __all__ = [
@@ -104,7 +104,6 @@ class HtpasswdDistribution(DistributionServer):
     def _wait_ready(self) -> None:
         # The base probe wants 200 from /v2/ without credentials: ask with them.
         assert self.proc is not None
-        wait_for_port("127.0.0.1", self.port, timeout=self.startup_timeout)
         deadline = time.monotonic() + self.startup_timeout
         session = new_session(self.auth)
         while True:
@@ -113,7 +112,7 @@ class HtpasswdDistribution(DistributionServer):
             try:
                 if session.get(self.url + "/v2/", timeout=2).status_code == 200:
                     return
-            except OSError:
+            except OSError:  # requests' connection errors: not listening yet
                 pass
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"{self.name} not ready\n{self.log_text()}")
