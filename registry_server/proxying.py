@@ -190,11 +190,15 @@ async def check_key(driver: StorageDriver, box: SecretBox) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def check_secrets_key(config: Config) -> None:
-    """Resolve the key into *config* (generating it if need be) and check it against storage.
+def check_proxy_settings(config: Config) -> None:
+    """Check ``[upstreams]``, resolve the secrets key into *config* (generating it if need
+    be) and check it against storage.
 
-    ConfigError says what to do when the key is not the one the storage knows.
+    ConfigError names the bad key, or says what to do when the secrets key is not the
+    one the storage knows.
     """
+    network_policy(config)
+    configured_specs(config)
     import asyncio
 
     from drivers import open_driver

@@ -145,11 +145,11 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from ..app import build_app
-    from ..proxying import check_secrets_key
+    from ..proxying import check_proxy_settings
 
     try:
         # Before --workers fork: one generated key for all of them, checked against storage.
-        check_secrets_key(config)
+        check_proxy_settings(config)
     except ConfigError as exc:
         print(f"cargohold: {exc}", file=sys.stderr)
         return 2
