@@ -74,7 +74,9 @@ def make_rig(
     *,
     big: bool = False,
     tag_ttl: str | None = None,
+    images: str | None = None,
     settings: dict[str, Any] | None = None,
+    workers: int = 1,
 ) -> Rig:
     seeded = seed(upstream.url, auth=upstream.auth, big=big)
     pt = start_pull_through(
@@ -86,8 +88,10 @@ def make_rig(
             username=upstream.username,
             password=upstream.password,
             tag_ttl=tag_ttl,
+            images=images,
         ),
         settings={"timeout": UPSTREAM_TIMEOUT, **(settings or {})},
+        workers=workers,
     )
     return Rig(pt, fp, seeded, upstream)
 
@@ -395,6 +399,49 @@ def test_a_storm_of_pulls_of_a_missing_tag_asks_the_upstream_once(rig: Rig) -> N
     assert rig.fp.forwarded_count(r"/manifests/no-such-tag$") == asked
 
 
+def test_a_remembered_404_is_asked_again_after_the_negative_ttl(
+    registry_factory: Any,
+    tmp_path: Path,
+    distribution_upstream: HtpasswdDistribution,
+    fault_proxy: FaultProxy,
+) -> None:
+    rig = make_rig(
+        registry_factory,
+        tmp_path,
+        distribution_upstream,
+        fault_proxy,
+        settings={"negative_ttl": 2.0},
+    )
+    assert manifest(rig, "later").status_code == 404
+    missed_at = time.monotonic()
+    push_image(rig.upstream.url, "app", rig.seeded.single, "later", auth=rig.upstream.auth)
+
+    remembered = manifest(rig, "later")
+    assert time.monotonic() - missed_at < 1.5, "too slow to check the remembered 404"
+    time.sleep(2.5)
+    found = manifest(rig, "later")
+
+    assert remembered.status_code == 404
+    assert found.status_code == 200
+    assert found.headers["Docker-Content-Digest"] == rig.seeded.single.digest
+
+
+def test_only_image_names_matching_the_pattern_go_to_the_upstream(
+    registry_factory: Any,
+    tmp_path: Path,
+    distribution_upstream: HtpasswdDistribution,
+    fault_proxy: FaultProxy,
+) -> None:
+    rig = make_rig(registry_factory, tmp_path, distribution_upstream, fault_proxy, images="app*")
+
+    matching = manifest(rig, "1.0", image="app")
+    other = manifest(rig, "1.0", image="multi")
+
+    assert matching.status_code == 200
+    assert other.status_code == 404
+    assert rig.fp.received_count(r"/v2/multi/") == 0
+
+
 def test_a_fresh_cached_tag_asks_the_upstream_nothing(rig: Rig) -> None:
     assert manifest(rig, "1.0").status_code == 200
     asked = rig.fp.forwarded_count(r"/manifests/")
@@ -531,3 +578,35 @@ def test_a_pull_by_digest_of_cached_content_asks_the_upstream_nothing(rig: Rig) 
     assert again.content == image.manifest
     assert blobs == [(200, blob.digest) for blob in image.blobs()]
     assert rig.fp.received_count() == 0
+
+
+async def test_concurrent_pulls_on_two_processes_fetch_the_blob_at_most_once_each(
+    registry_factory: Any,
+    tmp_path: Path,
+    distribution_upstream: HtpasswdDistribution,
+    fault_proxy: FaultProxy,
+) -> None:
+    rig = await asyncio.to_thread(
+        make_rig,
+        registry_factory,
+        tmp_path,
+        distribution_upstream,
+        fault_proxy,
+        big=True,
+        workers=2,
+    )
+    assert rig.seeded.big is not None
+    [layer] = rig.seeded.big.layers
+    url = rig.blob_url(layer.digest, image="big")
+
+    # A connection each: the kernel spreads them over both processes (SO_REUSEPORT).
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=300)
+    ) as client:
+        digests = await asyncio.gather(*(sha256_of(client, url) for _ in range(20)))
+
+    assert digests == [layer.digest] * 20
+    assert 1 <= rig.fp.forwarded_count(rf"/blobs/{layer.digest}$", "GET") <= 2
+    assert await asyncio.to_thread(wait_for_blob, rig.pt.store, layer.digest)
+    assert corrupt_blobs(rig.pt.store) == []

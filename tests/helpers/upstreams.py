@@ -284,12 +284,14 @@ def start_pull_through(
     auth_settings: dict[str, Any] | None = None,
     name: str = "pull-through",
     public: bool = False,
+    workers: int = 1,
 ) -> PullThrough:
     """Start the Cargohold under test with ``upstreams`` for ``tenant`` (added by the CLI).
 
     ``settings`` go to ``[upstreams]`` (``timeout``, ``negative_ttl``, ...);
     ``allow_loopback`` puts ``127.0.0.0/8`` in ``allow_networks``. ``auth`` False serves an
     open registry. ``auth.cache_ttl`` is 1 s so a setting changed later is seen quickly.
+    ``workers`` > 1 serves with that many processes on one port and one storage.
     """
     store = tmp_path / f"{name}-store"
     store.mkdir(parents=True, exist_ok=True)
@@ -306,5 +308,8 @@ def start_pull_through(
     for upstream in upstreams:
         password = None if upstream.password is None else upstream.password + "\n"
         cargohold_cli(*upstream.cli_args(tenant), config=config, input=password)
-    server = registry_factory(storage_url=store_url(store), auth=auth, config=config)
+    extra = ["--workers", str(workers)] if workers != 1 else []
+    server = registry_factory(
+        storage_url=store_url(store), auth=auth, config=config, extra_args=extra
+    )
     return PullThrough(server, tenant, store, config)
