@@ -350,6 +350,44 @@ def test_ctr_pulls_through_a_hosts_toml_mirror_choosing_the_upstream_by_ns(
     assert targets == {f"{ns_host}/shared:1.0": in_dist.shared.digest}
 
 
+def test_ctr_pulls_through_a_private_mirror_with_the_token_flow(
+    registry_factory: Any,
+    tmp_path: Path,
+    guarded: tuple[PullThrough, dict[str, Any]],
+) -> None:
+    pt, who = guarded
+    upstream = who["upstream"]
+    assert add_by_api(pt, who["admin"], upstream, upstream.password).status_code == 201
+    expected = get_manifest(pt.url, pt.repo("app"), "1.0", auth=who["reader"].auth)
+    assert expected.status_code == 200
+    hosts = tmp_path / "hosts.d" / upstream.host
+    hosts.mkdir(parents=True)
+    (hosts / "hosts.toml").write_text(
+        f'server = "http://{upstream.host}"\n'
+        f'[host."http://{pt.server.host}/v2/{pt.tenant}"]\n'
+        '  capabilities = ["pull", "resolve"]\n'
+        "  override_path = true\n"
+    )
+
+    with ContainerdDaemon(tmp_path / "containerd") as ctd:
+        ctd.ctr(
+            "images",
+            "pull",
+            "--hosts-dir",
+            str(tmp_path / "hosts.d"),
+            "--user",
+            who["reader"].creds,
+            "--snapshotter",
+            ctd.snapshotter,
+            f"{upstream.host}/app:1.0",
+        )
+        rows = ctd.ctr("images", "ls").stdout.splitlines()[1:]
+
+    targets = {row.split()[0]: row.split()[2] for row in rows if row.strip()}
+    assert targets == {f"{upstream.host}/app:1.0": expected.headers["Docker-Content-Digest"]}
+    assert "/v2/token" in pt.server.log_text()
+
+
 # -- cache behaviour --------------------------------------------------------------------------
 
 
