@@ -127,6 +127,23 @@ def test_pulls_through_a_private_cargohold_registry_with_its_token_flow(
         assert counting.forwarded_count(r"^/v2/token$", "GET") >= 1
 
 
+def test_one_upstream_token_serves_a_whole_image_pull(
+    registry_factory: Any, tmp_path: Path, cargohold_upstream: CargoholdUpstream
+) -> None:
+    seeded = seed(cargohold_upstream.url, prefix=PRIVATE, auth=cargohold_upstream.writer.auth)
+    with FaultProxy(cargohold_upstream.url) as counting:
+        upstream = dataclasses.replace(from_cargohold(cargohold_upstream), url=counting.url)
+        pt = start_pull_through(registry_factory, tmp_path, upstream)
+
+        assert manifest_digest(pt, "app", "1.0") == seeded.single.digest
+        for blob in seeded.single.blobs():
+            got = new_session().get(f"{pt.url}/v2/{pt.repo('app')}/blobs/{blob.digest}")
+            assert got.content == blob.data
+
+        assert counting.forwarded_count(r"/blobs/", "GET") == len(seeded.single.blobs())
+        assert counting.forwarded_count(r"^/v2/token$") == 1
+
+
 def test_same_image_in_both_upstreams_comes_from_the_first_by_priority(
     registry_factory: Any,
     tmp_path: Path,
