@@ -25,7 +25,14 @@ import attrs
 import msgspec
 
 from ..digest import Digest, Hasher
-from ..errors import BlobUnknown, DigestInvalid, ManifestUnknown, NameUnknown, RegistryError
+from ..errors import (
+    BlobUnknown,
+    DigestInvalid,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameUnknown,
+    RegistryError,
+)
 from ..names import Reference, RepositoryName
 from ..registry import Registry, Repository
 from ..secrets import SecretsError
@@ -366,9 +373,13 @@ class PullThrough:
         fetched: StoredManifest,
     ) -> StoredManifest:
         try:
-            parsed = await repo.manifests.put(
-                body, fetched.media_type or None, check_references=False
-            )
+            try:
+                parsed = await repo.manifests.put(
+                    body, fetched.media_type or None, check_references=False
+                )
+            except ManifestInvalid:
+                # Some upstreams label manifests loosely; the body's own type decides then.
+                parsed = await repo.manifests.put(body, None, check_references=False)
         except RegistryError as exc:
             # Served as the upstream sent it, just not cached (e.g. a type we do not store).
             LOGGER.info("not caching a manifest from upstream %s: %s", upstream.name, exc.message)

@@ -88,10 +88,12 @@ class TokenFlow:
     async def _ping(self, base: str) -> str:
         response = await self.client.request("GET", f"{base}/v2/", {})
         try:
-            found = response.headers.get("WWW-Authenticate", "") if response.status == 401 else ""
+            status = response.status
+            found = response.headers.get("WWW-Authenticate", "") if status == 401 else ""
         finally:
             await response.release()
-        self._challenges[base] = (found, self.clock() + CHALLENGE_LIFETIME)
+        if status in (200, 401):  # anything else says nothing lasting about its auth
+            self._challenges[base] = (found, self.clock() + CHALLENGE_LIFETIME)
         return found
 
     @staticmethod
