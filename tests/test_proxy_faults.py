@@ -185,10 +185,11 @@ def test_a_corrupted_blob_never_passes_the_clients_digest_check(rig: Rig) -> Non
 
 def test_a_corrupted_blob_is_never_committed(rig: Rig) -> None:
     layer = rig.seeded.single.layers[0]
-    rig.fp.add(Fault(rf"/blobs/{layer.digest}$", "corrupt", methods=("GET",), times=1))
+    corrupt = rig.fp.add(Fault(rf"/blobs/{layer.digest}$", "corrupt", methods=("GET",), times=1))
 
     download(rig.blob_url(layer.digest))
 
+    assert corrupt.hits == 1
     time.sleep(1.0)
     assert layer.digest not in blob_files(rig.pt.store)
     assert corrupt_blobs(rig.pt.store) == []
@@ -221,10 +222,13 @@ def test_a_corrupted_manifest_asked_by_digest_is_refused_and_not_stored(rig: Rig
 def test_a_truncated_blob_cuts_the_clients_stream_and_is_not_committed(rig: Rig) -> None:
     layer = rig.seeded.single.layers[0]
     assert layer.size > 200
-    rig.fp.add(Fault(rf"/blobs/{layer.digest}$", "truncate", methods=("GET",), keep=100, times=1))
+    truncate = rig.fp.add(
+        Fault(rf"/blobs/{layer.digest}$", "truncate", methods=("GET",), keep=100, times=1)
+    )
 
     status, got = download(rig.blob_url(layer.digest))
 
+    assert truncate.hits == 1
     assert (status, got) != (200, layer.digest)
     time.sleep(1.0)
     assert layer.digest not in blob_files(rig.pt.store)
@@ -260,12 +264,13 @@ def test_a_stalled_upstream_with_nothing_cached_ends_in_a_json_error_not_a_hang(
 
 def test_a_blob_stalling_midway_cuts_the_client_and_is_not_committed(rig: Rig) -> None:
     layer = rig.seeded.single.layers[0]
-    rig.fp.add(Fault(rf"/blobs/{layer.digest}$", "stall_body", methods=("GET",), keep=100))
+    stall = rig.fp.add(Fault(rf"/blobs/{layer.digest}$", "stall_body", methods=("GET",), keep=100))
 
     started = time.monotonic()
     status, got = download(rig.blob_url(layer.digest))
     elapsed = time.monotonic() - started
 
+    assert stall.hits >= 1
     assert (status, got) != (200, layer.digest)
     assert elapsed < NO_HANG
     assert layer.digest not in blob_files(rig.pt.store)
