@@ -204,6 +204,49 @@ class QuotasConfig(_Section):
     """Export usage and limits per owner on /metrics (tenant names as labels: opt-in)."""
 
 
+class UpstreamRegistryConfig(_Section):
+    """One upstream of a registry made by configuration (``[[upstreams.registries]]``)."""
+
+    registry: str
+    """``OWNER/REGISTRY``: the registry these upstreams belong to (it must exist)."""
+    name: str
+    url: str
+    priority: int = 100
+    username: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+    """Name of an environment variable holding the password (keeps it out of the file)."""
+    cache: bool = True
+    tag_ttl: float | str = 600.0
+    images: str | None = None
+    prefix: str | None = None
+
+
+class UpstreamsConfig(_Section):
+    allow_networks: list[str] | str = msgspec.field(default_factory=list)
+    """CIDRs upstreams may reach besides public addresses (loopback, private, link-local and
+    metadata addresses are refused otherwise); the environment takes a comma list."""
+    timeout: float = 30.0
+    """Seconds to connect to an upstream, and between two reads of its answer."""
+    negative_ttl: float = 30.0
+    """Seconds an upstream 404 is remembered (per process)."""
+    registries: list[UpstreamRegistryConfig] = msgspec.field(default_factory=list)
+
+    def networks(self) -> list[str]:
+        if isinstance(self.allow_networks, str):
+            return [part.strip() for part in self.allow_networks.split(",") if part.strip()]
+        return list(self.allow_networks)
+
+
+class SecretsConfig(_Section):
+    key: str | None = None
+    """The key-encryption key for secrets at rest (upstream passwords); absent, one is
+    generated into ``server.state_dir``. Every server sharing storage needs the same key."""
+
+    def __repr__(self) -> str:
+        return "SecretsConfig(key=<hidden>)"
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
@@ -216,13 +259,28 @@ class Config(_Section):
     quotas: QuotasConfig = msgspec.field(default_factory=QuotasConfig)
     gc: GcConfig = msgspec.field(default_factory=GcConfig)
     scrub: ScrubConfig = msgspec.field(default_factory=ScrubConfig)
+    upstreams: UpstreamsConfig = msgspec.field(default_factory=UpstreamsConfig)
+    secrets: SecretsConfig = msgspec.field(default_factory=SecretsConfig)
     domains: dict[str, str] = msgspec.field(default_factory=dict)
     """Host name -> ``OWNER`` or ``OWNER/REGISTRY``: clients of that host use shorter names."""
 
 
 ENV_PREFIX = "CARGOHOLD_"
-_SECTIONS = ("server", "storage", "uploads", "manifests", "auth", "tls", "archives", "gc", "scrub")
-_SECTIONS += ("retention", "quotas")
+_SECTIONS = (
+    "server",
+    "storage",
+    "uploads",
+    "manifests",
+    "auth",
+    "tls",
+    "archives",
+    "gc",
+    "scrub",
+    "retention",
+    "quotas",
+    "upstreams",
+    "secrets",
+)
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:

@@ -36,6 +36,7 @@ from .http.management import Management
 from .http.openapi import add_to as add_openapi
 from .http.v2 import API_VERSION_HEADER, V2Routes
 from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
+from .proxying import apply_configured_upstreams, build_pull_through, check_key, secret_box
 from .state import new_request_id, state_of
 from .usage_metrics import UsageMetrics
 
@@ -248,17 +249,20 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     redirect = config.storage.redirect
     if redirect is None:  # the driver's default: on where signed URLs are the norm (clouds)
         redirect = bool(getattr(registry.driver, "redirect_default", False))
+    box = secret_box(config, state_dir(config))
+    proxy = build_pull_through(config, registry, box, metrics.registry)
     v2 = V2Routes(
         registry,
         guard,
         domains,
         redirect_expires=config.storage.redirect_expires if redirect else None,
+        proxy=proxy,
     )
     app[V2_KEY] = v2
     metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)
     v2.add_to(app)
     ApiRoutes(registry, guard, config.archives).add_to(app)
-    management = Management(registry, tenancy, guard)
+    management = Management(registry, tenancy, guard, upstreams=proxy.upstreams)
     management.add_to(app)
     LifecycleApi(management).add_to(app)
     add_openapi(app, enabled=guard is not None)
@@ -279,6 +283,8 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     )
 
     async def background(app: web.Application) -> AsyncIterator[None]:
+        await check_key(registry.driver, box)
+        await apply_configured_upstreams(config, proxy.upstreams, tenancy)
         if guard is not None and config.auth.bootstrap_admin:
             await bootstrap_admin(tenancy, state_dir(config))
         task = asyncio.create_task(
@@ -294,6 +300,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
+        await proxy.close()
         await registry.close()
 
     app.cleanup_ctx.append(background)

@@ -237,6 +237,18 @@ async def test_real_responses_of_every_operation_match_the_document(api, world, 
     assert (await api.get(f"{PROD}/repositories/none/tags", reader)).status == 404
     assert (await api.get(f"{PROD}/repositories/BAD/manifests", reader)).status == 400
 
+    # upstreams (pull-through): admins of the registry only, never a password in an answer
+    upstream = {"name": "hub", "url": "https://registry-1.docker.io", "password": "s3cret"}
+    upstream["username"] = "someone"
+    assert (await api.post(f"{PROD}/upstreams", admin, json_body=upstream)).status == 201
+    assert (await api.post(f"{PROD}/upstreams", admin, json_body=upstream)).status == 409
+    assert (await api.post(f"{PROD}/upstreams", admin, json_body={"name": "x"})).status == 400
+    assert (await api.post(f"{PROD}/upstreams", reader, json_body=upstream)).status == 403
+    assert (await api.get(f"{PROD}/upstreams", admin)).status == 200
+    assert (await api.get(f"{PROD}/upstreams/hub", admin)).status == 200
+    assert (await api.delete(f"{PROD}/upstreams/hub", admin)).status == 204
+    assert (await api.delete(f"{PROD}/upstreams/hub", admin)).status == 404
+
     # archives (routes of registry_server.http.archives, documented in the same document)
     archive = tmp_path / "app.tar"
     write_docker_archive(archive, "imported:1.0", [{"hello.txt": "hello\n"}])

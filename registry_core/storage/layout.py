@@ -364,3 +364,16 @@ def blob_algorithm_dir(algorithm: str) -> str:
 def blob_prefix_dir(algorithm: str, prefix: str) -> str:
     """One of the 256 two-hex-digit folders of an algorithm's blobs."""
     return f"{BLOBS}/{algorithm}/{prefix}"
+
+
+# -- Secrets at rest and the pull-through cache ------------------------------------------
+
+
+def secrets_canary() -> str:
+    """A small value sealed with the first key-encryption key that touched this storage."""
+    return f"{EXTRA}/secrets/canary"
+
+
+def proxy_tag_origin(name: RepositoryName, tag: str) -> str:
+    """Which upstream a cached tag came from and when (absent: the tag was pushed here)."""
+    return f"{repository(name)}/_proxy/tags/{tag}"

@@ -123,13 +123,23 @@ class ManifestStore:
     # -- writing ------------------------------------------------------------------
 
     async def put(
-        self, body: bytes, content_type: str | None, tag: str | None = None
+        self,
+        body: bytes,
+        content_type: str | None,
+        tag: str | None = None,
+        *,
+        check_references: bool = True,
     ) -> ParsedManifest:
-        """Validate, store and link a manifest, then point *tag* at it."""
+        """Validate, store and link a manifest, then point *tag* at it.
+
+        ``check_references=False`` is for the pull-through cache only: its blobs
+        are fetched from the upstream when first asked for, as Distribution's proxy does.
+        """
         if tag is not None:
             validate_tag(tag)
         parsed = parse_manifest(body, content_type, max_size=self.max_size)
-        await self._check_references(parsed)
+        if check_references:
+            await self._check_references(parsed)
         rules, current = await self._check_tag(tag, parsed.digest)
         # Content and revision link together (a revision whose content is missing
         # reads as unknown, so a crash between them exposes nothing); tags only after.

@@ -145,6 +145,14 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from ..app import build_app
+    from ..proxying import check_proxy_settings
+
+    try:
+        # Before --workers fork: one generated key for all of them, checked against storage.
+        check_proxy_settings(config)
+    except ConfigError as exc:
+        print(f"cargohold: {exc}", file=sys.stderr)
+        return 2
 
     try:
         # Opened once here so a bad storage URL stops start-up with a clear message.
@@ -209,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=serve)
     from .admin import add_admin_commands
     from .archives import add_archive_commands
+    from .upstreams import add_upstream_commands
 
     add_admin_commands(commands)
     add_archive_commands(commands)
@@ -218,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .policies import add_policy_commands
 
     add_policy_commands(commands)
+    add_upstream_commands(commands)
     return parser
 
 

@@ -46,6 +46,8 @@ from registry_core.lifecycle.quotas import get_quota
 from registry_core.manifest import descriptors_of
 from registry_core.mediatypes import IMAGE_MANIFESTS, MANIFEST_TYPES
 from registry_core.names import RepositoryName, Tenant
+from registry_core.proxy import UpstreamSpec, UpstreamStore, UpstreamView
+from registry_core.proxy import view as upstream_view
 from registry_core.registry import Repository
 from registry_core.storage.manifests import StoredManifest
 from registry_core.tenancy import (
@@ -287,6 +289,11 @@ class ManifestList(msgspec.Struct, kw_only=True):
     manifests: list[Manifest]
 
 
+class UpstreamList(msgspec.Struct, kw_only=True):
+    upstreams: list[UpstreamView]
+    """Sorted by priority (lower first), then name."""
+
+
 # -- views of library records ----------------------------------------------------------
 
 
@@ -414,11 +421,17 @@ class Management:
     """The management routes of one server process."""
 
     def __init__(
-        self, registry: registry_core.Registry, tenancy: TenancyStore, guard: Guard | None
+        self,
+        registry: registry_core.Registry,
+        tenancy: TenancyStore,
+        guard: Guard | None,
+        *,
+        upstreams: UpstreamStore | None = None,
     ) -> None:
         self.registry = registry
         self.tenancy = tenancy
         self.guard = guard
+        self.upstreams = upstreams
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         users = f"{API_PREFIX}/users/{{name}}"
@@ -456,6 +469,10 @@ class Management:
             ("GET", f"{registry}/repositories", self.list_repositories),
             ("GET", f"{image}/tags", self.list_tags),
             ("GET", f"{image}/manifests", self.list_manifests),
+            ("GET", f"{registry}/upstreams", self.list_upstreams),
+            ("POST", f"{registry}/upstreams", self.add_upstream),
+            ("GET", f"{registry}/upstreams/{{name}}", self.get_upstream),
+            ("DELETE", f"{registry}/upstreams/{{name}}", self.remove_upstream),
         ]
 
     def add_to(self, app: web.Application) -> None:
@@ -854,6 +871,36 @@ class Management:
         found = await asyncio.gather(*(describe(d) for d in await repo.manifests.revisions()))
         manifests = [m for m in found if m is not None]
         return _json(ManifestList(name=repo.name.value, manifests=manifests))
+
+    # -- upstreams (pull-through) -------------------------------------------------------------
+    # Only a registry's admins see or change its upstreams; no answer carries a password.
+
+    @property
+    def _upstreams(self) -> UpstreamStore:
+        if self.upstreams is None:
+            raise NotFound("upstreams are not served by this server")
+        return self.upstreams
+
+    async def list_upstreams(self, request: web.Request, caller: Identity) -> web.Response:
+        record = await self._registry_admin(request, caller)
+        found = await self._upstreams.list(record.tenant)
+        return _json(UpstreamList(upstreams=[upstream_view(u) for u in found]))
+
+    async def add_upstream(self, request: web.Request, caller: Identity) -> web.Response:
+        record = await self._registry_admin(request, caller)
+        body = await _body(request, UpstreamSpec)
+        added = await self._upstreams.add(record.tenant, body)
+        return _json(upstream_view(added), status=201)
+
+    async def get_upstream(self, request: web.Request, caller: Identity) -> web.Response:
+        record = await self._registry_admin(request, caller)
+        found = await self._upstreams.get(record.tenant, request.match_info["name"])
+        return _json(upstream_view(found))
+
+    async def remove_upstream(self, request: web.Request, caller: Identity) -> web.Response:
+        record = await self._registry_admin(request, caller)
+        await self._upstreams.remove(record.tenant, request.match_info["name"])
+        return _no_content()
 
 
 async def _resolve_or_none(repo: Repository, tag: str) -> str | None:

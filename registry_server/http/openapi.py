@@ -22,6 +22,7 @@ from aiohttp import web
 from registry_core.errors import NotFound
 from registry_core.lifecycle.immutable import ImmutableTags
 from registry_core.lifecycle.retention import RetentionReport, RetentionSpec
+from registry_core.proxy import UpstreamSpec, UpstreamView
 
 from ..state import state_of
 from . import lifecycle_api as lc
@@ -356,6 +357,48 @@ OPERATIONS: tuple[Operation, ...] = (
         m.ManifestList,
         errors=(400, 401, 403, 404),
         description="Every manifest revision with its size, total size and tags.",
+    ),
+    Operation(
+        "GET",
+        f"{_REGISTRY}/upstreams",
+        "List the registry's upstreams",
+        "upstreams",
+        m.UpstreamList,
+        description="The registries it pulls through, sorted by priority then name. Admins "
+        "of the registry. Passwords are never shown, only `has_credentials`.",
+    ),
+    Operation(
+        "POST",
+        f"{_REGISTRY}/upstreams",
+        "Add an upstream",
+        "upstreams",
+        UpstreamView,
+        status=201,
+        body=UpstreamSpec,
+        errors=(400, 401, 403, 404, 409),
+        description="`url` is http(s)://host[:port]; `priority` lower is asked first (100); "
+        "`password` (a password or a token) is write-only and stored encrypted; `tag_ttl` "
+        "is seconds or a duration such as 10m; `images` a glob over image names; `prefix` "
+        "a path prepended at the upstream. The upstream is not contacted here: where it "
+        "may point is checked on every connection. 409 if the name exists. Admins of the "
+        "registry; other server processes see the change within auth.cache_ttl.",
+    ),
+    Operation(
+        "GET",
+        f"{_REGISTRY}/upstreams/{{name}}",
+        "Show an upstream",
+        "upstreams",
+        UpstreamView,
+        description="`name` is the upstream's name. Admins of the registry.",
+    ),
+    Operation(
+        "DELETE",
+        f"{_REGISTRY}/upstreams/{{name}}",
+        "Remove an upstream",
+        "upstreams",
+        status=204,
+        description="`name` is the upstream's name. Content already cached stays. Admins of "
+        "the registry.",
     ),
     Operation(
         "POST",

@@ -30,8 +30,10 @@ from registry_core.errors import (
 )
 from registry_core.mediatypes import OCI_INDEX
 from registry_core.names import Reference, RepositoryName
+from registry_core.proxy import ProxiedBlob, PullThrough
 from registry_core.registry import Repository, paginate
 from registry_core.storage.blobs import Upload, upload_range
+from registry_core.storage.manifests import StoredManifest
 
 from ..domains import Domains
 from ..state import state_of
@@ -153,8 +155,11 @@ class V2Routes:
         domains: Domains | None = None,
         *,
         redirect_expires: int | None = None,
+        proxy: PullThrough | None = None,
     ) -> None:
         self.registry = registry
+        self.proxy = proxy
+        """Pull-through to the registries' upstreams (None: local content only)."""
         self.redirect_expires = redirect_expires
         """Blob GETs redirect to signed URLs valid this long (None: never redirect)."""
         self.guard = guard
@@ -245,9 +250,12 @@ class V2Routes:
     async def tags(self, request: web.Request, route: Route) -> web.StreamResponse:
         repo = self.repository(route)
         n = _page_size(request)
-        tags = await repo.manifests.tags()
-        if not tags and not await repo.manifests.exists():
-            raise NameUnknown(detail={"name": route.name})
+        if self.proxy is not None:
+            tags = await self.proxy.tags(repo, _namespace(request))
+        else:
+            tags = await repo.manifests.tags()
+            if not tags and not await repo.manifests.exists():
+                raise NameUnknown(detail={"name": route.name})
         page = paginate(tags, n, request.query.get("last"))
         complete = not page or page[-1] == tags[-1]
         visible = _visible(request, repo)
@@ -258,7 +266,10 @@ class V2Routes:
         repo = self.repository(route)
         assert route.reference is not None
         subject = Digest.parse(route.reference)
-        descriptors = await repo.manifests.referrers(subject)
+        if self.proxy is not None:
+            descriptors = await self.proxy.referrers(repo, subject, _namespace(request))
+        else:
+            descriptors = await repo.manifests.referrers(subject)
         headers: dict[str, str] = {}
         wanted = request.query.get("artifactType")
         if wanted:
@@ -276,10 +287,10 @@ class V2Routes:
         assert route.reference is not None
         reference = Reference.parse(route.reference)
         if request.method == "HEAD":
-            stored = await repo.manifests.get(str(reference))
+            stored = await self._manifest(request, repo, reference)
         else:
             async with state_of(request).access.pulling():
-                stored = await repo.manifests.get(str(reference))
+                stored = await self._manifest(request, repo, reference)
             await repo.manifests.pulled(stored.digest)
         etag = f'"{stored.digest}"'
         headers = {
@@ -293,6 +304,13 @@ class V2Routes:
             headers["Content-Length"] = str(stored.size)
             return web.Response(headers=headers)
         return web.Response(body=stored.body, headers=headers)
+
+    async def _manifest(
+        self, request: web.Request, repo: Repository, reference: Reference
+    ) -> StoredManifest:
+        if self.proxy is None:
+            return await repo.manifests.get(str(reference))
+        return await self.proxy.manifest(repo, reference, _namespace(request))
 
     async def put_manifest(self, request: web.Request, route: Route) -> web.StreamResponse:
         repo = self.repository(route)
@@ -312,6 +330,8 @@ class V2Routes:
         parsed = await repo.manifests.put(
             body, request.headers.get("Content-Type"), tag=reference.tag
         )
+        if self.proxy is not None:
+            await self.proxy.pushed(repo, reference.tag)
         digest = reference.digest or parsed.digest
         headers = {
             "Location": f"/v2/{_visible(request, repo)}/manifests/{digest}",
@@ -334,6 +354,13 @@ class V2Routes:
         repo = self.repository(route)
         assert route.reference is not None
         digest = Digest.parse(route.reference)
+        if self.proxy is not None:
+            head = request.method == "HEAD"
+            proxied = await self.proxy.blob(repo, digest, _namespace(request), head=head)
+            if isinstance(proxied, int):
+                return web.Response(headers=_proxied_headers(digest, proxied))
+            if proxied is not None:
+                return await _stream_proxied(request, digest, proxied)
         info = await repo.blobs.stat(digest)
         headers = {
             "Docker-Content-Digest": str(digest),
@@ -492,5 +519,56 @@ async def _stream_blob(
     await response.prepare(request)
     async for chunk in repo.blobs.read(digest, start, end - start):
         await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def _namespace(request: web.Request) -> str | None:
+    """containerd's mirror hint (``?ns=docker.io``): which upstream host the name is for."""
+    return request.query.get("ns") or None
+
+
+def _proxied_headers(digest: Digest, size: int | None) -> dict[str, str]:
+    headers = {
+        "Docker-Content-Digest": str(digest),
+        "Content-Type": "application/octet-stream",
+        "ETag": f'"{digest}"',
+    }
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    return headers
+
+
+async def _stream_proxied(
+    request: web.Request, digest: Digest, blob: ProxiedBlob
+) -> web.StreamResponse:
+    """Pass a blob on while the cache fetches it; on an upstream failure, cut the stream.
+
+    The status line is out by then, so the only honest signal left is a
+    connection closed before the announced length (or the last chunk): the
+    client's own length or digest check fails, and nothing corrupt is kept.
+    """
+    headers = _proxied_headers(digest, None)
+    response = web.StreamResponse(status=200, headers=headers)
+    if blob.size is not None:
+        response.content_length = blob.size
+    chunks = blob.chunks
+    try:
+        first = await anext(chunks, None)
+    except RegistryError:
+        await chunks.aclose()
+        raise  # nothing sent yet: a normal JSON error
+    await response.prepare(request)
+    try:
+        if first is not None:
+            await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+    except RegistryError:
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    finally:
+        await chunks.aclose()
     await response.write_eof()
     return response

@@ -9,6 +9,10 @@ or from the submodules:
   ``sample_image``, ``sample_multiarch``, ``write_oci_layout``, ``write_docker_archive``
 - :mod:`tests.helpers.procs`: ``run``, ``skopeo``, ``client_env``, ``peak_rss_kib``
 - :mod:`tests.helpers.registry_api`: ``push_image``, ``push_blob``, ``get_manifest``
+- :mod:`tests.helpers.upstreams`: upstream peers for pull-through tests
+  (``HtpasswdDistribution``, ``start_cargohold_upstream``, ``seed``, ``start_pull_through``)
+- :mod:`tests.helpers.fault_proxy`: ``FaultProxy`` and its ``Fault`` rules (corrupt,
+  truncate, stall, 429/503, refused connections), counting what reached the peer
 """
 
 from __future__ import annotations

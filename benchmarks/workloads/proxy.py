@@ -1,0 +1,258 @@
+"""Pull-through caching: Cargohold's upstreams vs Distribution 2.8 in proxy mode.
+
+One upstream Distribution (an open registry on its own port, started in ``begin``) holds
+every image; Cargohold pulls through it with an upstream of registry ``bench/proxy``
+(prefix ``bench/proxy``, so both servers ask the upstream for the same names) and
+Distribution with ``proxy: remoteurl:``. Each run pulls, with skopeo, a 5-layer image
+that neither server has seen (cold) and one both cached during setup (warm); it times
+the first byte of a cold big blob through the server and straight from the upstream;
+Cargohold also pulls the warm image pushed to a plain registry of its own (local), which
+is what a cache hit should cost. This module never measures against anything but
+127.0.0.1 and never leaves a server running (the runner stops services on any exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import random
+import secrets
+import shutil
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..client import OCI_MANIFEST, BenchError, MiB
+from ..harness import Distribution
+from . import Case, CaseResult, Metric, Target, Workload, register
+from .skopeo import build_oci_image, skopeo_copy
+
+if TYPE_CHECKING:
+    from ..harness import Server
+    from ..run import Context
+
+LAYERS = 5
+PREFIX = "bench/proxy"
+LOCAL = "bench/local"
+ACCEPT = ", ".join(
+    [
+        OCI_MANIFEST,
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
+
+
+def _first_byte(host: str, path: str, accept: str | None = None) -> tuple[float, float, bytes]:
+    """GET ``path``: (seconds to the first body byte, seconds to the last, the body's
+    first 64 KiB). The body is read into a reused buffer, never held whole."""
+    hostname, port = host.split(":")
+    conn = http.client.HTTPConnection(hostname, int(port), timeout=600)
+    try:
+        headers = {"Accept": accept} if accept else {}
+        start = time.perf_counter()
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise BenchError(f"GET {host}{path} -> {resp.status}: {resp.read(500)!r}")
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        n = resp.readinto(view)
+        first = time.perf_counter() - start
+        head = bytes(view[: min(n, 65536)])
+        while n:
+            n = resp.readinto(view)
+        return first, time.perf_counter() - start, head
+    finally:
+        conn.close()
+
+
+@register
+class ProxyPull(Workload):
+    name = "proxy-pull"
+    title = "pull-through cache"
+    description = (
+        "skopeo pulls through each server from one upstream Distribution: a cold 5-layer "
+        "image (never pulled before), a warm one (cached during setup), and on Cargohold the "
+        "same image pushed locally; time to first byte of a cold big blob, through the "
+        "server and straight from the upstream."
+    )
+    metrics = (
+        Metric("cold_s", "cold pull (5 layers)", "s", False, digits=2),
+        Metric("warm_s", "warm pull (cached)", "s", False, digits=2),
+        Metric("local_s", "same image pushed locally", "s", False, digits=2, chart=False),
+        Metric("cold_ttfb_ms", "cold big blob: first byte", "ms", False, digits=0),
+        Metric("cold_blob_s", "cold big blob: whole", "s", False, digits=2),
+        Metric("upstream_ttfb_ms", "upstream's own first byte", "ms", False, digits=0, chart=False),
+    )
+
+    def __init__(self) -> None:
+        self.upstream: Distribution | None = None
+
+    # -- the images -------------------------------------------------------------------------
+    def sizes(self, ctx: Context) -> list[int]:
+        low, high = (2, 8) if ctx.quick else (8, 32)
+        rng = random.Random(ctx.seed)
+        return [rng.randint(low * MiB, high * MiB) for _ in range(LAYERS)]
+
+    def big_size(self, ctx: Context) -> int:
+        return (64 if ctx.quick else 200) * MiB
+
+    def images(self, ctx: Context) -> list[tuple[str, list[int]]]:
+        """(name at the upstream, layer sizes): warm, and one cold and one big per run."""
+        found = [("warm", self.sizes(ctx))]
+        for run in range(ctx.runs):
+            found.append((f"cold{run}", self.sizes(ctx)))
+            found.append((f"big{run}", [self.big_size(ctx)]))
+        return found
+
+    def cases(self, ctx: Context) -> list[Case]:
+        low, high = (2, 8) if ctx.quick else (8, 32)
+        return [Case(f"{LAYERS} layers {low}-{high} MiB, blob {self.big_size(ctx) // MiB} MiB")]
+
+    async def begin(self, ctx: Context) -> None:
+        self.upstream = Distribution(ctx.workdir / "proxy-upstream")
+        ctx.start_service(self.upstream)
+        home = ctx.workdir / "proxy-seed-home"
+        for name, sizes in self.images(ctx):
+            layout = ctx.workdir / "proxy-images" / name
+            # Content unique to this benchmark run: no cache anywhere has seen it.
+            seed = random.Random(f"{ctx.seed}/{name}/{secrets.token_hex(4)}").getrandbits(32)
+            await asyncio.to_thread(build_oci_image, layout, sizes, seed)
+            home.mkdir(parents=True, exist_ok=True)
+            await skopeo_copy(
+                f"oci:{layout}:latest", f"docker://{self.upstream.host}/{PREFIX}/{name}:1", home
+            )
+            if name != "warm":
+                shutil.rmtree(layout, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+    async def end(self, ctx: Context) -> None:
+        if self.upstream is not None:
+            ctx.stop_service(self.upstream)
+            self.upstream = None
+
+    def server_options(self, ctx: Context, kind: str, case: Case) -> dict[str, Any]:
+        assert self.upstream is not None, "begin() starts the upstream"
+        if kind == "distribution":
+            return {"config_extra": f"proxy:\n  remoteurl: {self.upstream.url}\n"}
+        return {
+            "config": (
+                "[secrets]\n"
+                f'key = "bench-{secrets.token_urlsafe(24)}"\n'
+                "[upstreams]\n"
+                'allow_networks = ["127.0.0.0/8"]\n'
+                "[[upstreams.registries]]\n"
+                f'registry = "{PREFIX}"\n'
+                'name = "upstream"\n'
+                f'url = "{self.upstream.url}"\n'
+                f'prefix = "{PREFIX}"\n'
+                'tag_ttl = "1h"\n'
+            )
+        }
+
+    # -- setup and runs ---------------------------------------------------------------------
+    async def setup(self, ctx: Context, server: Server, case: Case) -> Any:
+        home = ctx.workdir / "scratch" / server.kind / "proxy-setup"
+        home.mkdir(parents=True, exist_ok=True)
+        await skopeo_copy(
+            f"docker://{server.host}/{PREFIX}/warm:1", f"oci:{home / 'warm'}:latest", home
+        )
+        if server.kind == "cargohold":
+            layout = ctx.workdir / "proxy-images" / "warm"
+            await skopeo_copy(
+                f"oci:{layout}:latest", f"docker://{server.host}/{LOCAL}/warm:1", home
+            )
+        shutil.rmtree(home, ignore_errors=True)
+        return None
+
+    async def _pull(self, ctx: Context, server: Server, ref: str, tag: str) -> float:
+        home = ctx.workdir / "scratch" / server.kind / tag
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        try:
+            seconds = await skopeo_copy(
+                f"docker://{server.host}/{ref}", f"oci:{home / 'out'}:latest", home
+            )
+            if not (home / "out" / "index.json").exists():
+                raise BenchError(f"skopeo pull of {ref} wrote no index.json")
+            return seconds
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+
+    async def _big_blob(self, server: Server, run: int) -> dict[str, float]:
+        assert self.upstream is not None
+        repo = f"{PREFIX}/big{run}"
+        _, _, body = await asyncio.to_thread(
+            _first_byte, server.host, f"/v2/{repo}/manifests/1", ACCEPT
+        )
+        layer = json.loads(body)["layers"][0]["digest"]
+        ttfb, whole, _ = await asyncio.to_thread(
+            _first_byte, server.host, f"/v2/{repo}/blobs/{layer}"
+        )
+        upstream_ttfb, _, _ = await asyncio.to_thread(
+            _first_byte, self.upstream.host, f"/v2/{repo}/blobs/{layer}"
+        )
+        return {
+            "cold_ttfb_ms": ttfb * 1000,
+            "cold_blob_s": whole,
+            "upstream_ttfb_ms": upstream_ttfb * 1000,
+        }
+
+    async def run(
+        self, ctx: Context, server: Server, case: Case, state: Any, run: int
+    ) -> dict[str, float]:
+        values = {
+            "cold_s": await self._pull(ctx, server, f"{PREFIX}/cold{run}:1", f"cold{run}"),
+            "warm_s": await self._pull(ctx, server, f"{PREFIX}/warm:1", f"warm{run}"),
+        }
+        if server.kind == "cargohold":
+            values["local_s"] = await self._pull(ctx, server, f"{LOCAL}/warm:1", f"local{run}")
+        values.update(await self._big_blob(server, run))
+        return values
+
+    def targets(self, ctx: Context, case: Case, result: CaseResult) -> list[Target]:
+        found: list[Target] = []
+        cw, dw = result.median("cargohold", "warm_s"), result.median("distribution", "warm_s")
+        if cw is not None and dw is not None:
+            found.append(
+                Target(
+                    "proxy warm pull >= 1.5x Distribution's proxy",
+                    f"{cw:.2f} s ({dw / cw:.2f}x)",
+                    f"<= {dw / 1.5:.2f} s",
+                    cw <= dw / 1.5,
+                )
+            )
+        local = result.median("cargohold", "local_s")
+        if cw is not None and local is not None:
+            found.append(
+                Target(
+                    "proxy warm pull within 10% of Cargohold serving local content",
+                    f"{cw:.2f} s ({cw / local:.2f}x local)",
+                    f"<= {1.1 * local:.2f} s",
+                    cw <= 1.1 * local,
+                )
+            )
+        cc, dc = result.median("cargohold", "cold_s"), result.median("distribution", "cold_s")
+        if cc is not None and dc is not None:
+            found.append(
+                Target(
+                    "proxy cold pull no slower than Distribution's proxy",
+                    f"{cc:.2f} s ({cc / dc:.2f}x)",
+                    f"<= {dc:.2f} s",
+                    cc <= dc,
+                )
+            )
+        ct = result.median("cargohold", "cold_ttfb_ms")
+        ut = result.median("cargohold", "upstream_ttfb_ms")
+        if ct is not None and ut:
+            found.append(
+                Target(
+                    f"proxy cold {self.big_size(ctx) // MiB} MiB blob: first byte < 2x upstream's",
+                    f"{ct:.0f} ms ({ct / ut:.2f}x)",
+                    f"< {2 * ut:.0f} ms",
+                    ct < 2 * ut,
+                )
+            )
+        return found
