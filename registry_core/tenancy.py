@@ -272,6 +272,13 @@ class TenancyStore:
             raise NotFoundRecord(f"user {name!r} does not exist")
         return user
 
+    async def verify_user_password(self, name: str, password: str) -> bool:
+        """Whether *password* is the password of user *name* (API keys do not count)."""
+        user = await self.get_user(name)
+        if user is None:
+            return False
+        return await asyncio.to_thread(verify_password, password, user.password_hash)
+
     async def list_users(self) -> list[UserRecord]:
         return await self._load_all(layout.users_dir(), UserRecord)
 

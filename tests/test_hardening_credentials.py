@@ -197,3 +197,64 @@ async def test_archives_api_refuses_invalid_api_key_with_valid_basic(api, world)
 
     assert status == 401
     assert b'"UNAUTHORIZED"' in reply["body"]
+
+
+# -- changing a password --------------------------------------------------------------------------
+
+
+async def test_changing_ones_own_password_without_the_current_one_is_refused(api, world):
+    reply = await api.patch(
+        f"{API}/users/reader", world.key("reader"), json_body={"password": "new-pw-123456"}
+    )
+
+    assert_error(reply, 400, "INVALID_REQUEST")
+    assert await api.tenancy.verify_user_password("reader", world.passwords["reader"])
+
+
+async def test_changing_ones_own_password_with_a_wrong_current_one_is_refused(api, world):
+    reply = await api.patch(
+        f"{API}/users/reader",
+        world.key("reader"),
+        json_body={"password": "new-pw-123456", "current_password": "not-it"},
+    )
+
+    assert_error(reply, 403, "DENIED")
+    assert await api.tenancy.verify_user_password("reader", world.passwords["reader"])
+
+
+async def test_an_api_key_does_not_count_as_the_current_password(api, world):
+    reply = await api.patch(
+        f"{API}/users/reader",
+        world.key("reader"),
+        json_body={"password": "new-pw-123456", "current_password": world.keys["reader"]},
+    )
+
+    assert_error(reply, 403, "DENIED")
+
+
+async def test_changing_ones_own_password_with_the_current_one_works(api, world):
+    reply = await api.patch(
+        f"{API}/users/reader",
+        world.key("reader"),
+        json_body={"password": "new-pw-123456", "current_password": world.passwords["reader"]},
+    )
+
+    assert reply.status == 200
+    assert await api.tenancy.verify_user_password("reader", "new-pw-123456")
+
+
+async def test_a_superuser_changing_its_own_password_needs_the_current_one(api, world):
+    reply = await api.patch(
+        f"{API}/users/root", world.key("root"), json_body={"password": "new-pw-123456"}
+    )
+
+    assert_error(reply, 400, "INVALID_REQUEST")
+
+
+async def test_a_superuser_resets_another_users_password_without_knowing_it(api, world):
+    reply = await api.patch(
+        f"{API}/users/reader", world.key("root"), json_body={"password": "reset-pw-123456"}
+    )
+
+    assert reply.status == 200
+    assert await api.tenancy.verify_user_password("reader", "reset-pw-123456")

@@ -89,6 +89,8 @@ class UserChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     password: Password | None = None
     superuser: bool | None = None
+    current_password: str | None = None
+    """Required to change one's own password (not when a superuser resets another user's)."""
 
 
 class NewApiKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -563,12 +565,27 @@ class Management:
         body = await _body(request, UserChange)
         if body.superuser is not None:
             self._superuser(caller, "changing the superuser flag")
+        if body.password is not None and caller.name == name:
+            await self._check_current_password(request, name, body.current_password)
         record = await self.tenancy.update_user(
             name, password=body.password, superuser=body.superuser
         )
         # Logins cached with the old password or flag must not outlive the change here.
         self._guard.authenticator.forget_all()
         return _json(_user(record))
+
+    async def _check_current_password(
+        self, request: web.Request, name: str, current: str | None
+    ) -> None:
+        """One's own password changes only with the current one: a stolen API key, bearer
+        token or unlocked session must not be enough to take the account over."""
+        if current is None:
+            raise InvalidRequest("changing your own password needs current_password")
+        if not await self.tenancy.verify_user_password(name, current):
+            # Counted like a failed login, so guessing through this route gets throttled too.
+            guard = self._guard
+            guard.throttle.failed([f"user:{name}", f"addr:{guard.domains.client_address(request)}"])
+            raise Denied("current_password is not the user's password")
 
     async def delete_user(self, request: web.Request, caller: Identity) -> web.Response:
         name = request.match_info["name"]
