@@ -45,7 +45,7 @@ from registry_core.errors import (
 from registry_core.manifest import descriptors_of
 from registry_core.mediatypes import IMAGE_MANIFESTS, MANIFEST_TYPES
 from registry_core.names import RepositoryName, Tenant
-from registry_core.registry import Repository
+from registry_core.registry import Repository, paginate
 from registry_core.storage.manifests import StoredManifest
 from registry_core.tenancy import (
     ApiKeyRecord,
@@ -377,6 +377,41 @@ def _seconds(value: float | str | None) -> float | None:
     return seconds
 
 
+PAGE_SIZE = 100
+"""Items per page of every list when the request names no ``n``."""
+MAX_PAGE_SIZE = 1000
+
+
+def _page_request(request: web.Request) -> tuple[int, str | None]:
+    """``n`` and ``last`` of a list request, checked: lists are never answered whole."""
+    raw = request.query.get("n")
+    n = PAGE_SIZE
+    if raw is not None:
+        if not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+            raise InvalidRequest(f"n must be a whole number from 1 to {MAX_PAGE_SIZE}")
+        n = int(raw)
+    last = request.query.get("last")
+    if last is not None and not 1 <= len(last) <= 256:
+        raise InvalidRequest("last must be 1 to 256 characters")
+    return n, last
+
+
+def _paged(
+    request: web.Request, body: msgspec.Struct, n: int, last: str | None, more: bool
+) -> web.Response:
+    """*body* with a ``Link: <...>; rel="next"`` header when more items may follow *last*."""
+    response = _json(body)
+    if more and last is not None:
+        following = request.rel_url.update_query(n=str(n), last=last)
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return response
+
+
+def _name_page(names: list[str], n: int, last: str | None) -> tuple[list[str], bool]:
+    page = paginate(names, n, last)
+    return page, bool(page) and page[-1] != names[-1]
+
+
 async def _total_size(repo: Repository, stored: StoredManifest) -> int:
     """The manifest's bytes plus those of everything it references, each digest once."""
     sizes = {str(stored.digest): stored.size}
@@ -548,7 +583,10 @@ class Management:
 
     async def list_users(self, request: web.Request, caller: Identity) -> web.Response:
         self._superuser(caller, "listing users")
-        return _json(UserList(users=[_user(u) for u in await self.tenancy.list_users()]))
+        n, last = _page_request(request)
+        page = await self.tenancy.users_page(n, last)
+        cursor = page.items[-1].name if page.items else None
+        return _paged(request, UserList(users=[_user(u) for u in page.items]), n, cursor, page.more)
 
     async def create_user(self, request: web.Request, caller: Identity) -> web.Response:
         self._superuser(caller, "creating users")
@@ -599,9 +637,12 @@ class Management:
     async def list_api_keys(self, request: web.Request, caller: Identity) -> web.Response:
         name = request.match_info["name"]
         await self._visible_user(caller, name)
+        n, last = _page_request(request)
         now = time.time()
-        keys = await self.tenancy.list_api_keys(name)
-        return _json(ApiKeyList(api_keys=[_api_key(k, now) for k in keys]))
+        page = await self.tenancy.api_keys_page(name, n, last)
+        cursor = page.items[-1].id if page.items else None
+        body = ApiKeyList(api_keys=[_api_key(k, now) for k in page.items])
+        return _paged(request, body, n, cursor, page.more)
 
     async def create_api_key(self, request: web.Request, caller: Identity) -> web.Response:
         name = request.match_info["name"]
@@ -626,13 +667,15 @@ class Management:
     # -- owners -----------------------------------------------------------------------------
 
     async def list_owners(self, request: web.Request, caller: Identity) -> web.Response:
-        owners = await self.tenancy.list_owners()
-        if not caller.superuser:
-            member = await asyncio.gather(
-                *(self._member_of_owner(caller.name, o.name) for o in owners)
-            )
-            owners = [o for o, yes in zip(owners, member, strict=True) if yes]
-        return _json(OwnerList(owners=[_owner(o) for o in owners]))
+        n, last = _page_request(request)
+
+        async def member(owner: OwnerRecord) -> bool:
+            return await self._member_of_owner(caller.name, owner.name)
+
+        page = await self.tenancy.owners_page(n, last, None if caller.superuser else member)
+        cursor = page.items[-1].name if page.items else None
+        body = OwnerList(owners=[_owner(o) for o in page.items])
+        return _paged(request, body, n, cursor, page.more)
 
     async def create_owner(self, request: web.Request, caller: Identity) -> web.Response:
         self._superuser(caller, "creating owners")
@@ -655,13 +698,16 @@ class Management:
     async def list_registries(self, request: web.Request, caller: Identity) -> web.Response:
         owner = request.match_info["owner"]
         await self._visible_owner(caller, owner)
-        records = await self.tenancy.list_registries(owner)
+        n, last = _page_request(request)
         authenticator = self._guard.authenticator
-        actions = await asyncio.gather(
-            *(authenticator.tenant_actions(caller, r.tenant) for r in records)
-        )
-        visible = [r for r, a in zip(records, actions, strict=True) if "pull" in a]
-        return _json(RegistryList(registries=[_registry(r) for r in visible]))
+
+        async def pullable(record: RegistryRecord) -> bool:
+            return "pull" in await authenticator.tenant_actions(caller, record.tenant)
+
+        page = await self.tenancy.registries_page(owner, n, last, pullable)
+        cursor = page.items[-1].name if page.items else None
+        body = RegistryList(registries=[_registry(r) for r in page.items])
+        return _paged(request, body, n, cursor, page.more)
 
     async def create_registry(self, request: web.Request, caller: Identity) -> web.Response:
         owner = request.match_info["owner"]
@@ -693,9 +739,14 @@ class Management:
 
     # -- members ----------------------------------------------------------------------------
 
-    async def _members(self, owner: str, registry: str | None) -> web.Response:
-        members = await self.tenancy.list_members(owner, registry)
-        return _json(MemberList(members=[_member(m) for m in members]))
+    async def _members(
+        self, request: web.Request, owner: str, registry: str | None
+    ) -> web.Response:
+        n, last = _page_request(request)
+        page = await self.tenancy.members_page(owner, registry, n, last)
+        cursor = page.items[-1].user if page.items else None
+        body = MemberList(members=[_member(m) for m in page.items])
+        return _paged(request, body, n, cursor, page.more)
 
     async def _set_member(
         self, request: web.Request, owner: str, registry: str | None
@@ -714,7 +765,7 @@ class Management:
 
     async def list_owner_members(self, request: web.Request, caller: Identity) -> web.Response:
         owner = (await self._owner_admin(caller, request.match_info["owner"])).name
-        return await self._members(owner, None)
+        return await self._members(request, owner, None)
 
     async def set_owner_member(self, request: web.Request, caller: Identity) -> web.Response:
         owner = (await self._owner_admin(caller, request.match_info["owner"])).name
@@ -726,7 +777,7 @@ class Management:
 
     async def list_registry_members(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._registry_admin(request, caller)
-        return await self._members(record.owner, record.name)
+        return await self._members(request, record.owner, record.name)
 
     async def set_registry_member(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._registry_admin(request, caller)
@@ -740,11 +791,13 @@ class Management:
 
     async def list_tokens(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._registry_admin(request, caller)
-        tokens = await self.tenancy.list_tokens(record.owner, record.name)
-        pulls = await asyncio.gather(*(self.tenancy.pull_count(t.id) for t in tokens))
+        n, last = _page_request(request)
+        page = await self.tenancy.tokens_page(record.owner, record.name, n, last)
+        pulls = await asyncio.gather(*(self.tenancy.pull_count(t.id) for t in page.items))
         now = time.time()
-        views = [_token(t, n, now) for t, n in zip(tokens, pulls, strict=True)]
-        return _json(TokenList(tokens=views))
+        views = [_token(t, count, now) for t, count in zip(page.items, pulls, strict=True)]
+        cursor = page.items[-1].id if page.items else None
+        return _paged(request, TokenList(tokens=views), n, cursor, page.more)
 
     async def create_token(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._registry_admin(request, caller)
@@ -777,15 +830,22 @@ class Management:
 
     async def list_repositories(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._visible_registry(request, caller)
-        names = await self.registry.repositories(record.tenant)
+        n, last = _page_request(request)
+        # Every name shares the OWNER/REGISTRY/ prefix, so images sort as the names do.
+        images = [
+            RepositoryName(name).image for name in await self.registry.repositories(record.tenant)
+        ]
+        page, more = _name_page(images, n, last)
+        names = [f"{record.tenant}/{image}" for image in page]
         counts = await asyncio.gather(
             *(self.registry.repository(name).manifests.tags() for name in names)
         )
         summaries = [
-            RepositorySummary(name=name, image=RepositoryName(name).image, tags=len(tags))
-            for name, tags in zip(names, counts, strict=True)
+            RepositorySummary(name=name, image=image, tags=len(tags))
+            for name, image, tags in zip(names, page, counts, strict=True)
         ]
-        return _json(RepositoryList(repositories=summaries))
+        body = RepositoryList(repositories=summaries)
+        return _paged(request, body, n, page[-1] if page else None, more)
 
     async def _repository(self, request: web.Request, caller: Identity) -> Repository:
         record = await self._visible_registry(request, caller)
@@ -809,8 +869,11 @@ class Management:
                 size=await _total_size(repo, stored),
             )
 
-        found = await asyncio.gather(*(describe(t) for t in await repo.manifests.tags()))
-        return _json(TagList(name=repo.name.value, tags=[t for t in found if t is not None]))
+        n, last = _page_request(request)
+        page, more = _name_page(await repo.manifests.tags(), n, last)
+        found = await asyncio.gather(*(describe(t) for t in page))
+        body = TagList(name=repo.name.value, tags=[t for t in found if t is not None])
+        return _paged(request, body, n, page[-1] if page else None, more)
 
     async def list_manifests(self, request: web.Request, caller: Identity) -> web.Response:
         repo = await self._repository(request, caller)

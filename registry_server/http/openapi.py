@@ -397,6 +397,36 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
 )
 
+PAGE_QUERY = (
+    Query(
+        "n",
+        f"Items per page (default {m.PAGE_SIZE}). When more may follow, the response has a "
+        '`Link: <URL>; rel="next"` header naming the next page.',
+        {"type": "integer", "minimum": 1, "maximum": m.MAX_PAGE_SIZE},
+    ),
+    Query(
+        "last",
+        "List only items after this one (the name or id ending the previous page).",
+        {"type": "string", "minLength": 1, "maxLength": 256},
+    ),
+)
+
+PAGINATED = frozenset(
+    ("GET", path)
+    for path in (
+        f"{m.API_PREFIX}/users",
+        f"{_USER}/api-keys",
+        f"{m.API_PREFIX}/owners",
+        f"{_OWNER}/registries",
+        f"{_OWNER}/members",
+        f"{_REGISTRY}/members",
+        f"{_REGISTRY}/tokens",
+        f"{_REGISTRY}/repositories",
+        f"{_IMAGE}/tags",
+    )
+)
+"""List operations answered a page at a time (``n``, ``last``, ``Link``)."""
+
 _PARAMETERS = {
     "name": "A user name.",
     "owner": "An owner (an organisation or a user account).",
@@ -511,7 +541,18 @@ def document() -> dict[str, Any]:
 
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
+        paginated = (op.method, op.path) in PAGINATED
+        if paginated:
+            op = attrs.evolve(op, query=op.query + PAGE_QUERY, errors=(400, *op.errors))
         success: dict[str, Any] = {"description": op.summary}
+        if paginated:
+            success["headers"] = {
+                "Link": {
+                    "description": 'The next page, as `<URL>; rel="next"` (absent on the last).',
+                    "schema": {"type": "string"},
+                    "required": False,
+                }
+            }
         if op.response_content is not None:
             success["content"] = op.response_content
         elif op.response is not None:
