@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from drivers import open_driver
 from registry_core import Config, Registry, RegistryError, StorageError
@@ -95,6 +96,14 @@ def _from_http_exception(exc: web.HTTPException) -> RegistryError:
     return error
 
 
+def _body_broke_off(request: web.Request, exc: Exception) -> bool:
+    """True when *exc* is the request body's own failure, not the server's."""
+    return (
+        isinstance(exc, HttpProcessingError | ConnectionResetError)
+        and request.content.exception() is exc
+    )
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: HandlerType) -> web.StreamResponse:
     """Request id, and the one place errors become responses."""
@@ -120,10 +129,18 @@ async def request_context(request: web.Request, handler: HandlerType) -> web.Str
         response = error_response(request, [error], exc.status)
     except asyncio.CancelledError:
         raise
-    except Exception:
-        LOGGER.exception("unhandled error (request %s)", request_id)
-        error = RegistryError("internal server error", detail={"request_id": request_id})
-        response = error_response(request, [error], 500)
+    except Exception as exc:
+        if _body_broke_off(request, exc):
+            # The client's body broke its framing or the client left mid-body: its fault,
+            # worth a line, not a traceback (and never the bytes it sent).
+            LOGGER.info("request %s: body ended early or was malformed", request_id)
+            error = RegistryError("the request body was malformed or ended early")
+            error.status = 400  # type: ignore[misc]
+            response = error_response(request, [error], 400)
+        else:
+            LOGGER.exception("unhandled error (request %s)", request_id)
+            error = RegistryError("internal server error", detail={"request_id": request_id})
+            response = error_response(request, [error], 500)
     finally:
         in_flight.leave()
     return response
