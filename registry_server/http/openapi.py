@@ -132,9 +132,9 @@ OPERATIONS: tuple[Operation, ...] = (
         "users",
         m.User,
         body=m.UserChange,
-        errors=(400, 401, 403, 404),
+        errors=(400, 401, 403, 404, 409),
         description="A user may change its own password; only a superuser may change "
-        "other users or the superuser flag.",
+        "other users or the superuser flag. Demoting the last superuser is refused (409).",
     ),
     Operation(
         "DELETE",
@@ -142,7 +142,9 @@ OPERATIONS: tuple[Operation, ...] = (
         "Delete a user",
         "users",
         status=204,
-        description="Superusers only. Revokes the user's API keys and removes its memberships.",
+        errors=(401, 403, 404, 409),
+        description="Superusers only. Revokes the user's API keys and removes its memberships. "
+        "Deleting the last superuser is refused (409).",
     ),
     Operation(
         "GET",
@@ -452,7 +454,11 @@ _ERRORS = {
         "No such thing, or one the caller cannot see: both answer alike. Every route "
         "answers 404 when the server runs with auth disabled (archives excepted).",
     ),
-    409: ("Conflict", "The name is taken, or the owner still holds registries (CONFLICT)."),
+    409: (
+        "Conflict",
+        "The name is taken, the owner still holds registries, or the change would leave "
+        "no superuser (CONFLICT).",
+    ),
     413: ("TooLarge", "The upload is over archives.max_size."),
     429: ("TooManyRequests", "Too many failed logins from this address or for this user."),
 }
