@@ -38,6 +38,9 @@ WRITE_BUFFER = 1 << 20
 
 _MAX_HASH_STATES = 4096
 
+MOUNT_BATCH = 32
+"""Repositories asked at once whether they link a blob, for a mount without ``from``."""
+
 
 @attrs.frozen
 class BlobInfo:
@@ -168,6 +171,25 @@ class RepositoryBlobs:
             return None
         await self.link(digest)
         return info
+
+    async def mount_from_any(
+        self, digest: Digest, sources: list[RepositoryBlobs]
+    ) -> RepositoryBlobs | None:
+        """Mount the blob from the first of *sources* that links it; None when none does.
+
+        The caller chooses the sources (those the client may read, in its own tenant):
+        the blob's existence anywhere else is never consulted, so the answer cannot
+        reveal it. Sources are asked a batch at a time, in order.
+        """
+        if await self._linked(digest) and await self.store.exists(digest):
+            return self
+        for start in range(0, len(sources), MOUNT_BATCH):
+            batch = [s for s in sources[start : start + MOUNT_BATCH] if s.name != self.name]
+            linked = await asyncio.gather(*(source._linked(digest) for source in batch))
+            for source, found in zip(batch, linked, strict=True):
+                if found and await self.mount(digest, source) is not None:
+                    return source
+        return None
 
     # -- uploads ---------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from registry_core.errors import (
 from registry_core.mediatypes import OCI_INDEX
 from registry_core.names import Reference, RepositoryName
 from registry_core.registry import Repository, paginate
-from registry_core.storage.blobs import Upload, upload_range
+from registry_core.storage.blobs import RepositoryBlobs, Upload, upload_range
 
 from ..domains import Domains
 from ..state import state_of
@@ -400,6 +400,14 @@ class V2Routes:
                 and await repo.blobs.mount(digest, source_repo.blobs)
             ):
                 return self._blob_created(request, repo, digest)
+        elif mount:
+            # No `from`: look for the blob in the repositories of this tenant the caller
+            # may pull, and nowhere else, so a miss and a hidden hit answer alike.
+            digest = Digest.parse(mount)
+            if await repo.blobs.mount_from_any(
+                digest, await self._readable_in_tenant(request, repo)
+            ):
+                return self._blob_created(request, repo, digest)
         expected = request.query.get("digest")
         if expected is not None:
             digest = Digest.parse(expected)
@@ -409,6 +417,18 @@ class V2Routes:
             return self._blob_created(request, repo, digest)
         upload = await repo.blobs.start_upload()
         return web.Response(status=202, headers=self._upload_headers(request, repo, upload))
+
+    async def _readable_in_tenant(
+        self, request: web.Request, repo: Repository
+    ) -> list[RepositoryBlobs]:
+        access = state_of(request).access
+        names = await self.registry.repositories(repo.name.tenant)
+        readable = []
+        for name in names:
+            candidate = RepositoryName(name)
+            if candidate != repo.name and await access.allows(candidate, "pull"):
+                readable.append(self.registry.repository(candidate).blobs)
+        return readable
 
     async def _append(self, request: web.Request, upload: Upload, start: int | None) -> None:
         self.uploads_in_flight += 1
