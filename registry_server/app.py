@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from drivers import open_driver
 from registry_core import Config, Registry, RegistryError, StorageError
 from registry_core.errors import NotFound, TooLarge, Unavailable, Unsupported
+from registry_core.storage.blobs import UploadLimits
 from registry_core.tenancy import Conflict, TenancyStore
 
 from .domains import Domains
@@ -259,6 +260,12 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
         guard,
         domains,
         redirect_expires=config.storage.redirect_expires if redirect else None,
+        upload_limits=UploadLimits(
+            per_repository=config.limits.max_uploads_per_repository,
+            per_tenant=config.limits.max_uploads_per_tenant,
+            stale_after=config.uploads.purge_after,
+        ),
+        body_timeout=config.limits.body_timeout,
     )
     app[V2_KEY] = v2
     metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)
