@@ -135,7 +135,7 @@ R = TypeVar("R", bound=msgspec.Struct)
 
 
 def check_slug(kind: str, value: str) -> str:
-    if not value or len(value) > 64 or not _SLUG.match(value):
+    if not value or len(value) > 64 or not _SLUG.fullmatch(value):
         raise NameInvalid(
             f"invalid {kind} name {value[:70]!r}: lowercase letters and digits, separated by "
             "'.', '_', '__' or '-', at most 64 characters"

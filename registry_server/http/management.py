@@ -42,6 +42,7 @@ from registry_core.errors import (
     NotFound,
     Unauthorized,
 )
+from registry_core.jsondoc import check_document
 from registry_core.manifest import descriptors_of
 from registry_core.mediatypes import IMAGE_MANIFESTS, MANIFEST_TYPES
 from registry_core.names import RepositoryName, Tenant
@@ -71,8 +72,29 @@ API_PREFIX = "/api/v1"
 DISABLED_MESSAGE = "the management API is served only with [auth] enabled = true"
 
 T = TypeVar("T")
-Seconds = Annotated[float, msgspec.Meta(gt=0)] | str
-Password = Annotated[str, msgspec.Meta(min_length=1)]
+# Python's "$" also matches before a final newline, ECMAScript's does not: "(?!\n)$" ends
+# the string in both, so the OpenAPI document and msgspec's checks here agree exactly.
+NAME_PATTERN = r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?!\n)$"
+Name = Annotated[
+    str,
+    msgspec.Meta(extra_json_schema={"pattern": NAME_PATTERN, "minLength": 1, "maxLength": 64}),
+]
+"""An owner, registry or user name: documented here, checked by ``tenancy.check_slug``
+(which answers NAME_INVALID with a message that explains the rule)."""
+# No leading zero, so no pattern-valid duration is zero; at most 99999.999999 weeks.
+DURATION_PATTERN = r"^[1-9][0-9]{0,4}(?:\.[0-9]{1,6})?[smhdw]?(?!\n)$"
+MAX_LIFETIME = 1e11
+"""Seconds (about 3000 years): more than any duration the pattern allows, and a time that
+``datetime`` can still show (a larger expiry would break every listing that shows it)."""
+Seconds = (
+    Annotated[float, msgspec.Meta(gt=0, le=MAX_LIFETIME)]
+    | Annotated[str, msgspec.Meta(pattern=DURATION_PATTERN)]
+)
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+Label = Annotated[str, msgspec.Meta(max_length=256)]
+# JSON Schema counts 3.0 as an integer and msgspec's int does not: a whole number is taken
+# in either spelling, as a float (exact up to 2**53) documented as a multiple of 1.
+Count = Annotated[float, msgspec.Meta(ge=1, le=2**53, multiple_of=1)]
 State = Literal["active", "expired", "revoked"]
 
 
@@ -80,7 +102,7 @@ State = Literal["active", "expired", "revoked"]
 
 
 class NewUser(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
+    name: Name
     password: Password
     superuser: bool = False
 
@@ -90,23 +112,23 @@ class UserChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     password: Password | None = None
     superuser: bool | None = None
-    current_password: str | None = None
+    current_password: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
     """Required to change one's own password (not when a superuser resets another user's)."""
 
 
 class NewApiKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str = ""
+    name: Label = ""
     expires_in: Seconds | None = None
     """Lifetime: seconds, or a duration such as ``30d``, ``12h``, ``15m``."""
 
 
 class NewOwner(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
+    name: Name
     kind: Literal["user", "org"] = "org"
 
 
 class NewRegistry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
+    name: Name
     visibility: Visibility = "private"
 
 
@@ -115,17 +137,17 @@ class RegistryChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class MemberChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    user: str
+    user: Name
     role: Role
 
 
 class NewToken(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str = ""
+    name: Label = ""
     expires_in: Seconds | None = None
     """Lifetime: seconds, or a duration such as ``30d``, ``12h``, ``15m``."""
-    max_pulls: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_pulls: Count | None = None
     """Manifest GETs allowed in all (past it: 403 DENIED 'pull limit reached')."""
-    images: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    images: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     """A glob over image names (the part after OWNER/REGISTRY/), e.g. ``app`` or ``tools/*``."""
 
 
@@ -357,6 +379,10 @@ def _no_content() -> web.Response:
 async def _body(request: web.Request, kind: type[T]) -> T:
     """The JSON body as *kind*; an empty body counts as ``{}``."""
     raw = await request.read()
+    try:
+        check_document(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid request body: {exc}") from None
     try:
         return msgspec.json.decode(raw if raw.strip() else b"{}", type=kind)
     except msgspec.ValidationError as exc:
@@ -824,7 +850,7 @@ class Management:
             record.name,
             name=body.name,
             expires_in=_seconds(body.expires_in),
-            max_pulls=body.max_pulls,
+            max_pulls=None if body.max_pulls is None else int(body.max_pulls),
             images=body.images,
         )
         view = _token(token, 0, time.time())

@@ -93,6 +93,22 @@ _REGISTRY = f"{m.API_PREFIX}/registries/{{owner}}/{{registry}}"
 _IMAGE = f"{_REGISTRY}/repositories/{{image}}"
 _BINARY = {"type": "string", "format": "binary"}
 
+_NAME_SCHEMA = {"type": "string", "pattern": m.NAME_PATTERN, "minLength": 1, "maxLength": 64}
+_COMPONENT = m.NAME_PATTERN.removeprefix("^").removesuffix("(?!\\n)$")
+IMAGE_PATTERN = rf"^{_COMPONENT}(?:/{_COMPONENT})*(?!\n)$"
+# A full name is at most 255 characters: OWNER/REGISTRY/ takes up to 130 of them.
+_IMAGE_SCHEMA = {"type": "string", "pattern": IMAGE_PATTERN, "minLength": 1, "maxLength": 125}
+_PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "name": _NAME_SCHEMA,
+    "owner": _NAME_SCHEMA,
+    "registry": _NAME_SCHEMA,
+    "user": _NAME_SCHEMA,
+    "image": _IMAGE_SCHEMA,
+}
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+_IMAGE_NAME = IMAGE_PATTERN.removeprefix("^").removesuffix("(?!\\n)$")
+_IMAGE_REF = rf"{_IMAGE_NAME}(?::{_TAG}|@sha256:[a-f0-9]{{64}})?"
+
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "GET",
@@ -371,7 +387,14 @@ OPERATIONS: tuple[Operation, ...] = (
             Query(
                 "tag",
                 "Extra NAME:TAG to tag an imported image with (repeatable).",
-                {"type": "array", "items": {"type": "string"}},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "string",
+                        "pattern": rf"^{_IMAGE_NAME}(?::{_TAG})?(?!\n)$",
+                        "maxLength": 125,
+                    },
+                },
             ),
             Query(
                 "compression",
@@ -390,7 +413,18 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(400, 401, 403, 404),
         description="Needs pull on the repository. With auth disabled the route is open.",
         query=(
-            Query("image", "NAME:TAG or NAME@DIGEST inside the registry.", required=True),
+            Query(
+                "image",
+                "NAME:TAG or NAME@DIGEST inside the registry (NAME alone: the tag latest).",
+                {
+                    "type": "string",
+                    "pattern": rf"^{_IMAGE_REF}(?!\n)$",
+                    "minLength": 1,
+                    # OWNER/REGISTRY/ and NAME stay within a name's 255 characters.
+                    "maxLength": 125,
+                },
+                required=True,
+            ),
             Query("repo_tag", "The RepoTags entry written into manifest.json."),
             Query("platform", "OS/ARCH[/VARIANT] to pick from a multi-platform image."),
         ),
@@ -437,6 +471,7 @@ _PARAMETERS = {
     "id": "The record id (the part of the secret after its prefix).",
     "image": "The image name inside the registry; it may contain '/' (e.g. tools/build).",
 }
+
 
 _ERRORS = {
     400: ("BadRequest", "The request body or a name is invalid."),
@@ -488,7 +523,7 @@ def _parameters(operation: Operation) -> list[dict[str, Any]]:
             "in": "path",
             "required": True,
             "description": _PARAMETERS[name],
-            "schema": {"type": "string"},
+            "schema": _PARAMETER_SCHEMAS.get(name, {"type": "string"}),
         }
         for name in re.findall(r"\{(\w+)\}", operation.path)
     ]
@@ -504,6 +539,10 @@ def _parameters(operation: Operation) -> list[dict[str, Any]]:
             entry["explode"] = True
         found.append(entry)
     return found
+
+
+def _has_required_field(kind: type[msgspec.Struct]) -> bool:
+    return any(field.required for field in msgspec.structs.fields(kind))
 
 
 def _operation_id(operation: Operation) -> str:
@@ -583,7 +622,8 @@ def document() -> dict[str, Any]:
             entry["description"] = op.description
         if op.body is not None:
             entry["requestBody"] = {
-                "required": True,
+                # An empty body counts as {}: required only when some field is.
+                "required": _has_required_field(op.body),
                 "content": {JSON: {"schema": schema_of[op.body]}},
             }
         elif op.body_content is not None:
