@@ -153,6 +153,12 @@ async def test_invalid_api_key_with_valid_basic_is_refused_on_v2(api, world):
     assert status == 401
 
 
+async def test_an_api_key_alone_authenticates_on_v2(api, world):
+    status, _ = await send(api, "GET", "/v2/", [("X-Api-Key", world.keys["reader"])])
+
+    assert status == 200
+
+
 # -- the token endpoint and the archives API ----------------------------------------------------
 
 
