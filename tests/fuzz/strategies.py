@@ -8,6 +8,7 @@ deep nesting, a flipped bit, a cut), as the fuzzing section of STYLE.md asks.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from hypothesis import strategies as st
@@ -134,3 +135,11 @@ digests = st.one_of(
     text_any,
 )
 """Well-formed but absent digests, malformed ones, and plain text."""
+
+_SENDABLE_HEADER = re.compile(r"^\S[^\r\n]*$|^$")
+header_text = (
+    text_any.map(lambda text: text.encode("utf-8").decode("latin-1"))
+    .map(lambda text: text.lstrip(" \t\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0"))
+    .filter(lambda text: bool(_SENDABLE_HEADER.match(text)))
+)
+"""Arbitrary header values an HTTP client can still send (UTF-8 bytes, read as latin-1)."""
