@@ -343,7 +343,10 @@ class Guard:
         identity = ANONYMOUS
         scopes: list[Scope]
         if request.method == "POST":
-            form = await request.post()
+            try:
+                form = await request.post()
+            except ValueError:  # a multipart body without its boundary, and the like
+                return web.json_response({"error": "invalid_request"}, status=400)
             grant = str(form.get("grant_type", ""))
             if grant != "password":
                 # containerd falls back to GET on 400; refresh tokens are not issued.
