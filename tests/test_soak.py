@@ -6,12 +6,12 @@ all logged in (auth on), against ``cargohold serve --workers 2``: on a local fol
 then on moto's S3. The run must see no 5xx and no transport error; afterwards every
 blob and manifest that got a 2xx reads back with its digest and every tag names the
 last manifest put under it. Each worker's RSS may grow less than 10% between the end
-of the warm-up (minute 2, or a third of a shorter run) and the end, and its open file
+of the warm-up (minute 2, or half of a shorter run) and the end, and its open file
 descriptors must stay level. A third scenario ``kill -9``s the server mid-load and
 restarts it on the same storage: everything acknowledged is intact and nothing that
 was not committed is visible.
 
-Durations: ``SOAK_SECONDS`` (local, default 60) and ``SOAK_S3_SECONDS`` (default 20);
+Durations: ``SOAK_SECONDS`` (local, default 60) and ``SOAK_S3_SECONDS`` (default 30);
 ``make soak`` runs 600 and 180.
 """
 
@@ -402,7 +402,9 @@ def soak(server: RegistryServer, duration: float, profile: Profile) -> None:
     stop = threading.Event()
     pids = worker_pids(server)
     assert len(pids) == 2, pids
-    warm_up = min(120.0, duration / 3)
+    # Minute 2, as the issue measures; a short run waits half its time (the S3 client's
+    # pools and part buffers fill in its first ~15 s, then stay level).
+    warm_up = min(120.0, duration / 2)
     started = time.monotonic()
     workers = run_load(server.url, ledger, profile, stop)
     try:
@@ -458,7 +460,7 @@ def test_mixed_load_on_two_workers_on_moto_s3(moto_server, tmp_path: Path):
     try:
         # moto keeps every object in memory: large blobs stay a few MiB, and fewer.
         profile = Profile(large=(1 << 20, 6 << 20), chunk=5 << 20, large_share=0.03)
-        soak(server, seconds("SOAK_S3_SECONDS", 20), profile)
+        soak(server, seconds("SOAK_S3_SECONDS", 30), profile)
     finally:
         server.stop()
 
