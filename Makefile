@@ -9,7 +9,7 @@ PYTHON      ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 ARGS        ?=
 PYTEST_ARGS ?= -q -ra
 
-.PHONY: venv serve test-deps test lint bench test-gc-soak
+.PHONY: venv serve test-deps test lint bench test-gc-soak soak
 
 # Create the virtualenv once; (re)install the project only when pyproject.toml
 # is newer than the stamp file.
@@ -42,3 +42,11 @@ bench: venv
 # GC's concurrency proof at full length: 60 s of 16 clients per backend (local, moto S3).
 test-gc-soak: test-deps venv
 	CARGOHOLD_GC_SOAK_SECONDS=60 $(VENV_BIN)/pytest -q -ra -s -p no:cacheprovider tests/test_lifecycle_gc_concurrency.py
+
+# Soak: mixed load on two workers, 10 minutes on a local folder and 3 on moto's S3, then
+# kill -9 under load (CI's default run does 60 s + 30 s). SOAK_SECONDS / SOAK_S3_SECONDS.
+SOAK_SECONDS    ?= 600
+SOAK_S3_SECONDS ?= 180
+soak: test-deps venv
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_S3_SECONDS=$(SOAK_S3_SECONDS) \
+		$(VENV_BIN)/pytest -q -ra -s -p no:cacheprovider -m soak -o timeout=1800 tests/test_soak.py

@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -112,6 +112,32 @@ class ArchivesConfig(_Section):
     """Where uploads are spooled and layers compressed (default: the system's temp folder)."""
     compression: Literal["gzip", "zstd"] = "gzip"
     """How layers that arrive uncompressed are stored (zstd needs ``cargohold[zstd]``)."""
+
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class LimitsConfig(_Section):
+    """What one client may hold: each limit is answered with a JSON error and counted in
+    ``/metrics`` (``cargohold_limit_refusals_total{limit=...}``)."""
+
+    header_timeout: Seconds = 30.0
+    """Seconds a request's headers may take to arrive, from their first byte (then 408)."""
+    keepalive_timeout: Seconds = 75.0
+    """Seconds an idle keep-alive connection (or one that never sends) stays open."""
+    body_timeout: Seconds = 60.0
+    """Seconds an upload body may go without sending a byte (then 408; the upload can resume)."""
+    max_header_size: Annotated[int, msgspec.Meta(ge=1024)] = 8190
+    """Bytes of the request line or of one header (then 414 / 431)."""
+    max_headers: Annotated[int, msgspec.Meta(ge=16)] = 128
+    """Headers in one request (then 431)."""
+    max_connections: Count = 1024
+    """Open connections per server process; more are answered 429 and closed (0: no limit)."""
+    max_uploads_per_repository: Count = 100
+    """Open upload sessions in one repository; more are refused with 429 (0: no limit)."""
+    max_uploads_per_tenant: Count = 1000
+    """Open upload sessions in one OWNER/REGISTRY; more are refused with 429 (0: no limit)."""
 
 
 class TlsConfig(_Section):
@@ -261,6 +287,7 @@ class Config(_Section):
     scrub: ScrubConfig = msgspec.field(default_factory=ScrubConfig)
     upstreams: UpstreamsConfig = msgspec.field(default_factory=UpstreamsConfig)
     secrets: SecretsConfig = msgspec.field(default_factory=SecretsConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     domains: dict[str, str] = msgspec.field(default_factory=dict)
     """Host name -> ``OWNER`` or ``OWNER/REGISTRY``: clients of that host use shorter names."""
 
@@ -280,6 +307,7 @@ _SECTIONS = (
     "quotas",
     "upstreams",
     "secrets",
+    "limits",
 )
 
 

@@ -9,7 +9,7 @@ given; whether the referenced blobs exist is the manifest store's business.
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import attrs
 import msgspec
@@ -17,6 +17,11 @@ import msgspec
 from . import mediatypes as mt
 from .digest import Digest
 from .errors import DigestInvalid, ManifestInvalid, TooLarge
+from .jsondoc import check_document
+
+# Sizes are int64 in every client (Go's int64, the spec's "int64"): a larger one is no size.
+# Negative sizes are refused with their own message (see _digest_of).
+Size = Annotated[int, msgspec.Meta(le=2**63 - 1)]
 
 
 class Platform(msgspec.Struct, kw_only=True, frozen=True):
@@ -32,7 +37,7 @@ class Platform(msgspec.Struct, kw_only=True, frozen=True):
 class Descriptor(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     mediaType: str
     digest: str
-    size: int
+    size: Size
     urls: list[str] | None = None
     annotations: dict[str, str] | None = None
     artifactType: str | None = None
@@ -94,7 +99,7 @@ def detect_media_type(body: bytes) -> str:
     """The media type of stored manifest bytes (for GET, where no header says it)."""
     try:
         probe = msgspec.json.decode(body, type=_Probe)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return mt.OCI_MANIFEST
     if probe.mediaType:
         return probe.mediaType
@@ -139,9 +144,10 @@ def parse_manifest(
             "(schema 2 or OCI)"
         )
     try:
-        probe = msgspec.json.decode(body, type=_Probe)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ManifestInvalid(f"manifest is not a JSON object: {exc}") from None
+        check_document(body, unique_keys=True)
+    except ValueError as exc:
+        raise ManifestInvalid(f"manifest is not acceptable JSON: {exc}") from None
+    probe = _decode(body, _Probe, "manifest is not a JSON object")
     if probe.schemaVersion == 1 or bool(probe.fsLayers):
         raise ManifestInvalid(
             "Docker schema 1 manifests are not supported; push with a current client "
@@ -167,12 +173,23 @@ def parse_manifest(
         raise ManifestInvalid("Docker manifests must carry their mediaType field")
 
     digest = Digest.of(body)
+    if media_type in mt.INDEXES:
+        return _parse_index(body, media_type, digest)
+    return _parse_image(body, media_type, digest)
+
+
+_T = TypeVar("_T")
+
+
+def _decode(body: bytes, kind: type[_T], what: str) -> _T:
+    """Every way decoding can fail, as the one error a client gets for a bad manifest."""
     try:
-        if media_type in mt.INDEXES:
-            return _parse_index(body, media_type, digest)
-        return _parse_image(body, media_type, digest)
-    except msgspec.ValidationError as exc:
-        raise ManifestInvalid(f"invalid {media_type}: {exc}") from None
+        return msgspec.json.decode(body, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ManifestInvalid(f"{what}: {exc}") from None
+    except RecursionError:
+        # check_document bounds the depth first; this guards a future caller that skips it.
+        raise ManifestInvalid(f"{what}: nested too deeply") from None
 
 
 def _subject(doc: _ImageManifest | _Index) -> Digest | None:
@@ -180,7 +197,7 @@ def _subject(doc: _ImageManifest | _Index) -> Digest | None:
 
 
 def _parse_image(body: bytes, media_type: str, digest: Digest) -> ParsedManifest:
-    doc = msgspec.json.decode(body, type=_ImageManifest)
+    doc = _decode(body, _ImageManifest, f"invalid {media_type}")
     config_digest = _digest_of(doc.config, "config")  # checks embedded data too
     blobs = [config_digest] if doc.config.data is None else []
     for position, layer in enumerate(doc.layers):
@@ -202,7 +219,7 @@ def _parse_image(body: bytes, media_type: str, digest: Digest) -> ParsedManifest
 
 
 def _parse_index(body: bytes, media_type: str, digest: Digest) -> ParsedManifest:
-    doc = msgspec.json.decode(body, type=_Index)
+    doc = _decode(body, _Index, f"invalid {media_type}")
     children = tuple(
         _digest_of(child, f"manifests[{position}]") for position, child in enumerate(doc.manifests)
     )
@@ -237,7 +254,7 @@ def descriptors_of(body: bytes) -> list[Descriptor]:
     """
     try:
         doc = msgspec.json.decode(body, type=_References)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return []
     found = [doc.config] if doc.config is not None else []
     return found + doc.layers + doc.manifests

@@ -11,6 +11,7 @@ never stored: passwords as scrypt hashes, API keys and entitlement tokens
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fnmatch
 import hashlib
@@ -19,8 +20,10 @@ import re
 import secrets
 import time
 import uuid
-from typing import Literal, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Generic, Literal, TypeVar
 
+import attrs
 import msgspec
 
 from .errors import Denied, NameInvalid, NameUnknown, RegistryError
@@ -132,7 +135,7 @@ R = TypeVar("R", bound=msgspec.Struct)
 
 
 def check_slug(kind: str, value: str) -> str:
-    if not value or len(value) > 64 or not _SLUG.match(value):
+    if not value or len(value) > 64 or not _SLUG.fullmatch(value):
         raise NameInvalid(
             f"invalid {kind} name {value[:70]!r}: lowercase letters and digits, separated by "
             "'.', '_', '__' or '-', at most 64 characters"
@@ -200,6 +203,18 @@ def parse_duration(text: str) -> float:
     return float(match[1]) * unit
 
 
+@attrs.frozen
+class Page(Generic[R]):
+    """One page of a listing: at most ``n`` records after the cursor, in name order."""
+
+    items: list[R]
+    more: bool
+    """Whether names follow the last one examined (the next page may still be empty)."""
+
+
+Keep = Callable[[R], Awaitable[bool]]
+
+
 class TenancyStore:
     """CRUD over the tenancy records of one storage backend."""
 
@@ -231,6 +246,65 @@ class TenancyStore:
         names = await self._names(directory)
         loaded = await asyncio.gather(*(self._load(f"{directory}/{n}", kind) for n in names))
         return [record for record in loaded if record is not None]
+
+    async def _page(
+        self, directory: str, kind: type[R], n: int, last: str | None, keep: Keep[R] | None = None
+    ) -> Page[R]:
+        """Records of *directory* named after *last*, at most *n* that *keep* accepts.
+
+        Only names are listed in full; records are read in small batches until the
+        page is full, so a large directory never costs one read per record.
+        """
+        names = await self._names(directory)
+        position = bisect.bisect_right(names, last) if last else 0
+        found: list[R] = []
+        while position < len(names) and len(found) < n:
+            batch = names[position : position + max(n - len(found), 16)]
+            loaded = await asyncio.gather(*(self._load(f"{directory}/{x}", kind) for x in batch))
+            verdicts = await asyncio.gather(*(_kept(record, keep) for record in loaded))
+            for record, kept in zip(loaded, verdicts, strict=True):
+                position += 1
+                if kept and record is not None:
+                    found.append(record)
+                    if len(found) == n:
+                        break
+        return Page(found, position < len(names))
+
+    async def users_page(self, n: int, last: str | None = None) -> Page[UserRecord]:
+        return await self._page(layout.users_dir(), UserRecord, n, last)
+
+    async def owners_page(
+        self, n: int, last: str | None = None, keep: Keep[OwnerRecord] | None = None
+    ) -> Page[OwnerRecord]:
+        return await self._page(layout.owners_dir(), OwnerRecord, n, last, keep)
+
+    async def registries_page(
+        self, owner: str, n: int, last: str | None = None, keep: Keep[RegistryRecord] | None = None
+    ) -> Page[RegistryRecord]:
+        return await self._page(layout.registries_dir(owner), RegistryRecord, n, last, keep)
+
+    async def members_page(
+        self, owner: str, registry: str | None, n: int, last: str | None = None
+    ) -> Page[MemberRecord]:
+        return await self._page(layout.members_dir(owner, registry), MemberRecord, n, last)
+
+    async def api_keys_page(self, user: str, n: int, last: str | None = None) -> Page[ApiKeyRecord]:
+        """A user's keys, by id (keys live in one folder: others' are read and skipped)."""
+
+        async def mine(record: ApiKeyRecord) -> bool:
+            return record.user == user
+
+        return await self._page(layout.api_keys_dir(), ApiKeyRecord, n, last, mine)
+
+    async def tokens_page(
+        self, owner: str, registry: str, n: int, last: str | None = None
+    ) -> Page[TokenRecord]:
+        """A registry's tokens, by id (tokens live in one folder: others' are read and skipped)."""
+
+        async def ours(record: TokenRecord) -> bool:
+            return record.owner == owner and record.registry == registry
+
+        return await self._page(layout.tokens_dir(), TokenRecord, n, last, ours)
 
     # -- users -----------------------------------------------------------------------
 
@@ -271,6 +345,13 @@ class TenancyStore:
         if user is None:
             raise NotFoundRecord(f"user {name!r} does not exist")
         return user
+
+    async def verify_user_password(self, name: str, password: str) -> bool:
+        """Whether *password* is the password of user *name* (API keys do not count)."""
+        user = await self.get_user(name)
+        if user is None:
+            return False
+        return await asyncio.to_thread(verify_password, password, user.password_hash)
 
     async def list_users(self) -> list[UserRecord]:
         return await self._load_all(layout.users_dir(), UserRecord)
@@ -536,3 +617,9 @@ class TenancyStore:
     async def check_pull_allowed(self, token: TokenRecord) -> None:
         if token.max_pulls is not None and await self.pull_count(token.id) >= token.max_pulls:
             raise Denied("pull limit reached")
+
+
+async def _kept(record: R | None, keep: Keep[R] | None) -> bool:
+    if record is None:
+        return False
+    return True if keep is None else await keep(record)

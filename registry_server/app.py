@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from drivers import open_driver
 from registry_core import Config, Registry, RegistryError, StorageError
@@ -26,6 +27,7 @@ from registry_core.errors import NotFound, TooLarge, Unavailable, Unsupported
 from registry_core.jobs import Leases, Scheduler
 from registry_core.lifecycle.maintenance import add_maintenance_jobs
 from registry_core.lifecycle.periodic import add_policy_jobs
+from registry_core.storage.blobs import UploadLimits
 from registry_core.tenancy import Conflict, TenancyStore
 
 from .domains import Domains
@@ -102,6 +104,14 @@ def _from_http_exception(exc: web.HTTPException) -> RegistryError:
     return error
 
 
+def _body_broke_off(request: web.Request, exc: Exception) -> bool:
+    """True when *exc* is the request body's own failure, not the server's."""
+    return (
+        isinstance(exc, HttpProcessingError | ConnectionResetError)
+        and request.content.exception() is exc
+    )
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: HandlerType) -> web.StreamResponse:
     """Request id, and the one place errors become responses."""
@@ -127,10 +137,18 @@ async def request_context(request: web.Request, handler: HandlerType) -> web.Str
         response = error_response(request, [error], exc.status)
     except asyncio.CancelledError:
         raise
-    except Exception:
-        LOGGER.exception("unhandled error (request %s)", request_id)
-        error = RegistryError("internal server error", detail={"request_id": request_id})
-        response = error_response(request, [error], 500)
+    except Exception as exc:
+        if _body_broke_off(request, exc):
+            # The client's body broke its framing or the client left mid-body: its fault,
+            # worth a line, not a traceback (and never the bytes it sent).
+            LOGGER.info("request %s: body ended early or was malformed", request_id)
+            error = RegistryError("the request body was malformed or ended early")
+            error.status = 400  # type: ignore[misc]
+            response = error_response(request, [error], 400)
+        else:
+            LOGGER.exception("unhandled error (request %s)", request_id)
+            error = RegistryError("internal server error", detail={"request_id": request_id})
+            response = error_response(request, [error], 500)
     finally:
         in_flight.leave()
     return response
@@ -257,6 +275,12 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
         domains,
         redirect_expires=config.storage.redirect_expires if redirect else None,
         proxy=proxy,
+        upload_limits=UploadLimits(
+            per_repository=config.limits.max_uploads_per_repository,
+            per_tenant=config.limits.max_uploads_per_tenant,
+            stale_after=config.uploads.purge_after,
+        ),
+        body_timeout=config.limits.body_timeout,
     )
     app[V2_KEY] = v2
     metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)

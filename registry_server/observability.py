@@ -54,6 +54,14 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self.limit_refusals = Counter(
+            "cargohold_limit_refusals",
+            "Requests or connections refused or closed by a resource limit, by limit "
+            "(connections, header_timeout, keepalive_timeout, body_timeout, header_size, "
+            "uploads_per_repository, uploads_per_tenant).",
+            ["limit"],
+            registry=self.registry,
+        )
         self.uploads_in_flight = Gauge(
             "cargohold_uploads_in_flight",
             "Upload requests currently streaming data.",

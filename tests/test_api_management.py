@@ -253,7 +253,9 @@ async def test_a_user_changes_its_own_password_and_the_old_one_stops_at_once(api
     assert await v2_status(api, "acme/prod/app/tags/list", old) == 404  # logged in, cached
 
     reply = await api.patch(
-        f"{API}/users/reader", world.key("reader"), json_body={"password": "brand-new-pw"}
+        f"{API}/users/reader",
+        world.key("reader"),
+        json_body={"password": "brand-new-pw", "current_password": world.passwords["reader"]},
     )
 
     assert reply.status == 200

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from ..errors import (
     DigestInvalid,
     RangeInvalid,
     SizeInvalid,
+    TooManyRequests,
 )
 from ..names import RepositoryName
 from . import layout
@@ -39,6 +41,28 @@ WRITE_BUFFER = 1 << 20
 """Bytes gathered before one write+hash step: large enough that thread hops are cheap."""
 
 _MAX_HASH_STATES = 4096
+
+MOUNT_BATCH = 32
+"""Repositories asked at once whether they link a blob, for a mount without ``from``."""
+
+
+@attrs.frozen
+class UploadLimits:
+    """Open upload sessions allowed per repository and per tenant (0: no limit).
+
+    Sessions are counted from one empty marker object per session in a folder of the
+    tenant (one listing answers both counts, in every process); a marker older than
+    *stale_after* (the purge age) is a session that was never finished, and no longer
+    counts. Concurrent starts in several processes may overshoot a limit by their number.
+    """
+
+    per_repository: int = 0
+    per_tenant: int = 0
+    stale_after: float = 24 * 3600.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_repository > 0 or self.per_tenant > 0
 
 
 @attrs.frozen
@@ -183,18 +207,81 @@ class RepositoryBlobs:
             await rules.blob_linked(digest, info.size)
         return info
 
+    async def mount_from_any(
+        self, digest: Digest, sources: list[RepositoryBlobs]
+    ) -> RepositoryBlobs | None:
+        """Mount the blob from the first of *sources* that links it; None when none does.
+
+        The caller chooses the sources (those the client may read, in its own tenant):
+        the blob's existence anywhere else is never consulted, so the answer cannot
+        reveal it. Sources are asked a batch at a time, in order.
+        """
+        if await self._linked(digest) and await self.store.exists(digest):
+            return self
+        for start in range(0, len(sources), MOUNT_BATCH):
+            batch = [s for s in sources[start : start + MOUNT_BATCH] if s.name != self.name]
+            linked = await asyncio.gather(*(source._linked(digest) for source in batch))
+            for source, found in zip(batch, linked, strict=True):
+                if found and await self.mount(digest, source) is not None:
+                    return source
+        return None
+
     # -- uploads ---------------------------------------------------------------
 
-    async def start_upload(self) -> Upload:
+    async def start_upload(self, limits: UploadLimits | None = None) -> Upload:
+        """A new session; with *limits*, refused with 429 when too many are open."""
         upload_id = str(uuid.uuid4())
         now = time.time()
+        tracked = limits is not None and limits.enabled
+        if tracked:
+            assert limits is not None
+            await self._check_session_limits(limits, now)
+            await self.driver.write(self._marker(upload_id, now), b"")
         # The session is its start-time record; the data object appears with the
         # first bytes (an absent one holds zero bytes), which saves two storage
         # round trips on every push.
         await self.driver.write(
             layout.upload_started_at(self.name, upload_id), _format_time(now).encode()
         )
-        return Upload(self, upload_id, 0, now)
+        return Upload(self, upload_id, 0, now, tracked=tracked)
+
+    def _repository_key(self) -> str:
+        return hashlib.sha256(self.name.value.encode()).hexdigest()[:16]
+
+    def _marker(self, upload_id: str, started_at: float) -> str:
+        name = f"{int(started_at)}-{self._repository_key()}-{upload_id}"
+        return layout.upload_marker(self.name.tenant, name)
+
+    async def _check_session_limits(self, limits: UploadLimits, now: float) -> None:
+        tenant = self.name.tenant
+        try:
+            markers = await self.driver.list(layout.upload_markers_dir(tenant))
+        except PathNotFound:
+            markers = []
+        live: list[str] = []
+        stale: list[str] = []
+        for marker in markers:
+            started, _, rest = marker.partition("-")
+            if not started.isdigit():
+                continue
+            (stale if now - int(started) > limits.stale_after else live).append(rest)
+        for marker in stale[:100]:  # sessions nobody finished: tidy a few per start
+            with contextlib.suppress(PathNotFound):
+                await self.driver.delete(layout.upload_marker(tenant, marker))
+        if limits.per_tenant and len(live) >= limits.per_tenant:
+            raise TooManyRequests(
+                f"{tenant} has {len(live)} open upload sessions, the limit; finish or cancel "
+                "some first",
+                detail={"limit": "uploads_per_tenant", "open": len(live)},
+            )
+        key = self._repository_key() + "-"
+        here = sum(1 for rest in live if rest.startswith(key))
+        if limits.per_repository and here >= limits.per_repository:
+            raise TooManyRequests(
+                f"this repository has {here} open upload sessions, the limit; finish or "
+                "cancel some first",
+                detail={"limit": "uploads_per_repository", "open": here},
+            )
 
     @contextlib.asynccontextmanager
     async def upload(self) -> AsyncIterator[Upload]:
@@ -206,7 +293,7 @@ class RepositoryBlobs:
             if not session.committed:
                 await session.cancel()
 
-    async def get_upload(self, upload_id: str) -> Upload:
+    async def get_upload(self, upload_id: str, limits: UploadLimits | None = None) -> Upload:
         """An existing upload session of this repository; BLOB_UPLOAD_UNKNOWN otherwise."""
         try:
             uuid.UUID(upload_id)
@@ -218,16 +305,25 @@ class RepositoryBlobs:
         )
         if started is None:
             raise BlobUploadUnknown(detail={"uuid": upload_id})
-        return Upload(self, upload_id, size, _parse_time(started.decode()))
+        tracked = limits is not None and limits.enabled
+        return Upload(self, upload_id, size, _parse_time(started.decode()), tracked=tracked)
 
 
 class Upload:
     """One resumable upload session."""
 
     def __init__(
-        self, blobs: RepositoryBlobs, upload_id: str, size: int, started_at: float
+        self,
+        blobs: RepositoryBlobs,
+        upload_id: str,
+        size: int,
+        started_at: float,
+        *,
+        tracked: bool = False,
     ) -> None:
         self.blobs = blobs
+        self.tracked = tracked
+        """Whether a session marker counts this upload (removed when it ends)."""
         self.id = upload_id
         self.size = size
         self.started_at = started_at
@@ -341,7 +437,7 @@ class Upload:
                 await self.blobs.driver.delete(layout.upload_dir(self.blobs.name, self.id))
             except PathNotFound:
                 raise BlobUploadUnknown(detail={"uuid": self.id}) from None
-            await self.blobs.link(digest)
+            await asyncio.gather(self.blobs.link(digest), self._untrack())
             if rules is not None:
                 await rules.blob_linked(digest, self.size)
         self.committed = True
@@ -351,6 +447,12 @@ class Upload:
         self._store._hash_states.pop(self._data, None)
         with contextlib.suppress(PathNotFound):  # already gone (a refusal cancelled it)
             await self.blobs.driver.delete(layout.upload_dir(self.blobs.name, self.id))
+        await self._untrack()
+
+    async def _untrack(self) -> None:
+        if self.tracked:
+            with contextlib.suppress(PathNotFound):
+                await self.blobs.driver.delete(self.blobs._marker(self.id, self.started_at))
 
 
 async def _read_or_none(driver: StorageDriver, path: str) -> bytes | None:

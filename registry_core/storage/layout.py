@@ -106,6 +106,18 @@ def upload_started_at(name: RepositoryName, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/startedat"
 
 
+UPLOAD_MARKERS: Final = f"{EXTRA}/uploads"
+
+
+def upload_markers_dir(tenant: Tenant) -> str:
+    """One empty object per open upload session of the tenant (for the session limits)."""
+    return f"{UPLOAD_MARKERS}/{tenant.owner}/{tenant.registry}"
+
+
+def upload_marker(tenant: Tenant, marker: str) -> str:
+    return f"{upload_markers_dir(tenant)}/{marker}"
+
+
 def is_repository_internal(directory: str) -> bool:
     """True for a repository's own ``_name`` directories (layers, manifests, uploads...)."""
     return directory.rsplit("/", 1)[-1].startswith("_")

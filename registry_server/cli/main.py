@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from registry_core import ConfigError, load_config
-from registry_core.config import TlsConfig
+from registry_core.config import LimitsConfig, TlsConfig
 
 from ..observability import AccessLogger
 
@@ -85,6 +85,7 @@ async def _serve_until_signalled(
     shutdown_timeout: float,
     reuse_port: bool,
     ssl_context: ssl.SSLContext | None = None,
+    limits: LimitsConfig | None = None,
 ) -> None:
     """Serve *app* until SIGTERM/SIGINT, then stop gracefully.
 
@@ -95,14 +96,15 @@ async def _serve_until_signalled(
     handled, bodies included, and only then let aiohttp close connections.
     """
     from ..app import IN_FLIGHT_KEY
-    from ..runner import AppRunner
+    from ..connections import LimitedAppRunner
 
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    runner = AppRunner(
+    runner = LimitedAppRunner(
         app,
+        limits or LimitsConfig(),
         handle_signals=False,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("cargohold.access"),
@@ -190,6 +192,7 @@ def serve(args: argparse.Namespace) -> int:
                 shutdown_timeout=config.server.shutdown_timeout,
                 reuse_port=workers > 1,
                 ssl_context=tls_context(config.tls),
+                limits=config.limits,
             )
         )
 

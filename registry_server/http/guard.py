@@ -62,6 +62,7 @@ ROUTE_NEEDS: dict[tuple[str, str], frozenset[str]] = {
 
 
 API_CHALLENGE = {"WWW-Authenticate": 'Basic realm="cargohold"'}
+API_KEY_HEADER = "X-Api-Key"
 """The challenge of the management API (a 401 must carry one)."""
 
 
@@ -171,10 +172,41 @@ class Guard:
         self.throttle.succeeded([f"user:{username}"])
         return identity
 
-    async def identify(self, request: web.BaseRequest) -> tuple[Identity, Claims | None]:
-        header = request.headers.get("Authorization", "")
-        if not header:
+    async def identify(
+        self, request: web.BaseRequest, *, api: bool = False
+    ) -> tuple[Identity, Claims | None]:
+        """The caller behind every credential the request presents (none: anonymous).
+
+        Several credentials (``Authorization`` and ``X-Api-Key``, or repeated
+        headers) are accepted only when each one is valid and all name the same
+        identity: otherwise which one "wins" would depend on the code path, and an
+        invalid one could ride along unchecked. *api*: answer 401s with the
+        management API's challenge instead of the token flow's.
+        """
+        presented = [
+            (API_KEY_HEADER, value)
+            for value in request.headers.getall(API_KEY_HEADER, [])
+            if value.strip()
+        ] + [
+            ("Authorization", value)
+            for value in request.headers.getall("Authorization", [])
+            if value.strip()
+        ]
+        if not presented:
             return ANONYMOUS, None
+        found = [await self._credential(request, kind, value, api) for kind, value in presented]
+        if len({(identity.kind, identity.name) for identity, _ in found}) > 1:
+            raise Unauthorized(
+                "the request presents credentials of different identities",
+                headers=API_CHALLENGE if api else self.challenge(request),
+            )
+        return found[0]
+
+    async def _credential(
+        self, request: web.BaseRequest, kind: str, header: str, api: bool
+    ) -> tuple[Identity, Claims | None]:
+        if kind == API_KEY_HEADER:
+            return await self._api_key(request, header.strip()), None
         scheme = header.split(" ", 1)[0].lower()
         if scheme == "bearer":
             return await self._bearer(request, header[7:].strip())
@@ -193,12 +225,26 @@ class Guard:
             return identity, None
         basic = parse_basic(header)
         if basic is None:
-            raise Unauthorized("unsupported Authorization header", headers=self.challenge(request))
+            raise Unauthorized(
+                "unsupported Authorization header",
+                headers=API_CHALLENGE if api else self.challenge(request),
+            )
         generation = self.authenticator.logins_generation
         identity = await self._basic(request, *basic)
         expires = time.monotonic() + self.config.cache_ttl
         self._remember(self._headers, header, (expires, identity, generation))
         return identity, None
+
+    async def _api_key(self, request: web.BaseRequest, key: str) -> Identity:
+        keys = [f"addr:{self.domains.client_address(request)}"]
+        delay = self.throttle.check(keys)
+        identity = await self.authenticator.api_key_login(key)
+        if identity is None:
+            self.throttle.failed(keys)
+            if delay:
+                await asyncio.sleep(delay)
+            raise Unauthorized("invalid API key", headers=API_CHALLENGE)
+        return identity
 
     async def _bearer(self, request: web.BaseRequest, token: str) -> tuple[Identity, Claims]:
         audience = self._service(request)
@@ -297,7 +343,10 @@ class Guard:
         identity = ANONYMOUS
         scopes: list[Scope]
         if request.method == "POST":
-            form = await request.post()
+            try:
+                form = await request.post()
+            except ValueError:  # a multipart body without its boundary, and the like
+                return web.json_response({"error": "invalid_request"}, status=400)
             grant = str(form.get("grant_type", ""))
             if grant != "password":
                 # containerd falls back to GET on 400; refresh tokens are not issued.
@@ -309,9 +358,18 @@ class Guard:
             if not username:
                 return web.json_response({"error": "invalid_request"}, status=400)
             identity = await self._basic(request, username, secret)
+            also, _ = await self.identify(request)
+            if not also.anonymous and (also.kind, also.name) != (identity.kind, identity.name):
+                raise Unauthorized(
+                    "the request presents credentials of different identities",
+                    headers=self.challenge(request),
+                )
             scopes = parse_scopes([str(v) for v in form.getall("scope", [])])
         else:
-            if request.headers.get("Authorization", "").split(" ", 1)[0].lower() == "bearer":
+            if any(
+                value.split(" ", 1)[0].lower() == "bearer"
+                for value in request.headers.getall("Authorization", [])
+            ):
                 # Not a login: renewing with it would widen a narrow token and let it
                 # outlive its revoked or expired key, entitlement token or user.
                 raise Unauthorized(
@@ -367,18 +425,7 @@ class Guard:
 
     async def api_identity(self, request: web.BaseRequest) -> Identity:
         """The caller of an ``/api/v1/`` route: ``X-Api-Key``, Basic, or a user's bearer token."""
-        key = request.headers.get("X-Api-Key")
-        if key:
-            keys = [f"addr:{self.domains.client_address(request)}"]
-            delay = self.throttle.check(keys)
-            identity = await self.authenticator.api_key_login(key.strip())
-            if identity is None:
-                self.throttle.failed(keys)
-                if delay:
-                    await asyncio.sleep(delay)
-                raise Unauthorized("invalid API key", headers=API_CHALLENGE)
-            return identity
-        identity, claims = await self.identify(request)
+        identity, claims = await self.identify(request, api=True)
         if identity.anonymous:
             raise Unauthorized(
                 "authentication required: X-Api-Key, Basic credentials or a bearer token",

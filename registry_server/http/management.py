@@ -42,16 +42,18 @@ from registry_core.errors import (
     NotFound,
     Unauthorized,
 )
+from registry_core.jsondoc import check_document
 from registry_core.lifecycle.quotas import get_quota
 from registry_core.manifest import descriptors_of
 from registry_core.mediatypes import IMAGE_MANIFESTS, MANIFEST_TYPES
 from registry_core.names import RepositoryName, Tenant
 from registry_core.proxy import UpstreamSpec, UpstreamStore, UpstreamView
 from registry_core.proxy import view as upstream_view
-from registry_core.registry import Repository
+from registry_core.registry import Repository, paginate
 from registry_core.storage.manifests import StoredManifest
 from registry_core.tenancy import (
     ApiKeyRecord,
+    Conflict,
     InvalidRequest,
     MemberRecord,
     NotFoundRecord,
@@ -73,8 +75,29 @@ API_PREFIX = "/api/v1"
 DISABLED_MESSAGE = "the management API is served only with [auth] enabled = true"
 
 T = TypeVar("T")
-Seconds = Annotated[float, msgspec.Meta(gt=0)] | str
-Password = Annotated[str, msgspec.Meta(min_length=1)]
+# Python's "$" also matches before a final newline, ECMAScript's does not: "(?!\n)$" ends
+# the string in both, so the OpenAPI document and msgspec's checks here agree exactly.
+NAME_PATTERN = r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?!\n)$"
+Name = Annotated[
+    str,
+    msgspec.Meta(extra_json_schema={"pattern": NAME_PATTERN, "minLength": 1, "maxLength": 64}),
+]
+"""An owner, registry or user name: documented here, checked by ``tenancy.check_slug``
+(which answers NAME_INVALID with a message that explains the rule)."""
+# No leading zero, so no pattern-valid duration is zero; at most 99999.999999 weeks.
+DURATION_PATTERN = r"^[1-9][0-9]{0,4}(?:\.[0-9]{1,6})?[smhdw]?(?!\n)$"
+MAX_LIFETIME = 1e11
+"""Seconds (about 3000 years): more than any duration the pattern allows, and a time that
+``datetime`` can still show (a larger expiry would break every listing that shows it)."""
+Seconds = (
+    Annotated[float, msgspec.Meta(gt=0, le=MAX_LIFETIME)]
+    | Annotated[str, msgspec.Meta(pattern=DURATION_PATTERN)]
+)
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+Label = Annotated[str, msgspec.Meta(max_length=256)]
+# JSON Schema counts 3.0 as an integer and msgspec's int does not: a whole number is taken
+# in either spelling, as a float (exact up to 2**53) documented as a multiple of 1.
+Count = Annotated[float, msgspec.Meta(ge=1, le=2**53, multiple_of=1)]
 State = Literal["active", "expired", "revoked"]
 
 
@@ -82,7 +105,7 @@ State = Literal["active", "expired", "revoked"]
 
 
 class NewUser(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
+    name: Name
     password: Password
     superuser: bool = False
 
@@ -92,21 +115,23 @@ class UserChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     password: Password | None = None
     superuser: bool | None = None
+    current_password: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    """Required to change one's own password (not when a superuser resets another user's)."""
 
 
 class NewApiKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str = ""
+    name: Label = ""
     expires_in: Seconds | None = None
     """Lifetime: seconds, or a duration such as ``30d``, ``12h``, ``15m``."""
 
 
 class NewOwner(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
+    name: Name
     kind: Literal["user", "org"] = "org"
 
 
 class NewRegistry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
+    name: Name
     visibility: Visibility = "private"
 
 
@@ -115,17 +140,17 @@ class RegistryChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class MemberChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    user: str
+    user: Name
     role: Role
 
 
 class NewToken(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str = ""
+    name: Label = ""
     expires_in: Seconds | None = None
     """Lifetime: seconds, or a duration such as ``30d``, ``12h``, ``15m``."""
-    max_pulls: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_pulls: Count | None = None
     """Manifest GETs allowed in all (past it: 403 DENIED 'pull limit reached')."""
-    images: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    images: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     """A glob over image names (the part after OWNER/REGISTRY/), e.g. ``app`` or ``tools/*``."""
 
 
@@ -378,6 +403,10 @@ async def _body(request: web.Request, kind: type[T]) -> T:
     """The JSON body as *kind*; an empty body counts as ``{}``."""
     raw = await request.read()
     try:
+        check_document(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid request body: {exc}") from None
+    try:
         return msgspec.json.decode(raw if raw.strip() else b"{}", type=kind)
     except msgspec.ValidationError as exc:
         # msgspec names the field and the expected type, never the value sent.
@@ -396,6 +425,41 @@ def _seconds(value: float | str | None) -> float | None:
     if seconds <= 0:
         raise InvalidRequest("expires_in must be positive")
     return seconds
+
+
+PAGE_SIZE = 100
+"""Items per page of every list when the request names no ``n``."""
+MAX_PAGE_SIZE = 1000
+
+
+def _page_request(request: web.Request) -> tuple[int, str | None]:
+    """``n`` and ``last`` of a list request, checked: lists are never answered whole."""
+    raw = request.query.get("n")
+    n = PAGE_SIZE
+    if raw is not None:
+        if not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+            raise InvalidRequest(f"n must be a whole number from 1 to {MAX_PAGE_SIZE}")
+        n = int(raw)
+    last = request.query.get("last")
+    if last is not None and not 1 <= len(last) <= 256:
+        raise InvalidRequest("last must be 1 to 256 characters")
+    return n, last
+
+
+def _paged(
+    request: web.Request, body: msgspec.Struct, n: int, last: str | None, more: bool
+) -> web.Response:
+    """*body* with a ``Link: <...>; rel="next"`` header when more items may follow *last*."""
+    response = _json(body)
+    if more and last is not None:
+        following = request.rel_url.update_query(n=str(n), last=last)
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return response
+
+
+def _name_page(names: list[str], n: int, last: str | None) -> tuple[list[str], bool]:
+    page = paginate(names, n, last)
+    return page, bool(page) and page[-1] != names[-1]
 
 
 async def _total_size(repo: Repository, stored: StoredManifest) -> int:
@@ -579,7 +643,10 @@ class Management:
 
     async def list_users(self, request: web.Request, caller: Identity) -> web.Response:
         self._superuser(caller, "listing users")
-        return _json(UserList(users=[_user(u) for u in await self.tenancy.list_users()]))
+        n, last = _page_request(request)
+        page = await self.tenancy.users_page(n, last)
+        cursor = page.items[-1].name if page.items else None
+        return _paged(request, UserList(users=[_user(u) for u in page.items]), n, cursor, page.more)
 
     async def create_user(self, request: web.Request, caller: Identity) -> web.Response:
         self._superuser(caller, "creating users")
@@ -596,6 +663,10 @@ class Management:
         body = await _body(request, UserChange)
         if body.superuser is not None:
             self._superuser(caller, "changing the superuser flag")
+            if body.superuser is False:
+                await self._keep_a_superuser(name, "demote")
+        if body.password is not None and caller.name == name:
+            await self._check_current_password(request, name, body.current_password)
         record = await self.tenancy.update_user(
             name, password=body.password, superuser=body.superuser
         )
@@ -603,10 +674,37 @@ class Management:
         self._guard.authenticator.forget_all()
         return _json(_user(record))
 
+    async def _check_current_password(
+        self, request: web.Request, name: str, current: str | None
+    ) -> None:
+        """One's own password changes only with the current one: a stolen API key, bearer
+        token or unlocked session must not be enough to take the account over."""
+        if current is None:
+            raise InvalidRequest("changing your own password needs current_password")
+        if not await self.tenancy.verify_user_password(name, current):
+            # Counted like a failed login, so guessing through this route gets throttled too.
+            guard = self._guard
+            guard.throttle.failed([f"user:{name}", f"addr:{guard.domains.client_address(request)}"])
+            raise Denied("current_password is not the user's password")
+
+    async def _keep_a_superuser(self, name: str, action: str) -> None:
+        """Refuse to remove the last superuser: nobody could create or repair accounts.
+
+        Storage has no transactions, so two concurrent demotions of the last two
+        superusers can still both pass; the command line can always create a new one.
+        """
+        record = await self.tenancy.get_user(name)
+        if record is None or not record.superuser:
+            return
+        users = await self.tenancy.list_users()
+        if not any(user.superuser and user.name != name for user in users):
+            raise Conflict(f"cannot {action} {name!r}: it is the last superuser")
+
     async def delete_user(self, request: web.Request, caller: Identity) -> web.Response:
         name = request.match_info["name"]
         await self._visible_user(caller, name)
         self._superuser(caller, "deleting users")
+        await self._keep_a_superuser(name, "delete")
         revoked = await self.tenancy.delete_user(name)
         self._guard.forget(revoked)
         self._guard.authenticator.forget_all()
@@ -615,9 +713,12 @@ class Management:
     async def list_api_keys(self, request: web.Request, caller: Identity) -> web.Response:
         name = request.match_info["name"]
         await self._visible_user(caller, name)
+        n, last = _page_request(request)
         now = time.time()
-        keys = await self.tenancy.list_api_keys(name)
-        return _json(ApiKeyList(api_keys=[_api_key(k, now) for k in keys]))
+        page = await self.tenancy.api_keys_page(name, n, last)
+        cursor = page.items[-1].id if page.items else None
+        body = ApiKeyList(api_keys=[_api_key(k, now) for k in page.items])
+        return _paged(request, body, n, cursor, page.more)
 
     async def create_api_key(self, request: web.Request, caller: Identity) -> web.Response:
         name = request.match_info["name"]
@@ -642,13 +743,15 @@ class Management:
     # -- owners -----------------------------------------------------------------------------
 
     async def list_owners(self, request: web.Request, caller: Identity) -> web.Response:
-        owners = await self.tenancy.list_owners()
-        if not caller.superuser:
-            member = await asyncio.gather(
-                *(self._member_of_owner(caller.name, o.name) for o in owners)
-            )
-            owners = [o for o, yes in zip(owners, member, strict=True) if yes]
-        return _json(OwnerList(owners=[_owner(o) for o in owners]))
+        n, last = _page_request(request)
+
+        async def member(owner: OwnerRecord) -> bool:
+            return await self._member_of_owner(caller.name, owner.name)
+
+        page = await self.tenancy.owners_page(n, last, None if caller.superuser else member)
+        cursor = page.items[-1].name if page.items else None
+        body = OwnerList(owners=[_owner(o) for o in page.items])
+        return _paged(request, body, n, cursor, page.more)
 
     async def create_owner(self, request: web.Request, caller: Identity) -> web.Response:
         self._superuser(caller, "creating owners")
@@ -687,13 +790,16 @@ class Management:
     async def list_registries(self, request: web.Request, caller: Identity) -> web.Response:
         owner = request.match_info["owner"]
         await self._visible_owner(caller, owner)
-        records = await self.tenancy.list_registries(owner)
+        n, last = _page_request(request)
         authenticator = self._guard.authenticator
-        actions = await asyncio.gather(
-            *(authenticator.tenant_actions(caller, r.tenant) for r in records)
-        )
-        visible = [r for r, a in zip(records, actions, strict=True) if "pull" in a]
-        return _json(RegistryList(registries=[_registry(r) for r in visible]))
+
+        async def pullable(record: RegistryRecord) -> bool:
+            return "pull" in await authenticator.tenant_actions(caller, record.tenant)
+
+        page = await self.tenancy.registries_page(owner, n, last, pullable)
+        cursor = page.items[-1].name if page.items else None
+        body = RegistryList(registries=[_registry(r) for r in page.items])
+        return _paged(request, body, n, cursor, page.more)
 
     async def create_registry(self, request: web.Request, caller: Identity) -> web.Response:
         owner = request.match_info["owner"]
@@ -727,9 +833,14 @@ class Management:
 
     # -- members ----------------------------------------------------------------------------
 
-    async def _members(self, owner: str, registry: str | None) -> web.Response:
-        members = await self.tenancy.list_members(owner, registry)
-        return _json(MemberList(members=[_member(m) for m in members]))
+    async def _members(
+        self, request: web.Request, owner: str, registry: str | None
+    ) -> web.Response:
+        n, last = _page_request(request)
+        page = await self.tenancy.members_page(owner, registry, n, last)
+        cursor = page.items[-1].user if page.items else None
+        body = MemberList(members=[_member(m) for m in page.items])
+        return _paged(request, body, n, cursor, page.more)
 
     async def _set_member(
         self, request: web.Request, owner: str, registry: str | None
@@ -748,7 +859,7 @@ class Management:
 
     async def list_owner_members(self, request: web.Request, caller: Identity) -> web.Response:
         owner = (await self._owner_admin(caller, request.match_info["owner"])).name
-        return await self._members(owner, None)
+        return await self._members(request, owner, None)
 
     async def set_owner_member(self, request: web.Request, caller: Identity) -> web.Response:
         owner = (await self._owner_admin(caller, request.match_info["owner"])).name
@@ -760,7 +871,7 @@ class Management:
 
     async def list_registry_members(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._registry_admin(request, caller)
-        return await self._members(record.owner, record.name)
+        return await self._members(request, record.owner, record.name)
 
     async def set_registry_member(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._registry_admin(request, caller)
@@ -774,11 +885,13 @@ class Management:
 
     async def list_tokens(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._registry_admin(request, caller)
-        tokens = await self.tenancy.list_tokens(record.owner, record.name)
-        pulls = await asyncio.gather(*(self.tenancy.pull_count(t.id) for t in tokens))
+        n, last = _page_request(request)
+        page = await self.tenancy.tokens_page(record.owner, record.name, n, last)
+        pulls = await asyncio.gather(*(self.tenancy.pull_count(t.id) for t in page.items))
         now = time.time()
-        views = [_token(t, n, now) for t, n in zip(tokens, pulls, strict=True)]
-        return _json(TokenList(tokens=views))
+        views = [_token(t, count, now) for t, count in zip(page.items, pulls, strict=True)]
+        cursor = page.items[-1].id if page.items else None
+        return _paged(request, TokenList(tokens=views), n, cursor, page.more)
 
     async def create_token(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._registry_admin(request, caller)
@@ -788,7 +901,7 @@ class Management:
             record.name,
             name=body.name,
             expires_in=_seconds(body.expires_in),
-            max_pulls=body.max_pulls,
+            max_pulls=None if body.max_pulls is None else int(body.max_pulls),
             images=body.images,
         )
         view = _token(token, 0, time.time())
@@ -811,15 +924,22 @@ class Management:
 
     async def list_repositories(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._visible_registry(request, caller)
-        names = await self.registry.repositories(record.tenant)
+        n, last = _page_request(request)
+        # Every name shares the OWNER/REGISTRY/ prefix, so images sort as the names do.
+        images = [
+            RepositoryName(name).image for name in await self.registry.repositories(record.tenant)
+        ]
+        page, more = _name_page(images, n, last)
+        names = [f"{record.tenant}/{image}" for image in page]
         counts = await asyncio.gather(
             *(self.registry.repository(name).manifests.tags() for name in names)
         )
         summaries = [
-            RepositorySummary(name=name, image=RepositoryName(name).image, tags=len(tags))
-            for name, tags in zip(names, counts, strict=True)
+            RepositorySummary(name=name, image=image, tags=len(tags))
+            for name, image, tags in zip(names, page, counts, strict=True)
         ]
-        return _json(RepositoryList(repositories=summaries))
+        body = RepositoryList(repositories=summaries)
+        return _paged(request, body, n, page[-1] if page else None, more)
 
     async def _repository(self, request: web.Request, caller: Identity) -> Repository:
         record = await self._visible_registry(request, caller)
@@ -843,8 +963,11 @@ class Management:
                 size=await _total_size(repo, stored),
             )
 
-        found = await asyncio.gather(*(describe(t) for t in await repo.manifests.tags()))
-        return _json(TagList(name=repo.name.value, tags=[t for t in found if t is not None]))
+        n, last = _page_request(request)
+        page, more = _name_page(await repo.manifests.tags(), n, last)
+        found = await asyncio.gather(*(describe(t) for t in page))
+        body = TagList(name=repo.name.value, tags=[t for t in found if t is not None])
+        return _paged(request, body, n, page[-1] if page else None, more)
 
     async def list_manifests(self, request: web.Request, caller: Identity) -> web.Response:
         repo = await self._repository(request, caller)

@@ -97,6 +97,22 @@ _REGISTRY = f"{m.API_PREFIX}/registries/{{owner}}/{{registry}}"
 _IMAGE = f"{_REGISTRY}/repositories/{{image}}"
 _BINARY = {"type": "string", "format": "binary"}
 
+_NAME_SCHEMA = {"type": "string", "pattern": m.NAME_PATTERN, "minLength": 1, "maxLength": 64}
+_COMPONENT = m.NAME_PATTERN.removeprefix("^").removesuffix("(?!\\n)$")
+IMAGE_PATTERN = rf"^{_COMPONENT}(?:/{_COMPONENT})*(?!\n)$"
+# A full name is at most 255 characters: OWNER/REGISTRY/ takes up to 130 of them.
+_IMAGE_SCHEMA = {"type": "string", "pattern": IMAGE_PATTERN, "minLength": 1, "maxLength": 125}
+_PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "name": _NAME_SCHEMA,
+    "owner": _NAME_SCHEMA,
+    "registry": _NAME_SCHEMA,
+    "user": _NAME_SCHEMA,
+    "image": _IMAGE_SCHEMA,
+}
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+_IMAGE_NAME = IMAGE_PATTERN.removeprefix("^").removesuffix("(?!\\n)$")
+_IMAGE_REF = rf"{_IMAGE_NAME}(?::{_TAG}|@sha256:[a-f0-9]{{64}})?"
+
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "GET",
@@ -136,9 +152,9 @@ OPERATIONS: tuple[Operation, ...] = (
         "users",
         m.User,
         body=m.UserChange,
-        errors=(400, 401, 403, 404),
+        errors=(400, 401, 403, 404, 409),
         description="A user may change its own password; only a superuser may change "
-        "other users or the superuser flag.",
+        "other users or the superuser flag. Demoting the last superuser is refused (409).",
     ),
     Operation(
         "DELETE",
@@ -146,7 +162,9 @@ OPERATIONS: tuple[Operation, ...] = (
         "Delete a user",
         "users",
         status=204,
-        description="Superusers only. Revokes the user's API keys and removes its memberships.",
+        errors=(401, 403, 404, 409),
+        description="Superusers only. Revokes the user's API keys and removes its memberships. "
+        "Deleting the last superuser is refused (409).",
     ),
     Operation(
         "GET",
@@ -415,7 +433,14 @@ OPERATIONS: tuple[Operation, ...] = (
             Query(
                 "tag",
                 "Extra NAME:TAG to tag an imported image with (repeatable).",
-                {"type": "array", "items": {"type": "string"}},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "string",
+                        "pattern": rf"^{_IMAGE_NAME}(?::{_TAG})?(?!\n)$",
+                        "maxLength": 125,
+                    },
+                },
             ),
             Query(
                 "compression",
@@ -434,7 +459,18 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(400, 401, 403, 404),
         description="Needs pull on the repository. With auth disabled the route is open.",
         query=(
-            Query("image", "NAME:TAG or NAME@DIGEST inside the registry.", required=True),
+            Query(
+                "image",
+                "NAME:TAG or NAME@DIGEST inside the registry (NAME alone: the tag latest).",
+                {
+                    "type": "string",
+                    "pattern": rf"^{_IMAGE_REF}(?!\n)$",
+                    "minLength": 1,
+                    # OWNER/REGISTRY/ and NAME stay within a name's 255 characters.
+                    "maxLength": 125,
+                },
+                required=True,
+            ),
             Query("repo_tag", "The RepoTags entry written into manifest.json."),
             Query("platform", "OS/ARCH[/VARIANT] to pick from a multi-platform image."),
         ),
@@ -565,6 +601,37 @@ OPERATIONS += (
     ),
 )
 
+
+PAGE_QUERY = (
+    Query(
+        "n",
+        f"Items per page (default {m.PAGE_SIZE}). When more may follow, the response has a "
+        '`Link: <URL>; rel="next"` header naming the next page.',
+        {"type": "integer", "minimum": 1, "maximum": m.MAX_PAGE_SIZE},
+    ),
+    Query(
+        "last",
+        "List only items after this one (the name or id ending the previous page).",
+        {"type": "string", "minLength": 1, "maxLength": 256},
+    ),
+)
+
+PAGINATED = frozenset(
+    ("GET", path)
+    for path in (
+        f"{m.API_PREFIX}/users",
+        f"{_USER}/api-keys",
+        f"{m.API_PREFIX}/owners",
+        f"{_OWNER}/registries",
+        f"{_OWNER}/members",
+        f"{_REGISTRY}/members",
+        f"{_REGISTRY}/tokens",
+        f"{_REGISTRY}/repositories",
+        f"{_IMAGE}/tags",
+    )
+)
+"""List operations answered a page at a time (``n``, ``last``, ``Link``)."""
+
 _PARAMETERS = {
     "name": "A user name.",
     "owner": "An owner (an organisation or a user account).",
@@ -573,6 +640,7 @@ _PARAMETERS = {
     "id": "The record id (the part of the secret after its prefix).",
     "image": "The image name inside the registry; it may contain '/' (e.g. tools/build).",
 }
+
 
 _ERRORS = {
     400: ("BadRequest", "The request body or a name is invalid."),
@@ -590,7 +658,11 @@ _ERRORS = {
         "No such thing, or one the caller cannot see: both answer alike. Every route "
         "answers 404 when the server runs with auth disabled (archives excepted).",
     ),
-    409: ("Conflict", "The name is taken, or the owner still holds registries (CONFLICT)."),
+    409: (
+        "Conflict",
+        "The name is taken, the owner still holds registries, or the change would leave "
+        "no superuser (CONFLICT).",
+    ),
     413: ("TooLarge", "The upload is over archives.max_size."),
     429: ("TooManyRequests", "Too many failed logins from this address or for this user."),
 }
@@ -620,7 +692,7 @@ def _parameters(operation: Operation) -> list[dict[str, Any]]:
             "in": "path",
             "required": True,
             "description": _PARAMETERS[name],
-            "schema": {"type": "string"},
+            "schema": _PARAMETER_SCHEMAS.get(name, {"type": "string"}),
         }
         for name in re.findall(r"\{(\w+)\}", operation.path)
     ]
@@ -636,6 +708,10 @@ def _parameters(operation: Operation) -> list[dict[str, Any]]:
             entry["explode"] = True
         found.append(entry)
     return found
+
+
+def _has_required_field(kind: type[msgspec.Struct]) -> bool:
+    return any(field.required for field in msgspec.structs.fields(kind))
 
 
 def _operation_id(operation: Operation) -> str:
@@ -679,7 +755,18 @@ def document() -> dict[str, Any]:
 
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
+        paginated = (op.method, op.path) in PAGINATED
+        if paginated:
+            op = attrs.evolve(op, query=op.query + PAGE_QUERY, errors=(400, *op.errors))
         success: dict[str, Any] = {"description": op.summary}
+        if paginated:
+            success["headers"] = {
+                "Link": {
+                    "description": 'The next page, as `<URL>; rel="next"` (absent on the last).',
+                    "schema": {"type": "string"},
+                    "required": False,
+                }
+            }
         if op.response_content is not None:
             success["content"] = op.response_content
         elif op.response is not None:
@@ -704,7 +791,8 @@ def document() -> dict[str, Any]:
             entry["description"] = op.description
         if op.body is not None:
             entry["requestBody"] = {
-                "required": True,
+                # An empty body counts as {}: required only when some field is.
+                "required": _has_required_field(op.body),
                 "content": {JSON: {"schema": schema_of[op.body]}},
             }
         elif op.body_content is not None:

@@ -8,6 +8,7 @@ hold no registry logic; library errors propagate to the error middleware.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlencode
@@ -26,13 +27,14 @@ from registry_core.errors import (
     RangeInvalid,
     SizeInvalid,
     TooLarge,
+    TooManyRequests,
     Unsupported,
 )
 from registry_core.mediatypes import OCI_INDEX
 from registry_core.names import Reference, RepositoryName
 from registry_core.proxy import ProxiedBlob, PullThrough
 from registry_core.registry import Repository, paginate
-from registry_core.storage.blobs import Upload, upload_range
+from registry_core.storage.blobs import RepositoryBlobs, Upload, UploadLimits, upload_range
 from registry_core.storage.manifests import StoredManifest
 
 from ..domains import Domains
@@ -119,10 +121,39 @@ def _json(
     )
 
 
-async def _request_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body as it arrives, counted for metrics and logs."""
-    async for chunk in request.content.iter_any():
-        state_of(request).bytes_in += len(chunk)
+class BodyTimeout(BlobUploadInvalid):
+    """The client stopped sending an upload body; what arrived is kept, so it can resume."""
+
+    status = 408
+    default_message = "the upload body stopped arriving"
+
+
+def count_limit(request: web.Request, limit: str) -> None:
+    """Count a refusal by a resource limit in ``/metrics``."""
+    metrics = state_of(request).metrics
+    if metrics is not None:
+        metrics.limit_refusals.labels(limit).inc()
+
+
+async def _request_chunks(request: web.Request, timeout: float | None) -> AsyncIterator[bytes]:
+    """The request body as it arrives, counted for metrics and logs.
+
+    A client that goes silent for *timeout* seconds mid-body would hold the upload's
+    lock, a connection and a storage writer for ever: it gets 408 instead.
+    """
+    state = state_of(request)
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            count_limit(request, "body_timeout")
+            raise BodyTimeout(
+                f"no upload data for {timeout:g} seconds; resume from the stored offset"
+            ) from None
+        if not chunk:
+            return
+        state.bytes_in += len(chunk)
         yield chunk
 
 
@@ -155,11 +186,17 @@ class V2Routes:
         domains: Domains | None = None,
         *,
         redirect_expires: int | None = None,
+        upload_limits: UploadLimits | None = None,
+        body_timeout: float | None = None,
         proxy: PullThrough | None = None,
     ) -> None:
         self.registry = registry
         self.proxy = proxy
         """Pull-through to the registries' upstreams (None: local content only)."""
+        self.upload_limits = upload_limits
+        """Open upload sessions allowed per repository and tenant (None: no limit)."""
+        self.body_timeout = body_timeout
+        """Seconds an upload body may stall before 408 (None: no limit)."""
         self.redirect_expires = redirect_expires
         """Blob GETs redirect to signed URLs valid this long (None: never redirect)."""
         self.guard = guard
@@ -428,6 +465,14 @@ class V2Routes:
                 and await repo.blobs.mount(digest, source_repo.blobs)
             ):
                 return self._blob_created(request, repo, digest)
+        elif mount:
+            # No `from`: look for the blob in the repositories of this tenant the caller
+            # may pull, and nowhere else, so a miss and a hidden hit answer alike.
+            digest = Digest.parse(mount)
+            if await repo.blobs.mount_from_any(
+                digest, await self._readable_in_tenant(request, repo)
+            ):
+                return self._blob_created(request, repo, digest)
         expected = request.query.get("digest")
         if expected is not None:
             digest = Digest.parse(expected)
@@ -435,27 +480,45 @@ class V2Routes:
                 await self._append(request, upload, None)
                 await upload.commit(digest, request.content_length)
             return self._blob_created(request, repo, digest)
-        upload = await repo.blobs.start_upload()
+        try:
+            upload = await repo.blobs.start_upload(self.upload_limits)
+        except TooManyRequests as exc:
+            count_limit(request, str((exc.detail or {}).get("limit", "uploads")))
+            raise
         return web.Response(status=202, headers=self._upload_headers(request, repo, upload))
+
+    async def _readable_in_tenant(
+        self, request: web.Request, repo: Repository
+    ) -> list[RepositoryBlobs]:
+        access = state_of(request).access
+        names = await self.registry.repositories(repo.name.tenant)
+        readable = []
+        for name in names:
+            candidate = RepositoryName(name)
+            if candidate != repo.name and await access.allows(candidate, "pull"):
+                readable.append(self.registry.repository(candidate).blobs)
+        return readable
 
     async def _append(self, request: web.Request, upload: Upload, start: int | None) -> None:
         self.uploads_in_flight += 1
         try:
             # The announced length lets a quota refuse the body before it is stored.
-            await upload.append(_request_chunks(request), start, request.content_length)
+            await upload.append(
+                _request_chunks(request, self.body_timeout), start, request.content_length
+            )
         finally:
             self.uploads_in_flight -= 1
 
     async def upload_status(self, request: web.Request, route: Route) -> web.StreamResponse:
         repo = self.repository(route)
         assert route.reference is not None
-        upload = await repo.blobs.get_upload(route.reference)
+        upload = await repo.blobs.get_upload(route.reference, self.upload_limits)
         return web.Response(status=204, headers=self._upload_headers(request, repo, upload))
 
     async def patch_upload(self, request: web.Request, route: Route) -> web.StreamResponse:
         repo = self.repository(route)
         assert route.reference is not None
-        upload = await repo.blobs.get_upload(route.reference)
+        upload = await repo.blobs.get_upload(route.reference, self.upload_limits)
         start = _content_range_start(request)
         await self._append(request, upload, start)
         return web.Response(status=202, headers=self._upload_headers(request, repo, upload))
@@ -467,7 +530,7 @@ class V2Routes:
         if not expected:
             raise DigestInvalid("the digest query parameter is required to finish an upload")
         digest = Digest.parse(expected)
-        upload = await repo.blobs.get_upload(route.reference)
+        upload = await repo.blobs.get_upload(route.reference, self.upload_limits)
         if request.body_exists:
             start = _content_range_start(request)
             await self._append(request, upload, start)
@@ -477,7 +540,7 @@ class V2Routes:
     async def cancel_upload(self, request: web.Request, route: Route) -> web.StreamResponse:
         repo = self.repository(route)
         assert route.reference is not None
-        upload = await repo.blobs.get_upload(route.reference)
+        upload = await repo.blobs.get_upload(route.reference, self.upload_limits)
         await upload.cancel()
         return web.Response(status=204)
 

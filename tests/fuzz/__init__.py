@@ -1,0 +1,1 @@
+"""Support for the property-based tests ``tests/test_fuzz_*.py`` (Hypothesis, schemathesis)."""

@@ -1,0 +1,518 @@
+"""Soak: mixed load on two worker processes, then every acknowledged write read back.
+
+Threads push small blobs (monolithic) and large ones (chunked PATCHes), put manifests
+under a few tags each, pull by tag and by digest, list tags and fetch bearer tokens,
+all logged in (auth on), against ``cargohold serve --workers 2``: on a local folder,
+then on moto's S3. The run must see no 5xx and no transport error; afterwards every
+blob and manifest that got a 2xx reads back with its digest and every tag names the
+last manifest put under it. Each worker's RSS may grow less than 10% between the end
+of the warm-up (minute 2, or half of a shorter run) and the end, and its open file
+descriptors must stay level. A third scenario ``kill -9``s the server mid-load and
+restarts it on the same storage: everything acknowledged is intact and nothing that
+was not committed is visible.
+
+Durations: ``SOAK_SECONDS`` (local, default 60) and ``SOAK_S3_SECONDS`` (default 30);
+``make soak`` runs 600 and 180.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.api_support import QUIET_AUTH
+from tests.helpers.procs import current_rss_kib
+from tests.helpers.server import RegistryServer
+
+pytestmark = pytest.mark.soak
+
+THREADS = 4
+TENANT = "acme/prod"
+USER, PASSWORD = "soaker", "pw-soak-" + secrets.token_hex(8)
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+MAX_RSS_GROWTH = 0.10
+FD_SLACK = 16
+LINK_CACHE_TTL = 1.0
+"""The default ``manifests.link_cache_ttl``: how stale another process's tag reads may be."""
+
+
+def seconds(variable: str, default: float) -> float:
+    return float(os.environ.get(variable, default))
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# -- the load ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Profile:
+    small: tuple[int, int] = (1024, 64 * 1024)
+    large: tuple[int, int] = (1 << 20, 4 << 20)
+    chunk: int = 1 << 20
+    large_share: float = 0.05
+
+
+@dataclass
+class Ledger:
+    """What the server acknowledged (2xx), what was only attempted, and what went wrong."""
+
+    blobs: dict[tuple[str, str], int] = field(default_factory=dict)
+    manifests: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    tags: dict[tuple[str, str], str] = field(default_factory=dict)
+    attempted_blobs: dict[tuple[str, str], int] = field(default_factory=dict)
+    attempted_tags: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    tag_history: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """Every digest a tag was acknowledged with: another process may serve the previous one
+    for up to ``manifests.link_cache_ttl`` (documented), never one that was not put."""
+    failures: list[tuple[float, str]] = field(default_factory=list)
+    requests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, what: str) -> None:
+        with self.lock:
+            self.failures.append((time.monotonic(), what))
+
+
+class Worker(threading.Thread):
+    """One client: a loop of random operations on its own repository and tags."""
+
+    def __init__(
+        self, base: str, index: int, ledger: Ledger, stop: threading.Event, profile: Profile
+    ) -> None:
+        super().__init__(daemon=True)
+        self.base = base
+        self.repo = f"{TENANT}/soak-{index}"
+        self.index = index
+        self.ledger = ledger
+        self.stop = stop
+        self.profile = profile
+        self.random = random.Random(index)
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.auth = (USER, PASSWORD)
+        self.blobs: list[str] = []
+        self.tag_count = 0
+
+    def run(self) -> None:
+        operations = [
+            (0.30, self.push_small),
+            (self.profile.large_share, self.push_large),
+            (0.20, self.put_manifest),
+            (0.20, self.pull_by_tag),
+            (0.15, self.pull_blob),
+            (0.07, self.list_tags),
+            (0.03, self.bearer_pull),
+        ]
+        weights = [w for w, _ in operations]
+        while not self.stop.is_set():
+            operation = self.random.choices([op for _, op in operations], weights)[0]
+            try:
+                operation()
+            except requests.RequestException as exc:
+                self.ledger.fail(f"{operation.__name__}: {type(exc).__name__}: {exc}")
+                time.sleep(0.05)
+
+    def call(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        response = self.session.request(method, url, timeout=60, **kwargs)
+        with self.ledger.lock:
+            self.ledger.requests += 1
+        if response.status_code >= 500:
+            self.ledger.fail(f"{method} {url} -> {response.status_code}: {response.text[:300]}")
+        return response
+
+    def expect(self, response: requests.Response, status: int, what: str) -> bool:
+        if response.status_code != status:
+            self.ledger.fail(f"{what}: {response.status_code} {response.text[:300]}")
+            return False
+        return True
+
+    def payload(self, low: int, high: int) -> bytes:
+        return self.random.randbytes(self.random.randint(low, high))
+
+    def acknowledge_blob(self, digest: str, size: int) -> None:
+        with self.ledger.lock:
+            self.ledger.blobs[(self.repo, digest)] = size
+        self.blobs.append(digest)
+
+    def push_small(self) -> None:
+        data = self.payload(*self.profile.small)
+        digest = digest_of(data)
+        self.ledger.attempted_blobs[(self.repo, digest)] = len(data)
+        url = f"{self.base}/v2/{self.repo}/blobs/uploads/?digest={digest}"
+        if self.expect(self.call("POST", url, data=data), 201, "monolithic push"):
+            self.acknowledge_blob(digest, len(data))
+
+    def push_large(self) -> None:
+        data = self.payload(*self.profile.large)
+        digest = digest_of(data)
+        self.ledger.attempted_blobs[(self.repo, digest)] = len(data)
+        started = self.call("POST", f"{self.base}/v2/{self.repo}/blobs/uploads/")
+        if not self.expect(started, 202, "start upload"):
+            return
+        location = urllib.parse.urljoin(self.base, started.headers["Location"])
+        step = self.profile.chunk
+        for offset in range(0, len(data), step):
+            piece = data[offset : offset + step]
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{offset + len(piece) - 1}",
+            }
+            patched = self.call("PATCH", location, data=piece, headers=headers)
+            if not self.expect(patched, 202, "chunk"):
+                return
+            location = urllib.parse.urljoin(self.base, patched.headers["Location"])
+        separator = "&" if "?" in location else "?"
+        finished = self.call("PUT", f"{location}{separator}digest={digest}")
+        if self.expect(finished, 201, "finish upload"):
+            self.acknowledge_blob(digest, len(data))
+
+    def put_manifest(self) -> None:
+        if not self.blobs:
+            return self.push_small()
+        config = json.dumps({"architecture": "amd64", "os": "linux", "n": self.tag_count}).encode()
+        config_digest = digest_of(config)
+        url = f"{self.base}/v2/{self.repo}/blobs/uploads/?digest={config_digest}"
+        if not self.expect(self.call("POST", url, data=config), 201, "config push"):
+            return
+        self.acknowledge_blob(config_digest, len(config))
+        layers = self.random.sample(self.blobs, min(len(self.blobs), 2))
+        with self.ledger.lock:
+            sizes = [self.ledger.blobs[(self.repo, d)] for d in layers]
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+                "layers": [
+                    {"mediaType": OCI_LAYER, "digest": d, "size": s}
+                    for d, s in zip(layers, sizes, strict=True)
+                ],
+            }
+        ).encode()
+        digest = digest_of(manifest)
+        tag = f"t{self.index}-{self.tag_count % 5}"
+        self.tag_count += 1
+        self.ledger.attempted_tags.setdefault((self.repo, tag), set()).add(digest)
+        put = self.call(
+            "PUT",
+            f"{self.base}/v2/{self.repo}/manifests/{tag}",
+            data=manifest,
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        if self.expect(put, 201, "manifest put"):
+            with self.ledger.lock:
+                self.ledger.manifests[(self.repo, digest)] = manifest
+                self.ledger.tags[(self.repo, tag)] = digest
+                self.ledger.tag_history.setdefault((self.repo, tag), set()).add(digest)
+
+    def known_tag(self) -> tuple[str, str] | None:
+        with self.ledger.lock:
+            mine = [(t, d) for (r, t), d in self.ledger.tags.items() if r == self.repo]
+        return self.random.choice(mine) if mine else None
+
+    def pull_by_tag(self, session: requests.Session | None = None) -> None:
+        known = self.known_tag()
+        if known is None:
+            return self.push_small()
+        tag, digest = known
+        got = (session or self.session).get(
+            f"{self.base}/v2/{self.repo}/manifests/{tag}",
+            headers={"Accept": OCI_MANIFEST},
+            timeout=60,
+        )
+        with self.ledger.lock:
+            self.ledger.requests += 1
+        with self.ledger.lock:
+            history = set(self.ledger.tag_history[(self.repo, tag)])
+        if self.expect(got, 200, "pull by tag") and digest_of(got.content) not in history:
+            self.ledger.fail(f"tag {tag} gave {digest_of(got.content)}, never put under it")
+        manifest = self.call("GET", f"{self.base}/v2/{self.repo}/manifests/{digest}")
+        if self.expect(manifest, 200, "pull by digest") and digest_of(manifest.content) != digest:
+            self.ledger.fail(f"manifest {digest} read back as {digest_of(manifest.content)}")
+
+    def pull_blob(self) -> None:
+        if not self.blobs:
+            return self.push_small()
+        digest = self.random.choice(self.blobs)
+        got = self.call("GET", f"{self.base}/v2/{self.repo}/blobs/{digest}")
+        if self.expect(got, 200, "blob pull") and digest_of(got.content) != digest:
+            self.ledger.fail(f"blob {digest} read back as {digest_of(got.content)}")
+
+    def list_tags(self) -> None:
+        listed = self.call("GET", f"{self.base}/v2/{self.repo}/tags/list")
+        if self.known_tag() is not None:
+            self.expect(listed, 200, "tag list")
+
+    def bearer_pull(self) -> None:
+        scope = f"repository:{self.repo}:pull"
+        token = self.call("GET", f"{self.base}/v2/token", params={"scope": scope})
+        if not self.expect(token, 200, "token"):
+            return
+        bearer = requests.Session()
+        bearer.trust_env = False
+        bearer.headers["Authorization"] = f"Bearer {token.json()['token']}"
+        with bearer:
+            self.pull_by_tag(bearer)
+
+
+def run_load(base: str, ledger: Ledger, profile: Profile, stop: threading.Event) -> list[Worker]:
+    workers = [Worker(base, i, ledger, stop, profile) for i in range(THREADS)]
+    for worker in workers:
+        worker.start()
+    return workers
+
+
+# -- the server and its processes ---------------------------------------------------------------
+
+
+def seed(storage: str, options: dict[str, Any]) -> None:
+    import asyncio
+
+    from drivers import open_driver
+    from registry_core.tenancy import TenancyStore
+
+    async def work() -> None:
+        driver = open_driver(storage, **options)
+        try:
+            store = TenancyStore(driver)
+            owner, registry = TENANT.split("/")
+            await store.create_user(USER, PASSWORD)
+            await store.create_owner(owner)
+            await store.create_registry(owner, registry)
+            await store.add_member(owner, registry, USER, "write")
+        finally:
+            await driver.close()
+
+    asyncio.run(work())
+
+
+def toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def write_server_config(path: Path, options: dict[str, Any]) -> Path:
+    lines = ["[auth]", *(f"{k} = {toml(v)}" for k, v in QUIET_AUTH.items())]
+    lines += ["[storage]", "redirect = false", f"options = {toml(options)}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_server(tmp: Path, storage: str, options: dict[str, Any] | None = None) -> RegistryServer:
+    options = options or {}
+    seed(storage, options)
+    config = write_server_config(tmp / "soak.toml", options)
+    server = RegistryServer(
+        storage, config=config, auth=True, extra_args=["--workers", "2"], workdir=tmp
+    )
+    server.start()
+    return server
+
+
+def worker_pids(server: RegistryServer) -> list[int]:
+    """The server's worker processes (children of the process the test started)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == server.pid:
+            pids.append(int(entry))
+    return sorted(pids)
+
+
+@dataclass
+class Sample:
+    rss_kib: dict[int, int]
+    fds: dict[int, int]
+
+
+def sample(pids: list[int]) -> Sample:
+    return Sample(
+        {pid: current_rss_kib(pid) for pid in pids},
+        {pid: len(os.listdir(f"/proc/{pid}/fd")) for pid in pids},
+    )
+
+
+# -- checks afterwards --------------------------------------------------------------------------
+
+
+def session() -> requests.Session:
+    s = requests.Session()
+    s.trust_env = False
+    s.auth = (USER, PASSWORD)
+    return s
+
+
+def streamed_digest(response: requests.Response) -> str:
+    hasher = hashlib.sha256()
+    for chunk in response.iter_content(1 << 20):
+        hasher.update(chunk)
+    return "sha256:" + hasher.hexdigest()
+
+
+def lost_or_corrupt(base: str, ledger: Ledger) -> list[str]:
+    """Every acknowledged blob, manifest and tag, read back; what does not match."""
+    problems = []
+    with session() as s:
+        for repo, digest in ledger.blobs:
+            with s.get(f"{base}/v2/{repo}/blobs/{digest}", stream=True, timeout=60) as got:
+                if got.status_code != 200 or streamed_digest(got) != digest:
+                    problems.append(f"blob {repo}@{digest}: {got.status_code}")
+        for (repo, digest), body in ledger.manifests.items():
+            got = s.get(f"{base}/v2/{repo}/manifests/{digest}", timeout=60)
+            if got.status_code != 200 or got.content != body:
+                problems.append(f"manifest {repo}@{digest}: {got.status_code}")
+        for (repo, tag), digest in ledger.tags.items():
+            got = s.head(f"{base}/v2/{repo}/manifests/{tag}", timeout=60)
+            if got.headers.get("Docker-Content-Digest") != digest:
+                problems.append(
+                    f"tag {repo}:{tag} names {got.headers.get('Docker-Content-Digest')}"
+                )
+    return problems
+
+
+def soak(server: RegistryServer, duration: float, profile: Profile) -> None:
+    ledger = Ledger()
+    stop = threading.Event()
+    pids = worker_pids(server)
+    assert len(pids) == 2, pids
+    # Minute 2, as the issue measures; a short run waits half its time (the S3 client's
+    # pools and part buffers fill in its first ~15 s, then stay level).
+    warm_up = min(120.0, duration / 2)
+    started = time.monotonic()
+    workers = run_load(server.url, ledger, profile, stop)
+    try:
+        time.sleep(warm_up)
+        warm = sample(pids)
+        time.sleep(max(0.0, duration - (time.monotonic() - started)))
+        end = sample(pids)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=120)
+
+    assert ledger.failures == [], ledger.failures[:20]
+    assert worker_pids(server) == pids, "a worker process died and was replaced"
+    time.sleep(LINK_CACHE_TTL + 0.5)  # every process now sees the last tag writes
+    assert ledger.requests > 50 * duration / 60, ledger.requests
+    assert len(ledger.tags) >= THREADS, "the load never put a manifest"
+    assert lost_or_corrupt(server.url, ledger) == []
+    for pid in pids:
+        growth = end.rss_kib[pid] / warm.rss_kib[pid] - 1
+        print(
+            f"worker {pid}: RSS {warm.rss_kib[pid]} -> {end.rss_kib[pid]} KiB "
+            f"({growth:+.1%}), fds {warm.fds[pid]} -> {end.fds[pid]}; "
+            f"{ledger.requests} requests, {len(ledger.blobs)} blobs in {duration:g}s"
+        )
+        assert growth < MAX_RSS_GROWTH, (pid, warm.rss_kib[pid], end.rss_kib[pid])
+        assert end.fds[pid] <= warm.fds[pid] + FD_SLACK, (pid, warm.fds[pid], end.fds[pid])
+
+
+# -- the scenarios ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_server(tmp_path: Path) -> Iterator[RegistryServer]:
+    store = tmp_path / "store"
+    store.mkdir()
+    server = start_server(tmp_path, f"file://{store}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_mixed_load_on_two_workers_on_local_storage(local_server):
+    soak(local_server, seconds("SOAK_SECONDS", 60), Profile())
+
+
+def test_mixed_load_on_two_workers_on_moto_s3(moto_server, tmp_path: Path):
+    bucket = moto_server.create_bucket(f"soak-{secrets.token_hex(4)}")
+    server = start_server(
+        tmp_path, moto_server.storage_url(bucket, "soak"), moto_server.storage_options()
+    )
+    try:
+        # moto keeps every object in memory: large blobs stay a few MiB, and fewer.
+        profile = Profile(large=(1 << 20, 6 << 20), chunk=5 << 20, large_share=0.03)
+        soak(server, seconds("SOAK_S3_SECONDS", 30), profile)
+    finally:
+        server.stop()
+
+
+def test_kill_9_under_load_keeps_everything_acknowledged_and_shows_nothing_uncommitted(
+    local_server,
+):
+    ledger = Ledger()
+    stop = threading.Event()
+    workers = run_load(local_server.url, ledger, Profile(large_share=0.15), stop)
+    time.sleep(8)
+    killed_at = time.monotonic()
+    local_server.kill9()
+    stop.set()
+    for worker in workers:
+        worker.join(timeout=120)
+    local_server.start()
+    time.sleep(LINK_CACHE_TTL + 0.5)
+
+    before_kill = [f for at, f in ledger.failures if at < killed_at]
+    assert before_kill == []
+    assert lost_or_corrupt(local_server.url, ledger) == []
+    assert uncommitted_visible(local_server.url, ledger) == []
+
+
+def uncommitted_visible(base: str, ledger: Ledger) -> list[str]:
+    """Writes cut short by the kill: each is absent, or whole and valid, never partial."""
+    problems = []
+    with session() as s:
+        for (repo, digest), size in ledger.attempted_blobs.items():
+            if (repo, digest) in ledger.blobs:
+                continue
+            with s.get(f"{base}/v2/{repo}/blobs/{digest}", stream=True, timeout=60) as got:
+                if got.status_code == 200 and streamed_digest(got) != digest:
+                    problems.append(f"partial blob {repo}@{digest} visible ({size} bytes sent)")
+                elif got.status_code not in (200, 404):
+                    problems.append(f"blob {repo}@{digest}: {got.status_code}")
+        repos = {repo for repo, _ in ledger.attempted_tags}
+        for repo in repos:
+            listed = s.get(f"{base}/v2/{repo}/tags/list", timeout=60)
+            for tag in listed.json().get("tags") or [] if listed.status_code == 200 else []:
+                got = s.get(
+                    f"{base}/v2/{repo}/manifests/{tag}",
+                    headers={"Accept": OCI_MANIFEST},
+                    timeout=60,
+                )
+                digest = digest_of(got.content)
+                if got.status_code != 200 or digest not in ledger.attempted_tags[(repo, tag)]:
+                    problems.append(f"tag {repo}:{tag} -> {got.status_code} {digest}")
+                    continue
+                for layer in [got.json()["config"], *got.json()["layers"]]:
+                    head = s.head(f"{base}/v2/{repo}/blobs/{layer['digest']}", timeout=60)
+                    if head.status_code != 200:
+                        problems.append(f"tag {repo}:{tag} names missing blob {layer['digest']}")
+    return problems
