@@ -475,6 +475,23 @@ class StorageDriverContract:
         with pytest.raises(PathNotFound):
             await driver.list("contract/object")
 
+    # -- bulk deletes (the optional ``delete_many``, or single deletes in its place) ---
+
+    async def test_bulk_delete_removes_objects_and_skips_missing_ones(
+        self, driver: StorageDriver
+    ) -> None:
+        from registry_core.lifecycle.counting import CountingDriver
+
+        paths = [f"contract/bulk/{n}" for n in range(5)]
+        for path in paths:
+            await driver.write(path, b"x")
+        await driver.write("contract/bulk-kept", b"kept")
+        await CountingDriver(driver).delete_many([*paths, "contract/bulk/missing"])
+        for path in paths:
+            with pytest.raises(PathNotFound):
+                await driver.stat(path)
+        assert await driver.read("contract/bulk-kept") == b"kept"
+
     # -- walk -----------------------------------------------------------------------
 
     async def test_walk_yields_every_object_and_directory_below(

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from .lifecycle.retention import RetentionSpec
+from .lifecycle.retention import RetentionRules, RetentionSpec
 from .storage.driver import DriverSettings
 
 
@@ -215,6 +215,10 @@ class RetentionConfig(_Section):
                 spec.rules()
             except ValueError as exc:
                 raise ValueError(f"retention.rules.{name}: {exc}") from None
+
+    def configured(self) -> dict[str, RetentionRules]:
+        """The rules per ``OWNER/REGISTRY``, in their stored form."""
+        return {name: spec.rules() for name, spec in self.rules.items()}
 
     def interval_seconds(self) -> float:
         from .tenancy import parse_duration

@@ -247,9 +247,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
             link_cache_ttl=config.manifests.link_cache_ttl,
             settings_ttl=config.auth.cache_ttl,
         )
-    registry.policy.configured_retention = {
-        name: spec.rules() for name, spec in config.retention.rules.items()
-    }
+    registry.policy.configured_retention = config.retention.configured()
     app = web.Application(middlewares=[request_context], client_max_size=1 << 20)
     app.on_response_prepare.append(common_headers)
     app[REGISTRY_KEY] = registry

@@ -185,3 +185,28 @@ def test_scrub_finds_a_corrupt_blob_and_repair_makes_it_a_clean_404(tmp_path: Pa
     assert "(repaired)" in repaired.stdout
     clean = cargohold("scrub", "--storage", str(store))
     assert clean.returncode == 0 and "0 problem(s)" in clean.stdout
+
+
+def test_worker_runs_the_scheduled_gc_and_stops_on_sigterm(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    tags, strays = populate(store, stray=3)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "registry_server", "worker", "--storage", str(store)],
+        env=cli_env(CARGOHOLD_GC_INTERVAL="1s", CARGOHOLD_GC_GRACE="0s", CARGOHOLD_GC_SETTLE="0s"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        blob = store / layout.blob_data(Digest.parse(strays[0]))
+        deadline = time.monotonic() + 60
+        while blob.exists():
+            assert worker.poll() is None, worker.communicate()
+            assert time.monotonic() < deadline, "the worker never collected"
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    assert "worker running gc" in err
+    check_store(store, tags, gone=strays)

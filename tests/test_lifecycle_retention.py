@@ -21,6 +21,7 @@ from registry_core import Digest, Registry
 from registry_core.lifecycle.retention import (
     RetentionReport,
     RetentionRules,
+    get_retention,
     run_retention,
     set_retention,
     untagged_policy,
@@ -283,3 +284,17 @@ def test_gc_collects_untagged_manifests_only_where_a_rule_says_so(registry: Regi
     assert collect("acme/prod/app", digest, NOW - 8 * DAY)
     assert not collect("acme/prod/app", digest, NOW - 6 * DAY)
     assert not collect("acme/other/app", digest, NOW - 80 * DAY)
+
+
+def test_editing_the_rules_keeps_the_not_pulled_clock(registry: Registry) -> None:
+    first = RetentionRules(delete_unpulled_after=30 * DAY, since=NOW - 100 * DAY)
+    run(set_retention(registry.settings, TENANT, first))
+
+    run(
+        set_retention(
+            registry.settings, TENANT, RetentionRules(delete_unpulled_after=DAY, keep_last=5)
+        )
+    )
+
+    stored = run(get_retention(registry.settings, TENANT))
+    assert stored is not None and stored.since == NOW - 100 * DAY and stored.keep_last == 5

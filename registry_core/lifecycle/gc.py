@@ -78,6 +78,9 @@ JOB = "gc"
 BATCH = 1000
 """Objects per destructive batch (S3's DeleteObjects limit); fenced before each."""
 CONCURRENCY = 32
+MTIME_SLACK = 2.0
+"""Seconds around the mark's start within which the re-check treats any link as new
+(whole-second mtimes, small clock skew between this process and the store)."""
 
 LeaseCheck = Callable[[], Awaitable[None]]
 T = TypeVar("T")
@@ -207,13 +210,15 @@ class GarbageCollector:
         self.fence = fence
         self.clock = clock
         self.run_id = f"{int(clock())}-{uuid.uuid4().hex[:8]}"
+        self.mark_started = clock()
 
     async def run(self) -> GcReport:
         started = time.monotonic()
         report = GcReport(dry_run=self.dry_run, run=self.run_id)
         if not self.dry_run:
             report.trash_recovered = await self._recover_trash()
-        young_after = self.clock() - self.grace
+        self.mark_started = self.clock()
+        young_after = self.mark_started - self.grace
         snapshot = await take_snapshot(self.driver)
         reach = await reachable(
             self.driver,
@@ -324,7 +329,14 @@ class GarbageCollector:
         """Walk repositories again; rescue whatever links written since the mark reach."""
         again = Snapshot()
         tag_links = await walk_repositories(self.driver, again)
-        fresh = {path for path, mtime in again.seen.items() if snapshot.seen.get(path) != mtime}
+        # New or changed since the mark; and, since stores keep mtimes in whole seconds (S3),
+        # anything written around the mark's start, which a same-second rewrite can hide in.
+        recent = self.mark_started - MTIME_SLACK
+        fresh = {
+            path
+            for path, mtime in again.seen.items()
+            if snapshot.seen.get(path) != mtime or mtime >= recent
+        }
         # Bodies read by the mark are immutable; those it found missing may exist now, and a
         # set-aside manifest is read from the trash.
         view = Snapshot(bodies={d: refs for d, refs in snapshot.bodies.items() if refs})

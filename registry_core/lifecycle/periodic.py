@@ -10,6 +10,7 @@ never keeps state of its own.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..jobs import LeaseGuard, Scheduler
@@ -28,8 +29,15 @@ def add_policy_jobs(
     *,
     retention_interval: float,
     usage_interval: float,
+    configured_retention: Mapping[str, retention.RetentionRules] | None = None,
 ) -> None:
-    """Register ``retention`` and ``usage`` (an interval of 0 leaves a job out)."""
+    """Register ``retention`` and ``usage`` (an interval of 0 leaves a job out).
+
+    *configured_retention*: the TOML file's rules (``config.retention.configured()``),
+    for registries with none stored; None keeps what the registry's policy holds.
+    """
+    if configured_retention is not None:
+        registry.policy.configured_retention = dict(configured_retention)
 
     async def run_retention(guard: LeaseGuard) -> None:
         configured = registry.policy.configured_retention

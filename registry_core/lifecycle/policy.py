@@ -27,7 +27,7 @@ from ..settings import SettingsStore
 from ..storage import layout
 from ..storage.driver import StorageDriver, StorageError
 from .immutable import ImmutableTags, check_change, get_immutable
-from .quotas import Quota, bytes_exceeded, get_quota, images_exceeded
+from .quotas import Quota, QuotaExceeded, bytes_exceeded, get_quota, images_exceeded
 from .retention import RetentionRules, get_retention
 from .usage import UsageLedger
 
@@ -96,20 +96,28 @@ class _Rules:
     async def check_bytes(self, incoming: int, digest: Digest | None = None) -> None:
         if not self._counting or incoming <= 0:
             return
-        if digest is not None and await self.ledger.is_charged(self.tenant, digest):
-            return  # already counted here: linking it again adds nothing
+        over = await self._bytes_over(incoming)
+        # Only a push that would go over pays the round trip asking whether the blob is
+        # already counted here (then linking it again adds nothing).
+        if over is not None and not (
+            digest is not None and await self.ledger.is_charged(self.tenant, digest)
+        ):
+            raise over
+
+    async def _bytes_over(self, incoming: int) -> QuotaExceeded | None:
         if self.quota is not None and self.quota.max_bytes is not None:
             used = (await self.ledger.current(self.tenant)).bytes
             if used + incoming > self.quota.max_bytes:
-                raise bytes_exceeded(
+                return bytes_exceeded(
                     f"registry {self.tenant}", used, self.quota.max_bytes, incoming
                 )
         if self.owner_quota is not None and self.owner_quota.max_bytes is not None:
             used = (await self.ledger.owner_total(self.tenant.owner)).bytes
             if used + incoming > self.owner_quota.max_bytes:
-                raise bytes_exceeded(
+                return bytes_exceeded(
                     f"owner {self.tenant.owner}", used, self.owner_quota.max_bytes, incoming
                 )
+        return None
 
     async def blob_linked(self, digest: Digest, size: int) -> None:
         if self._counting:

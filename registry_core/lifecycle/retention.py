@@ -95,7 +95,10 @@ async def set_retention(settings: SettingsStore, tenant: Tenant, rules: Retentio
         await settings.delete(tenant.owner, tenant.registry, KIND)
         return
     if rules.since is None:
-        rules = msgspec.structs.replace(rules, since=time.time())
+        # Editing other rules must not restart the "not pulled for" clock.
+        before = await settings.get(tenant.owner, tenant.registry, KIND, RetentionRules)
+        kept = before.since if before and before.delete_unpulled_after is not None else None
+        rules = msgspec.structs.replace(rules, since=kept or time.time())
     await settings.put(tenant.owner, tenant.registry, KIND, rules)
 
 

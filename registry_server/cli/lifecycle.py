@@ -23,6 +23,7 @@ from registry_core import ConfigError, Registry, load_config
 from registry_core.config import Config
 from registry_core.jobs import LeaseBusy, Leases, Scheduler
 from registry_core.lifecycle.maintenance import add_maintenance_jobs, store_gc_report
+from registry_core.lifecycle.periodic import add_policy_jobs
 from registry_core.lifecycle.scrub import Scrubber
 from registry_core.tenancy import parse_duration
 
@@ -141,17 +142,14 @@ def scrub_command(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
-def _add_other_jobs(scheduler: Scheduler, registry: Registry, config: Config) -> None:
-    """The policy jobs (retention, usage) where that module is installed, as the server does."""
-    try:
-        from registry_core.lifecycle.periodic import add_policy_jobs
-    except ImportError:
-        return
+def _add_policy_jobs(scheduler: Scheduler, registry: Registry, config: Config) -> None:
+    """Retention and usage compaction, configured as the server configures them."""
     add_policy_jobs(
         scheduler,
         registry,
         retention_interval=config.retention.interval_seconds(),
         usage_interval=config.quotas.usage_interval,
+        configured_retention=config.retention.configured(),
     )
 
 
@@ -161,7 +159,7 @@ def worker_command(args: argparse.Namespace) -> int:
     async def body(config: Config, registry: Registry) -> int:
         scheduler = Scheduler(Leases(registry.driver))
         add_maintenance_jobs(scheduler, registry, config)
-        _add_other_jobs(scheduler, registry, config)
+        _add_policy_jobs(scheduler, registry, config)
         if not scheduler.jobs:
             print("cargohold: no job is scheduled (set [gc] interval, ...)", file=sys.stderr)
             return 2

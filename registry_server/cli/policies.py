@@ -58,7 +58,7 @@ def _days(seconds: float | None) -> str:
 
 
 def _configured_rules(config: Config) -> dict[str, RetentionRules]:
-    return {name: spec.rules() for name, spec in config.retention.rules.items()}
+    return config.retention.configured()
 
 
 # -- retention ------------------------------------------------------------------------

@@ -203,7 +203,10 @@ class ApiKeyList(msgspec.Struct, kw_only=True):
 
 
 class Usage(msgspec.Struct, kw_only=True):
-    """Stored bytes and images against the quota (``registry_core.lifecycle.quotas``)."""
+    """Stored bytes and images against the quota (``registry_core.lifecycle.quotas``).
+
+    Kept current for registries under a quota; for the others, as measured by the
+    last GC run (or ``cargohold quotas recompute``)."""
 
     used_bytes: int
     """Unique blobs linked into the registry's repositories (an owner: the sum)."""
