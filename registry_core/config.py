@@ -166,9 +166,12 @@ class ScrubConfig(_Section):
     """Read rate limit, so a scrub left on does not starve clients."""
     batch: int = 500
     """Blobs checked per step; the cursor in storage resumes the next step after them."""
+    min_age: str = "1h"
+    """Links younger than this are not judged (a push or a GC sweep may be midway)."""
 
     def __post_init__(self) -> None:
         _duration(self.interval, "scrub.interval", off=True)
+        _duration(self.min_age, "scrub.min_age")
 
     def seconds(self, key: str) -> float | None:
         return _duration(getattr(self, key), f"scrub.{key}", off=key == "interval")

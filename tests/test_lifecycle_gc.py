@@ -224,3 +224,17 @@ async def test_a_manifest_pushed_during_the_settle_window_keeps_its_blobs(
     report = await run
     assert report.blobs_rescued == len(img.blobs())
     assert await image_complete(registry, REPO, "1.0")
+
+
+async def test_an_index_naming_another_repositorys_manifest_gets_no_links_to_its_blobs(
+    registry: Registry,
+) -> None:
+    """Sparse indexes are allowed; GC's link repair must not hand one tenant another's layers."""
+    private = image("other-tenant")
+    await push_image(registry, "other/secret/app", private, tag="1.0")
+    index = build_index([private])
+    await registry.repository(REPO).manifests.put(index.manifest, index.media_type, tag="idx")
+    await collect(registry)
+    for blob in private.blobs():
+        assert not await readable_in(registry, REPO, blob.digest)
+    assert await image_complete(registry, "other/secret/app", "1.0")

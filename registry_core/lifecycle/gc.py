@@ -165,7 +165,14 @@ def _plan(snapshot: Snapshot, reach: Reachability, young_after: float) -> _Plan:
         for digest, mtime in sorted(state.layers.items()):
             if mtime <= young_after and (digest not in repo_blobs or digest not in snapshot.blobs):
                 plan.layers.append((repo, digest))
-        for digest in sorted(repo_blobs):
+        # Only for the repository's own revisions: an index may name children of another
+        # repository (sparse indexes), and linking their blobs here would leak them.
+        wanted: set[Digest] = set()
+        for digest in state.revisions:
+            refs = snapshot.bodies.get(digest)
+            if digest in kept and refs is not None:
+                wanted.update(refs.blobs)
+        for digest in sorted(wanted):
             if digest not in state.layers and digest in snapshot.blobs:
                 plan.repairs.append((repo, digest))
     plan.blobs = sorted(d for d in snapshot.blobs if d not in reach.blobs)
