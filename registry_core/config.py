@@ -141,8 +141,8 @@ class GcConfig(_Section):
     grace: str = "1h"
     """Blobs, links and manifests younger than this are kept (``0s`` allowed)."""
     settle: str = "30s"
-    """How long a run waits between setting blobs aside and its re-check (must exceed the
-    longest gap between a request's existence check and its link write)."""
+    """How long a run waits between setting blobs aside and its re-check (lets pulls in
+    flight finish; bounds library re-tags, see ``registry_core/lifecycle/gc.py``)."""
     lease_ttl: str = "60s"
     """Time to live of the ``gc`` lease; a killed run's lease is taken over after it."""
 
