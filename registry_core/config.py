@@ -167,8 +167,8 @@ class GcConfig(_Section):
     grace: str = "1h"
     """Blobs, links and manifests younger than this are kept (``0s`` allowed)."""
     settle: str = "30s"
-    """How long a run waits between setting blobs aside and its re-check (must exceed the
-    longest gap between a request's existence check and its link write)."""
+    """How long a run waits between setting blobs aside and its re-check (lets pulls in
+    flight finish; bounds library re-tags, see ``registry_core/lifecycle/gc.py``)."""
     lease_ttl: str = "60s"
     """Time to live of the ``gc`` lease; a killed run's lease is taken over after it."""
 
@@ -192,9 +192,12 @@ class ScrubConfig(_Section):
     """Read rate limit, so a scrub left on does not starve clients."""
     batch: int = 500
     """Blobs checked per step; the cursor in storage resumes the next step after them."""
+    min_age: str = "1h"
+    """Links younger than this are not judged (a push or a GC sweep may be midway)."""
 
     def __post_init__(self) -> None:
         _duration(self.interval, "scrub.interval", off=True)
+        _duration(self.min_age, "scrub.min_age")
 
     def seconds(self, key: str) -> float | None:
         return _duration(getattr(self, key), f"scrub.{key}", off=key == "interval")

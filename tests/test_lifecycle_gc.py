@@ -10,6 +10,7 @@ import pytest
 from drivers.local import LocalDriver
 from registry_core import Digest, Registry
 from registry_core.attachments import ATTACHMENT_KINDS
+from registry_core.errors import ManifestBlobUnknown
 from registry_core.jobs import LeaseBusy, Leases
 from registry_core.storage import layout
 from tests.gc_support import (
@@ -224,3 +225,44 @@ async def test_a_manifest_pushed_during_the_settle_window_keeps_its_blobs(
     report = await run
     assert report.blobs_rescued == len(img.blobs())
     assert await image_complete(registry, REPO, "1.0")
+
+
+async def test_an_index_naming_another_repositorys_manifest_gets_no_links_to_its_blobs(
+    registry: Registry,
+) -> None:
+    """Sparse indexes are allowed; GC's link repair must not hand one tenant another's layers."""
+    private = image("other-tenant")
+    await push_image(registry, "other/secret/app", private, tag="1.0")
+    index = build_index([private])
+    await registry.repository(REPO).manifests.put(index.manifest, index.media_type, tag="idx")
+    await collect(registry)
+    for blob in private.blobs():
+        assert not await readable_in(registry, REPO, blob.digest)
+    assert await image_complete(registry, "other/secret/app", "1.0")
+
+
+class _SetAsideOnRevisionWrite(LocalDriver):
+    """Sets a blob aside (as a GC sweep does) right after a manifest's revision is written."""
+
+    blob: Digest | None = None
+
+    async def write(self, path: str, data: bytes) -> None:
+        await super().write(path, data)
+        if self.blob is not None and "/_manifests/revisions/" in path:
+            blob, self.blob = self.blob, None
+            await self.move(layout.blob_data(blob), layout.gc_trash("racing-run", blob))
+
+
+async def test_a_manifest_push_racing_a_set_aside_is_refused_and_leaves_no_revision(
+    tmp_path: Path,
+) -> None:
+    driver = _SetAsideOnRevisionWrite(str(tmp_path / "store"))
+    registry = Registry(driver)
+    img = image("racing")
+    for blob in img.blobs():
+        await push_blob(registry, REPO, blob)
+    driver.blob = Digest.parse(img.layers[0].digest)
+    with pytest.raises(ManifestBlobUnknown):
+        await registry.repository(REPO).manifests.put(img.manifest, img.media_type, tag="1.0")
+    assert "1.0" not in await registry.repository(REPO).manifests.tags()
+    assert await registry.repository(REPO).manifests.revisions() == []

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from drivers.local import LocalDriver
 from registry_core import Digest, Registry
+from registry_core.jobs import Leases
 from registry_core.storage import layout
 from tests.gc_support import blob_present, image, image_complete, push_blob, push_image
 from tests.helpers.images import Blob
@@ -210,3 +211,16 @@ def test_worker_runs_the_scheduled_gc_and_stops_on_sigterm(tmp_path: Path) -> No
     assert worker.returncode == 0, err
     assert "worker running gc" in err
     check_store(store, tags, gone=strays)
+
+
+def test_gc_refuses_to_run_while_another_process_holds_the_lease(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    populate(store, stray=1)
+
+    async def hold() -> None:
+        await Leases(LocalDriver(str(store)), "elsewhere:1").acquire("gc", ttl=300)
+
+    asyncio.run(hold())
+    result = cargohold("gc", "--storage", str(store), "--grace", "0s", "--settle", "0s")
+    assert result.returncode == 1
+    assert "running elsewhere (holder elsewhere:1)" in result.stderr

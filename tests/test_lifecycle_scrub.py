@@ -54,7 +54,7 @@ async def test_repair_makes_a_corrupt_blob_a_clean_404(registry: Registry, store
     img = image("rotten-repaired")
     await push_image(registry, REPO, img, tag="1.0")
     corrupt(store, img.layers[0].digest)
-    report = await Scrubber(registry.driver, repair=True, bytes_per_second=0).full_pass()
+    report = await Scrubber(registry.driver, repair=True, bytes_per_second=0, min_age=0).full_pass()
     kinds = sorted(p.kind for p in report.problems)
     assert kinds == ["blob-corrupt", "layer-dangling"]
     assert all(p.repaired for p in report.problems)
@@ -68,7 +68,7 @@ async def test_repair_removes_a_tag_whose_manifest_is_corrupt(
     img = image("bad-manifest")
     await push_image(registry, REPO, img, tag="1.0")
     corrupt(store, img.digest)
-    await Scrubber(registry.driver, repair=True, bytes_per_second=0).full_pass()
+    await Scrubber(registry.driver, repair=True, bytes_per_second=0, min_age=0).full_pass()
     assert "1.0" not in await registry.repository(REPO).manifests.tags()
 
 
@@ -76,8 +76,8 @@ async def test_a_repaired_store_scrubs_clean(registry: Registry, store: Path) ->
     img = image("twice")
     await push_image(registry, REPO, img, tag="1.0")
     corrupt(store, img.config.digest)
-    await Scrubber(registry.driver, repair=True, bytes_per_second=0).full_pass()
-    again = await Scrubber(registry.driver, bytes_per_second=0).full_pass()
+    await Scrubber(registry.driver, repair=True, bytes_per_second=0, min_age=0).full_pass()
+    again = await Scrubber(registry.driver, bytes_per_second=0, min_age=0).full_pass()
     assert again.problems == []
 
 
@@ -92,3 +92,15 @@ async def test_scrub_resumes_from_its_cursor(registry: Registry, store: Path) ->
     rest = await Scrubber(registry.driver, bytes_per_second=0).full_pass()
     assert rest.blobs_checked == 12 - 10
     assert await image_complete(registry, REPO, "v2")
+
+
+async def test_young_broken_links_are_left_for_a_later_pass(
+    registry: Registry, store: Path
+) -> None:
+    """A push or a GC sweep in progress may hold such links for a moment."""
+    img = image("young")
+    await push_image(registry, REPO, img, tag="1.0")
+    await registry.driver.delete(layout.blob_data(Digest.parse(img.layers[0].digest)))
+    report = await Scrubber(registry.driver, repair=True, bytes_per_second=0).full_pass()
+    assert report.problems == []
+    assert "1.0" in await registry.repository(REPO).manifests.tags()

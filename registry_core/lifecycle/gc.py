@@ -23,15 +23,29 @@ The protocol, and why no push ever ends with a tag pointing at missing content:
    blob missing: commits store their own copy, mounts and manifest PUTs fail
    cleanly instead of linking it.
 6. *Settle, then re-check.* Wait ``settle`` seconds, then walk every
-   repository again. A writer whose existence check passed *before* step 5
-   writes its link within ``settle`` of that check (the bound this protocol
-   assumes: a request's check and its write are one short step apart), so
-   its write is visible now: every layer link, revision or tag that is new
-   or changed since the mark is expanded like a root, and whatever it
-   reaches is rescued: trashed data moves back, removed links are rewritten.
+   repository again. Every layer link, revision or tag that is new or changed
+   since the mark (or written around its start: stores keep whole-second
+   mtimes) is expanded like a root, and whatever it reaches is rescued:
+   trashed data moves back, removed links are rewritten.
 7. *Delete.* Delete the trash that was not rescued (batched where the driver
-   has ``delete_many``: 1000 keys a request on S3). Nothing can reference it:
-   any reference written after step 5's check window failed its own check.
+   has ``delete_many``: 1000 keys a request on S3).
+
+Why a manifest PUT can never end with a tag naming missing content: the
+manifest store writes the revision link, *then* checks the referenced blobs
+(links and data) once more, and only then writes the tag. GC sets data aside
+(5) *before* it re-reads the repositories (6). Either the PUT's second check
+comes after the set-aside, sees the blob missing and refuses the push
+(removing its revision), or it came before, so the revision was already
+visible when GC re-read, and GC kept and re-linked everything it references.
+No timing assumption is needed for this, only read-after-write and
+list-after-write consistency (local folders, S3, GCS and Azure all give it).
+Upload commits and mounts need none either: if they race a set-aside, the
+link they write names missing data, and the manifest PUT that would use it
+is refused (the client pushes the blob again). ``settle`` covers the one
+writer that does not re-check, ``ManifestStore.tag`` re-tagging an existing
+revision from the library (the archive importer): its check and its write
+must be less than ``settle`` apart; it also lets pulls that started before
+the set-aside finish.
 
 A kill at any step leaves storage consistent: links are removed only for
 unkept content, data is only ever moved into the trash (restored by the next
@@ -165,7 +179,14 @@ def _plan(snapshot: Snapshot, reach: Reachability, young_after: float) -> _Plan:
         for digest, mtime in sorted(state.layers.items()):
             if mtime <= young_after and (digest not in repo_blobs or digest not in snapshot.blobs):
                 plan.layers.append((repo, digest))
-        for digest in sorted(repo_blobs):
+        # Only for the repository's own revisions: an index may name children of another
+        # repository (sparse indexes), and linking their blobs here would leak them.
+        wanted: set[Digest] = set()
+        for digest in state.revisions:
+            refs = snapshot.bodies.get(digest)
+            if digest in kept and refs is not None:
+                wanted.update(refs.blobs)
+        for digest in sorted(wanted):
             if digest not in state.layers and digest in snapshot.blobs:
                 plan.repairs.append((repo, digest))
     plan.blobs = sorted(d for d in snapshot.blobs if d not in reach.blobs)

@@ -69,6 +69,7 @@ def add_maintenance_jobs(
                 registry.driver,
                 repair=scrub.repair,
                 bytes_per_second=scrub.bytes_per_second,
+                min_age=scrub.seconds("min_age") or 0.0,
                 fence=guard.check,
             )
             report = await scrubber.step(max_blobs=scrub.batch)

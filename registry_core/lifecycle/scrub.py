@@ -4,7 +4,8 @@ A pass has two phases. *Blobs*: every blob's bytes are streamed and hashed
 (bit rot, objects truncated by old crashes), in digest order, at most
 ``bytes_per_second``. *Links*: in every repository, each layer link must name
 a blob whose data exists, each revision a manifest whose bytes exist, each
-tag a linked revision. The work is incremental: a cursor object in storage
+tag a linked revision (links younger than ``min_age`` are left for later: a push or a
+GC sweep may be in the middle of them). The work is incremental: a cursor object in storage
 (``cargohold/jobs/scrub/state/cursor``) says where the next step resumes, so
 a scrub left on for a large bucket survives restarts and shares nothing but
 that object. With ``repair``, a corrupt blob is moved into quarantine (kept for
@@ -82,12 +83,18 @@ class Scrubber:
         *,
         repair: bool = False,
         bytes_per_second: float = 32 * 1024 * 1024,
+        min_age: float = 3600.0,
         fence: Fence = _no_fence,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.driver = driver if isinstance(driver, CountingDriver) else CountingDriver(driver)
         self.repair = repair
         self.rate = bytes_per_second
         self.fence = fence
+        # Links younger than this may belong to a push or a GC sweep in progress (a link
+        # written before its data, or data set aside for a moment): not judged yet.
+        self.min_age = min_age
+        self.clock = clock
 
     async def load_cursor(self) -> Cursor:
         try:
@@ -230,7 +237,10 @@ class Scrubber:
     async def _check_repository(self, repo: str, state: RepositoryState) -> list[Problem]:
         name = stored_name(repo)
         problems: list[Problem] = []
-        for digest in sorted(state.layers):
+        settled = self.clock() - self.min_age
+        for digest, mtime in sorted(state.layers.items()):
+            if mtime > settled:
+                continue
             if not await self._exists(layout.blob_data(digest)):
                 problems.append(
                     await self._broken(
@@ -240,7 +250,9 @@ class Scrubber:
                     )
                 )
         broken_revisions: set[Digest] = set()
-        for digest in sorted(state.revisions):
+        for digest, mtime in sorted(state.revisions.items()):
+            if mtime > settled:
+                continue
             try:
                 body = await self.driver.read(layout.blob_data(digest))
             except PathNotFound:
@@ -256,6 +268,8 @@ class Scrubber:
                 )
             )
         for tag, target in sorted(state.tag_targets.items()):
+            if state.tags[tag] > settled:
+                continue
             # Asked again now: a push may have linked the revision after the walk.
             if (
                 target is not None

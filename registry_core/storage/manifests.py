@@ -149,6 +149,17 @@ class ManifestStore:
                 layout.revision_link(self.name, parsed.digest), str(parsed.digest).encode()
             ),
         )
+        # Checked again now that the revision is visible: online GC sets unreferenced
+        # blobs aside and only then re-reads the repositories (lifecycle/gc.py), so
+        # either this check sees a blob set aside, or GC's re-read sees this revision
+        # and keeps (and re-links) what it references: no tag can name missing content,
+        # however long this request took.
+        try:
+            await self._check_references(parsed)
+        except ManifestBlobUnknown:
+            with contextlib.suppress(PathNotFound):
+                await self.driver.delete(layout.revision_dir(self.name, parsed.digest))
+            raise
         self.cache.put(parsed.digest, body, parsed.media_type)
         self.links.generation += 1
         if parsed.subject is not None:

@@ -120,6 +120,12 @@ def scrub_command(args: argparse.Namespace) -> int:
                 registry.driver,
                 repair=args.repair,
                 bytes_per_second=rate,
+                min_age=(
+                    parse_duration(args.min_age)
+                    if args.min_age
+                    else config.scrub.seconds("min_age")
+                )
+                or 0.0,
                 fence=guard.check,
             )
             if args.max_blobs:
@@ -195,6 +201,9 @@ def add_lifecycle_commands(commands: Any) -> None:
     scrub.add_argument("--repair", action="store_true", help="remove what is broken")
     scrub.add_argument("--max-blobs", type=int, help="one step of this many blobs, then stop")
     scrub.add_argument("--rate", type=int, help="bytes per second to read (0: unlimited)")
+    scrub.add_argument(
+        "--min-age", help="judge only links older than this (default [scrub] min_age, 1h)"
+    )
     scrub.set_defaults(func=scrub_command)
     worker = commands.add_parser("worker", help="run only the scheduled background jobs")
     _common(worker)
