@@ -524,11 +524,14 @@ class PullThrough:
                 received += len(chunk)
                 # The last byte goes out only after the digest is checked, so a client of a
                 # corrupt blob never has it all; everything before it goes out at once.
-                if held:
-                    flight.broadcast(held.pop())
-                if len(chunk) > 1:
-                    flight.broadcast(chunk[:-1])
-                held.append(chunk[-1:])
+                if flight.size is not None and received < flight.size:
+                    flight.broadcast(chunk)  # not the end yet: nothing to hold back
+                else:
+                    if held:
+                        flight.broadcast(held.pop())
+                    if len(chunk) > 1:
+                        flight.broadcast(chunk[:-1])
+                    held.append(chunk[-1:])
                 yield chunk
 
         error: BaseException | None = None
@@ -580,6 +583,7 @@ class PullThrough:
     ) -> AsyncGenerator[bytes, None]:
         """Caching off: pass the bytes on, hashed, holding the last byte until verified."""
         hasher = Hasher(digest.algorithm)
+        size = _content_length(response)
         held: bytes | None = None
         received = 0
         try:
@@ -587,6 +591,9 @@ class PullThrough:
                 async for chunk in response.chunks():
                     received += len(chunk)
                     await asyncio.to_thread(hasher.update, chunk)
+                    if size is not None and received < size:
+                        yield chunk  # not the end yet: nothing to hold back
+                        continue
                     if held is not None:
                         yield held
                     if len(chunk) > 1:
