@@ -119,10 +119,17 @@ class AiohttpUpstreamClient:
             )
         return self._session
 
-    async def request(self, method: str, url: str, headers: Mapping[str, str]) -> _Response:
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], *, stream: bool = False
+    ) -> _Response:
         session = self._open()
+        timeout = aiohttp.ClientTimeout(
+            total=None if stream else self.timeout, connect=self.timeout, sock_read=self.timeout
+        )
         try:
-            response = await session.request(method, url, headers=dict(headers), max_redirects=5)
+            response = await session.request(
+                method, url, headers=dict(headers), max_redirects=5, timeout=timeout
+            )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _failure(exc, url) from None
         except asyncio.CancelledError:

@@ -51,6 +51,8 @@ class ScriptedUpstream:
     corrupt: set[str] = field(default_factory=set)
     slow_blobs: float = 0.0
     """Seconds to wait between the first and the rest of a blob's bytes."""
+    stall_manifests: float = 0.0
+    """Seconds to wait after a manifest's headers before its body (a stalled upstream)."""
     answer: tuple[int, dict[str, str]] | None = None
     """Answer every API request (but /v2/ and the token endpoint) with this status."""
     requests: Counter[str] = field(default_factory=Counter)
@@ -127,6 +129,14 @@ class ScriptedUpstream:
             if found is None:
                 return web.json_response({"errors": [{"code": "MANIFEST_UNKNOWN"}]}, status=404)
             body, media_type = found
+            if self.stall_manifests and request.method == "GET":
+                stalled = web.StreamResponse(
+                    headers={"Content-Type": media_type, "Content-Length": str(len(body))}
+                )
+                await stalled.prepare(request)
+                await asyncio.sleep(self.stall_manifests)
+                await stalled.write(body)
+                return stalled
             return web.Response(
                 body=None if request.method == "HEAD" else body,
                 headers={

@@ -373,3 +373,19 @@ def test_a_malformed_allow_networks_stops_start_up_naming_the_key(tmp_path: Path
     assert result.returncode == 2
     assert "upstreams.allow_networks" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_deleting_a_registry_forgets_its_upstreams(world):
+    add(world, username="someone", password=PASSWORD)
+    superuser = Seeder(world["server"].storage_url).user("root", superuser=True)
+    session = http(superuser.auth)
+    base = world["server"].url
+
+    assert session.delete(f"{base}/api/v1/registries/acme/mirror", timeout=30).status_code == 204
+    created = session.post(
+        f"{base}/api/v1/owners/acme/registries", json={"name": "mirror"}, timeout=30
+    )
+    assert created.status_code == 201
+    listed = session.get(base + API, timeout=30)
+
+    assert listed.json() == {"upstreams": []}

@@ -152,6 +152,19 @@ async def test_a_failing_upstream_with_nothing_cached_is_an_error_naming_it(upst
         assert caught.value.code == "UNAVAILABLE"
 
 
+async def test_a_stalled_upstream_is_an_error_within_the_configured_timeout(upstream):
+    upstream.add_image("app", "1.0", sample_image("lib-stall"))
+    upstream.stall_manifests = 10.0
+    async with pull_through(spec(upstream, name="slow"), timeout=1.0) as proxy:
+        started = time.monotonic()
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await proxy.manifest(proxy.registry.repository(REPO), Reference.parse("1.0"))
+
+    assert time.monotonic() - started < 5
+    assert caught.value.status == 504
+    assert "upstream slow" in caught.value.message
+
+
 async def test_a_429_is_passed_on_with_retry_after_and_the_upstream_left_alone_until_then(
     upstream,
 ):

@@ -7,10 +7,17 @@ connection fails at once. Docker Hub's naming conventions map names and hosts.
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import socket
+import ssl
 import time
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from registry_core.names import Tenant
 from registry_core.proxy import NetworkPolicy, Upstream, UpstreamFailure, UpstreamSpec
@@ -146,3 +153,48 @@ def test_a_prefix_is_prepended_at_the_upstream():
 def test_upstream_urls_must_be_scheme_host_and_port_only(url):
     with pytest.raises(InvalidRequest):
         upstream(url)
+
+
+def self_signed_context(tmp_path) -> ssl.SSLContext:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return context
+
+
+async def test_an_upstream_whose_certificate_does_not_verify_is_a_tls_failure(tmp_path):
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=self_signed_context(tmp_path))
+    port = server.sockets[0].getsockname()[1]
+    client = AiohttpUpstreamClient(NetworkPolicy(["127.0.0.0/8"]), timeout=5)
+    try:
+        with pytest.raises(UpstreamFailure) as caught:
+            await client.request("GET", f"https://127.0.0.1:{port}/v2/", {})
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+    assert caught.value.kind == "tls"

@@ -58,11 +58,15 @@ class UpstreamResponse(Protocol):
 
 
 class UpstreamClient(Protocol):
-    async def request(self, method: str, url: str, headers: Mapping[str, str]) -> UpstreamResponse:
-        """Send one request (no redirects followed for the caller: the client follows them).
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], *, stream: bool = False
+    ) -> UpstreamResponse:
+        """Send one request; redirects are followed by the client.
 
         Raises UpstreamFailure when no answer arrives (refused, timeout, TLS,
-        a network the policy forbids).
+        a network the policy forbids). Without ``stream`` the whole exchange,
+        body included, must finish within the client's timeout; with it, only
+        each wait for more bytes is bounded (large blobs take as long as they take).
         """
         ...
 

@@ -220,6 +220,11 @@ class PullThrough:
             upstream, name.image, credentials, self.client, self.tokens, self.backoff
         )
 
+    def _failed(self, upstream: Upstream, failure: UpstreamFailure) -> None:
+        """Count a failure and tell the operator (messages never carry a credential)."""
+        self.observer.error(upstream.name, _metric_kind(failure.kind))
+        LOGGER.warning("%s", failure.message)
+
     def _negative_hit(self, key: tuple[str, ...]) -> bool:
         until = self._negative.get(key)
         if until is None:
@@ -309,7 +314,7 @@ class PullThrough:
             try:
                 current = await self._remote(repo.name, source).manifest_digest(tag)
             except UpstreamFailure as failure:
-                self.observer.error(source.name, _metric_kind(failure.kind))
+                self._failed(source, failure)
                 raise client_error(source, failure) from None
             if current == digest:
                 self.observer.hit(source.name)
@@ -348,7 +353,7 @@ class PullThrough:
             try:
                 got = await self._remote(repo.name, upstream).manifest(str(reference))
             except UpstreamFailure as failure:
-                self.observer.error(upstream.name, _metric_kind(failure.kind))
+                self._failed(upstream, failure)
                 failures.append((upstream, failure))
                 continue
             if got is None:
@@ -429,7 +434,7 @@ class PullThrough:
             try:
                 response = await self._remote(repo.name, upstream).blob(digest)
             except UpstreamFailure as failure:
-                self.observer.error(upstream.name, _metric_kind(failure.kind))
+                self._failed(upstream, failure)
                 failures.append((upstream, failure))
                 if flight is not None:
                     self._end_flight(flight_key, flight, client_error(upstream, failure))
@@ -496,7 +501,7 @@ class PullThrough:
             try:
                 response = await self._remote(repo.name, upstream).blob(digest, "HEAD")
             except UpstreamFailure as failure:
-                self.observer.error(upstream.name, _metric_kind(failure.kind))
+                self._failed(upstream, failure)
                 failures.append((upstream, failure))
                 continue
             if response is None:
@@ -524,11 +529,14 @@ class PullThrough:
                 received += len(chunk)
                 # The last byte goes out only after the digest is checked, so a client of a
                 # corrupt blob never has it all; everything before it goes out at once.
-                if held:
-                    flight.broadcast(held.pop())
-                if len(chunk) > 1:
-                    flight.broadcast(chunk[:-1])
-                held.append(chunk[-1:])
+                if flight.size is not None and received < flight.size:
+                    flight.broadcast(chunk)  # not the end yet: nothing to hold back
+                else:
+                    if held:
+                        flight.broadcast(held.pop())
+                    if len(chunk) > 1:
+                        flight.broadcast(chunk[:-1])
+                    held.append(chunk[-1:])
                 yield chunk
 
         error: BaseException | None = None
@@ -549,8 +557,7 @@ class PullThrough:
                     ) from None
             self.observer.fetched(upstream.name, received)
         except UpstreamFailure as failure:
-            self.observer.error(upstream.name, _metric_kind(failure.kind))
-            LOGGER.warning("%s (blob %s)", failure.message, flight.digest)
+            self._failed(upstream, failure)
             error = client_error(upstream, failure)
         except asyncio.CancelledError:
             error = UpstreamUnavailable(f"upstream {upstream.name}: fetch cancelled")
@@ -580,6 +587,7 @@ class PullThrough:
     ) -> AsyncGenerator[bytes, None]:
         """Caching off: pass the bytes on, hashed, holding the last byte until verified."""
         hasher = Hasher(digest.algorithm)
+        size = _content_length(response)
         held: bytes | None = None
         received = 0
         try:
@@ -587,13 +595,16 @@ class PullThrough:
                 async for chunk in response.chunks():
                     received += len(chunk)
                     await asyncio.to_thread(hasher.update, chunk)
+                    if size is not None and received < size:
+                        yield chunk  # not the end yet: nothing to hold back
+                        continue
                     if held is not None:
                         yield held
                     if len(chunk) > 1:
                         yield chunk[:-1]
                     held = chunk[-1:]
             except UpstreamFailure as failure:
-                self.observer.error(upstream.name, _metric_kind(failure.kind))
+                self._failed(upstream, failure)
                 raise client_error(upstream, failure) from None
             if hasher.digest() != digest:
                 self.observer.error(upstream.name, "corrupt")
@@ -623,7 +634,7 @@ class PullThrough:
             try:
                 found = await self._remote(repo.name, upstream).tags()
             except UpstreamFailure as failure:
-                self.observer.error(upstream.name, _metric_kind(failure.kind))
+                self._failed(upstream, failure)
                 failures.append((upstream, failure))
                 continue
             if found is not None:
@@ -645,7 +656,7 @@ class PullThrough:
             try:
                 remote = await self._remote(repo.name, upstream).referrers(subject)
             except UpstreamFailure as failure:
-                self.observer.error(upstream.name, _metric_kind(failure.kind))
+                self._failed(upstream, failure)
                 continue
             for descriptor in remote or []:
                 if isinstance(descriptor, dict) and descriptor.get("digest") not in seen:

@@ -142,7 +142,12 @@ class RemoteRepository:
         return f"{self.base}/v2/{self.name}/{tail}"
 
     async def send(
-        self, method: str, url: str, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        stream: bool = False,
     ) -> UpstreamResponse:
         """One request with the token flow; answers 200-399 and 404 are returned, others raise."""
         self.backoff.check(self.base, self.upstream.name)
@@ -161,7 +166,7 @@ class RemoteRepository:
                 )
         if auth:
             sent["Authorization"] = auth
-        response = await self.client.request(method, url, sent)
+        response = await self.client.request(method, url, sent, stream=stream)
         if response.status == 401:
             challenge = response.headers.get("WWW-Authenticate", "")
             await response.release()
@@ -176,7 +181,7 @@ class RemoteRepository:
                     + (" we cannot answer" if self.credentials else " and none are configured"),
                 )
             sent["Authorization"] = auth
-            response = await self.client.request(method, url, sent)
+            response = await self.client.request(method, url, sent, stream=stream)
         status = response.status
         if status < 400 or status == 404:
             return response
@@ -247,7 +252,7 @@ class RemoteRepository:
 
     async def blob(self, digest: Digest, method: str = "GET") -> UpstreamResponse | None:
         """The blob's response (the caller streams and releases it); None on 404."""
-        response = await self.send(method, self._url(f"blobs/{digest}"))
+        response = await self.send(method, self._url(f"blobs/{digest}"), stream=True)
         if response.status == 404:
             await response.release()
             return None

@@ -261,6 +261,10 @@ class UpstreamStore:
             raise NotFoundRecord(f"upstream {name!r} does not exist")
         await self._put(tenant, remaining)
 
+    async def clear(self, tenant: Tenant) -> None:
+        """Forget every upstream of a registry (it is being deleted)."""
+        await self.settings.delete(tenant.owner, tenant.registry, KIND)
+
     async def _put(self, tenant: Tenant, upstreams: list[Upstream]) -> None:
         value = UpstreamList(upstreams=ordered(upstreams))
         if upstreams:

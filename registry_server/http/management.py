@@ -830,6 +830,9 @@ class Management:
         record = await self._registry_admin(request, caller)
         tokens = await self.tenancy.list_tokens(record.owner, record.name)
         await self.tenancy.delete_registry(record.owner, record.name)
+        if self.upstreams is not None:
+            # A registry made again under this name must not inherit its upstreams' logins.
+            await self.upstreams.clear(record.tenant)
         self._guard.forget(t.id for t in tokens)
         self._access_changed()
         return _no_content()

@@ -20,6 +20,7 @@ from aiohttp import web
 from registry_core import Registry, RegistryError
 from registry_core.digest import Digest
 from registry_core.errors import (
+    BlobUnknown,
     BlobUploadInvalid,
     DigestInvalid,
     NameUnknown,
@@ -391,14 +392,19 @@ class V2Routes:
         repo = self.repository(route)
         assert route.reference is not None
         digest = Digest.parse(route.reference)
-        if self.proxy is not None:
+        try:
+            info = await repo.blobs.stat(digest)
+        except BlobUnknown:
+            if self.proxy is None:
+                raise
+            # Only a local miss asks the upstreams: cached blobs cost what local ones do.
             head = request.method == "HEAD"
             proxied = await self.proxy.blob(repo, digest, _namespace(request), head=head)
             if isinstance(proxied, int):
                 return web.Response(headers=_proxied_headers(digest, proxied))
             if proxied is not None:
                 return await _stream_proxied(request, digest, proxied)
-        info = await repo.blobs.stat(digest)
+            info = await repo.blobs.stat(digest)  # linked meanwhile (known from elsewhere)
         headers = {
             "Docker-Content-Digest": str(digest),
             "Content-Type": "application/octet-stream",
