@@ -270,7 +270,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     app[V2_KEY] = v2
     metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)
     v2.add_to(app)
-    ApiRoutes(registry, guard, config.archives).add_to(app)
+    ApiRoutes(registry, guard, config.archives, body_timeout=config.limits.body_timeout).add_to(app)
     Management(registry, tenancy, guard).add_to(app)
     add_openapi(app, enabled=guard is not None)
     app.router.add_get("/healthz", healthz)

@@ -160,6 +160,23 @@ def test_an_upload_body_that_stops_gets_408_and_keeps_what_arrived(limited):
     assert refusals(limited, "body_timeout") == before + 1
 
 
+def test_an_archive_upload_that_stops_gets_408(limited):
+    before = refusals(limited, "body_timeout")
+    with connect(limited) as sock:
+        sock.sendall(
+            b"POST /api/v1/registries/acme/prod/archives HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
+            + b"\0"
+            * 512
+        )
+        status, headers, body = read_response(sock)
+
+    assert status == 408
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["errors"][0]["message"]
+    assert refusals(limited, "body_timeout") == before + 1
+
+
 # -- header size -------------------------------------------------------------------------------
 
 
