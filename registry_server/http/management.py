@@ -612,8 +612,9 @@ class Management:
         self._superuser(caller, "listing users")
         n, last = _page_request(request)
         page = await self.tenancy.users_page(n, last)
-        cursor = page.items[-1].name if page.items else None
-        return _paged(request, UserList(users=[_user(u) for u in page.items]), n, cursor, page.more)
+        return _paged(
+            request, UserList(users=[_user(u) for u in page.items]), n, page.cursor, page.more
+        )
 
     async def create_user(self, request: web.Request, caller: Identity) -> web.Response:
         self._superuser(caller, "creating users")
@@ -683,9 +684,8 @@ class Management:
         n, last = _page_request(request)
         now = time.time()
         page = await self.tenancy.api_keys_page(name, n, last)
-        cursor = page.items[-1].id if page.items else None
         body = ApiKeyList(api_keys=[_api_key(k, now) for k in page.items])
-        return _paged(request, body, n, cursor, page.more)
+        return _paged(request, body, n, page.cursor, page.more)
 
     async def create_api_key(self, request: web.Request, caller: Identity) -> web.Response:
         name = request.match_info["name"]
@@ -716,9 +716,8 @@ class Management:
             return await self._member_of_owner(caller.name, owner.name)
 
         page = await self.tenancy.owners_page(n, last, None if caller.superuser else member)
-        cursor = page.items[-1].name if page.items else None
         body = OwnerList(owners=[_owner(o) for o in page.items])
-        return _paged(request, body, n, cursor, page.more)
+        return _paged(request, body, n, page.cursor, page.more)
 
     async def create_owner(self, request: web.Request, caller: Identity) -> web.Response:
         self._superuser(caller, "creating owners")
@@ -748,9 +747,8 @@ class Management:
             return "pull" in await authenticator.tenant_actions(caller, record.tenant)
 
         page = await self.tenancy.registries_page(owner, n, last, pullable)
-        cursor = page.items[-1].name if page.items else None
         body = RegistryList(registries=[_registry(r) for r in page.items])
-        return _paged(request, body, n, cursor, page.more)
+        return _paged(request, body, n, page.cursor, page.more)
 
     async def create_registry(self, request: web.Request, caller: Identity) -> web.Response:
         owner = request.match_info["owner"]
@@ -787,9 +785,8 @@ class Management:
     ) -> web.Response:
         n, last = _page_request(request)
         page = await self.tenancy.members_page(owner, registry, n, last)
-        cursor = page.items[-1].user if page.items else None
         body = MemberList(members=[_member(m) for m in page.items])
-        return _paged(request, body, n, cursor, page.more)
+        return _paged(request, body, n, page.cursor, page.more)
 
     async def _set_member(
         self, request: web.Request, owner: str, registry: str | None
@@ -839,8 +836,7 @@ class Management:
         pulls = await asyncio.gather(*(self.tenancy.pull_count(t.id) for t in page.items))
         now = time.time()
         views = [_token(t, count, now) for t, count in zip(page.items, pulls, strict=True)]
-        cursor = page.items[-1].id if page.items else None
-        return _paged(request, TokenList(tokens=views), n, cursor, page.more)
+        return _paged(request, TokenList(tokens=views), n, page.cursor, page.more)
 
     async def create_token(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._registry_admin(request, caller)
