@@ -63,6 +63,7 @@ LISTS = {
     "tokens": (f"{PROD}/tokens", "tokens", "id", "prod-admin"),
     "repositories": (f"{PROD}/repositories", "repositories", "image", "reader"),
     "tags": (f"{PROD}/repositories/app/tags", "tags", "name", "reader"),
+    "manifests": (f"{PROD}/repositories/app/manifests", "manifests", "digest", "reader"),
 }
 
 

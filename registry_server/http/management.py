@@ -936,9 +936,12 @@ class Management:
                 tags=tags_of.get(str(stored.digest), []),
             )
 
-        found = await asyncio.gather(*(describe(d) for d in await repo.manifests.revisions()))
-        manifests = [m for m in found if m is not None]
-        return _json(ManifestList(name=repo.name.value, manifests=manifests))
+        n, last = _page_request(request)
+        digests = sorted(str(d) for d in await repo.manifests.revisions())
+        page, more = _name_page(digests, n, last)
+        found = await asyncio.gather(*(describe(Digest.parse(d)) for d in page))
+        body = ManifestList(name=repo.name.value, manifests=[m for m in found if m is not None])
+        return _paged(request, body, n, page[-1] if page else None, more)
 
 
 async def _resolve_or_none(repo: Repository, tag: str) -> str | None:
