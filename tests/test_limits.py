@@ -254,6 +254,19 @@ def test_upload_sessions_beyond_the_tenant_limit_get_429_in_any_of_its_repositor
     assert refusals(limited, "uploads_per_tenant") == before + 1
 
 
+def test_upload_sessions_count_across_server_processes_sharing_the_storage(
+    limited, registry_factory
+):
+    other = registry_factory(storage_url=limited.storage_url, config=limited.config)
+    repo = unique_repo_name(owner="shared", registry="limits")
+    start_upload(limited, repo), start_upload(limited, repo)
+
+    refused = start_upload(other, repo)
+
+    assert refused.status_code == 429
+    assert error_code(refused.content) == "TOOMANYREQUESTS"
+
+
 def test_a_monolithic_upload_is_not_held_to_the_session_limits(limited):
     repo = unique_repo_name(owner="mono", registry="limits")
     start_upload(limited, repo), start_upload(limited, repo)
