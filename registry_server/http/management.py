@@ -93,8 +93,9 @@ Seconds = (
 Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 Label = Annotated[str, msgspec.Meta(max_length=256)]
 # JSON Schema counts 3.0 as an integer and msgspec's int does not: a whole number is taken
-# in either spelling, as a float (exact up to 2**53) documented as a multiple of 1.
-Count = Annotated[float, msgspec.Meta(ge=1, le=2**53, multiple_of=1)]
+# in either spelling, as a float documented as a multiple of 1. The bound stays far below
+# 2**53, where floats would round a too-large or fractional number onto a valid one.
+Count = Annotated[float, msgspec.Meta(ge=1, le=2**31 - 1, multiple_of=1)]
 State = Literal["active", "expired", "revoked"]
 
 
