@@ -138,6 +138,24 @@ def test_bad_authorization_never_opens_the_management_api(
     _refused(target, "GET", "/api/v1/user", value)
 
 
+api_keys = st.one_of(
+    st.from_regex(r"\Achk_[0-9a-f]{16}_[A-Za-z0-9_-]{0,60}\Z"),
+    # As a client sends text: its UTF-8 bytes on the wire.
+    st.from_regex(r"\Achk_[^_]{0,20}_?.{0,20}\Z").map(lambda t: t.encode().decode("latin-1")),
+    header_text,
+    st.binary(min_size=1, max_size=60),
+).filter(sendable)
+
+
+@FUZZ
+@given(value=api_keys)
+def test_bad_api_keys_never_open_the_management_api(target: Target, value: str | bytes) -> None:
+    resp = target.request("GET", "/api/v1/user", headers={"X-Api-Key": value})
+    assert_client_error(resp)
+    assert resp.status_code in (400, 401, 429), resp.status_code
+    target.assert_serving()
+
+
 @FUZZ
 @given(payload=st.builds(claims, sub=st.sampled_from(["root", "writer"])), data=st.data())
 def test_a_real_signature_over_another_payload_is_refused(
