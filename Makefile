@@ -9,7 +9,7 @@ PYTHON      ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 ARGS        ?=
 PYTEST_ARGS ?= -q -ra
 
-.PHONY: venv serve test-deps test lint bench test-gc-soak soak
+.PHONY: venv serve test-deps test lint bench test-gc-soak soak fuzz
 
 # Create the virtualenv once; (re)install the project only when pyproject.toml
 # is newer than the stamp file.
@@ -50,3 +50,18 @@ SOAK_S3_SECONDS ?= 180
 soak: test-deps venv
 	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_S3_SECONDS=$(SOAK_S3_SECONDS) \
 		$(VENV_BIN)/pytest -q -ra -s -p no:cacheprovider -m soak -o timeout=1800 tests/test_soak.py
+
+# Fuzz: the property-based suite (tests/test_fuzz_*.py) in its long profile, round after
+# round with fresh randomness, until FUZZ_SECONDS have passed (a round started before the
+# deadline runs to its end). FUZZ_EXAMPLES / FUZZ_OPENAPI_EXAMPLES size one round.
+FUZZ_SECONDS          ?= 600
+FUZZ_EXAMPLES         ?= 300
+FUZZ_OPENAPI_EXAMPLES ?= 40
+fuzz: venv
+	@end=$$(( $$(date +%s) + $(FUZZ_SECONDS) )); round=0; \
+	while [ $$(date +%s) -lt $$end ]; do \
+		round=$$((round + 1)); echo "== fuzz round $$round ($$(( end - $$(date +%s) ))s left)"; \
+		FUZZ_PROFILE=long FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_OPENAPI_EXAMPLES=$(FUZZ_OPENAPI_EXAMPLES) \
+			$(VENV_BIN)/pytest -q -x -p no:cacheprovider -o timeout=3600 tests/test_fuzz_*.py \
+			|| exit 1; \
+	done; echo "fuzz: $$round rounds, no failure"

@@ -208,11 +208,15 @@ class Page(Generic[R]):
     """One page of a listing: at most ``n`` records after the cursor, in name order."""
 
     items: list[R]
+    cursor: str | None
+    """The last name examined: the next page starts after it (None: nothing examined)."""
     more: bool
-    """Whether names follow the last one examined (the next page may still be empty)."""
+    """Whether names follow the cursor (the next page may still be empty)."""
 
 
 Keep = Callable[[R], Awaitable[bool]]
+PAGE_SCAN_FACTOR = 4
+"""Records one page request may read, per item asked for (filtered listings)."""
 
 
 class TenancyStore:
@@ -253,13 +257,16 @@ class TenancyStore:
         """Records of *directory* named after *last*, at most *n* that *keep* accepts.
 
         Only names are listed in full; records are read in small batches until the
-        page is full, so a large directory never costs one read per record.
+        page is full, and at most ``PAGE_SCAN_FACTOR * n`` (at least 64) are read per
+        call: when *keep* rejects most of them the page comes back short, with a cursor
+        to go on from, so no one request reads a whole large directory.
         """
         names = await self._names(directory)
         position = bisect.bisect_right(names, last) if last else 0
+        budget = position + max(PAGE_SCAN_FACTOR * n, 64)
         found: list[R] = []
-        while position < len(names) and len(found) < n:
-            batch = names[position : position + max(n - len(found), 16)]
+        while position < min(len(names), budget) and len(found) < n:
+            batch = names[position : min(position + max(n - len(found), 16), budget)]
             loaded = await asyncio.gather(*(self._load(f"{directory}/{x}", kind) for x in batch))
             verdicts = await asyncio.gather(*(_kept(record, keep) for record in loaded))
             for record, kept in zip(loaded, verdicts, strict=True):
@@ -268,7 +275,8 @@ class TenancyStore:
                     found.append(record)
                     if len(found) == n:
                         break
-        return Page(found, position < len(names))
+        cursor = names[position - 1] if position > 0 and position <= len(names) else last
+        return Page(found, cursor, position < len(names))
 
     async def users_page(self, n: int, last: str | None = None) -> Page[UserRecord]:
         return await self._page(layout.users_dir(), UserRecord, n, last)

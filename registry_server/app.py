@@ -283,7 +283,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     app[V2_KEY] = v2
     metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)
     v2.add_to(app)
-    ApiRoutes(registry, guard, config.archives).add_to(app)
+    ApiRoutes(registry, guard, config.archives, body_timeout=config.limits.body_timeout).add_to(app)
     management = Management(registry, tenancy, guard, upstreams=proxy.upstreams)
     management.add_to(app)
     LifecycleApi(management).add_to(app)

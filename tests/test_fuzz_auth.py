@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.strategies import header_text, text_any
+from tests.fuzz.strategies import header_text, sendable, text_any
 from tests.fuzz.support import (
     FUZZ,
     REPO,
@@ -110,7 +110,7 @@ authorizations = st.one_of(
     st.binary(min_size=1, max_size=60).map(lambda raw: b"Basic " + raw),  # raw, not base64
     st.integers(100, 7000).map(lambda n: "Basic " + "QUFB" * (n // 4)),
     st.sampled_from(["Basic", "Bearer", "Basic =", "Bearer .", "Bearer ..", "basic Og=="]),
-)
+).filter(sendable)
 
 
 def _refused(target: Target, method: str, path: str, value: str | bytes) -> None:
@@ -136,6 +136,24 @@ def test_bad_authorization_never_opens_the_management_api(
     target: Target, value: str | bytes
 ) -> None:
     _refused(target, "GET", "/api/v1/user", value)
+
+
+api_keys = st.one_of(
+    st.from_regex(r"\Achk_[0-9a-f]{16}_[A-Za-z0-9_-]{0,60}\Z"),
+    # As a client sends text: its UTF-8 bytes on the wire.
+    st.from_regex(r"\Achk_[^_]{0,20}_?.{0,20}\Z").map(lambda t: t.encode().decode("latin-1")),
+    header_text,
+    st.binary(min_size=1, max_size=60),
+).filter(sendable)
+
+
+@FUZZ
+@given(value=api_keys)
+def test_bad_api_keys_never_open_the_management_api(target: Target, value: str | bytes) -> None:
+    resp = target.request("GET", "/api/v1/user", headers={"X-Api-Key": value})
+    assert_client_error(resp)
+    assert resp.status_code in (400, 401, 429), resp.status_code
+    target.assert_serving()
 
 
 @FUZZ

@@ -12,6 +12,7 @@ import base64
 import pytest
 from multidict import CIMultiDict
 
+from registry_server.http.guard import MAX_CREDENTIALS
 from tests.api_support import ApiClient, World, assert_error, remembered_hash, seed_world, serve_api
 
 API = "/api/v1"
@@ -140,6 +141,13 @@ async def test_two_authorization_headers_of_the_same_user_are_accepted_on_v2(api
     )
 
     assert status == 200
+
+
+async def test_a_pile_of_authorization_headers_is_refused_unchecked(api, world):
+    same = ("Authorization", basic("root", world.passwords["root"]))
+    status, _ = await send(api, "GET", "/v2/", [same] * (MAX_CREDENTIALS + 1))
+
+    assert status == 401
 
 
 async def test_invalid_api_key_with_valid_basic_is_refused_on_v2(api, world):

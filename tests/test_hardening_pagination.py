@@ -63,6 +63,7 @@ LISTS = {
     "tokens": (f"{PROD}/tokens", "tokens", "id", "prod-admin"),
     "repositories": (f"{PROD}/repositories", "repositories", "image", "reader"),
     "tags": (f"{PROD}/repositories/app/tags", "tags", "name", "reader"),
+    "manifests": (f"{PROD}/repositories/app/manifests", "manifests", "digest", "reader"),
 }
 
 
@@ -168,3 +169,18 @@ async def test_the_openapi_document_states_n_and_last_on_every_list(api, world):
         assert params["n"]["schema"]["maximum"] == MAX_PAGE_SIZE, template
         assert params["last"]["in"] == "query", template
         assert "Link" in doc["paths"][template]["get"]["responses"]["200"]["headers"], template
+
+
+async def test_a_filtered_list_reads_a_bounded_number_of_records_per_page(api, world):
+    # Tokens of every registry share one folder: listing acme/prod's must not read them all.
+    for i in range(300):
+        await api.tenancy.create_token("other", "secret", name=f"noise-{i}")
+    mine = {(await api.tenancy.create_token("acme", "prod", name=n))[0].id for n in "abc"}
+
+    first = await api.get(f"{PROD}/tokens?n=10", world.key("prod-admin"))
+    walked = await walk(api, f"{PROD}/tokens?n=10", world.key("prod-admin"), "tokens", "id")
+
+    assert len(first.json()["tokens"]) < 10
+    assert "Link" in first.headers  # a short page, and a cursor to go on from
+    assert set(walked) == mine
+    assert len(walked) == len(mine)

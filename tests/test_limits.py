@@ -160,6 +160,23 @@ def test_an_upload_body_that_stops_gets_408_and_keeps_what_arrived(limited):
     assert refusals(limited, "body_timeout") == before + 1
 
 
+def test_an_archive_upload_that_stops_gets_408(limited):
+    before = refusals(limited, "body_timeout")
+    with connect(limited) as sock:
+        sock.sendall(
+            b"POST /api/v1/registries/acme/prod/archives HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
+            + b"\0"
+            * 512
+        )
+        status, headers, body = read_response(sock)
+
+    assert status == 408
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["errors"][0]["message"]
+    assert refusals(limited, "body_timeout") == before + 1
+
+
 # -- header size -------------------------------------------------------------------------------
 
 
@@ -235,6 +252,19 @@ def test_upload_sessions_beyond_the_tenant_limit_get_429_in_any_of_its_repositor
     assert error_code(refused.content) == "TOOMANYREQUESTS"
     assert elsewhere.status_code == 202
     assert refusals(limited, "uploads_per_tenant") == before + 1
+
+
+def test_upload_sessions_count_across_server_processes_sharing_the_storage(
+    limited, registry_factory
+):
+    other = registry_factory(storage_url=limited.storage_url, config=limited.config)
+    repo = unique_repo_name(owner="shared", registry="limits")
+    start_upload(limited, repo), start_upload(limited, repo)
+
+    refused = start_upload(other, repo)
+
+    assert refused.status_code == 429
+    assert error_code(refused.content) == "TOOMANYREQUESTS"
 
 
 def test_a_monolithic_upload_is_not_held_to_the_session_limits(limited):

@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ..names import RepositoryName
 from . import layout
-from .driver import FileWriter, PathNotFound, StorageDriver
+from .driver import FileWriter, PathNotFound, StorageDriver, StorageError
 from .policy import RepositoryPolicy, WritePolicy
 
 WRITE_BUFFER = 1 << 20
@@ -450,8 +450,10 @@ class Upload:
         await self._untrack()
 
     async def _untrack(self) -> None:
+        # A marker left behind only counts until it is stale; failing a commit that
+        # already published the blob over it would be worse.
         if self.tracked:
-            with contextlib.suppress(PathNotFound):
+            with contextlib.suppress(PathNotFound, StorageError):
                 await self.blobs.driver.delete(self.blobs._marker(self.id, self.started_at))
 
 

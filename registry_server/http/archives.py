@@ -44,6 +44,7 @@ from registry_core.errors import Denied, NameInvalid, Unauthorized
 from registry_core.names import RepositoryName, Tenant
 
 from ..state import state_of
+from .bodies import request_chunks
 from .guard import Guard
 
 LOGGER = logging.getLogger("cargohold.api")
@@ -99,7 +100,9 @@ def _tenant(request: web.Request) -> Tenant:
     return Tenant(owner, registry)
 
 
-async def _spool(request: web.Request, workspace: Workspace, max_size: int) -> str:
+async def _spool(
+    request: web.Request, workspace: Workspace, max_size: int, timeout: float | None = None
+) -> str:
     """The request body in a file of *workspace*; errors when too large or cut off."""
     declared = request.content_length
     if declared is not None and declared > max_size:
@@ -113,7 +116,7 @@ async def _spool(request: web.Request, workspace: Workspace, max_size: int) -> s
         parts: list[bytes] = []
         gathered = 0
         try:
-            async for chunk in request.content.iter_any():
+            async for chunk in request_chunks(request, timeout):
                 received += len(chunk)
                 state.bytes_in = received
                 if received > max_size:
@@ -154,8 +157,17 @@ def _split_image(text: str) -> tuple[str, str]:
 class ApiRoutes:
     """The ``/api/v1/`` handlers, bound to one Registry."""
 
-    def __init__(self, registry: Registry, guard: Guard | None, config: ArchivesConfig) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        guard: Guard | None,
+        config: ArchivesConfig,
+        *,
+        body_timeout: float | None = None,
+    ) -> None:
         self.registry = registry
+        self.body_timeout = body_timeout
+        """Seconds an archive upload may send nothing before 408 (None: no limit)."""
         self.auth = ApiAuth(guard)
         self.options = import_options(config)
 
@@ -219,7 +231,7 @@ class ApiRoutes:
         workspace = await asyncio.to_thread(Workspace, options.temp_dir)
         started = time.monotonic()
         try:
-            path = await _spool(request, workspace, options.max_size)
+            path = await _spool(request, workspace, options.max_size, self.body_timeout)
             result = await import_archive(
                 self.registry,
                 tenant,

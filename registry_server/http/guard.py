@@ -63,6 +63,8 @@ ROUTE_NEEDS: dict[tuple[str, str], frozenset[str]] = {
 
 API_CHALLENGE = {"WWW-Authenticate": 'Basic realm="cargohold"'}
 API_KEY_HEADER = "X-Api-Key"
+MAX_CREDENTIALS = 4
+"""Credentials one request may present (all of them must name one identity)."""
 """The challenge of the management API (a 401 must carry one)."""
 
 
@@ -194,6 +196,12 @@ class Guard:
         ]
         if not presented:
             return ANONYMOUS, None
+        if len(presented) > MAX_CREDENTIALS:
+            # Each one may cost a password hash: a pile of them is refused unchecked.
+            raise Unauthorized(
+                f"a request may present at most {MAX_CREDENTIALS} credentials",
+                headers=API_CHALLENGE if api else self.challenge(request),
+            )
         found = [await self._credential(request, kind, value, api) for kind, value in presented]
         if len({(identity.kind, identity.name) for identity, _ in found}) > 1:
             raise Unauthorized(

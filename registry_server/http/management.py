@@ -96,8 +96,9 @@ Seconds = (
 Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 Label = Annotated[str, msgspec.Meta(max_length=256)]
 # JSON Schema counts 3.0 as an integer and msgspec's int does not: a whole number is taken
-# in either spelling, as a float (exact up to 2**53) documented as a multiple of 1.
-Count = Annotated[float, msgspec.Meta(ge=1, le=2**53, multiple_of=1)]
+# in either spelling, as a float documented as a multiple of 1. The bound stays far below
+# 2**53, where floats would round a too-large or fractional number onto a valid one.
+Count = Annotated[float, msgspec.Meta(ge=1, le=2**31 - 1, multiple_of=1)]
 State = Literal["active", "expired", "revoked"]
 
 
@@ -648,8 +649,9 @@ class Management:
         self._superuser(caller, "listing users")
         n, last = _page_request(request)
         page = await self.tenancy.users_page(n, last)
-        cursor = page.items[-1].name if page.items else None
-        return _paged(request, UserList(users=[_user(u) for u in page.items]), n, cursor, page.more)
+        return _paged(
+            request, UserList(users=[_user(u) for u in page.items]), n, page.cursor, page.more
+        )
 
     async def create_user(self, request: web.Request, caller: Identity) -> web.Response:
         self._superuser(caller, "creating users")
@@ -719,9 +721,8 @@ class Management:
         n, last = _page_request(request)
         now = time.time()
         page = await self.tenancy.api_keys_page(name, n, last)
-        cursor = page.items[-1].id if page.items else None
         body = ApiKeyList(api_keys=[_api_key(k, now) for k in page.items])
-        return _paged(request, body, n, cursor, page.more)
+        return _paged(request, body, n, page.cursor, page.more)
 
     async def create_api_key(self, request: web.Request, caller: Identity) -> web.Response:
         name = request.match_info["name"]
@@ -752,9 +753,8 @@ class Management:
             return await self._member_of_owner(caller.name, owner.name)
 
         page = await self.tenancy.owners_page(n, last, None if caller.superuser else member)
-        cursor = page.items[-1].name if page.items else None
         body = OwnerList(owners=[_owner(o) for o in page.items])
-        return _paged(request, body, n, cursor, page.more)
+        return _paged(request, body, n, page.cursor, page.more)
 
     async def create_owner(self, request: web.Request, caller: Identity) -> web.Response:
         self._superuser(caller, "creating owners")
@@ -800,9 +800,8 @@ class Management:
             return "pull" in await authenticator.tenant_actions(caller, record.tenant)
 
         page = await self.tenancy.registries_page(owner, n, last, pullable)
-        cursor = page.items[-1].name if page.items else None
         body = RegistryList(registries=[_registry(r) for r in page.items])
-        return _paged(request, body, n, cursor, page.more)
+        return _paged(request, body, n, page.cursor, page.more)
 
     async def create_registry(self, request: web.Request, caller: Identity) -> web.Response:
         owner = request.match_info["owner"]
@@ -844,9 +843,8 @@ class Management:
     ) -> web.Response:
         n, last = _page_request(request)
         page = await self.tenancy.members_page(owner, registry, n, last)
-        cursor = page.items[-1].user if page.items else None
         body = MemberList(members=[_member(m) for m in page.items])
-        return _paged(request, body, n, cursor, page.more)
+        return _paged(request, body, n, page.cursor, page.more)
 
     async def _set_member(
         self, request: web.Request, owner: str, registry: str | None
@@ -896,8 +894,7 @@ class Management:
         pulls = await asyncio.gather(*(self.tenancy.pull_count(t.id) for t in page.items))
         now = time.time()
         views = [_token(t, count, now) for t, count in zip(page.items, pulls, strict=True)]
-        cursor = page.items[-1].id if page.items else None
-        return _paged(request, TokenList(tokens=views), n, cursor, page.more)
+        return _paged(request, TokenList(tokens=views), n, page.cursor, page.more)
 
     async def create_token(self, request: web.Request, caller: Identity) -> web.Response:
         record = await self._registry_admin(request, caller)
@@ -997,9 +994,12 @@ class Management:
                 tags=tags_of.get(str(stored.digest), []),
             )
 
-        found = await asyncio.gather(*(describe(d) for d in await repo.manifests.revisions()))
-        manifests = [m for m in found if m is not None]
-        return _json(ManifestList(name=repo.name.value, manifests=manifests))
+        n, last = _page_request(request)
+        digests = sorted(str(d) for d in await repo.manifests.revisions())
+        page, more = _name_page(digests, n, last)
+        found = await asyncio.gather(*(describe(Digest.parse(d)) for d in page))
+        body = ManifestList(name=repo.name.value, manifests=[m for m in found if m is not None])
+        return _paged(request, body, n, page[-1] if page else None, more)
 
     # -- upstreams (pull-through) -------------------------------------------------------------
     # Only a registry's admins see or change its upstreams; no answer carries a password.

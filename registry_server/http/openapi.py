@@ -628,6 +628,7 @@ PAGINATED = frozenset(
         f"{_REGISTRY}/tokens",
         f"{_REGISTRY}/repositories",
         f"{_IMAGE}/tags",
+        f"{_IMAGE}/manifests",
     )
 )
 """List operations answered a page at a time (``n``, ``last``, ``Link``)."""

@@ -8,9 +8,8 @@ hold no registry logic; library errors propagate to the error middleware.
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
 import attrs
@@ -40,6 +39,7 @@ from registry_core.storage.manifests import StoredManifest
 
 from ..domains import Domains
 from ..state import state_of
+from .bodies import count_limit, request_chunks
 from .guard import OPEN_ACCESS, Guard
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -120,42 +120,6 @@ def _json(
         content_type="application/json",
         headers=headers,
     )
-
-
-class BodyTimeout(BlobUploadInvalid):
-    """The client stopped sending an upload body; what arrived is kept, so it can resume."""
-
-    status = 408
-    default_message = "the upload body stopped arriving"
-
-
-def count_limit(request: web.Request, limit: str) -> None:
-    """Count a refusal by a resource limit in ``/metrics``."""
-    metrics = state_of(request).metrics
-    if metrics is not None:
-        metrics.limit_refusals.labels(limit).inc()
-
-
-async def _request_chunks(request: web.Request, timeout: float | None) -> AsyncIterator[bytes]:
-    """The request body as it arrives, counted for metrics and logs.
-
-    A client that goes silent for *timeout* seconds mid-body would hold the upload's
-    lock, a connection and a storage writer for ever: it gets 408 instead.
-    """
-    state = state_of(request)
-    while True:
-        try:
-            async with asyncio.timeout(timeout):
-                chunk = await request.content.readany()
-        except TimeoutError:
-            count_limit(request, "body_timeout")
-            raise BodyTimeout(
-                f"no upload data for {timeout:g} seconds; resume from the stored offset"
-            ) from None
-        if not chunk:
-            return
-        state.bytes_in += len(chunk)
-        yield chunk
 
 
 def _content_range_start(request: web.Request) -> int | None:
@@ -510,7 +474,7 @@ class V2Routes:
         try:
             # The announced length lets a quota refuse the body before it is stored.
             await upload.append(
-                _request_chunks(request, self.body_timeout), start, request.content_length
+                request_chunks(request, self.body_timeout), start, request.content_length
             )
         finally:
             self.uploads_in_flight -= 1
