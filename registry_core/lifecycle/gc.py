@@ -247,7 +247,8 @@ class GarbageCollector:
             young_after=young_after,
             collect_untagged=self.collect_untagged,
         )
-        plan = _plan(snapshot, reach, young_after)
+        # Pure CPU over the whole snapshot: off the event loop (GC may run inside a server).
+        plan = await asyncio.to_thread(_plan, snapshot, reach, young_after)
         report.blobs_total = len(snapshot.blobs)
         report.mark_seconds = time.monotonic() - started
         sweep_started = time.monotonic()
