@@ -318,9 +318,15 @@ class GarbageCollector:
             await self.fence()
             await driver.delete_many([layout.layer_link(stored_name(r), d) for r, d in batch])
         trashed: dict[Digest, str] = {}
+        semaphore = asyncio.Semaphore(CONCURRENCY)
+
+        async def set_aside(digest: Digest) -> str | None:
+            async with semaphore:
+                return await self._set_aside(digest)
+
         for batch in _batches(plan.blobs):
             await self.fence()
-            moved = await asyncio.gather(*(self._set_aside(d) for d in batch))
+            moved = await asyncio.gather(*(set_aside(d) for d in batch))
             trashed.update((d, path) for d, path in zip(batch, moved, strict=True) if path)
         if not trashed and not plan.layers and not plan.revisions and not plan.tags:
             return []
