@@ -70,7 +70,6 @@ from typing import TypeVar
 import attrs
 
 from ..digest import Digest
-from ..names import RepositoryName
 from ..storage import layout
 from ..storage.driver import PathNotFound, StorageDriver
 from .counting import CountingDriver
@@ -260,7 +259,7 @@ class GarbageCollector:
         if self.dry_run:
             deleted = plan.blobs
         else:
-            deleted = await self._sweep(snapshot, reach, plan, report)
+            deleted = await self._sweep(snapshot, plan, report)
         report.deleted = [(str(d), snapshot.blobs[d][0]) for d in deleted]
         report.blobs_deleted = len(deleted)
         report.bytes_deleted = sum(size for _, size in report.deleted)
@@ -295,9 +294,7 @@ class GarbageCollector:
 
     # -- the sweep ---------------------------------------------------------------------------
 
-    async def _sweep(
-        self, snapshot: Snapshot, reach: Reachability, plan: _Plan, report: GcReport
-    ) -> list[Digest]:
+    async def _sweep(self, snapshot: Snapshot, plan: _Plan, report: GcReport) -> list[Digest]:
         driver = self.driver
         for batch in _batches(plan.repairs):
             await self.fence()
@@ -331,7 +328,7 @@ class GarbageCollector:
         if not trashed and not plan.layers and not plan.revisions and not plan.tags:
             return []
         await asyncio.sleep(self.settle)
-        rescued = await self._recheck(snapshot, reach, plan, trashed)
+        rescued = await self._recheck(snapshot, plan, trashed)
         report.blobs_rescued = len(rescued)
         doomed = [d for d in trashed if d not in rescued]
         for batch in _batches(doomed):
@@ -350,7 +347,6 @@ class GarbageCollector:
     async def _recheck(
         self,
         snapshot: Snapshot,
-        reach: Reachability,
         plan: _Plan,
         trashed: dict[Digest, str],
     ) -> set[Digest]:
@@ -459,4 +455,4 @@ async def collect_garbage(
     return report
 
 
-__all__ = ["JOB", "GarbageCollector", "GcReport", "RepositoryName", "collect_garbage"]
+__all__ = ["JOB", "GarbageCollector", "GcReport", "collect_garbage"]
