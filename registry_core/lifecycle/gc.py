@@ -10,7 +10,8 @@ The protocol, and why no push ever ends with a tag pointing at missing content:
 3. *Mark.* Walk every repository (layer links, revisions, tags, referrers,
    each with its mtime), read each tag link and each distinct manifest body
    once, then walk the blob tree. Kept: tagged manifests, linked revisions
-   (untagged ones unless ``collect_untagged`` says otherwise), index
+   (untagged ones unless ``collect_untagged`` says otherwise, and never one
+   younger than ``UNTAGGED_MIN_AGE``), index
    children, attachments whose subject is kept, the blobs all of them
    reference, and every blob, link and revision younger than ``grace``.
 4. *Unlink.* Remove what the mark did not keep: attachment tags whose subject
@@ -91,6 +92,11 @@ JOB = "gc"
 BATCH = 1000
 """Objects per destructive batch (S3's DeleteObjects limit); fenced before each."""
 CONCURRENCY = 32
+UNTAGGED_MIN_AGE = 600.0
+"""Untagged manifests younger than this are never collected, whatever the policy and the
+grace: a manifest push writes its revision before its tag, and a run that removed the
+revision in between would leave the tag naming content it then deletes. (The floor must
+exceed a push's gap between those two writes; retention rules count in days.)"""
 MTIME_SLACK = 2.0
 """Seconds around the mark's start within which the re-check treats any link as new
 (whole-second mtimes, small clock skew between this process and the store)."""
@@ -219,6 +225,7 @@ class GarbageCollector:
         settle: float = 30.0,
         dry_run: bool = False,
         collect_untagged: UntaggedPolicy | None = None,
+        untagged_min_age: float = UNTAGGED_MIN_AGE,
         fence: LeaseCheck = _no_fence,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -227,6 +234,7 @@ class GarbageCollector:
         self.settle = settle
         self.dry_run = dry_run
         self.collect_untagged = collect_untagged
+        self.untagged_min_age = untagged_min_age
         self.fence = fence
         self.clock = clock
         self.run_id = f"{int(clock())}-{uuid.uuid4().hex[:8]}"
@@ -244,7 +252,7 @@ class GarbageCollector:
             self.driver,
             snapshot,
             young_after=young_after,
-            collect_untagged=self.collect_untagged,
+            collect_untagged=self._untagged_policy(),
         )
         # Pure CPU over the whole snapshot: off the event loop (GC may run inside a server).
         plan = await asyncio.to_thread(_plan, snapshot, reach, young_after)
@@ -268,6 +276,18 @@ class GarbageCollector:
         report.requests_by_operation = dict(self.driver.counts)
         report.storage_requests = self.driver.total
         return report
+
+    def _untagged_policy(self) -> UntaggedPolicy | None:
+        """The caller's policy, never answering True for a manifest under the age floor."""
+        policy = self.collect_untagged
+        if policy is None:
+            return None
+        floor = self.mark_started - max(self.grace, self.untagged_min_age)
+
+        def collectable(repo: str, digest: Digest, linked_at: float) -> bool:
+            return linked_at <= floor and policy(repo, digest, linked_at)
+
+        return collectable
 
     # -- recovery of a killed run ------------------------------------------------------------
 
@@ -428,6 +448,7 @@ async def collect_garbage(
     settle: float = 30.0,
     dry_run: bool = False,
     collect_untagged: UntaggedPolicy | None = None,
+    untagged_min_age: float = UNTAGGED_MIN_AGE,
     fence: LeaseCheck = _no_fence,
 ) -> GcReport:
     """Run one GC pass (the caller holds the ``gc`` lease, and passes its check as *fence*)."""
@@ -437,6 +458,7 @@ async def collect_garbage(
         settle=settle,
         dry_run=dry_run,
         collect_untagged=collect_untagged,
+        untagged_min_age=untagged_min_age,
         fence=fence,
     )
     report = await collector.run()
