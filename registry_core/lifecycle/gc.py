@@ -11,9 +11,9 @@ The protocol, and why no push ever ends with a tag pointing at missing content:
    each with its mtime), read each tag link and each distinct manifest body
    once, then walk the blob tree. Kept: tagged manifests, linked revisions
    (untagged ones unless ``collect_untagged`` says otherwise, and never one
-   younger than ``UNTAGGED_MIN_AGE``), index
-   children, attachments whose subject is kept, the blobs all of them
-   reference, and every blob, link and revision younger than ``grace``.
+   younger than ``UNTAGGED_MIN_AGE``), index children, attachments whose
+   subject is kept, the blobs all of them reference, and every blob, link
+   and revision younger than ``grace``.
 4. *Unlink.* Remove what the mark did not keep: attachment tags whose subject
    is gone, tags naming missing manifests, collected revisions with their
    referrer entries, and layer links to blobs no kept manifest of that
@@ -33,20 +33,24 @@ The protocol, and why no push ever ends with a tag pointing at missing content:
 
 Why a manifest PUT can never end with a tag naming missing content: the
 manifest store writes the revision link, *then* checks the referenced blobs
-(links and data) once more, and only then writes the tag. GC sets data aside
-(5) *before* it re-reads the repositories (6). Either the PUT's second check
-comes after the set-aside, sees the blob missing and refuses the push
-(removing its revision), or it came before, so the revision was already
-visible when GC re-read, and GC kept and re-linked everything it references.
-No timing assumption is needed for this, only read-after-write and
-list-after-write consistency (local folders, S3, GCS and Azure all give it).
-Upload commits and mounts need none either: if they race a set-aside, the
-link they write names missing data, and the manifest PUT that would use it
-is refused (the client pushes the blob again). ``settle`` covers the one
-writer that does not re-check, ``ManifestStore.tag`` re-tagging an existing
-revision from the library (the archive importer): its check and its write
-must be less than ``settle`` apart; it also lets pulls that started before
-the set-aside finish.
+(links and data) once more and stores its own bytes again if they are gone,
+and only then writes the tag. GC sets data aside (5) *before* it re-reads the
+repositories (6). Either the PUT's second check comes after the set-aside,
+sees the blob missing and refuses the push (removing its revision), or it came
+before, so the revision was already visible when GC re-read, and GC kept and
+re-linked everything it references. No timing assumption is needed for this,
+only read-after-write and list-after-write consistency (local folders, S3,
+GCS and Azure all give it). Upload commits and mounts need none either: if
+they race a set-aside, the link they write names missing data, and the
+manifest PUT that would use it is refused (the client pushes the blob again).
+
+Two writers do rely on time. ``ManifestStore.tag`` (re-tagging an existing
+revision from the library: the archive importer) does not re-check, so its
+check and its write must be less than ``settle`` apart; ``settle`` also lets
+pulls that started before the set-aside finish. And a policy may collect an
+untagged manifest only once it is older than ``UNTAGGED_MIN_AGE`` (10
+minutes), because between a push's revision and its tag a manifest is
+untagged for a moment.
 
 A kill at any step leaves storage consistent: links are removed only for
 unkept content, data is only ever moved into the trash (restored by the next
