@@ -13,6 +13,7 @@ from registry_core.attachments import ATTACHMENT_KINDS
 from registry_core.errors import ManifestBlobUnknown
 from registry_core.jobs import LeaseBusy, Leases
 from registry_core.storage import layout
+from registry_core.storage.driver import PathNotFound
 from tests.gc_support import (
     blob_present,
     image,
@@ -37,6 +38,7 @@ def registry(tmp_path: Path) -> Registry:
 async def collect(registry: Registry, **options: object) -> object:
     options.setdefault("grace", 0.0)
     options.setdefault("settle", 0.0)
+    options.setdefault("untagged_min_age", 0.0)  # nothing pushes concurrently here
     return await registry.collect_garbage(**options)  # type: ignore[arg-type]
 
 
@@ -250,7 +252,13 @@ class _SetAsideOnRevisionWrite(LocalDriver):
         await super().write(path, data)
         if self.blob is not None and "/_manifests/revisions/" in path:
             blob, self.blob = self.blob, None
-            await self.move(layout.blob_data(blob), layout.gc_trash("racing-run", blob))
+            for _ in range(500):  # the manifest's bytes are written concurrently
+                try:
+                    await self.move(layout.blob_data(blob), layout.gc_trash("racing-run", blob))
+                    return
+                except PathNotFound:
+                    await asyncio.sleep(0.01)
+            raise AssertionError(f"{blob} never appeared")
 
 
 async def test_a_manifest_push_racing_a_set_aside_is_refused_and_leaves_no_revision(
@@ -266,3 +274,30 @@ async def test_a_manifest_push_racing_a_set_aside_is_refused_and_leaves_no_revis
         await registry.repository(REPO).manifests.put(img.manifest, img.media_type, tag="1.0")
     assert "1.0" not in await registry.repository(REPO).manifests.tags()
     assert await registry.repository(REPO).manifests.revisions() == []
+
+
+async def test_a_manifest_push_whose_own_bytes_are_set_aside_stores_them_again(
+    tmp_path: Path,
+) -> None:
+    driver = _SetAsideOnRevisionWrite(str(tmp_path / "store"))
+    registry = Registry(driver)
+    img = image("racing-body")
+    for blob in img.blobs():
+        await push_blob(registry, REPO, blob)
+    driver.blob = Digest.parse(img.digest)
+    await registry.repository(REPO).manifests.put(img.manifest, img.media_type, tag="1.0")
+    fresh = Registry(LocalDriver(str(tmp_path / "store")))  # no cached manifest bytes
+    assert await image_complete(fresh, REPO, "1.0")
+
+
+async def test_untagged_manifests_under_the_age_floor_are_kept_whatever_the_policy(
+    registry: Registry,
+) -> None:
+    """A push writes its revision before its tag: a run in between must not take it."""
+    img = image("just-pushed")
+    await push_image(registry, REPO, img)
+    report = await registry.collect_garbage(
+        grace=0.0, settle=0.0, collect_untagged=lambda repo, digest, mtime: True
+    )
+    assert report.revisions_removed == 0
+    assert await image_complete(registry, REPO, img.digest)

@@ -224,3 +224,13 @@ def test_gc_refuses_to_run_while_another_process_holds_the_lease(tmp_path: Path)
     result = cargohold("gc", "--storage", str(store), "--grace", "0s", "--settle", "0s")
     assert result.returncode == 1
     assert "running elsewhere (holder elsewhere:1)" in result.stderr
+
+
+def test_gc_last_shows_the_report_of_the_last_run(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    populate(store, stray=2)
+    assert cargohold("gc", "--storage", str(store), "--last").returncode == 1
+    cargohold("gc", "--storage", str(store), "--grace", "0s", "--settle", "0s")
+    last = cargohold("gc", "--storage", str(store), "--last")
+    assert last.returncode == 0, last.stderr
+    assert json.loads(last.stdout)["blobs_deleted"] == 2

@@ -1,5 +1,6 @@
-"""GC in a loop (grace 0s, settle 0s, untagged manifests collected) while 16 HTTP clients push, mount, tag, untag and pull; afterwards
-every tag resolves to a complete image. On local storage and on moto S3.
+"""GC in a loop (grace 0s, settle 0s) while 16 HTTP clients push, mount, tag, untag, delete
+manifests and pull; afterwards every tag resolves to a complete image. On local storage
+and on moto S3.
 
 Settle 0s on local storage on purpose: a manifest push's second blob check, not a
 pause, is what keeps its tag complete (registry_core/lifecycle/gc.py).
@@ -34,6 +35,8 @@ from tests.helpers.server import RegistryServer
 
 CLIENTS = 16
 PUSH_ATTEMPTS = 6
+PAUSE = 0.2
+"""Seconds between GC runs: back to back, the loop alone would starve the clients on 2 cores."""
 SOAK_SECONDS = float(os.environ.get("CARGOHOLD_GC_SOAK_SECONDS", "8"))
 COMMON_LAYERS = [make_random_layer(1024 + n, seed=f"common-{n}") for n in range(12)]
 
@@ -165,7 +168,7 @@ class Clients:
                     image = rng.choice(list(mine.values()))
                     if self.push(session, repo, image, f"r{counter}"):
                         self.note("tagged")
-                elif choice < 0.8:
+                elif choice < 0.71:
                     tag = rng.choice(list(mine))
                     with self.lock:
                         self.tags[repo].pop(tag, None)
@@ -173,6 +176,17 @@ class Clients:
                     if self.check(gone, "untag").status_code != 202:
                         self.fail(f"untag {repo}:{tag} answered {gone.status_code}")
                     self.note("untagged")
+                elif choice < 0.8:
+                    # The manifest itself, with every tag naming it: its layers become garbage.
+                    digest = mine[rng.choice(list(mine))].digest
+                    with self.lock:
+                        for tag, tagged in list(self.tags[repo].items()):
+                            if tagged.digest == digest:
+                                del self.tags[repo][tag]
+                    gone = session.delete(f"{self.base}/v2/{repo}/manifests/{digest}")
+                    if self.check(gone, "delete").status_code != 202:
+                        self.fail(f"delete {repo}@{digest} answered {gone.status_code}")
+                    self.note("deleted manifest")
                 elif others:
                     source, tag, image = rng.choice(others)
                     self.pull(session, source, tag, image)
@@ -208,19 +222,15 @@ def verify_every_tag(base: str, clients: Clients) -> int:
     return checked
 
 
-def collect_every_untagged(repository: str, digest: object, linked_at: float) -> bool:
-    """The most aggressive policy: an untag makes its manifest and layers garbage at once."""
-    return True
-
-
 async def soak(server: RegistryServer, registry: Registry, settle: float) -> dict[str, Any]:
     clients = Clients(server.url)
-    # Garbage from the start (untagged images), whatever the clients manage to do.
+    # Garbage from the start (deleted images), whatever the clients manage to do.
     seeder = new_session()
     for n in range(4):
         seed = build_image([make_random_layer(2048, seed=f"seed-{n}")])
         assert clients.push(seeder, "gc/soak/seed", seed, f"s{n}")
-        assert seeder.delete(f"{server.url}/v2/gc/soak/seed/manifests/s{n}").status_code == 202
+        gone = seeder.delete(f"{server.url}/v2/gc/soak/seed/manifests/{seed.digest}")
+        assert gone.status_code == 202
     clients.tags.clear()
     threads = [
         threading.Thread(target=clients.run_client, args=(n,), daemon=True) for n in range(CLIENTS)
@@ -231,21 +241,18 @@ async def soak(server: RegistryServer, registry: Registry, settle: float) -> dic
     runs, deleted, rescued = 0, 0, 0
     try:
         while time.monotonic() < deadline:
-            report = await registry.collect_garbage(
-                grace=0.0, settle=settle, collect_untagged=collect_every_untagged
-            )
+            report = await registry.collect_garbage(grace=0.0, settle=settle)
             runs += 1
             deleted += report.blobs_deleted
             rescued += report.blobs_rescued
+            await asyncio.sleep(PAUSE)
     finally:
         clients.stop.set()
         for thread in threads:
             await asyncio.to_thread(thread.join, 60)
     assert clients.failures == [], clients.failures[:10]
     checked = await asyncio.to_thread(verify_every_tag, server.url, clients)
-    final = await registry.collect_garbage(
-        grace=0.0, settle=0.0, collect_untagged=collect_every_untagged
-    )
+    final = await registry.collect_garbage(grace=0.0, settle=0.0)
     await asyncio.to_thread(verify_every_tag, server.url, clients)
     summary = {
         "gc_runs": runs,

@@ -10,9 +10,10 @@ The protocol, and why no push ever ends with a tag pointing at missing content:
 3. *Mark.* Walk every repository (layer links, revisions, tags, referrers,
    each with its mtime), read each tag link and each distinct manifest body
    once, then walk the blob tree. Kept: tagged manifests, linked revisions
-   (untagged ones unless ``collect_untagged`` says otherwise), index
-   children, attachments whose subject is kept, the blobs all of them
-   reference, and every blob, link and revision younger than ``grace``.
+   (untagged ones unless ``collect_untagged`` says otherwise, and never one
+   younger than ``UNTAGGED_MIN_AGE``), index children, attachments whose
+   subject is kept, the blobs all of them reference, and every blob, link
+   and revision younger than ``grace``.
 4. *Unlink.* Remove what the mark did not keep: attachment tags whose subject
    is gone, tags naming missing manifests, collected revisions with their
    referrer entries, and layer links to blobs no kept manifest of that
@@ -32,20 +33,24 @@ The protocol, and why no push ever ends with a tag pointing at missing content:
 
 Why a manifest PUT can never end with a tag naming missing content: the
 manifest store writes the revision link, *then* checks the referenced blobs
-(links and data) once more, and only then writes the tag. GC sets data aside
-(5) *before* it re-reads the repositories (6). Either the PUT's second check
-comes after the set-aside, sees the blob missing and refuses the push
-(removing its revision), or it came before, so the revision was already
-visible when GC re-read, and GC kept and re-linked everything it references.
-No timing assumption is needed for this, only read-after-write and
-list-after-write consistency (local folders, S3, GCS and Azure all give it).
-Upload commits and mounts need none either: if they race a set-aside, the
-link they write names missing data, and the manifest PUT that would use it
-is refused (the client pushes the blob again). ``settle`` covers the one
-writer that does not re-check, ``ManifestStore.tag`` re-tagging an existing
-revision from the library (the archive importer): its check and its write
-must be less than ``settle`` apart; it also lets pulls that started before
-the set-aside finish.
+(links and data) once more and stores its own bytes again if they are gone,
+and only then writes the tag. GC sets data aside (5) *before* it re-reads the
+repositories (6). Either the PUT's second check comes after the set-aside,
+sees the blob missing and refuses the push (removing its revision), or it came
+before, so the revision was already visible when GC re-read, and GC kept and
+re-linked everything it references. No timing assumption is needed for this,
+only read-after-write and list-after-write consistency (local folders, S3,
+GCS and Azure all give it). Upload commits and mounts need none either: if
+they race a set-aside, the link they write names missing data, and the
+manifest PUT that would use it is refused (the client pushes the blob again).
+
+Two writers do rely on time. ``ManifestStore.tag`` (re-tagging an existing
+revision from the library: the archive importer) does not re-check, so its
+check and its write must be less than ``settle`` apart; ``settle`` also lets
+pulls that started before the set-aside finish. And a policy may collect an
+untagged manifest only once it is older than ``UNTAGGED_MIN_AGE`` (10
+minutes), because between a push's revision and its tag a manifest is
+untagged for a moment.
 
 A kill at any step leaves storage consistent: links are removed only for
 unkept content, data is only ever moved into the trash (restored by the next
@@ -70,7 +75,6 @@ from typing import TypeVar
 import attrs
 
 from ..digest import Digest
-from ..names import RepositoryName
 from ..storage import layout
 from ..storage.driver import PathNotFound, StorageDriver
 from .counting import CountingDriver
@@ -92,6 +96,11 @@ JOB = "gc"
 BATCH = 1000
 """Objects per destructive batch (S3's DeleteObjects limit); fenced before each."""
 CONCURRENCY = 32
+UNTAGGED_MIN_AGE = 600.0
+"""Untagged manifests younger than this are never collected, whatever the policy and the
+grace: a manifest push writes its revision before its tag, and a run that removed the
+revision in between would leave the tag naming content it then deletes. (The floor must
+exceed a push's gap between those two writes; retention rules count in days.)"""
 MTIME_SLACK = 2.0
 """Seconds around the mark's start within which the re-check treats any link as new
 (whole-second mtimes, small clock skew between this process and the store)."""
@@ -220,6 +229,7 @@ class GarbageCollector:
         settle: float = 30.0,
         dry_run: bool = False,
         collect_untagged: UntaggedPolicy | None = None,
+        untagged_min_age: float = UNTAGGED_MIN_AGE,
         fence: LeaseCheck = _no_fence,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -228,6 +238,7 @@ class GarbageCollector:
         self.settle = settle
         self.dry_run = dry_run
         self.collect_untagged = collect_untagged
+        self.untagged_min_age = untagged_min_age
         self.fence = fence
         self.clock = clock
         self.run_id = f"{int(clock())}-{uuid.uuid4().hex[:8]}"
@@ -245,9 +256,10 @@ class GarbageCollector:
             self.driver,
             snapshot,
             young_after=young_after,
-            collect_untagged=self.collect_untagged,
+            collect_untagged=self._untagged_policy(),
         )
-        plan = _plan(snapshot, reach, young_after)
+        # Pure CPU over the whole snapshot: off the event loop (GC may run inside a server).
+        plan = await asyncio.to_thread(_plan, snapshot, reach, young_after)
         report.blobs_total = len(snapshot.blobs)
         report.mark_seconds = time.monotonic() - started
         sweep_started = time.monotonic()
@@ -259,7 +271,7 @@ class GarbageCollector:
         if self.dry_run:
             deleted = plan.blobs
         else:
-            deleted = await self._sweep(snapshot, reach, plan, report)
+            deleted = await self._sweep(snapshot, plan, report)
         report.deleted = [(str(d), snapshot.blobs[d][0]) for d in deleted]
         report.blobs_deleted = len(deleted)
         report.bytes_deleted = sum(size for _, size in report.deleted)
@@ -268,6 +280,18 @@ class GarbageCollector:
         report.requests_by_operation = dict(self.driver.counts)
         report.storage_requests = self.driver.total
         return report
+
+    def _untagged_policy(self) -> UntaggedPolicy | None:
+        """The caller's policy, never answering True for a manifest under the age floor."""
+        policy = self.collect_untagged
+        if policy is None:
+            return None
+        floor = self.mark_started - max(self.grace, self.untagged_min_age)
+
+        def collectable(repo: str, digest: Digest, linked_at: float) -> bool:
+            return linked_at <= floor and policy(repo, digest, linked_at)
+
+        return collectable
 
     # -- recovery of a killed run ------------------------------------------------------------
 
@@ -294,9 +318,7 @@ class GarbageCollector:
 
     # -- the sweep ---------------------------------------------------------------------------
 
-    async def _sweep(
-        self, snapshot: Snapshot, reach: Reachability, plan: _Plan, report: GcReport
-    ) -> list[Digest]:
+    async def _sweep(self, snapshot: Snapshot, plan: _Plan, report: GcReport) -> list[Digest]:
         driver = self.driver
         for batch in _batches(plan.repairs):
             await self.fence()
@@ -317,14 +339,20 @@ class GarbageCollector:
             await self.fence()
             await driver.delete_many([layout.layer_link(stored_name(r), d) for r, d in batch])
         trashed: dict[Digest, str] = {}
+        semaphore = asyncio.Semaphore(CONCURRENCY)
+
+        async def set_aside(digest: Digest) -> str | None:
+            async with semaphore:
+                return await self._set_aside(digest)
+
         for batch in _batches(plan.blobs):
             await self.fence()
-            moved = await asyncio.gather(*(self._set_aside(d) for d in batch))
+            moved = await asyncio.gather(*(set_aside(d) for d in batch))
             trashed.update((d, path) for d, path in zip(batch, moved, strict=True) if path)
         if not trashed and not plan.layers and not plan.revisions and not plan.tags:
             return []
         await asyncio.sleep(self.settle)
-        rescued = await self._recheck(snapshot, reach, plan, trashed)
+        rescued = await self._recheck(snapshot, plan, trashed)
         report.blobs_rescued = len(rescued)
         doomed = [d for d in trashed if d not in rescued]
         for batch in _batches(doomed):
@@ -343,7 +371,6 @@ class GarbageCollector:
     async def _recheck(
         self,
         snapshot: Snapshot,
-        reach: Reachability,
         plan: _Plan,
         trashed: dict[Digest, str],
     ) -> set[Digest]:
@@ -425,6 +452,7 @@ async def collect_garbage(
     settle: float = 30.0,
     dry_run: bool = False,
     collect_untagged: UntaggedPolicy | None = None,
+    untagged_min_age: float = UNTAGGED_MIN_AGE,
     fence: LeaseCheck = _no_fence,
 ) -> GcReport:
     """Run one GC pass (the caller holds the ``gc`` lease, and passes its check as *fence*)."""
@@ -434,6 +462,7 @@ async def collect_garbage(
         settle=settle,
         dry_run=dry_run,
         collect_untagged=collect_untagged,
+        untagged_min_age=untagged_min_age,
         fence=fence,
     )
     report = await collector.run()
@@ -452,4 +481,4 @@ async def collect_garbage(
     return report
 
 
-__all__ = ["JOB", "GarbageCollector", "GcReport", "RepositoryName", "collect_garbage"]
+__all__ = ["JOB", "GarbageCollector", "GcReport", "collect_garbage"]

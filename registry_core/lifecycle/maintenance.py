@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -19,6 +20,7 @@ from ..config import Config
 from ..jobs import LeaseGuard, Scheduler
 from ..registry import Registry
 from ..storage import layout
+from ..storage.driver import PathNotFound
 from .gc import JOB as GC_JOB
 from .gc import GcReport
 from .scrub import JOB as SCRUB_JOB
@@ -35,6 +37,18 @@ async def store_gc_report(registry: Registry, report: GcReport) -> None:
     await registry.driver.write(
         layout.job_state(GC_JOB, "last-run"), msgspec.json.encode(report.summary())
     )
+
+
+async def last_gc_report(registry: Registry) -> dict[str, Any] | None:
+    """The summary :func:`store_gc_report` kept, or None when no run has completed."""
+    try:
+        body = await registry.driver.read(layout.job_state(GC_JOB, "last-run"))
+    except PathNotFound:
+        return None
+    try:
+        return msgspec.json.decode(body, type=dict[str, Any])
+    except msgspec.DecodeError:
+        return None
 
 
 def add_maintenance_jobs(

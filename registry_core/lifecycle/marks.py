@@ -26,6 +26,8 @@ from ..storage import layout
 from ..storage.driver import PathNotFound, StorageDriver
 
 READ_CONCURRENCY = 32
+YIELD_EVERY = 2000
+"""Walked entries handled between two returns to the event loop (GC may run in a server)."""
 """Small reads in flight at once while marking (tag links, manifest bodies)."""
 
 UntaggedPolicy = Callable[[str, Digest, float], bool]
@@ -108,7 +110,11 @@ async def walk_repositories(driver: StorageDriver, snapshot: Snapshot) -> list[t
     keys a request) instead of a listing per directory; upload sessions are skipped here.
     """
     tag_links: list[tuple[str, str]] = []
+    count = 0
     async for entry in driver.walk(layout.REPOSITORIES):
+        count += 1
+        if count % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # a server process keeps answering requests meanwhile
         if entry.is_dir:
             continue
         found = layout.classify_repository_object(entry.path)
@@ -154,7 +160,11 @@ async def read_tag_targets(
 
 
 async def walk_blobs(driver: StorageDriver, snapshot: Snapshot) -> None:
+    count = 0
     async for entry in driver.walk(layout.BLOBS):
+        count += 1
+        if count % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
         if entry.is_dir:
             continue
         found = layout.digest_from_blob_data(entry.path)

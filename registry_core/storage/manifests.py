@@ -153,9 +153,12 @@ class ManifestStore:
         # blobs aside and only then re-reads the repositories (lifecycle/gc.py), so
         # either this check sees a blob set aside, or GC's re-read sees this revision
         # and keeps (and re-links) what it references: no tag can name missing content,
-        # however long this request took.
+        # however long this request took. The manifest's own bytes are such a blob too:
+        # stored again if they were set aside (create-if-absent: otherwise a no-op).
         try:
-            await self._check_references(parsed)
+            await asyncio.gather(
+                self._check_references(parsed), self.store.put_small(body, parsed.digest)
+            )
         except ManifestBlobUnknown:
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.revision_dir(self.name, parsed.digest))

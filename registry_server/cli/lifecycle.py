@@ -22,7 +22,11 @@ from drivers import open_driver
 from registry_core import ConfigError, Registry, load_config
 from registry_core.config import Config
 from registry_core.jobs import LeaseBusy, Leases, Scheduler
-from registry_core.lifecycle.maintenance import add_maintenance_jobs, store_gc_report
+from registry_core.lifecycle.maintenance import (
+    add_maintenance_jobs,
+    last_gc_report,
+    store_gc_report,
+)
 from registry_core.lifecycle.periodic import add_policy_jobs
 from registry_core.lifecycle.scrub import Scrubber
 from registry_core.tenancy import parse_duration
@@ -77,6 +81,13 @@ def _run(args: argparse.Namespace, body: Any) -> int:
 
 def gc_command(args: argparse.Namespace) -> int:
     async def body(config: Config, registry: Registry) -> int:
+        if args.last:
+            last = await last_gc_report(registry)
+            if last is None:
+                print("cargohold: no GC run has completed on this storage", file=sys.stderr)
+                return 1
+            print(json.dumps(last, indent=2))
+            return 0
         grace = parse_duration(args.grace) if args.grace else config.gc.seconds("grace")
         settle = parse_duration(args.settle) if args.settle else config.gc.seconds("settle")
         report = await registry.collect_garbage(
@@ -195,6 +206,7 @@ def add_lifecycle_commands(commands: Any) -> None:
     gc.add_argument("--settle", help="wait between set-aside and re-check (default [gc] settle)")
     gc.add_argument("--wait", default="0s", help="wait this long for a run elsewhere to end")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.add_argument("--last", action="store_true", help="show the last completed run's report")
     gc.set_defaults(func=gc_command)
     scrub = commands.add_parser("scrub", help="re-read blobs and links, report (and repair)")
     _common(scrub)
