@@ -125,7 +125,14 @@ class ManifestStore:
         """Validate, store and link a manifest, then point *tag* at it."""
         if tag is not None:
             validate_tag(tag)
-        parsed = parse_manifest(body, content_type, max_size=self.max_size)
+        if len(body) > _PARSE_INLINE_BYTES:
+            # Checking a large body (depth, duplicate keys, every descriptor) takes long
+            # enough to stall every other request of this process.
+            parsed = await asyncio.to_thread(
+                parse_manifest, body, content_type, max_size=self.max_size
+            )
+        else:
+            parsed = parse_manifest(body, content_type, max_size=self.max_size)
         await self._check_references(parsed)
         # Content and revision link together (a revision whose content is missing
         # reads as unknown, so a crash between them exposes nothing); tags only after.
@@ -291,6 +298,10 @@ async def _missing(exists: Any, digests: tuple[Digest, ...]) -> list[Digest]:
     unique = list(dict.fromkeys(digests))
     present = await asyncio.gather(*(exists(d) for d in unique))
     return [d for d, ok in zip(unique, present, strict=True) if not ok]
+
+
+_PARSE_INLINE_BYTES = 64 * 1024
+"""Manifests up to this size are parsed on the event loop (well under a millisecond)."""
 
 
 class _SubjectProbe(msgspec.Struct):
