@@ -19,17 +19,22 @@ from typing import Any
 MAX_DEPTH = 64
 """Deeper than any manifest or API body has reason to be, far from the recursion limit."""
 
-# Strings are removed before counting brackets: a "[" inside a string is text.
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKETS = b"[]{}"
-_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in _BRACKETS)
+# Strings are removed before counting brackets (a "[" inside a string is text): escape
+# pairs first, so that every remaining quote opens or closes a string, then every other
+# piece between quotes. All of it runs in C: a regular expression over whole strings
+# costs seconds on a 4 MiB body of short strings.
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
 # Opening brackets count +1 and closing ones -1 (0xFF as a signed byte).
 _DEPTH_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 
 
 def nesting_depth(body: bytes) -> int:
     """The deepest nesting of arrays and objects in *body* (JSON text, possibly invalid)."""
-    steps = _STRING.sub(b"", body).translate(_DEPTH_STEP, _NOT_BRACKETS)
+    if b"\\" in body:
+        body = _ESCAPE.sub(b"", body)
+    outside_strings = b"".join(body.split(b'"')[::2])
+    steps = outside_strings.translate(_DEPTH_STEP, _NOT_BRACKETS)
     return max(accumulate(array("b", steps)), default=0)
 
 

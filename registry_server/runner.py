@@ -13,6 +13,7 @@ traceback in the server's log, and nothing it sent is echoed into the log.
 from __future__ import annotations
 
 import logging
+import re
 
 import msgspec
 from aiohttp import web
@@ -84,6 +85,7 @@ class JsonErrorRequestHandler(web.RequestHandler):
 
 
 LOGGER = logging.getLogger("cargohold.server")
+_REQUEST_LINE = re.compile(rb"[A-Z]+ (?:/|https?:|\*)")
 
 
 def client_error(exc: HttpProcessingError) -> tuple[int, str]:
@@ -95,9 +97,10 @@ def client_error(exc: HttpProcessingError) -> tuple[int, str]:
     if isinstance(exc, LineTooLong):
         line = exc.args[0] if exc.args else b""
         limit = exc.args[1] if len(exc.args) > 1 else "the"
-        # The request target is the only over-long piece that is not a header.
-        if isinstance(line, bytes | bytearray) and bytes(line[:4]).lower().startswith(
-            (b"/", b"http", b"*")
+        # aiohttp's C parser quotes an over-long request target as a bytearray and a
+        # header as bytes; its pure-Python parser quotes the whole request line.
+        if isinstance(line, bytearray) or (
+            isinstance(line, bytes) and _REQUEST_LINE.match(line) is not None
         ):
             return 414, f"the request target is longer than {limit} bytes"
         return 431, f"a request header is longer than {limit} bytes"

@@ -44,6 +44,10 @@ MALFORMED = {
         b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + b"c2VjcmV0" * 3000 + b"\r\n\r\n",
         431,
     ),
+    "oversized header value that looks like a path": (
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nReferer: /" + b"a" * 20_000 + b"\r\n\r\n",
+        431,
+    ),
     "too many headers": (
         b"GET /v2/ HTTP/1.1\r\nHost: x\r\n"
         + b"".join(b"X-H%d: v\r\n" % i for i in range(500))

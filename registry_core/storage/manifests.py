@@ -137,7 +137,14 @@ class ManifestStore:
         """
         if tag is not None:
             validate_tag(tag)
-        parsed = parse_manifest(body, content_type, max_size=self.max_size)
+        if len(body) > _PARSE_INLINE_BYTES:
+            # Checking a large body (depth, duplicate keys, every descriptor) takes long
+            # enough to stall every other request of this process.
+            parsed = await asyncio.to_thread(
+                parse_manifest, body, content_type, max_size=self.max_size
+            )
+        else:
+            parsed = parse_manifest(body, content_type, max_size=self.max_size)
         if check_references:
             await self._check_references(parsed)
         rules, current = await self._check_tag(tag, parsed.digest)
@@ -156,9 +163,12 @@ class ManifestStore:
         # however long this request took. The manifest's own bytes are such a blob too:
         # stored again if they were set aside (create-if-absent: otherwise a no-op).
         try:
-            await asyncio.gather(
-                self._check_references(parsed), self.store.put_small(body, parsed.digest)
-            )
+            if check_references:
+                await asyncio.gather(
+                    self._check_references(parsed), self.store.put_small(body, parsed.digest)
+                )
+            else:  # the pull-through cache fetches the blobs when first asked for
+                await self.store.put_small(body, parsed.digest)
         except ManifestBlobUnknown:
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.revision_dir(self.name, parsed.digest))
@@ -365,6 +375,10 @@ async def _missing(exists: Any, digests: tuple[Digest, ...]) -> list[Digest]:
     unique = list(dict.fromkeys(digests))
     present = await asyncio.gather(*(exists(d) for d in unique))
     return [d for d, ok in zip(unique, present, strict=True) if not ok]
+
+
+_PARSE_INLINE_BYTES = 64 * 1024
+"""Manifests up to this size are parsed on the event loop (well under a millisecond)."""
 
 
 class _SubjectProbe(msgspec.Struct):

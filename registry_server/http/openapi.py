@@ -435,6 +435,8 @@ OPERATIONS: tuple[Operation, ...] = (
                 "Extra NAME:TAG to tag an imported image with (repeatable).",
                 {
                     "type": "array",
+                    # Keeps a valid request line within limits.max_header_size.
+                    "maxItems": 16,
                     "items": {
                         "type": "string",
                         "pattern": rf"^{_IMAGE_NAME}(?::{_TAG})?(?!\n)$",
@@ -665,8 +667,20 @@ _ERRORS = {
         "no superuser (CONFLICT).",
     ),
     413: ("TooLarge", "The upload is over archives.max_size."),
+    414: (
+        "UriTooLong",
+        "The request line is over limits.max_header_size bytes (refused before any route).",
+    ),
     429: ("TooManyRequests", "Too many failed logins from this address or for this user."),
+    431: (
+        "HeadersTooLarge",
+        "A header is over limits.max_header_size bytes, or there are more than "
+        "limits.max_headers (refused before any route).",
+    ),
 }
+
+HTTP_LIMITS = (414, 431)
+"""Answers of the HTTP layer itself, possible on every operation."""
 
 _DESCRIPTION = """\
 Manage Cargohold's tenants: users, API keys, owners, registries, members and entitlement
@@ -783,7 +797,7 @@ def document() -> dict[str, Any]:
                 str(op.status): success,
                 **{
                     str(code): {"$ref": f"#/components/responses/{_ERRORS[code][0]}"}
-                    for code in sorted({*op.errors, *((429,) if op.security else ())})
+                    for code in sorted({*op.errors, *HTTP_LIMITS, *((429,) if op.security else ())})
                 },
             },
             "security": [{scheme: []} for scheme in op.security],

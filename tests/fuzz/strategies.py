@@ -144,8 +144,8 @@ def sendable(value: str | bytes) -> bool:
     """Whether an HTTP client library will send *value* as a header (no CR/LF, no
     leading whitespace); raw sockets cover the rest (tests/test_fuzz_malformed_http.py)."""
     if isinstance(value, bytes):
-        return bool(_SENDABLE_HEADER_BYTES.match(value))
-    return bool(_SENDABLE_HEADER.match(value))
+        return bool(_SENDABLE_HEADER_BYTES.fullmatch(value))
+    return bool(_SENDABLE_HEADER.fullmatch(value))
 
 
 header_text = (
