@@ -48,6 +48,7 @@ LOGGER = logging.getLogger("cargohold.proxy")
 SUBSCRIBER_QUEUE = 64
 """Pieces a slow client may lag behind a fetch before it is switched to reading storage."""
 _MAX_NEGATIVE = 10_000
+_MAX_ORIGINS = 100_000
 
 
 class ProxyObserver(Protocol):
@@ -186,6 +187,7 @@ class PullThrough:
         self._negative: dict[tuple[str, ...], float] = {}
         self._manifest_flights: dict[tuple[str, ...], asyncio.Future[StoredManifest]] = {}
         self._blob_flights: dict[tuple[str, str], BlobFlight] = {}
+        self._origins: dict[tuple[str, str], tuple[float, TagOrigin | None]] = {}
         self.upstream_fetches = 0
         """Upstream blob GETs this process started (tests and metrics)."""
 
@@ -247,19 +249,33 @@ class PullThrough:
     # -- tag origins ----------------------------------------------------------------------
 
     async def _origin(self, repo: Repository, tag: str) -> TagOrigin | None:
+        # Cached as briefly as tag links are (manifests.link_cache_ttl): an origin read
+        # late only makes a refresh come a little early, or a pushed tag's origin
+        # linger until the digest it names no longer matches the tag.
+        key = (repo.name.value, tag)
+        ttl = self.registry.link_cache.ttl
+        hit = self._origins.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
         try:
             raw = await self.registry.driver.read(layout.proxy_tag_origin(repo.name, tag))
-        except PathNotFound:
-            return None
-        try:
-            return msgspec.json.decode(raw, type=TagOrigin)
-        except msgspec.MsgspecError:
-            return None
+            origin: TagOrigin | None = msgspec.json.decode(raw, type=TagOrigin)
+        except (PathNotFound, msgspec.MsgspecError):
+            origin = None
+        if ttl > 0:
+            self._remember_origin(key, origin, ttl)
+        return origin
+
+    def _remember_origin(self, key: tuple[str, str], origin: TagOrigin | None, ttl: float) -> None:
+        if len(self._origins) >= _MAX_ORIGINS:
+            self._origins.clear()
+        self._origins[key] = (time.monotonic() + ttl, origin)
 
     async def _write_origin(self, repo: Repository, tag: str, origin: TagOrigin) -> None:
         await self.registry.driver.write(
             layout.proxy_tag_origin(repo.name, tag), msgspec.json.encode(origin)
         )
+        self._origins.pop((repo.name.value, tag), None)
 
     async def pushed(self, repo: Repository, tag: str | None) -> None:
         """A client pushed *tag* here: it is local from now on, never refreshed from upstream."""
@@ -267,6 +283,7 @@ class PullThrough:
             return
         with contextlib.suppress(PathNotFound):
             await self.registry.driver.delete(layout.proxy_tag_origin(repo.name, tag))
+        self._origins.pop((repo.name.value, tag), None)
 
     # -- manifests --------------------------------------------------------------------------
 
