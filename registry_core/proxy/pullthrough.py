@@ -45,8 +45,9 @@ from .settings import Upstream, UpstreamStore
 from .tokens import Credentials, TokenFlow
 
 LOGGER = logging.getLogger("cargohold.proxy")
-SUBSCRIBER_QUEUE = 64
-"""Pieces a slow client may lag behind a fetch before it is switched to reading storage."""
+SUBSCRIBER_QUEUE = 16
+"""Pieces (each at most the client's read size, 1 MiB) a slow client may lag behind a
+fetch before it is switched to reading storage: the memory one reader can hold."""
 _MAX_NEGATIVE = 10_000
 _MAX_ORIGINS = 100_000
 
