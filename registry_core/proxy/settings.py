@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from ..errors import RegistryError
 from ..names import Tenant
 from ..secrets import SecretBox, SecretsError
 from ..settings import SettingsStore
@@ -173,8 +174,8 @@ def build_upstream(tenant: Tenant, spec: UpstreamSpec, box: SecretBox | None) ->
     """Check *spec* and seal its password; InvalidRequest names what is wrong."""
     try:
         check_slug("upstream", spec.name)
-    except Exception as exc:
-        raise InvalidRequest(str(exc)) from None
+    except RegistryError as exc:
+        raise InvalidRequest(exc.message) from None
     if spec.password is not None and box is None:
         raise InvalidRequest("this server has no secrets key, so it cannot store a password")
     if spec.username is not None and not spec.username.strip():
