@@ -16,9 +16,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
-from registry_core import Config, ConfigError, Registry
+from registry_core import Config, ConfigError, Registry, RegistryError
 from registry_core.names import Tenant
 from registry_core.proxy import NetworkPolicy, PullThrough, UpstreamSpec, UpstreamStore
+from registry_core.proxy.settings import build_upstream
 from registry_core.secrets import SecretBox, SecretsError, generate_key, key_from_state_dir
 from registry_core.settings import SettingsStore
 from registry_core.storage.driver import StorageDriver
@@ -197,15 +198,22 @@ def check_proxy_settings(config: Config) -> None:
     ConfigError names the bad key, or says what to do when the secrets key is not the
     one the storage knows.
     """
-    network_policy(config)
-    configured_specs(config)
     import asyncio
 
     from drivers import open_driver
 
     from .app import state_dir
 
+    network_policy(config)
     box = secret_box(config, state_dir(config))
+    for tenant, specs in configured_specs(config).items():
+        for spec in specs:
+            try:
+                build_upstream(tenant, spec, box)
+            except RegistryError as exc:
+                raise ConfigError(
+                    f"upstreams.registries ({tenant}, {spec.name!r}): {exc.message}"
+                ) from None
     try:
         driver = open_driver(config.storage.url, **config.storage.options)
     except (ValueError, OSError) as exc:

@@ -410,3 +410,33 @@ def test_an_upstream_added_through_one_server_is_used_by_another_within_cache_tt
 
     assert got.status_code == 200, got.text
     assert got.headers["Docker-Content-Digest"] == image.digest
+
+
+def test_a_configured_upstream_with_a_bad_url_stops_start_up_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[[upstreams.registries]]\nregistry = "acme/hub"\nname = "hub"\n'
+        'url = "https://docker.io/v2/library"\n'
+    )
+
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "registry_server",
+            "serve",
+            "--config",
+            str(config),
+            "--storage",
+            store_url(tmp_path / "store"),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        env={"CARGOHOLD_AUTH_ENABLED": "false", "PYTHONPATH": str(REPO_ROOT)},
+        check=False,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "upstreams.registries (acme/hub, 'hub')" in result.stderr
+    assert "Traceback" not in result.stderr
