@@ -330,10 +330,12 @@ class PullThrough:
         """A cached tag past its TTL: ask (HEAD first); unchanged means just fresh again."""
         if source is not None:
             try:
-                current = await self._remote(repo.name, source).manifest_digest(tag)
+                current: Digest | None = await self._remote(repo.name, source).manifest_digest(tag)
             except UpstreamFailure as failure:
-                self._failed(source, failure)
-                raise client_error(source, failure) from None
+                if failure.kind != "other":
+                    self._failed(source, failure)
+                    raise client_error(source, failure) from None
+                current = None  # e.g. HEAD not allowed there: a GET decides
             if current == digest:
                 self.observer.hit(source.name)
                 origin = TagOrigin(upstream=source.name, digest=str(digest), fetched=self.clock())
