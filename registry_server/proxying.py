@@ -20,7 +20,14 @@ from registry_core import Config, ConfigError, Registry, RegistryError
 from registry_core.names import Tenant
 from registry_core.proxy import NetworkPolicy, PullThrough, UpstreamSpec, UpstreamStore
 from registry_core.proxy.settings import build_upstream
-from registry_core.secrets import SecretBox, SecretsError, generate_key, key_from_state_dir
+from registry_core.secrets import (
+    KeyMismatch,
+    SecretBox,
+    SecretsError,
+    check_canary,
+    generate_key,
+    key_from_state_dir,
+)
 from registry_core.settings import SettingsStore
 from registry_core.storage.driver import StorageDriver
 from registry_core.tenancy import TenancyStore
@@ -183,10 +190,8 @@ async def apply_configured_upstreams(
 
 async def check_key(driver: StorageDriver, box: SecretBox) -> None:
     """Refuse to go on with a key that cannot open this storage's secrets (ConfigError)."""
-    from registry_core.secrets import KeyMismatch, check_canary
-
     try:
-        await check_canary(driver, box)
+        await check_canary(driver, box, create=False)
     except KeyMismatch as exc:
         raise ConfigError(str(exc)) from None
 

@@ -214,7 +214,9 @@ class PullThrough:
             password = self.upstreams.password(name.tenant, upstream)
         except SecretsError:
             raise UpstreamFailure(
-                "other", f"upstream {upstream.name}: its password cannot be opened with this key"
+                "other",
+                f"upstream {upstream.name}: its password was sealed with another secrets key "
+                "(every server needs the same [secrets] key)",
             ) from None
         credentials = (
             Credentials(upstream.username or "", password) if password is not None else None
