@@ -5,9 +5,9 @@ else a file generated into ``state_dir``) seals each secret with AES-256-GCM fro
 ``cryptography``; the caller names what the secret belongs to (``context``), which
 is bound as associated data so a sealed value copied onto another record does not
 open. The first key to seal a secret into a bucket leaves a small canary sealed
-with it; a process whose key cannot open the canary must refuse to start. This module never
-logs or returns a key or a plaintext anywhere but to its caller, and never stores
-a plaintext.
+with it; a process whose key cannot open the canary must refuse to start. This
+module never logs or returns a key or a plaintext anywhere but to its caller, and
+never stores a plaintext.
 """
 
 from __future__ import annotations
