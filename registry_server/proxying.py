@@ -1,8 +1,8 @@
 """Server-side assembly of the pull-through cache: the secrets key, the client, the counters.
 
 Resolves the key-encryption key (``[secrets] key``, else the file in
-``state_dir``, created before ``--workers`` fork), checks it against the
-storage's canary, builds the aiohttp upstream client with the network policy,
+``state_dir``, created before ``--workers`` fork; kept in the process for
+``memory://`` storage), checks it against the storage's canary, builds the aiohttp upstream client with the network policy,
 applies the upstreams of registries made by configuration, and counts what
 the cache does in Prometheus. Labels carry the upstream's name only, never a
 repository. Never logs the key or a password.
@@ -10,12 +10,14 @@ repository. Never logs the key or a password.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
+from drivers import open_driver
 from registry_core import Config, ConfigError, Registry, RegistryError
 from registry_core.names import Tenant
 from registry_core.proxy import NetworkPolicy, PullThrough, UpstreamSpec, UpstreamStore
@@ -203,11 +205,7 @@ def check_proxy_settings(config: Config) -> None:
     ConfigError names the bad key, or says what to do when the secrets key is not the
     one the storage knows.
     """
-    import asyncio
-
-    from drivers import open_driver
-
-    from .app import state_dir
+    from .app import state_dir  # here: the app module imports this one
 
     network_policy(config)
     box = secret_box(config, state_dir(config))
