@@ -4,10 +4,10 @@ One key-encryption key per deployment (``[secrets] key`` / ``CARGOHOLD_SECRETS_K
 else a file generated into ``state_dir``) seals each secret with AES-256-GCM from
 ``cryptography``; the caller names what the secret belongs to (``context``), which
 is bound as associated data so a sealed value copied onto another record does not
-open. The first key to touch a bucket leaves a small canary sealed with it; a
-process whose key cannot open the canary must refuse to start. This module never
-logs or returns a key or a plaintext anywhere but to its caller, and never stores
-a plaintext.
+open. The first key to seal a secret into a bucket leaves a small canary sealed
+with it; a process whose key cannot open the canary must refuse to start. This
+module never logs or returns a key or a plaintext anywhere but to its caller, and
+never stores a plaintext.
 """
 
 from __future__ import annotations
@@ -92,20 +92,28 @@ def key_from_state_dir(directory: Path) -> str:
     return path.read_text().strip()
 
 
-async def check_canary(driver: StorageDriver, box: SecretBox) -> None:
-    """Leave a canary sealed with *box* if none exists; raise KeyMismatch if it does not open."""
+async def check_canary(driver: StorageDriver, box: SecretBox, *, create: bool = False) -> None:
+    """Raise KeyMismatch when storage holds a canary that *box* cannot open.
+
+    ``create``: leave a canary sealed with *box* first if there is none (done
+    when the first secret is sealed, so storage that holds no secret binds no key).
+    """
     path = layout.secrets_canary()
-    await driver.write_if_absent(path, box.seal(_CANARY.decode(), _CANARY_CONTEXT).encode())
+    if create:
+        await driver.write_if_absent(path, box.seal(_CANARY.decode(), _CANARY_CONTEXT).encode())
     try:
         stored = (await driver.read(path)).decode()
-    except PathNotFound:  # deleted under us: the next start writes a new one
+    except PathNotFound:  # no secret stored yet: any key will do
         return
     try:
         opened = box.open(stored, _CANARY_CONTEXT)
     except SecretsError:
         opened = None
     if opened != _CANARY.decode():
-        raise KeyMismatch(
-            "this storage's secrets were sealed with another key: give this process the same "
-            "[secrets] key (or CARGOHOLD_SECRETS_KEY) as the other servers"
-        )
+        raise KeyMismatch(KEY_MISMATCH)
+
+
+KEY_MISMATCH = (
+    "this storage's secrets were sealed with another key: give this process the same "
+    "[secrets] key (or CARGOHOLD_SECRETS_KEY) as the other servers"
+)

@@ -1,8 +1,8 @@
 """Server-side assembly of the pull-through cache: the secrets key, the client, the counters.
 
 Resolves the key-encryption key (``[secrets] key``, else the file in
-``state_dir``, created before ``--workers`` fork), checks it against the
-storage's canary, builds the aiohttp upstream client with the network policy,
+``state_dir``, created before ``--workers`` fork; kept in the process for
+``memory://`` storage), checks it against the storage's canary, builds the aiohttp upstream client with the network policy,
 applies the upstreams of registries made by configuration, and counts what
 the cache does in Prometheus. Labels carry the upstream's name only, never a
 repository. Never logs the key or a password.
@@ -10,16 +10,26 @@ repository. Never logs the key or a password.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
-from registry_core import Config, ConfigError, Registry
+from drivers import open_driver
+from registry_core import Config, ConfigError, Registry, RegistryError
 from registry_core.names import Tenant
 from registry_core.proxy import NetworkPolicy, PullThrough, UpstreamSpec, UpstreamStore
-from registry_core.secrets import SecretBox, SecretsError, generate_key, key_from_state_dir
+from registry_core.proxy.settings import build_upstream
+from registry_core.secrets import (
+    KeyMismatch,
+    SecretBox,
+    SecretsError,
+    check_canary,
+    generate_key,
+    key_from_state_dir,
+)
 from registry_core.settings import SettingsStore
 from registry_core.storage.driver import StorageDriver
 from registry_core.tenancy import TenancyStore
@@ -182,10 +192,8 @@ async def apply_configured_upstreams(
 
 async def check_key(driver: StorageDriver, box: SecretBox) -> None:
     """Refuse to go on with a key that cannot open this storage's secrets (ConfigError)."""
-    from registry_core.secrets import KeyMismatch, check_canary
-
     try:
-        await check_canary(driver, box)
+        await check_canary(driver, box, create=False)
     except KeyMismatch as exc:
         raise ConfigError(str(exc)) from None
 
@@ -197,15 +205,18 @@ def check_proxy_settings(config: Config) -> None:
     ConfigError names the bad key, or says what to do when the secrets key is not the
     one the storage knows.
     """
+    from .app import state_dir  # here: the app module imports this one
+
     network_policy(config)
-    configured_specs(config)
-    import asyncio
-
-    from drivers import open_driver
-
-    from .app import state_dir
-
     box = secret_box(config, state_dir(config))
+    for tenant, specs in configured_specs(config).items():
+        for spec in specs:
+            try:
+                build_upstream(tenant, spec, box)
+            except RegistryError as exc:
+                raise ConfigError(
+                    f"upstreams.registries ({tenant}, {spec.name!r}): {exc.message}"
+                ) from None
     try:
         driver = open_driver(config.storage.url, **config.storage.options)
     except (ValueError, OSError) as exc:

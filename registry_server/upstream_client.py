@@ -115,6 +115,7 @@ class AiohttpUpstreamClient:
                 ),
                 headers={"User-Agent": USER_AGENT},
                 auto_decompress=False,
+                read_bufsize=CHUNK,  # 64 KiB by default: many more, smaller reads
                 trust_env=False,
             )
         return self._session

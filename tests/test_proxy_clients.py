@@ -144,6 +144,25 @@ def test_one_upstream_token_serves_a_whole_image_pull(
         assert counting.forwarded_count(r"^/v2/token$") == 1
 
 
+def test_upstream_passwords_and_tokens_never_reach_the_log(
+    registry_factory: Any, tmp_path: Path, cargohold_upstream: CargoholdUpstream
+) -> None:
+    seed(cargohold_upstream.url, prefix=PRIVATE, auth=cargohold_upstream.writer.auth)
+    with FaultProxy(cargohold_upstream.url) as recording:
+        upstream = dataclasses.replace(from_cargohold(cargohold_upstream), url=recording.url)
+        pt = start_pull_through(registry_factory, tmp_path, upstream)
+        assert get_manifest(pt.url, pt.repo("app"), "1.0").status_code == 200
+        assert get_manifest(pt.url, pt.repo("missing"), "1.0").status_code == 404
+        with recording.refusing():
+            assert get_manifest(pt.url, pt.repo("gone"), "1.0").status_code >= 500
+
+    sent = {value.split(" ", 1)[1] for value in recording.authorizations}
+    assert any(value.startswith("Bearer ") for value in recording.authorizations)
+    log = pt.server.log_text()
+    for secret in (cargohold_upstream.reader.secret, *sent):
+        assert secret not in log
+
+
 def test_same_image_in_both_upstreams_comes_from_the_first_by_priority(
     registry_factory: Any,
     tmp_path: Path,

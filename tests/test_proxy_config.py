@@ -389,3 +389,54 @@ def test_deleting_a_registry_forgets_its_upstreams(world):
     listed = session.get(base + API, timeout=30)
 
     assert listed.json() == {"upstreams": []}
+
+
+def test_an_upstream_added_through_one_server_is_used_by_another_within_cache_ttl(
+    registry_factory: Any, world: dict[str, Any]
+) -> None:
+    upstream = registry_factory()
+    image = sample_image("two-processes")
+    push_image(upstream.url, "up/reg/app", image, "1.0")
+    first = world["server"]
+    with world["config"].open("a") as handle:
+        handle.write('\n[upstreams]\nallow_networks = ["127.0.0.0/8"]\n')
+    second = registry_factory(storage_url=first.storage_url, auth=True, config=world["config"])
+    manifest = f"{second.url}/v2/acme/mirror/app/manifests/1.0"
+    assert admin(world).get(manifest, timeout=30).status_code == 404
+
+    add(world, url=upstream.url, prefix="up/reg")
+    time.sleep(1.5)  # auth.cache_ttl is 1 s
+    got = admin(world).get(manifest, headers={"Accept": image.media_type}, timeout=30)
+
+    assert got.status_code == 200, got.text
+    assert got.headers["Docker-Content-Digest"] == image.digest
+
+
+def test_a_configured_upstream_with_a_bad_url_stops_start_up_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[[upstreams.registries]]\nregistry = "acme/hub"\nname = "hub"\n'
+        'url = "https://docker.io/v2/library"\n'
+    )
+
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "registry_server",
+            "serve",
+            "--config",
+            str(config),
+            "--storage",
+            store_url(tmp_path / "store"),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        env={"CARGOHOLD_AUTH_ENABLED": "false", "PYTHONPATH": str(REPO_ROOT)},
+        check=False,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "upstreams.registries (acme/hub, 'hub')" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -377,11 +377,15 @@ def test_a_refused_connection_with_nothing_cached_is_answered_within_5_seconds(
 
 def test_a_refused_connection_serves_the_cached_tag_past_its_ttl(short_ttl_rig: Rig) -> None:
     rig = short_ttl_rig
+    rig.fp.reset_counts()
     with rig.fp.refusing():
         resp = manifest(rig, "1.0")
 
     assert resp.status_code == 200
     assert resp.headers["Docker-Content-Digest"] == rig.seeded.single.digest
+    assert rig.fp.received_count() == 0
+    refused = metric_total(rig, "cargohold_upstream_errors_total", upstream="flaky")
+    assert refused >= 1, "the upstream was not asked: the tag was still fresh"
 
 
 # -- 404s and fresh tags ----------------------------------------------------------------------

@@ -118,6 +118,19 @@ def test_refusing_refuses_connections_until_it_ends(
     assert session.get(f"{fp.url}/v2/").status_code == 200
 
 
+def test_refusing_also_closes_idle_keep_alive_connections(
+    peer: tuple[HtpasswdDistribution, Seeded], fp: FaultProxy
+) -> None:
+    server, _ = peer
+    session = new_session(server.auth)
+    assert session.get(f"{fp.url}/v2/").status_code == 200
+
+    with fp.refusing(), pytest.raises(requests.exceptions.ConnectionError):
+        session.get(f"{fp.url}/v2/", timeout=5)
+
+    assert fp.received_count(r"^/v2/$") == 1
+
+
 def test_only_forwards_to_loopback() -> None:
     with pytest.raises(ValueError):
         FaultProxy("http://10.0.0.1:5000")

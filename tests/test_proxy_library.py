@@ -296,6 +296,24 @@ async def test_concurrent_pulls_of_one_missing_blob_fetch_it_once_and_all_get_th
     assert upstream.count("GET", f"/blobs/{layer.digest}") == 1
 
 
+async def test_a_reader_too_slow_to_follow_a_fetch_gets_the_rest_from_storage(upstream):
+    data = bytes(range(256)) * (24 * 1024)  # 6 MiB: far more pieces than a reader may lag
+    digest = sha256_digest(data)
+    upstream.blobs[digest] = data
+    async with pull_through(spec(upstream)) as proxy:
+        repo = proxy.registry.repository(REPO)
+        fast = await proxy.blob(repo, Digest.parse(digest))
+        slow = await proxy.blob(repo, Digest.parse(digest))
+        first_slow = await anext(slow.chunks)  # it joins, then stops reading
+
+        fast_data = await drain(fast.chunks)
+        slow_data = first_slow + await drain(slow.chunks)
+
+    assert fast_data == data
+    assert slow_data == data
+    assert upstream.count("GET", f"/blobs/{digest}") == 1
+
+
 async def test_a_corrupt_blob_is_never_committed_and_its_stream_fails(upstream):
     image = sample_image("lib-corrupt", layers=1)
     upstream.add_image("app", "1.0", image)

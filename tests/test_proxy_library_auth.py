@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from registry_core.names import Reference
+from registry_core.names import Reference, Tenant
 from registry_core.proxy import UpstreamSpec, UpstreamUnavailable, parse_challenge
 from tests.helpers import sample_image
 from tests.proxy_support import TENANT, ScriptedUpstream, pull_through
@@ -114,3 +114,22 @@ def test_a_bearer_challenge_is_parsed_into_its_parameters():
         "service": "registry.example",
         "scope": "repository:library/nginx:pull",
     }
+
+
+async def test_registries_with_the_same_upstream_login_but_another_password_never_share_a_token():
+    async with ScriptedUpstream(auth="bearer").running() as upstream:
+        with_images(upstream, "1")
+        async with pull_through(
+            UpstreamSpec(name="up", url=upstream.url, username="puller", password="pull-secret")
+        ) as proxy:
+            repo = proxy.registry.repository(REPO)
+            await proxy.manifest(repo, Reference.parse("1"))
+            await proxy.upstreams.add(
+                Tenant("other", "reg"),
+                UpstreamSpec(name="up", url=upstream.url, username="puller", password="guess"),
+            )
+
+            with pytest.raises(UpstreamUnavailable):
+                await proxy.manifest(
+                    proxy.registry.repository("other/reg/app"), Reference.parse("1")
+                )

@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,10 @@ from registry_core.secrets import (
     check_canary,
     key_from_state_dir,
 )
+from tests.helpers import sample_image
+from tests.helpers.registry_api import push_image
 from tests.helpers.server import REPO_ROOT, free_port
-from tests.helpers.tenants import Seeder, store_url
+from tests.helpers.tenants import Seeder, http, store_url
 
 KEY_A = "key-a-" + "a" * 32
 KEY_B = "key-b-" + "b" * 32
@@ -72,11 +75,21 @@ def test_a_generated_key_file_is_private_and_reused(tmp_path: Path):
 async def test_the_canary_refuses_a_second_key(tmp_path: Path):
     driver = open_driver(store_url(tmp_path / "store"))
     try:
-        await check_canary(driver, SecretBox(KEY_A))
-        await check_canary(driver, SecretBox(KEY_A))
+        await check_canary(driver, SecretBox(KEY_A), create=True)
+        await check_canary(driver, SecretBox(KEY_A), create=True)
 
         with pytest.raises(KeyMismatch, match=r"same \[secrets\] key"):
             await check_canary(driver, SecretBox(KEY_B))
+    finally:
+        await driver.close()
+
+
+async def test_storage_that_holds_no_secret_binds_no_key(tmp_path: Path):
+    driver = open_driver(store_url(tmp_path / "store"))
+    try:
+        await check_canary(driver, SecretBox(KEY_A))
+
+        await check_canary(driver, SecretBox(KEY_B))
     finally:
         await driver.close()
 
@@ -105,9 +118,27 @@ def cli(
     )
 
 
+def seal_a_password(storage: str, key: str) -> None:
+    added = cli(
+        storage,
+        key,
+        "upstreams",
+        "add",
+        "acme/mirror",
+        "https://registry.example",
+        "--name",
+        "hub",
+        "--username",
+        "someone",
+        "--password-stdin",
+        input="pw\n",
+    )
+    assert added.returncode == 0, added.stderr
+
+
 def test_a_server_with_another_key_refuses_to_start_and_names_the_setting(tmp_path: Path):
     storage = seeded_store(tmp_path)
-    assert cli(storage, KEY_A, "upstreams", "list", "acme/mirror").returncode == 0
+    seal_a_password(storage, KEY_A)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARGOHOLD_")}
     env.update(
         CARGOHOLD_SECRETS_KEY=KEY_B, CARGOHOLD_AUTH_ENABLED="false", PYTHONPATH=str(REPO_ROOT)
@@ -137,7 +168,7 @@ def test_a_server_with_another_key_refuses_to_start_and_names_the_setting(tmp_pa
 
 def test_an_admin_command_with_another_key_refuses_to_run(tmp_path: Path):
     storage = seeded_store(tmp_path)
-    assert cli(storage, KEY_A, "upstreams", "list", "acme/mirror").returncode == 0
+    seal_a_password(storage, KEY_A)
 
     other = cli(storage, KEY_B, "upstreams", "list", "acme/mirror")
 
@@ -183,10 +214,40 @@ def test_a_server_without_a_key_generates_one_beside_its_store(
 
 
 def test_workers_share_the_key_generated_before_they_fork(registry_factory: Any, tmp_path: Path):
+    upstream = registry_factory()
+    image = sample_image("workers-key")
+    push_image(upstream.url, "up/reg/app", image, "1.0")
     storage = seeded_store(tmp_path)
-
-    server = registry_factory(storage_url=storage, extra_args=["--workers", "2"])
-
+    config = tmp_path / "server.toml"
+    config.write_text('[upstreams]\nallow_networks = ["127.0.0.0/8"]\n[auth]\ncache_ttl = 1.0\n')
+    server = registry_factory(storage_url=storage, config=config, extra_args=["--workers", "2"])
     key = (tmp_path / "store-state" / "secrets-key").read_text().strip()
-    assert server.running
-    assert cli(storage, key, "upstreams", "list", "acme/mirror").returncode == 0
+    added = cli(
+        storage,
+        key,
+        "upstreams",
+        "add",
+        "acme/mirror",
+        upstream.url,
+        "--name",
+        "up",
+        "--prefix",
+        "up/reg",
+        "--username",
+        "someone",
+        "--password-stdin",
+        "--no-cache",
+        input="pw\n",
+    )
+    assert added.returncode == 0, added.stderr
+    time.sleep(1.5)  # auth.cache_ttl: every worker sees the upstream
+    manifest = f"{server.url}/v2/acme/mirror/app/manifests/{image.digest}"
+
+    # Uncached, every pull asks the upstream and so opens the sealed password; each pull
+    # is a new connection, which the kernel spreads over both workers.
+    statuses = [
+        http().get(manifest, headers={"Accept": image.media_type}, timeout=30).status_code
+        for _ in range(20)
+    ]
+
+    assert set(statuses) == {200}

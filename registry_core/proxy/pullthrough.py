@@ -45,9 +45,11 @@ from .settings import Upstream, UpstreamStore
 from .tokens import Credentials, TokenFlow
 
 LOGGER = logging.getLogger("cargohold.proxy")
-SUBSCRIBER_QUEUE = 64
-"""Pieces a slow client may lag behind a fetch before it is switched to reading storage."""
+SUBSCRIBER_QUEUE = 16
+"""Pieces (each at most the client's read size, 1 MiB) a slow client may lag behind a
+fetch before it is switched to reading storage: the memory one reader can hold."""
 _MAX_NEGATIVE = 10_000
+_MAX_ORIGINS = 100_000
 
 
 class ProxyObserver(Protocol):
@@ -186,6 +188,7 @@ class PullThrough:
         self._negative: dict[tuple[str, ...], float] = {}
         self._manifest_flights: dict[tuple[str, ...], asyncio.Future[StoredManifest]] = {}
         self._blob_flights: dict[tuple[str, str], BlobFlight] = {}
+        self._origins: dict[tuple[str, str], tuple[float, TagOrigin | None]] = {}
         self.upstream_fetches = 0
         """Upstream blob GETs this process started (tests and metrics)."""
 
@@ -211,7 +214,9 @@ class PullThrough:
             password = self.upstreams.password(name.tenant, upstream)
         except SecretsError:
             raise UpstreamFailure(
-                "other", f"upstream {upstream.name}: its password cannot be opened with this key"
+                "other",
+                f"upstream {upstream.name}: its password was sealed with another secrets key "
+                "(every server needs the same [secrets] key)",
             ) from None
         credentials = (
             Credentials(upstream.username or "", password) if password is not None else None
@@ -247,19 +252,33 @@ class PullThrough:
     # -- tag origins ----------------------------------------------------------------------
 
     async def _origin(self, repo: Repository, tag: str) -> TagOrigin | None:
+        # Cached as briefly as tag links are (manifests.link_cache_ttl): an origin read
+        # late only makes a refresh come a little early, or a pushed tag's origin
+        # linger until the digest it names no longer matches the tag.
+        key = (repo.name.value, tag)
+        ttl = self.registry.link_cache.ttl
+        hit = self._origins.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
         try:
             raw = await self.registry.driver.read(layout.proxy_tag_origin(repo.name, tag))
-        except PathNotFound:
-            return None
-        try:
-            return msgspec.json.decode(raw, type=TagOrigin)
-        except msgspec.MsgspecError:
-            return None
+            origin: TagOrigin | None = msgspec.json.decode(raw, type=TagOrigin)
+        except (PathNotFound, msgspec.MsgspecError):
+            origin = None
+        if ttl > 0:
+            self._remember_origin(key, origin, ttl)
+        return origin
+
+    def _remember_origin(self, key: tuple[str, str], origin: TagOrigin | None, ttl: float) -> None:
+        if len(self._origins) >= _MAX_ORIGINS:
+            self._origins.clear()
+        self._origins[key] = (time.monotonic() + ttl, origin)
 
     async def _write_origin(self, repo: Repository, tag: str, origin: TagOrigin) -> None:
         await self.registry.driver.write(
             layout.proxy_tag_origin(repo.name, tag), msgspec.json.encode(origin)
         )
+        self._origins.pop((repo.name.value, tag), None)
 
     async def pushed(self, repo: Repository, tag: str | None) -> None:
         """A client pushed *tag* here: it is local from now on, never refreshed from upstream."""
@@ -267,6 +286,7 @@ class PullThrough:
             return
         with contextlib.suppress(PathNotFound):
             await self.registry.driver.delete(layout.proxy_tag_origin(repo.name, tag))
+        self._origins.pop((repo.name.value, tag), None)
 
     # -- manifests --------------------------------------------------------------------------
 
@@ -312,10 +332,12 @@ class PullThrough:
         """A cached tag past its TTL: ask (HEAD first); unchanged means just fresh again."""
         if source is not None:
             try:
-                current = await self._remote(repo.name, source).manifest_digest(tag)
+                current: Digest | None = await self._remote(repo.name, source).manifest_digest(tag)
             except UpstreamFailure as failure:
-                self._failed(source, failure)
-                raise client_error(source, failure) from None
+                if failure.kind != "other":
+                    self._failed(source, failure)
+                    raise client_error(source, failure) from None
+                current = None  # e.g. HEAD not allowed there: a GET decides
             if current == digest:
                 self.observer.hit(source.name)
                 origin = TagOrigin(upstream=source.name, digest=str(digest), fetched=self.clock())

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from ..errors import RegistryError
 from ..names import Tenant
-from ..secrets import SecretBox, SecretsError
+from ..secrets import KeyMismatch, SecretBox, SecretsError, check_canary
 from ..settings import SettingsStore
 from ..tenancy import Conflict, InvalidRequest, NotFoundRecord, check_slug, parse_duration
 
@@ -28,6 +29,12 @@ DEFAULT_PRIORITY = 100
 DEFAULT_TAG_TTL = 600.0
 DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 DOCKER_HUB_API = "registry-1.docker.io"
+
+
+class SecretsKeyMismatch(RegistryError):
+    """This server's secrets key is not the storage's: an operator must fix the configuration."""
+
+    code, status, default_message = "UNAVAILABLE", 503, "secrets key mismatch"
 
 
 class UpstreamSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -173,8 +180,8 @@ def build_upstream(tenant: Tenant, spec: UpstreamSpec, box: SecretBox | None) ->
     """Check *spec* and seal its password; InvalidRequest names what is wrong."""
     try:
         check_slug("upstream", spec.name)
-    except Exception as exc:
-        raise InvalidRequest(str(exc)) from None
+    except RegistryError as exc:
+        raise InvalidRequest(exc.message) from None
     if spec.password is not None and box is None:
         raise InvalidRequest("this server has no secrets key, so it cannot store a password")
     if spec.username is not None and not spec.username.strip():
@@ -266,6 +273,12 @@ class UpstreamStore:
         await self.settings.delete(tenant.owner, tenant.registry, KIND)
 
     async def _put(self, tenant: Tenant, upstreams: list[Upstream]) -> None:
+        if self.box is not None and any(u.sealed_password for u in upstreams):
+            # The first sealed secret binds the storage to this key (DESIGN, "Secrets at rest").
+            try:
+                await check_canary(self.settings.driver, self.box, create=True)
+            except KeyMismatch as exc:
+                raise SecretsKeyMismatch(str(exc)) from None
         value = UpstreamList(upstreams=ordered(upstreams))
         if upstreams:
             await self.settings.put(tenant.owner, tenant.registry, KIND, value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import re
 import time
 from collections.abc import Callable
@@ -33,6 +34,11 @@ _MAX_CACHED = 4096
 class Credentials:
     username: str
     password: str
+
+    def identity(self) -> str:
+        """Who these credentials are, for cache keys: the user and a hash of the password."""
+        digest = hashlib.sha256(f"{self.username}\0{self.password}".encode()).hexdigest()
+        return f"{self.username}:{digest[:32]}"
 
     def basic(self) -> str:
         raw = f"{self.username}:{self.password}".encode()
@@ -98,8 +104,9 @@ class TokenFlow:
 
     @staticmethod
     def _key(base: str, credentials: Credentials | None, scope: str) -> tuple[str, str, str]:
-        who = credentials.username if credentials else ""
-        return base, who, scope
+        # The password counts too: two registries naming the same upstream login with
+        # different passwords must never share a token (a tenant would borrow another's).
+        return base, credentials.identity() if credentials else "", scope
 
     def cached(self, base: str, credentials: Credentials | None, scope: str) -> str | None:
         """A header still valid for this scope (a token, or Basic once the upstream asked)."""

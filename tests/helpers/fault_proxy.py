@@ -113,6 +113,8 @@ class FaultProxy:
         self.faults: list[Fault] = []
         self.forwarded: Counter[tuple[str, str]] = Counter()
         self.received: Counter[tuple[str, str]] = Counter()
+        self.authorizations: set[str] = set()
+        """Every ``Authorization`` header value forwarded (to check none leaks elsewhere)."""
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -236,11 +238,16 @@ class FaultProxy:
 
     @contextlib.contextmanager
     def refusing(self) -> Iterator[None]:
-        """Close the listening socket (connections refused), reopen it on the same port after."""
+        """Close the listening socket (connections refused) and every open connection (a
+        client's idle keep-alive connection must not get through); reopen it on the same
+        port after."""
 
         async def close() -> None:
-            assert self._site is not None
+            assert self._site is not None and self._runner is not None
             await self._site.stop()
+            server = self._runner.server
+            for connection in list(server.connections if server is not None else []):
+                connection.force_close()
 
         self._call(close)
         try:
@@ -279,6 +286,8 @@ class FaultProxy:
 
         with self._lock:
             self.forwarded[(request.method, request.path)] += 1
+            if "Authorization" in request.headers:
+                self.authorizations.add(request.headers["Authorization"])
         # The request keeps its Content-Length: a streamed upload must not turn chunked.
         headers = {
             k: v
