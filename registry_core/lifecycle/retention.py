@@ -325,7 +325,16 @@ async def run_retention(
     return report
 
 
-Duration = Positive | str
+Duration = (
+    Positive
+    | Annotated[
+        str,
+        msgspec.Meta(
+            extra_json_schema={"pattern": r"^[1-9][0-9]{0,4}(?:\.[0-9]{1,6})?[smhdw]?(?!\n)$"}
+        ),
+    ]
+)
+"""Seconds, or ``30d``, ``12h``, ``15m``, ``90s`` (documented pattern: what parse_duration takes)."""
 
 
 def _seconds(value: float | str | None) -> float | None:

@@ -37,18 +37,45 @@ class SecretsKeyMismatch(RegistryError):
     code, status, default_message = "UNAVAILABLE", 503, "secrets key mismatch"
 
 
-class UpstreamSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """An upstream as the API, the CLI and the TOML file give it (password in clear)."""
+_NAME_PATTERN = r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?!\n)$"
+_URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/?(?!\n)$"
+_DURATION_PATTERN = r"^[0-9]{1,6}(?:\.[0-9]{1,6})?[smhdw]?(?!\n)$"
+_PREFIX_PATTERN = r"^/?[A-Za-z0-9._-]*[A-Za-z0-9](?:/[A-Za-z0-9._-]*[A-Za-z0-9])*/?(?!\n)$"
 
-    name: str
-    url: str
-    priority: int = DEFAULT_PRIORITY
-    username: str | None = None
+
+class UpstreamSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An upstream as the API, the CLI and the TOML file give it (password in clear).
+
+    The JSON-schema annotations document what :func:`build_upstream` enforces (so the
+    OpenAPI document is true); the checks themselves stay there, with their messages.
+    """
+
+    name: Annotated[
+        str,
+        msgspec.Meta(extra_json_schema={"pattern": _NAME_PATTERN, "minLength": 1, "maxLength": 64}),
+    ]
+    url: Annotated[str, msgspec.Meta(extra_json_schema={"pattern": _URL_PATTERN})]
+    priority: Annotated[
+        int, msgspec.Meta(extra_json_schema={"minimum": -1_000_000, "maximum": 1_000_000})
+    ] = DEFAULT_PRIORITY
+    username: (
+        Annotated[str, msgspec.Meta(extra_json_schema={"pattern": r"\S", "maxLength": 256})] | None
+    ) = None
     password: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     cache: bool = True
-    tag_ttl: float | str = DEFAULT_TAG_TTL
-    images: Annotated[str, msgspec.Meta(min_length=1)] | None = None
-    prefix: str | None = None
+    tag_ttl: (
+        Annotated[float, msgspec.Meta(extra_json_schema={"minimum": 0})]
+        | Annotated[str, msgspec.Meta(extra_json_schema={"pattern": _DURATION_PATTERN})]
+    ) = DEFAULT_TAG_TTL
+    images: (
+        Annotated[
+            str, msgspec.Meta(min_length=1, extra_json_schema={"pattern": r"\S", "maxLength": 256})
+        ]
+        | None
+    ) = None
+    prefix: Annotated[str, msgspec.Meta(extra_json_schema={"pattern": _PREFIX_PATTERN})] | None = (
+        None
+    )
 
 
 class Upstream(msgspec.Struct, kw_only=True, frozen=True):

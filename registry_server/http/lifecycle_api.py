@@ -37,7 +37,18 @@ from .management import API_PREFIX, Management, Usage, _body, _json, _no_content
 
 log = logging.getLogger("cargohold.server")
 
-Size = Annotated[int, msgspec.Meta(ge=0)] | str
+Size = (
+    Annotated[float, msgspec.Meta(ge=0, le=2**53 - 1, multiple_of=1)]
+    | Annotated[
+        str,
+        msgspec.Meta(
+            extra_json_schema={
+                "pattern": r"^[0-9]{1,6}(?:\.[0-9]{1,6})? ?(?:[kKmMgGtT](?:[iI]?[bB])?|[bB])?(?!\n)$"
+            }
+        ),
+    ]
+)
+"""Bytes, or a size such as ``10GiB`` (documented pattern: what ``parse_size`` accepts)."""
 
 
 class Retention(msgspec.Struct, kw_only=True):
@@ -61,7 +72,8 @@ class QuotaChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Limits to set; null (or left out): no limit of that kind. Sizes: bytes or ``10GiB``."""
 
     max_bytes: Size | None = None
-    max_images: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    max_images: Annotated[float, msgspec.Meta(ge=0, le=2**31 - 1, multiple_of=1)] | None = None
+    """A whole number (JSON Schema's integer: ``3.0`` is one too)."""
 
 
 def _retention(rules: RetentionRules | None, source: str) -> Retention:
@@ -181,14 +193,23 @@ class LifecycleApi:
         self.management._superuser(caller, "setting quotas")
         body = await _body(request, QuotaChange)
         try:
-            max_bytes = None if body.max_bytes is None else parse_size(body.max_bytes)
+            max_bytes = (
+                None
+                if body.max_bytes is None
+                else parse_size(
+                    int(body.max_bytes) if isinstance(body.max_bytes, float) else body.max_bytes
+                )
+            )
         except ValueError as exc:
             raise InvalidRequest(f"invalid request body: max_bytes: {exc}") from None
         await set_quota(
             self.registry.settings,
             owner,
             name,
-            Quota(max_bytes=max_bytes, max_images=body.max_images),
+            Quota(
+                max_bytes=max_bytes,
+                max_images=None if body.max_images is None else int(body.max_images),
+            ),
         )
         ledger = self.registry.usage
         ledger.forget()
