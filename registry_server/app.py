@@ -41,6 +41,7 @@ from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
 from .proxying import apply_configured_upstreams, build_pull_through, check_key, secret_box
 from .state import new_request_id, state_of
 from .usage_metrics import UsageMetrics
+from .web import WebSessions, Website
 
 LOGGER = logging.getLogger("cargohold.server")
 REGISTRY_KEY = web.AppKey("registry", Registry)
@@ -283,10 +284,12 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     app[V2_KEY] = v2
     metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)
     v2.add_to(app)
-    ApiRoutes(registry, guard, config.archives).add_to(app)
+    sessions = WebSessions(guard, tenancy, domains) if guard is not None else None
+    ApiRoutes(registry, guard, config.archives, sessions).add_to(app)
     management = Management(registry, tenancy, guard, upstreams=proxy.upstreams)
     management.add_to(app)
     LifecycleApi(management).add_to(app)
+    Website(registry, management, sessions, domains).add_to(app)
     add_openapi(app, enabled=guard is not None)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
