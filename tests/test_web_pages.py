@@ -22,10 +22,8 @@ import requests
 from tests.helpers import Image, RegistryServer, build_image, make_layer
 from tests.helpers.registry_api import push_image
 from tests.helpers.tenants import Credential, Seeder, http, new_store, push_referrer, write_config
-from tests.web_support import WebClient, hidden_fields
+from tests.web_support import DOMAIN, PAYLOAD, WebClient, hidden_fields, payload_image
 
-PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
-DOMAIN = "registry.acme.example"
 TENANTS = ("acme/prod", "globex/prod")
 
 
@@ -48,21 +46,6 @@ class Site:
             response = client.login(cred.username, cred.secret)
             assert response.status_code == 200, response.text[:500]
         return client
-
-
-def payload_image() -> Image:
-    return build_image(
-        [make_layer({"etc/app": "app\n"})],
-        config_extra={
-            "config": {
-                "Labels": {"org.example.title": PAYLOAD, PAYLOAD: "key"},
-                "Env": [f"PAYLOAD={PAYLOAD}"],
-                "Cmd": ["sh", "-c", PAYLOAD],
-            },
-            "history": [{"created_by": PAYLOAD, "comment": PAYLOAD}],
-        },
-        annotations={"org.opencontainers.image.description": PAYLOAD},
-    )
 
 
 @pytest.fixture(scope="module")

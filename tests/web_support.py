@@ -13,7 +13,13 @@ from html import unescape
 
 import requests
 
+from tests.helpers import Image, build_image, make_layer
 from tests.helpers.registry_api import new_session
+
+PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
+"""HTML and script that must show as text wherever an image carries it."""
+DOMAIN = "registry.acme.example"
+"""The custom domain the website tests map to ``acme/prod``."""
 
 _HIDDEN = re.compile(r'<input type="hidden" name="(?P<name>[a-z_]+)" value="(?P<value>[^"]*)">')
 
@@ -67,3 +73,18 @@ class WebClient:
     @property
     def session_cookie(self) -> str | None:
         return self.session.cookies.get("cargohold_session")
+
+
+def payload_image() -> Image:
+    return build_image(
+        [make_layer({"etc/app": "app\n"})],
+        config_extra={
+            "config": {
+                "Labels": {"org.example.title": PAYLOAD, PAYLOAD: "key"},
+                "Env": [f"PAYLOAD={PAYLOAD}"],
+                "Cmd": ["sh", "-c", PAYLOAD],
+            },
+            "history": [{"created_by": PAYLOAD, "comment": PAYLOAD}],
+        },
+        annotations={"org.opencontainers.image.description": PAYLOAD},
+    )
