@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from drivers.local import LocalDriver
-from registry_core import Registry
+from registry_core import Digest, Registry
 from registry_core.storage import layout
 from registry_core.storage.tag_index import TagIndex
 from tests.helpers import build_image, make_random_layer, sample_image, sample_multiarch
@@ -137,7 +137,9 @@ async def test_of_two_entries_for_one_tag_the_newest_wins(registry: Registry) ->
     manifests = registry.repository(REPO).manifests
     # A concurrent writer in another process may leave an older entry behind.
     stale = TagIndex(manifests.driver, manifests.name)
-    await manifests.driver.write(layout.tag_index_entry(manifests.name, "raced@1000@5"), b"")
+    await manifests.driver.write(
+        layout.tag_index_entry(manifests.name, "raced@1000@5@0123456789abcdef"), b""
+    )
     entry = (await stale.entries())["raced"]
     assert entry.size != 5 and (entry.pushed or 0) > 1
 
@@ -145,5 +147,36 @@ async def test_of_two_entries_for_one_tag_the_newest_wins(registry: Registry) ->
 async def test_entries_of_deleted_tags_are_ignored(registry: Registry) -> None:
     await put(registry, sample_image(), "present")
     manifests = registry.repository(REPO).manifests
-    await manifests.driver.write(layout.tag_index_entry(manifests.name, "vanished@1@1"), b"")
+    await manifests.driver.write(
+        layout.tag_index_entry(manifests.name, "vanished@1@1@0123456789abcdef"), b""
+    )
     assert await sorted_names(registry, "date") == ["present"]
+
+
+async def test_candidates_for_a_digest_come_from_the_index_alone(registry: Registry) -> None:
+    one, two = sample_image(), sample_image()
+    await put(registry, one, "a")
+    await put(registry, two, "b")
+    await put(registry, one, "c")
+    manifests = registry.repository(REPO).manifests
+    tags = await manifests.tags()
+    CountingDriver.reads = 0
+    assert await manifests.tag_index.candidates(manifests_digest(one), tags) == ["a", "c"]
+    assert CountingDriver.reads == 0
+
+
+async def test_candidates_are_unknown_while_a_tag_is_not_indexed(registry: Registry) -> None:
+    image = sample_image()
+    await put(registry, image, "indexed")
+    manifests = registry.repository(REPO).manifests
+    await manifests.driver.write(
+        layout.tag_current_link(manifests.name, "foreign"), image.digest.encode()
+    )
+    assert (
+        await manifests.tag_index.candidates(manifests_digest(image), await manifests.tags())
+        is None
+    )
+
+
+def manifests_digest(image: Any) -> Digest:
+    return Digest.parse(image.digest)

@@ -246,7 +246,7 @@ class ManifestStore:
 
         stored = await self.get_by_digest(digest)
         size = await total_size(digest, stored.media_type, stored.body, load)
-        await self.tag_index.record(tag, size)
+        await self.tag_index.record(tag, digest, size)
 
     async def delete(self, reference: str) -> None:
         """By digest: the revision, its tags and its referrer entry. By tag: only the tag."""

@@ -1,10 +1,11 @@
 """The per-repository tag index: every tag's push time and total size from one listing.
 
-Each tag has one empty object named ``TAG@PUSHED_MS@SIZE`` under the repository's index
+Each tag has one empty object named ``TAG@PUSHED_MS@SIZE@DIGEST16`` (the last part: the
+first 16 hex digits of the digest it names) under the repository's index
 folder, written when the tag is written and removed when it is deleted, plus a small
 pointer object holding that name (so a rewrite removes the old entry without listing).
-Listing the folder gives everything a tag list sorts by (name, date, size) without
-reading a single manifest, which is what lets the website sort a repository of
+Listing the folder gives everything a tag list sorts by (name, date, size), and which tags
+may name a given manifest, without reading a single manifest or tag link, which is what lets the website sort a repository of
 thousands of tags. Storage has no compare-and-swap: two processes rewriting one tag at
 once may leave two entries, so readers keep the newest entry of each tag, and drop
 entries of tags that no longer exist. Tags written by other tools (or before the index
@@ -42,17 +43,22 @@ class IndexedTag:
     """Seconds since the epoch when the tag was last written."""
     size: int | None
     """The manifest plus everything it references, each blob once (compressed bytes)."""
+    digest_prefix: str | None = None
+    """The first hex digits of the digest the tag named when it was written."""
 
 
-def _entry_name(tag: str, pushed: float, size: int) -> str:
-    return f"{tag}{_SEPARATOR}{int(pushed * 1000)}{_SEPARATOR}{size}"
+PREFIX_LENGTH = 16
+
+
+def _entry_name(tag: str, pushed: float, size: int, digest: Digest) -> str:
+    return _SEPARATOR.join((tag, str(int(pushed * 1000)), str(size), digest.hex[:PREFIX_LENGTH]))
 
 
 def _parse_entry(entry: str) -> IndexedTag | None:
     parts = entry.split(_SEPARATOR)
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+    if len(parts) != 4 or not parts[1].isdigit() or not parts[2].isdigit():
         return None
-    return IndexedTag(parts[0], int(parts[1]) / 1000, int(parts[2]))
+    return IndexedTag(parts[0], int(parts[1]) / 1000, int(parts[2]), parts[3])
 
 
 Loader = Callable[[Digest], Awaitable[tuple[str, bytes]]]
@@ -93,9 +99,11 @@ class TagIndex:
         except PathNotFound:
             return None
 
-    async def record(self, tag: str, size: int, pushed: float | None = None) -> None:
-        """*tag* was just written and now names content of *size* bytes."""
-        entry = _entry_name(tag, time.time() if pushed is None else pushed, size)
+    async def record(
+        self, tag: str, digest: Digest, size: int, pushed: float | None = None
+    ) -> None:
+        """*tag* was just written and now names *digest*, content of *size* bytes in all."""
+        entry = _entry_name(tag, time.time() if pushed is None else pushed, size, digest)
         previous = await self._pointer(tag)
         await self.driver.write(layout.tag_index_entry(self.name, entry), b"")
         await self.driver.write(layout.tag_index_pointer(self.name, tag), entry.encode())
@@ -145,3 +153,12 @@ class TagIndex:
         missing = sorted((t for t in found if value(t) is None), key=lambda t: t.name)
         indexed.sort(key=lambda t: (value(t), t.name), reverse=descending)
         return indexed + missing
+
+    async def candidates(self, digest: Digest, tags: list[str]) -> list[str] | None:
+        """Tags of *tags* that may name *digest* (the caller verifies each); None when some
+        tag has no entry, so only reading every tag link can tell."""
+        known = await self.entries() if tags else {}
+        if any(tag not in known for tag in tags):
+            return None
+        prefix = digest.hex[:PREFIX_LENGTH]
+        return [tag for tag in tags if known[tag].digest_prefix == prefix]

@@ -259,7 +259,7 @@ async def manifest_view(repo: Repository, reference: str) -> ManifestView:
             )
     annotations = doc.get("annotations") if isinstance(doc.get("annotations"), dict) else {}
     subject = doc.get("subject") if isinstance(doc.get("subject"), dict) else None
-    tags = [t for t in await repo.manifests.tags_pointing_at(stored.digest)]
+    tags = await _tags_naming(repo, stored.digest)
     attachments = [
         t for t in await repo.manifests.tags() if is_attachment_tag(t) and _names(t, stored.digest)
     ]
@@ -289,6 +289,26 @@ async def manifest_view(repo: Repository, reference: str) -> ManifestView:
         attachments=attachments,
         subject=str(subject.get("digest")) if subject else None,
     )
+
+
+async def _tags_naming(repo: Repository, digest: Digest) -> list[str]:
+    """The tags that name *digest*, read through the tag index: only the candidates' links
+    are read, never every tag's of a large repository (all of them only when some tag was
+    never indexed). For display: deletion asks the library, which reads every link."""
+    manifests = repo.manifests
+    tags = await manifests.tags()
+    candidates = await manifests.tag_index.candidates(digest, tags)
+    if candidates is None:
+        return await manifests.tags_pointing_at(digest)
+    named = await asyncio.gather(*(_resolve_or_none(repo, tag) for tag in candidates))
+    return [tag for tag, found in zip(candidates, named, strict=True) if found == digest]
+
+
+async def _resolve_or_none(repo: Repository, tag: str) -> Digest | None:
+    try:
+        return await repo.manifests.resolve(tag)
+    except ManifestUnknown:
+        return None
 
 
 def _names(tag: str, digest: Digest) -> bool:
