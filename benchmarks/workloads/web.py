@@ -121,59 +121,18 @@ def main() -> None:
     parser.add_argument("--tags", type=int, default=10000)
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--small", action="store_true", help="500 images and 1,000 tags")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the store here (built only when absent) for reruns"
+    )
     args = parser.parse_args()
     if args.small:
         args.images, args.tags = 500, 1000
-    with tempfile.TemporaryDirectory(prefix="cargohold-web-bench-") as workdir:
-        store = Path(workdir) / "store"
-        asyncio.run(build_store(store, args.images, args.tags))
-        port = free_port()
-        config = Path(workdir) / "config.toml"
-        config.write_text("[auth]\nbootstrap_admin = false\n")
-        log_file = (Path(workdir) / "server.log").open("w")
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "registry_server",
-                "serve",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--storage",
-                f"file://{store}",
-                "--config",
-                str(config),
-            ],
-            cwd=REPO_ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while http_status(base + "/healthz") != 200:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the server did not start")
-                time.sleep(0.2)
-            session = login(base)
-            middle = max(1, args.images // 50 // 2)
-            tag_middle = max(1, args.tags // 50 // 2)
-            pages = {
-                "registry, page 1": f"/ui/r/{TENANT}",
-                f"registry, page {middle}": f"/ui/r/{TENANT}?page={middle}",
-                "registry, search": f"/ui/r/{TENANT}?q=image-0042",
-                "image, by name": f"/ui/r/{TENANT}/images/big",
-                f"image, by name, page {tag_middle}": f"/ui/r/{TENANT}/images/big?page={tag_middle}",
-                "image, by date": f"/ui/r/{TENANT}/images/big?sort=date&order=desc",
-                "image, by size": f"/ui/r/{TENANT}/images/big?sort=size&order=desc",
-            }
-            results = {
-                name: measure(session, base + path, args.requests) for name, path in pages.items()
-            }
-        finally:
-            server.terminate()
-            server.wait(30)
-            log_file.close()
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        results = bench(args, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="cargohold-web-bench-") as workdir:
+            results = bench(args, Path(workdir))
     report: dict[str, Any] = {
         "images": args.images,
         "tags": args.tags,
@@ -186,6 +145,45 @@ def main() -> None:
     target = REPO_ROOT / "benchmarks" / "results" / "web.json"
     target.write_text(text + "\n")
     log(f"written to {target}")
+
+
+def bench(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, float]]:
+    store = workdir / "store"
+    if not store.exists():
+        asyncio.run(build_store(store, args.images, args.tags))
+    port = free_port()
+    config = workdir / "config.toml"
+    config.write_text("[auth]\nbootstrap_admin = false\n")
+    command = [sys.executable, "-m", "registry_server", "serve", "--listen", f"127.0.0.1:{port}"]
+    command += ["--storage", f"file://{store}", "--config", str(config)]
+    base = f"http://127.0.0.1:{port}"
+    with (workdir / "server.log").open("w") as log_file:
+        server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while http_status(base + "/healthz") != 200:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the server did not start")
+                time.sleep(0.2)
+            session = login(base)
+            middle = max(1, args.images // 50 // 2)
+            tag_middle = max(1, args.tags // 50 // 2)
+            image = f"/ui/r/{TENANT}/images/big"
+            pages = {
+                "registry, page 1": f"/ui/r/{TENANT}",
+                f"registry, page {middle}": f"/ui/r/{TENANT}?page={middle}",
+                "registry, search": f"/ui/r/{TENANT}?q=image-0042",
+                "image, by name": image,
+                f"image, by name, page {tag_middle}": f"{image}?page={tag_middle}",
+                "image, by date": f"{image}?sort=date&order=desc",
+                "image, by size": f"{image}?sort=size&order=desc",
+            }
+            return {
+                name: measure(session, base + path, args.requests) for name, path in pages.items()
+            }
+        finally:
+            server.terminate()
+            server.wait(30)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ which escape them; nothing here builds HTML, checks permissions or writes storag
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +23,8 @@ from registry_core.errors import BlobUnknown, ManifestUnknown
 from registry_core.lifecycle.retention import delete_with_attachments
 from registry_core.manifest import descriptors_of
 from registry_core.mediatypes import IMAGE_MANIFESTS, MANIFEST_TYPES
-from registry_core.registry import Repository
+from registry_core.names import Tenant
+from registry_core.registry import Registry, Repository
 from registry_core.storage.driver import PathNotFound
 from registry_core.storage.tag_index import IndexedTag, SortKey, total_size
 
@@ -96,6 +99,35 @@ async def _config(repo: Repository, body: bytes) -> dict[str, Any] | None:
     return value
 
 
+_CONFIG_FACTS: OrderedDict[str, tuple[str, str | None] | None] = OrderedDict()
+"""Platform and creation time by manifest digest, per process: immutable content, so it
+never goes stale; bounded, oldest dropped first."""
+_CONFIG_FACTS_MAX = 8192
+
+
+async def _config_facts(
+    repo: Repository, digest: Digest, body: bytes
+) -> tuple[str, str | None] | None:
+    key = str(digest)
+    if key in _CONFIG_FACTS:
+        _CONFIG_FACTS.move_to_end(key)
+        return _CONFIG_FACTS[key]
+    config = await _config(repo, body)
+    facts = None
+    if config:
+        try:
+            probe = msgspec.convert(config, _ConfigProbe, strict=False)
+        except msgspec.ValidationError:
+            probe = None
+        if probe is not None:
+            platform = _platform_text(probe.architecture, probe.os, probe.variant)
+            facts = (platform, probe.created)
+    _CONFIG_FACTS[key] = facts
+    while len(_CONFIG_FACTS) > _CONFIG_FACTS_MAX:
+        _CONFIG_FACTS.popitem(last=False)
+    return facts
+
+
 def _platform_text(arch: str, os: str, variant: str | None) -> str:
     return "/".join(part for part in (os, arch, variant) if part)
 
@@ -108,12 +140,10 @@ async def tag_row(repo: Repository, tag: IndexedTag) -> TagRow | None:
     platforms: list[str] = []
     created = None
     if stored.media_type in IMAGE_MANIFESTS:
-        config = await _config(repo, stored.body)
-        if config is not None:
-            probe = msgspec.convert(config, _ConfigProbe, strict=False) if config else None
-            if probe is not None:
-                platforms.append(_platform_text(probe.architecture, probe.os, probe.variant))
-                created = probe.created
+        facts = await _config_facts(repo, stored.digest, stored.body)
+        if facts is not None:
+            platforms.append(facts[0])
+            created = facts[1]
     else:
         for descriptor in descriptors_of(stored.body):
             if descriptor.platform is not None:
@@ -138,12 +168,79 @@ async def tag_row(repo: Repository, tag: IndexedTag) -> TagRow | None:
     )
 
 
+class Listings:
+    """The large listings pages sort and slice, cached per process for a few seconds.
+
+    A registry's image names (a walk of its folder) and an image's sorted tags (two
+    listings) cost tens of milliseconds at thousands of entries; paging through them
+    should not pay that on every click. Entries expire after *ttl* seconds, and every
+    manifest write or delete made by this process drops them at once (the link cache's
+    generation), so changes made through other processes show within *ttl*. Per process
+    only: nothing here is shared or persisted.
+    """
+
+    def __init__(self, registry: Registry, ttl: float = 10.0, max_entries: int = 256) -> None:
+        self.registry = registry
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[tuple[Any, ...], tuple[float, int, Any]] = {}
+
+    def _get(self, key: tuple[Any, ...]) -> Any:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, generation, value = entry
+        if expires < time.monotonic() or generation != self.registry.link_cache.generation:
+            self._entries.pop(key, None)
+            return None
+        return value
+
+    def _put(self, key: tuple[Any, ...], generation: int, value: Any) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + self.ttl, generation, value)
+
+    async def images(self, tenant: Tenant) -> list[str]:
+        """The tenant's image names (``IMAGE[/MORE]``), sorted."""
+        key = ("images", str(tenant))
+        cached = self._get(key)
+        if cached is not None:
+            return cached
+        generation = self.registry.link_cache.generation
+        prefix = f"{tenant}/"
+        names = [name[len(prefix) :] for name in await self.registry.repositories(tenant)]
+        self._put(key, generation, names)
+        return names
+
+    async def tags(self, repo: Repository, key: SortKey, descending: bool) -> list[IndexedTag]:
+        """The repository's tags (attachments left out) with what the index knows, sorted."""
+        cache_key = ("tags", repo.name.value, key, descending)
+        cached = self._get(cache_key)
+        if cached is not None:
+            return cached
+        generation = self.registry.link_cache.generation
+        manifests = repo.manifests
+        names, known = await asyncio.gather(manifests.tags(), manifests.tag_index.entries())
+        tags = [t for t in names if not is_attachment_tag(t)]
+        ordered = await manifests.tag_index.sorted_tags(
+            tags, key, descending=descending, known=known
+        )
+        self._put(cache_key, generation, ordered)
+        return ordered
+
+
 async def tag_page(
-    repo: Repository, key: SortKey, descending: bool, raw_page: str | None, size: int
+    listings: Listings,
+    repo: Repository,
+    key: SortKey,
+    descending: bool,
+    raw_page: str | None,
+    size: int,
 ) -> tuple[list[TagRow], Page]:
     """One page of the repository's tags (attachments left out), sorted by *key*."""
-    tags = [t for t in await repo.manifests.tags() if not is_attachment_tag(t)]
-    ordered = await repo.manifests.tag_index.sorted_tags(tags, key, descending=descending)
+    ordered = await listings.tags(repo, key, descending)
     page = page_of(raw_page, size, len(ordered))
     rows = await asyncio.gather(*(tag_row(repo, t) for t in page.slice(ordered)))
     return [row for row in rows if row is not None], page

@@ -43,7 +43,7 @@ from ..domains import Domains
 from ..http.management import Management
 from ..state import state_of
 from .assets import SECURITY_HEADERS, Assets
-from .pages import delete_manifest, manifest_view, page_of, tag_page, utc
+from .pages import Listings, delete_manifest, manifest_view, page_of, tag_page, utc
 from .sessions import CSRF_FIELD, WEB_PREFIX, LoginFailed, Visitor, WebSessions
 
 LOGGER = logging.getLogger("cargohold.web")
@@ -122,6 +122,7 @@ class Website:
         self.sessions = sessions
         self.domains = domains
         self.assets = Assets()
+        self.listings = Listings(registry)
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader(__package__, "templates"),
             autoescape=True,
@@ -141,6 +142,8 @@ class Website:
             ("POST", f"{PREFIX}/logout", self.logout),
             ("GET", f"{PREFIX}/o/{{owner}}", self.owner_page),
             ("POST", f"{PREFIX}/o/{{owner}}/registries", self.create_registry),
+            ("POST", f"{PREFIX}/o/{{owner}}/members", self.set_owner_member),
+            ("POST", f"{PREFIX}/o/{{owner}}/members/{{user}}/remove", self.remove_owner_member),
             ("GET", registry, self.registry_page),
             ("POST", f"{registry}/visibility", self.change_visibility),
             ("GET", f"{registry}/members", self.members_page),
@@ -371,6 +374,9 @@ class Website:
             owner.name, 100, request.query.get("after") or None, pullable
         )
         is_admin = identity.superuser or await self._owner_admin(identity, owner.name)
+        members = None
+        if is_admin:  # owner-wide roles: shown to the owner's admins only, as in the API
+            members = (await self.tenancy.members_page(owner.name, None, 100, None)).items
         return self._render(
             request,
             visitor,
@@ -380,8 +386,27 @@ class Website:
                 "registries": page.items,
                 "after": page.items[-1].name if page.more and page.items else None,
                 "is_admin": is_admin,
+                "members": members,
             },
         )
+
+    async def set_owner_member(self, request: web.Request, visitor: Visitor) -> web.StreamResponse:
+        owner = await self.management._owner_admin(visitor.identity, request.match_info["owner"])
+        form = await request.post()
+        role = _field(form, "role")
+        if role not in ("read", "write", "admin"):
+            raise InvalidRequest("role must be read, write or admin")
+        await self.tenancy.add_member(owner.name, None, _field(form, "user", limit=64), role)  # type: ignore[arg-type]
+        self.management._access_changed()
+        raise _redirect(f"{PREFIX}/o/{owner.name}", "member")
+
+    async def remove_owner_member(
+        self, request: web.Request, visitor: Visitor
+    ) -> web.StreamResponse:
+        owner = await self.management._owner_admin(visitor.identity, request.match_info["owner"])
+        await self.tenancy.remove_member(owner.name, None, request.match_info["user"])
+        self.management._access_changed()
+        raise _redirect(f"{PREFIX}/o/{owner.name}", "member-removed")
 
     async def _owner_admin(self, identity: Identity, owner: str) -> bool:
         try:
@@ -413,7 +438,7 @@ class Website:
         )
         query = request.query.get("q", "").strip()[:128]
         prefix = f"{tenant}/"
-        images = [name[len(prefix) :] for name in await self.registry.repositories(tenant)]
+        images = await self.listings.images(tenant)
         if query:
             images = [image for image in images if query.lower() in image.lower()]
         page = page_of(request.query.get("page"), IMAGES_PER_PAGE, len(images))
@@ -609,7 +634,7 @@ class Website:
             sort = raw_sort  # type: ignore[assignment]
         descending = request.query.get("order", "desc" if sort != "name" else "asc") == "desc"
         rows, page = await tag_page(
-            repo, sort, descending, request.query.get("page"), TAGS_PER_PAGE
+            self.listings, repo, sort, descending, request.query.get("page"), TAGS_PER_PAGE
         )
         image = request.match_info["image"]
         return self._render(
