@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -23,6 +24,9 @@ from .storage import layout
 from .storage.driver import PathNotFound, StorageDriver
 
 COOKIE_BYTES = 32
+PURGE_JOB = "web-sessions"
+"""The periodic job (on a storage lease) that deletes expired session records."""
+PURGE_INTERVAL = 3600.0
 
 
 class SessionRecord(msgspec.Struct, kw_only=True):
@@ -99,3 +103,30 @@ class SessionStore:
             return
         with contextlib.suppress(PathNotFound):
             await self.driver.delete(layout.session_record(_key(cookie)))
+
+    async def purge_expired(self, check: Callable[[], Awaitable[None]] | None = None) -> int:
+        """Delete the records of expired sessions nobody presented again; how many went.
+
+        *check* runs before each batch of deletions (a job's lease fencing).
+        """
+        try:
+            keys = await self.driver.list(layout.SESSIONS)
+        except PathNotFound:
+            return 0
+        now, purged = time.time(), 0
+        for start in range(0, len(keys), 100):
+            if check is not None:
+                await check()
+            for key in keys[start : start + 100]:
+                path = layout.session_record(key)
+                try:
+                    record = msgspec.json.decode(await self.driver.read(path), type=SessionRecord)
+                except PathNotFound:
+                    continue
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    record = None
+                if record is None or record.expires <= now:
+                    with contextlib.suppress(PathNotFound):
+                        await self.driver.delete(path)
+                    purged += 1
+        return purged

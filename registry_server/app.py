@@ -306,6 +306,8 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     add_maintenance_jobs(
         scheduler, registry, config, on_gc=metrics.record_gc, on_scrub=metrics.record_scrub
     )
+    if sessions is not None:
+        sessions.add_purge_job(scheduler)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         await check_key(registry.driver, box)

@@ -22,7 +22,15 @@ from aiohttp import web
 
 from registry_core.auth import ANONYMOUS, API_KEY_PREFIX, Identity
 from registry_core.errors import Denied
-from registry_core.sessions import SessionStore, csrf_matches, csrf_token, password_fingerprint
+from registry_core.jobs import LeaseGuard, Scheduler
+from registry_core.sessions import (
+    PURGE_INTERVAL,
+    PURGE_JOB,
+    SessionStore,
+    csrf_matches,
+    csrf_token,
+    password_fingerprint,
+)
 from registry_core.tenancy import TenancyStore
 
 from ..domains import Domains
@@ -135,6 +143,14 @@ class WebSessions:
 
     async def log_out(self, visitor: Visitor) -> None:
         await self.store.end(visitor.cookie)
+
+    def add_purge_job(self, scheduler: Scheduler) -> None:
+        """Hourly, on a storage lease: delete the records of sessions that expired unused."""
+
+        async def purge(guard: LeaseGuard) -> None:
+            await self.store.purge_expired(guard.check)
+
+        scheduler.add(PURGE_JOB, PURGE_INTERVAL, purge)
 
     def set_session_cookie(
         self, request: web.BaseRequest, response: web.StreamResponse, cookie: str
