@@ -422,14 +422,29 @@ def test_another_tenants_pages_answer_like_missing_ones(site: Site, who: str | N
         victim = client.get(page.format(t="acme/prod", o="acme", d=site.image.digest))
         missing = client.get(page.format(t="acme/nothing", o="nobody", d=site.image.digest))
         assert victim.status_code == missing.status_code == 404, page
-        assert "app" not in victim.text.split("<main", 1)[1].replace("/app", "")
-        assert site.image.digest not in victim.text
+        # The login link echoes the path asked for (the visitor's own input, as for a
+        # missing name); nothing else may name the victim's content.
+        victim_body = re.sub(r"next=[^\"]*", "next=", victim.text)
+        missing_body = re.sub(r"next=[^\"]*", "next=", missing.text)
+        assert "app" not in victim_body.split("<main", 1)[1].replace("/app", "")
+        assert site.image.digest not in victim_body
         for name in ("acme/prod", "acme"):
-            victim_text = victim.text.replace(name, "NAME")
-            missing_text = missing.text.replace("acme/nothing", "NAME").replace("nobody", "NAME")
+            victim_text = victim_body.replace(name, "NAME")
+            missing_text = missing_body.replace("acme/nothing", "NAME").replace("nobody", "NAME")
             if victim_text == missing_text:
                 break
         else:
             pytest.fail(f"{page}: the answers differ")
     posted = client.post("/ui/r/acme/prod/members", {"user": "stranger", "role": "admin"})
     assert posted.status_code in (403, 404)
+
+
+def test_the_website_needs_auth_enabled(registry_server: RegistryServer) -> None:
+    response = requests.get(registry_server.url + "/ui/")
+    assert response.status_code == 404
+    assert "[auth] enabled = true" in response.text
+
+
+def test_an_anonymous_visitor_is_offered_the_login_on_a_missing_page(site: Site) -> None:
+    page = requests.get(site.url + "/ui/r/acme/prod/images/app").text
+    assert 'href="/ui/?next=%2Fui%2Fr%2Facme%2Fprod%2Fimages%2Fapp"' in page

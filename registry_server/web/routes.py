@@ -186,7 +186,10 @@ class Website:
                     request,
                     None,
                     "error.html",
-                    {"message": "The website is served only with [auth] enabled = true."},
+                    {
+                        "message": "The website is served only with [auth] enabled = true.",
+                        "login": "",
+                    },
                     status=404,
                 )
             started = time.perf_counter()
@@ -213,7 +216,11 @@ class Website:
     def _error(
         self, request: web.Request, visitor: Visitor, status: int, message: str
     ) -> web.Response:
-        return self._render(request, visitor, "error.html", {"message": message}, status=status)
+        login = ""
+        if visitor.anonymous and request.method == "GET":
+            login = f"{PREFIX}/?{urlencode({'next': request.path_qs})}"
+        context = {"message": message, "login": login}
+        return self._render(request, visitor, "error.html", context, status=status)
 
     def _render(
         self,
@@ -683,12 +690,10 @@ class Website:
         if _field(await request.post(), "confirm") != "yes":
             raise InvalidRequest("tick the box to confirm the deletion")
         await delete_manifest(repo, self._digest(request))
-        image = request.match_info["image"]
-        raise (
-            _redirect(f"{PREFIX}/r/{record.owner}/{record.name}", "deleted")
-            if not (await repo.manifests.exists())
-            else _redirect(f"{PREFIX}/r/{record.owner}/{record.name}/images/{image}", "deleted")
-        )
+        registry = f"{PREFIX}/r/{record.owner}/{record.name}"
+        if await repo.manifests.exists():
+            raise _redirect(f"{registry}/images/{quote(request.match_info['image'])}", "deleted")
+        raise _redirect(registry, "deleted")
 
     # -- one's own account: API keys, password --------------------------------------------
 
