@@ -448,3 +448,56 @@ def test_the_website_needs_auth_enabled(registry_server: RegistryServer) -> None
 def test_an_anonymous_visitor_is_offered_the_login_on_a_missing_page(site: Site) -> None:
     page = requests.get(site.url + "/ui/r/acme/prod/images/app").text
     assert 'href="/ui/?next=%2Fui%2Fr%2Facme%2Fprod%2Fimages%2Fapp"' in page
+
+
+def test_a_superuser_creates_a_user_and_an_owner_and_deletes_them(site: Site) -> None:
+    root = site.client("root")
+    root.get("/ui/admin")
+    created = root.post("/ui/admin/users", {"name": "made-on-web", "password": "pw-made-123"})
+    assert "User created" in created.text and "made-on-web" in created.text
+    assert WebClient(site.url).login("made-on-web", "pw-made-123").status_code == 200
+    owner = root.post("/ui/admin/owners", {"name": "webowner", "kind": "org"})
+    assert "Owner created" in owner.text
+    registry = root.post("/ui/o/webowner/registries", {"name": "web", "visibility": "private"})
+    assert registry.status_code == 200 and "webowner/web" in registry.text
+    refused = root.post("/ui/admin/owners/webowner/delete")
+    assert refused.status_code == 409  # it still holds a registry
+    assert "Owner deleted" not in refused.text
+    gone = root.post("/ui/admin/users/made-on-web/delete")
+    assert "User deleted" in gone.text and "made-on-web" not in gone.text.split("<main", 1)[1]
+
+
+def test_the_admin_page_is_missing_for_other_users(site: Site) -> None:
+    reader = site.client("acme/prod:admin")
+    assert reader.get("/ui/admin").status_code == 404
+    reader.get("/ui/account")
+    assert reader.post("/ui/admin/users", {"name": "x", "password": "y"}).status_code == 403
+
+
+def test_a_user_creates_an_api_key_shown_once_and_revokes_it(site: Site) -> None:
+    cred = site.seed.user("keyholder")
+    client = WebClient(site.url)
+    client.login(cred.username, cred.secret)
+    client.get("/ui/account")
+    created = client.post("/ui/account/api-keys", {"name": "laptop"})
+    assert created.status_code == 201
+    secret = re.search(r'data-copy="([^"]+)"', created.text)
+    assert secret is not None
+    key = secret.group(1)
+    assert requests.get(site.url + "/api/v1/user", headers={"X-Api-Key": key}).status_code == 200
+    listing = client.get("/ui/account").text
+    assert key not in listing
+    key_id = re.search(r'action="/ui/account/api-keys/([^/"]+)/revoke"', listing)
+    assert key_id is not None
+    revoked = client.post(f"/ui/account/api-keys/{key_id.group(1)}/revoke")
+    assert "API key revoked" in revoked.text
+    assert requests.get(site.url + "/api/v1/user", headers={"X-Api-Key": key}).status_code == 401
+
+
+def test_a_session_opened_with_an_api_key_ends_when_the_key_is_revoked(site: Site) -> None:
+    key = site.seed.api_key("acme-prod-read")
+    client = WebClient(site.url)
+    assert client.login(key.username, key.secret).status_code == 200
+    assert client.get("/ui/r/acme/prod").status_code == 200
+    site.seed.revoke_api_key(key.id)
+    assert client.get("/ui/r/acme/prod").status_code == 404

@@ -60,6 +60,7 @@ DONE_MESSAGES: Final = {
     "user": "User created.",
     "user-deleted": "User deleted.",
     "owner": "Owner created.",
+    "owner-deleted": "Owner deleted.",
     "registry": "Registry created.",
     "deleted": "Manifest deleted.",
 }
@@ -164,6 +165,7 @@ class Website:
             ("POST", f"{PREFIX}/admin/users", self.create_user),
             ("POST", f"{PREFIX}/admin/users/{{name}}/delete", self.delete_user),
             ("POST", f"{PREFIX}/admin/owners", self.create_owner),
+            ("POST", f"{PREFIX}/admin/owners/{{owner}}/delete", self.delete_owner),
         ]
         for method, path, handler in pages:
             app.router.add_route(method, path, self._endpoint(handler, method))
@@ -816,6 +818,13 @@ class Website:
             raise InvalidRequest("kind must be user or org")
         await self.tenancy.create_owner(_field(form, "name", limit=64), kind)  # type: ignore[arg-type]
         raise _redirect(f"{PREFIX}/admin", "owner")
+
+    async def delete_owner(self, request: web.Request, visitor: Visitor) -> web.StreamResponse:
+        owner = await self.management._visible_owner(visitor.identity, request.match_info["owner"])
+        self.management._superuser(visitor.identity, "deleting owners")
+        await self.tenancy.delete_owner(owner.name)
+        self.management._access_changed()
+        raise _redirect(f"{PREFIX}/admin", "owner-deleted")
 
 
 def _safe_next(target: str) -> str:
