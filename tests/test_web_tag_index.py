@@ -180,3 +180,15 @@ async def test_candidates_are_unknown_while_a_tag_is_not_indexed(registry: Regis
 
 def manifests_digest(image: Any) -> Digest:
     return Digest.parse(image.digest)
+
+
+async def test_one_tags_entry_is_read_from_its_pointer_without_a_listing(
+    registry: Registry,
+) -> None:
+    image = sample_image()
+    await put(registry, image, "solo")
+    index = registry.repository(REPO).manifests.tag_index
+    entry = await index.entry("solo")
+    assert entry is not None and entry.size == (await index.entries())["solo"].size
+    assert entry.digest_prefix == image.digest.split(":")[1][:16]
+    assert await index.entry("absent") is None

@@ -111,6 +111,12 @@ class TagIndex:
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.tag_index_entry(self.name, previous))
 
+    async def entry(self, tag: str) -> IndexedTag | None:
+        """What the index knows of one tag, from its pointer (one small read, no listing)."""
+        pointer = await self._pointer(tag)
+        parsed = _parse_entry(pointer) if pointer is not None else None
+        return parsed if parsed is not None and parsed.name == tag else None
+
     async def forget(self, tag: str) -> None:
         """*tag* was deleted."""
         entry = await self._pointer(tag)

@@ -137,6 +137,8 @@ async def tag_row(repo: Repository, tag: IndexedTag) -> TagRow | None:
         stored = await repo.manifests.get(tag.name)
     except ManifestUnknown:
         return None  # deleted while the page was drawn
+    if tag.pushed is None:
+        tag = await repo.manifests.tag_index.entry(tag.name) or tag
     platforms: list[str] = []
     created = None
     if stored.media_type in IMAGE_MANIFESTS:
@@ -222,11 +224,18 @@ class Listings:
             return cached
         generation = self.registry.link_cache.generation
         manifests = repo.manifests
-        names, known = await asyncio.gather(manifests.tags(), manifests.tag_index.entries())
-        tags = [t for t in names if not is_attachment_tag(t)]
-        ordered = await manifests.tag_index.sorted_tags(
-            tags, key, descending=descending, known=known
-        )
+        if key == "name":
+            # Names alone order the list: the page's rows read their index entries one by one
+            # (tag_row), so the index folder is never listed for this order.
+            names = await manifests.tags()
+            tags = [t for t in names if not is_attachment_tag(t)]
+            ordered = [IndexedTag(t, None, None) for t in sorted(tags, reverse=descending)]
+        else:
+            names, known = await asyncio.gather(manifests.tags(), manifests.tag_index.entries())
+            tags = [t for t in names if not is_attachment_tag(t)]
+            ordered = await manifests.tag_index.sorted_tags(
+                tags, key, descending=descending, known=known
+            )
         self._put(cache_key, generation, ordered)
         return ordered
 

@@ -134,6 +134,9 @@ class Website:
         self.env.globals["static"] = self.assets.url
         self.env.filters["size"] = _human_size
         self.env.filters["path"] = lambda text: quote(str(text), safe="/:@")
+        # Compiled now, not by the first visitor of each page.
+        for name in self.env.list_templates(extensions=["html"]):
+            self.env.get_template(name)
 
     def add_to(self, app: web.Application) -> None:
         registry = f"{PREFIX}/r/{{owner}}/{{registry}}"
