@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -156,7 +157,7 @@ def test_login_without_the_forms_token_is_refused(site: Site) -> None:
 
 
 def test_failed_logins_count_towards_the_login_throttle(
-    registry_factory: object, tmp_path: Path
+    registry_factory: Any, tmp_path: Path
 ) -> None:
     seed = new_store(tmp_path)
     cred = seed.user("throttled")
@@ -164,7 +165,7 @@ def test_failed_logins_count_towards_the_login_throttle(
         tmp_path / "config.toml",
         auth={"max_failures": 3, "slowdown_after": 100, "failure_window": 600},
     )
-    server = registry_factory(storage_url=seed.storage, auth=True, config=config)  # type: ignore[operator]
+    server = registry_factory(storage_url=seed.storage, auth=True, config=config)
     client = WebClient(server.url)
     statuses = [client.login(cred.username, "wrong").status_code for _ in range(3)]
     assert statuses == [401] * 3
@@ -501,3 +502,24 @@ def test_a_session_opened_with_an_api_key_ends_when_the_key_is_revoked(site: Sit
     assert client.get("/ui/r/acme/prod").status_code == 200
     site.seed.revoke_api_key(key.id)
     assert client.get("/ui/r/acme/prod").status_code == 404
+
+
+def test_two_server_processes_share_sessions_and_logouts(
+    registry_factory: Any, tmp_path: Path
+) -> None:
+    seed = new_store(tmp_path)
+    cred = seed.user("roamer")
+    seed.registry("acme/prod")
+    seed.member("acme/prod", "roamer", "read")
+    config = write_config(tmp_path / "config.toml")
+    first = registry_factory(storage_url=seed.storage, auth=True, config=config)
+    second = registry_factory(storage_url=seed.storage, auth=True, config=config)
+    on_first = WebClient(first.url)
+    assert on_first.login(cred.username, cred.secret).status_code == 200
+    cookie = {"cargohold_session": on_first.session_cookie or ""}
+    assert requests.get(second.url + "/ui/r/acme/prod", cookies=cookie).status_code == 200
+    on_second = WebClient(second.url)
+    on_second.session.cookies.set("cargohold_session", cookie["cargohold_session"])
+    on_second.get("/ui/r/acme/prod")
+    assert on_second.post("/ui/logout").status_code == 200
+    assert requests.get(first.url + "/ui/r/acme/prod", cookies=cookie).status_code == 404
