@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 import jinja2
@@ -37,7 +37,15 @@ from registry_core.lifecycle.retention import get_retention
 from registry_core.names import RepositoryName, Tenant
 from registry_core.proxy import view as upstream_view
 from registry_core.registry import Repository
-from registry_core.tenancy import InvalidRequest, NotFoundRecord, RegistryRecord, parse_duration
+from registry_core.storage.tag_index import SortKey
+from registry_core.tenancy import (
+    InvalidRequest,
+    NotFoundRecord,
+    RegistryRecord,
+    Role,
+    Visibility,
+    parse_duration,
+)
 
 from ..domains import Domains
 from ..http.management import Management
@@ -87,6 +95,20 @@ def _field(form: MultiDictProxy[Any], name: str, *, limit: int = 256) -> str:
     if len(value) > limit:
         raise InvalidRequest(f"{name} is longer than {limit} characters")
     return value.strip()
+
+
+def _role(form: MultiDictProxy[Any]) -> Role:
+    role = _field(form, "role")
+    if role == "read" or role == "write" or role == "admin":
+        return role
+    raise InvalidRequest("role must be read, write or admin")
+
+
+def _visibility(form: MultiDictProxy[Any]) -> Visibility:
+    visibility = _field(form, "visibility")
+    if visibility == "public" or visibility == "private":
+        return visibility
+    raise InvalidRequest("visibility must be public or private")
 
 
 def _redirect(location: str, done: str | None = None) -> web.HTTPSeeOther:
@@ -405,10 +427,7 @@ class Website:
     async def set_owner_member(self, request: web.Request, visitor: Visitor) -> web.StreamResponse:
         owner = await self.management._owner_admin(visitor.identity, request.match_info["owner"])
         form = await request.post()
-        role = _field(form, "role")
-        if role not in ("read", "write", "admin"):
-            raise InvalidRequest("role must be read, write or admin")
-        await self.tenancy.add_member(owner.name, None, _field(form, "user", limit=64), role)  # type: ignore[arg-type]
+        await self.tenancy.add_member(owner.name, None, _field(form, "user", limit=64), _role(form))
         self.management._access_changed()
         raise _redirect(f"{PREFIX}/o/{owner.name}", "member")
 
@@ -432,12 +451,9 @@ class Website:
             await self.management._owner_admin(visitor.identity, request.match_info["owner"])
         ).name
         form = await request.post()
-        visibility = _field(form, "visibility")
-        if visibility not in ("public", "private"):
-            raise InvalidRequest("visibility must be public or private")
         record = await self.tenancy.create_registry(
-            owner, _field(form, "name", limit=64), visibility
-        )  # type: ignore[arg-type]
+            owner, _field(form, "name", limit=64), _visibility(form)
+        )
         self.management._access_changed()
         raise _redirect(f"{PREFIX}/r/{record.owner}/{record.name}", "registry")
 
@@ -486,10 +502,8 @@ class Website:
 
     async def change_visibility(self, request: web.Request, visitor: Visitor) -> web.StreamResponse:
         record = await self._admin_registry(request, visitor)
-        visibility = _field(await request.post(), "visibility")
-        if visibility not in ("public", "private"):
-            raise InvalidRequest("visibility must be public or private")
-        await self.tenancy.update_registry(record.owner, record.name, visibility=visibility)  # type: ignore[arg-type]
+        visibility = _visibility(await request.post())
+        await self.tenancy.update_registry(record.owner, record.name, visibility=visibility)
         self.management._access_changed()
         raise _redirect(f"{PREFIX}/r/{record.owner}/{record.name}", "visibility")
 
@@ -514,14 +528,8 @@ class Website:
     async def set_member(self, request: web.Request, visitor: Visitor) -> web.StreamResponse:
         record = await self._admin_registry(request, visitor)
         form = await request.post()
-        role = _field(form, "role")
-        if role not in ("read", "write", "admin"):
-            raise InvalidRequest("role must be read, write or admin")
         await self.tenancy.add_member(
-            record.owner,
-            record.name,
-            _field(form, "user", limit=64),
-            role,  # type: ignore[arg-type]
+            record.owner, record.name, _field(form, "user", limit=64), _role(form)
         )
         self.management._access_changed()
         raise _redirect(f"{PREFIX}/r/{record.owner}/{record.name}/members", "member")
@@ -640,10 +648,8 @@ class Website:
     async def image_page(self, request: web.Request, visitor: Visitor) -> web.StreamResponse:
         record = await self._registry(request, visitor)
         repo = await self._repository(request, record)
-        sort: Literal["name", "date", "size"] = "name"
         raw_sort = request.query.get("sort", "name")
-        if raw_sort in ("date", "size"):
-            sort = raw_sort  # type: ignore[assignment]
+        sort: SortKey = "date" if raw_sort == "date" else "size" if raw_sort == "size" else "name"
         descending = request.query.get("order", "desc" if sort != "name" else "asc") == "desc"
         rows, page = await tag_page(
             self.listings, repo, sort, descending, request.query.get("page"), TAGS_PER_PAGE
@@ -817,9 +823,9 @@ class Website:
         self.management._superuser(visitor.identity, "creating owners")
         form = await request.post()
         kind = _field(form, "kind") or "org"
-        if kind not in ("user", "org"):
+        if kind != "user" and kind != "org":
             raise InvalidRequest("kind must be user or org")
-        await self.tenancy.create_owner(_field(form, "name", limit=64), kind)  # type: ignore[arg-type]
+        await self.tenancy.create_owner(_field(form, "name", limit=64), kind)
         raise _redirect(f"{PREFIX}/admin", "owner")
 
     async def delete_owner(self, request: web.Request, visitor: Visitor) -> web.StreamResponse:
