@@ -49,6 +49,7 @@ V2_KEY = web.AppKey("v2", V2Routes)
 TENANCY_KEY = web.AppKey("tenancy", TenancyStore)
 GUARD_KEY = web.AppKey("guard", Guard)
 SCHEDULER_KEY = web.AppKey("scheduler", Scheduler)
+WEBSITE_KEY = web.AppKey("website", Website)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 HandlerType = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -289,7 +290,9 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     management = Management(registry, tenancy, guard, upstreams=proxy.upstreams)
     management.add_to(app)
     LifecycleApi(management).add_to(app)
-    Website(registry, management, sessions, domains).add_to(app)
+    website = Website(registry, management, sessions, domains)
+    website.add_to(app)
+    app[WEBSITE_KEY] = website
     add_openapi(app, enabled=guard is not None)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

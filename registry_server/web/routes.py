@@ -51,7 +51,15 @@ from ..domains import Domains
 from ..http.management import Management
 from ..state import state_of
 from .assets import SECURITY_HEADERS, Assets
-from .pages import Listings, delete_manifest, manifest_view, page_of, tag_page, utc
+from .pages import (
+    Listings,
+    ManifestView,
+    delete_manifest,
+    manifest_view,
+    page_of,
+    tag_page,
+    utc,
+)
 from .sessions import CSRF_FIELD, WEB_PREFIX, LoginFailed, Visitor, WebSessions
 
 LOGGER = logging.getLogger("cargohold.web")
@@ -75,6 +83,8 @@ DONE_MESSAGES: Final = {
 """Messages a redirect may ask for by key (never text taken from the request)."""
 
 PageHandler = Callable[[web.Request, Visitor], Awaitable[web.StreamResponse]]
+ManifestSection = Callable[[Repository, ManifestView], Awaitable[tuple[str, dict[str, Any]] | None]]
+"""A capability's part of the manifest page: (template, context) or None."""
 
 
 def _human_size(size: int | None) -> str:
@@ -146,6 +156,9 @@ class Website:
         self.domains = domains
         self.assets = Assets()
         self.listings = Listings(registry)
+        self.manifest_sections: list[ManifestSection] = []
+        """Extra sections of the manifest page (signatures, scan results, ...): each provider
+        returns (template name under templates/, its context) or None to show nothing."""
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader(__package__, "templates"),
             autoescape=True,
@@ -682,6 +695,11 @@ class Website:
         digest = self._digest(request)
         view = await manifest_view(repo, str(digest))
         image = request.match_info["image"]
+        sections = [
+            found
+            for found in [await section(repo, view) for section in self.manifest_sections]
+            if found is not None
+        ]
         return self._render(
             request,
             visitor,
@@ -692,6 +710,7 @@ class Website:
                 "view": view,
                 "ref": self._image_ref(request, record.tenant, image),
                 "is_admin": await self._role(visitor.identity, record.tenant) == "admin",
+                "sections": sections,
             },
         )
 
