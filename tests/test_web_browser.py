@@ -36,6 +36,12 @@ from tests.web_support import DOMAIN, PAYLOAD, payload_image
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT = 20.0
+RECORD_PROGRESS_TEXTS = """
+window.__progressTexts = [];
+new MutationObserver(() => {
+  window.__progressTexts.push(document.getElementById("upload-text").textContent);
+}).observe(document.getElementById("upload-text"), {childList: true, characterData: true, subtree: true});
+"""
 
 
 class Site:
@@ -264,6 +270,7 @@ def test_an_uploaded_docker_save_archive_shows_progress_and_pulls_with_skopeo(
     log_in(site, browser, "acme/prod:write")
     browser.get(site.server.url + "/ui/r/acme/prod")
     browser.find_element(By.ID, "archive").send_keys(str(archive))
+    browser.execute_script(RECORD_PROGRESS_TEXTS)
     browser.find_element(By.ID, "upload-button").click()
     try:
         wait(browser).until(
@@ -283,6 +290,8 @@ def test_an_uploaded_docker_save_archive_shows_progress_and_pulls_with_skopeo(
     assert cells[0] == "acme/prod/uploaded/app" and cells[1] == "7"
     assert cells[2].startswith("sha256:")
     assert browser.find_element(By.ID, "upload-text").text.startswith("Done")
+    texts = browser.execute_script("return window.__progressTexts")
+    assert any(re.fullmatch(r"\S+ \S+ of \S+ MB · \S+ \S+/s · .+ left", t) for t in texts), texts
     writer = site.creds["acme/prod:write"]
     inspected = skopeo(
         "inspect",
@@ -336,3 +345,20 @@ def test_after_logout_the_session_cookie_no_longer_works(
         site.server.url + "/ui/r/acme/prod", cookies={"cargohold_session": cookie["value"]}
     )
     assert replay.status_code == 404
+
+
+def test_a_broken_archive_is_explained_in_plain_words(
+    site: Site, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    junk = tmp_path / "not-an-archive.docker"
+    junk.write_bytes(b"this is not a tar file\n" * 100)
+    log_in(site, browser, "acme/prod:write")
+    browser.get(site.server.url + "/ui/r/acme/prod")
+    browser.find_element(By.ID, "archive").send_keys(str(junk))
+    browser.find_element(By.ID, "upload-button").click()
+    error = wait(browser).until(
+        expected_conditions.visibility_of_element_located((By.ID, "upload-error"))
+    )
+    assert error.text.startswith("The upload failed: ")
+    assert "tar" in error.text or "archive" in error.text
+    assert not browser.find_element(By.ID, "upload-result").is_displayed()
