@@ -126,6 +126,7 @@ def test_a_session_lets_the_visitor_see_its_registries(site: Site) -> None:
     home = client.get("/ui/")
     assert home.status_code == 200
     assert "acme/prod" in home.text and "globex/prod" not in home.text
+    assert "globex/open" in home.text  # public: listed for everyone
 
 
 def test_the_session_cookie_is_not_stored_in_clear(site: Site) -> None:

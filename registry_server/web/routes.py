@@ -177,6 +177,7 @@ class Website:
         registry = f"{PREFIX}/r/{{owner}}/{{registry}}"
         pages: list[tuple[str, str, PageHandler]] = [
             ("GET", f"{PREFIX}/", self.home),
+            ("GET", f"{PREFIX}/login", self.login_form),
             ("POST", f"{PREFIX}/login", self.login),
             ("POST", f"{PREFIX}/logout", self.logout),
             ("GET", f"{PREFIX}/o/{{owner}}", self.owner_page),
@@ -352,7 +353,10 @@ class Website:
 
         owners = await asyncio.gather(*(owner_entry(o) for o in owners_page.items))
         after = owners_page.items[-1].name if owners_page.more and owners_page.items else None
-        return self._render(request, visitor, "home.html", {"owners": owners, "after": after})
+        shown = {str(r.tenant) for owner in owners for r, _ in owner["registries"]}
+        public = [r for r in await self._public_registries() if str(r.tenant) not in shown]
+        context = {"owners": owners, "after": after, "public": public}
+        return self._render(request, visitor, "home.html", context)
 
     async def _public_registries(self) -> list[RegistryRecord]:
         return [r for r in await self.tenancy.list_registries() if r.visibility == "public"][:200]
@@ -376,6 +380,9 @@ class Website:
         )
         self.sessions.set_login_cookie(request, page, token)
         return page
+
+    async def login_form(self, request: web.Request, visitor: Visitor) -> web.StreamResponse:
+        raise _redirect(f"{PREFIX}/")
 
     async def login(self, request: web.Request, visitor: Visitor) -> web.StreamResponse:
         assert self.sessions is not None
