@@ -41,6 +41,7 @@ from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
 from .proxying import apply_configured_upstreams, build_pull_through, check_key, secret_box
 from .state import new_request_id, state_of
 from .usage_metrics import UsageMetrics
+from .web import WebSessions, Website
 
 LOGGER = logging.getLogger("cargohold.server")
 REGISTRY_KEY = web.AppKey("registry", Registry)
@@ -48,6 +49,7 @@ V2_KEY = web.AppKey("v2", V2Routes)
 TENANCY_KEY = web.AppKey("tenancy", TenancyStore)
 GUARD_KEY = web.AppKey("guard", Guard)
 SCHEDULER_KEY = web.AppKey("scheduler", Scheduler)
+WEBSITE_KEY = web.AppKey("website", Website)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 HandlerType = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -283,10 +285,16 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     app[V2_KEY] = v2
     metrics.uploads_in_flight.set_function(lambda: v2.uploads_in_flight)
     v2.add_to(app)
-    ApiRoutes(registry, guard, config.archives, body_timeout=config.limits.body_timeout).add_to(app)
+    sessions = WebSessions(guard, tenancy, domains) if guard is not None else None
+    ApiRoutes(
+        registry, guard, config.archives, sessions, body_timeout=config.limits.body_timeout
+    ).add_to(app)
     management = Management(registry, tenancy, guard, upstreams=proxy.upstreams)
     management.add_to(app)
     LifecycleApi(management).add_to(app)
+    website = Website(registry, management, sessions, domains)
+    website.add_to(app)
+    app[WEBSITE_KEY] = website
     add_openapi(app, enabled=guard is not None)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -303,6 +311,8 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     add_maintenance_jobs(
         scheduler, registry, config, on_gc=metrics.record_gc, on_scrub=metrics.record_scrub
     )
+    if sessions is not None:
+        sessions.add_purge_job(scheduler)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         await check_key(registry.driver, box)

@@ -102,3 +102,16 @@ class Domains:
             origin.hostname.lower()
         )
         return NameMapper(prefix) if prefix else IDENTITY
+
+    def host_for(self, tenant: str) -> tuple[str, str] | None:
+        """The custom domain serving ``OWNER/REGISTRY`` and the prefix it maps to, if any.
+
+        A host mapped to the registry itself wins over one mapped to its owner; among
+        equals the first name in sorted order, so every process answers the same.
+        """
+        owner = tenant.split("/", 1)[0]
+        for wanted in (tenant, owner):
+            hosts = sorted(host for host, prefix in self._mapping.items() if prefix == wanted)
+            if hosts:
+                return hosts[0], wanted
+        return None

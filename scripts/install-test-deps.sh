@@ -57,6 +57,9 @@ need slirp4netns cmd:slirp4netns
 need golang-github-containers-common file:/usr/share/containers/containers.conf
 need iptables cmd:iptables
 need ca-certificates exe:/usr/sbin/update-ca-certificates
+# The website's browser tests (tests/test_web_browser.py): headless Chromium and its driver.
+need chromium exe:/usr/bin/chromium
+need chromium-driver exe:/usr/bin/chromedriver
 # Azurite (the Azure Blob emulator of the cloud driver tests) is an npm package.
 if ! have_cmd azurite-blob && ! have_cmd npm; then
     missing+=(npm)

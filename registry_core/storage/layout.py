@@ -389,3 +389,28 @@ def secrets_canary() -> str:
 def proxy_tag_origin(name: RepositoryName, tag: str) -> str:
     """Which upstream a cached tag came from and when (absent: the tag was pushed here)."""
     return f"{repository(name)}/_proxy/tags/{tag}"
+
+
+# -- The website's per-repository tag index and its login sessions -------------------------
+
+TAG_INDEX: Final = f"{EXTRA}/tag-index"
+SESSIONS: Final = f"{EXTRA}/sessions"
+
+
+def tag_index_entries(name: RepositoryName) -> str:
+    """One empty object per tag, named ``TAG@PUSHED_MS@SIZE`` (``_`` never starts a name)."""
+    return f"{TAG_INDEX}/{name.value}/_entries"
+
+
+def tag_index_entry(name: RepositoryName, entry: str) -> str:
+    return f"{tag_index_entries(name)}/{entry}"
+
+
+def tag_index_pointer(name: RepositoryName, tag: str) -> str:
+    """The name of the tag's current entry, so a rewrite removes the old one without a listing."""
+    return f"{TAG_INDEX}/{name.value}/_tags/{tag}"
+
+
+def session_record(key: str) -> str:
+    """A website session, stored under the hash of its cookie (never the cookie itself)."""
+    return f"{SESSIONS}/{key}"

@@ -28,6 +28,7 @@ from .blobs import BlobStore, RepositoryBlobs
 from .cache import ContentCache, LinkCache
 from .driver import PathNotFound, StorageDriver
 from .policy import RepositoryPolicy, WritePolicy
+from .tag_index import TagIndex, total_size
 
 
 @attrs.frozen
@@ -75,6 +76,7 @@ class ManifestStore:
         self.strict_index = strict_index
         self.max_size = max_size
         self.policy = policy
+        self.tag_index = TagIndex(driver, name)
 
     # -- reading ------------------------------------------------------------------
 
@@ -255,6 +257,20 @@ class ManifestStore:
             self.driver.write(layout.tag_current_link(self.name, tag), link),
         )
         self.links.put(self._key, tag, digest)
+        await self._index_tag(tag, digest)
+
+    async def _index_tag(self, tag: str, digest: Digest) -> None:
+        """Keep the tag index (push time, total size) in step with the tag just written."""
+
+        async def load(child: Digest) -> tuple[str, bytes]:
+            if not await self._has_revision(child):
+                raise ManifestUnknown(detail={"digest": str(child)})
+            stored = await self.get_by_digest(child)
+            return stored.media_type, stored.body
+
+        stored = await self.get_by_digest(digest)
+        size = await total_size(digest, stored.media_type, stored.body, load)
+        await self.tag_index.record(tag, digest, size)
 
     async def delete(self, reference: str) -> None:
         """By digest: the revision, its tags and its referrer entry. By tag: only the tag."""
@@ -273,6 +289,7 @@ class ManifestStore:
                 raise ManifestUnknown(detail={"tag": tag}) from None
             rules, current = await self._check_tag(tag, None)
             await self.driver.delete(layout.tag_dir(self.name, tag))
+            await self.tag_index.forget(tag)
             if rules is not None:
                 await rules.tag_changed(tag, current, None)
             return
@@ -285,6 +302,7 @@ class ManifestStore:
                 await rules.check_tag(tag, digest, None)
         for tag in tags:
             await self.driver.delete(layout.tag_dir(self.name, tag))
+            await self.tag_index.forget(tag)
             if rules is not None:
                 await rules.tag_changed(tag, digest, None)
         await self.driver.delete(layout.revision_dir(self.name, digest))

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Final
+from typing import Final, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -62,22 +62,34 @@ def import_options(config: ArchivesConfig) -> ImportOptions:
     )
 
 
+class SessionLogins(Protocol):
+    """The website's sessions: a cookie plus its CSRF header (see registry_server.web)."""
+
+    async def api_identity(self, request: web.BaseRequest) -> Identity | None: ...
+
+
 class ApiAuth:
     """Who is calling an ``/api/v1/`` route, and whether they may do what they ask."""
 
-    def __init__(self, guard: Guard | None) -> None:
+    def __init__(self, guard: Guard | None, sessions: SessionLogins | None = None) -> None:
         self.guard = guard
+        self.sessions = sessions
 
     async def identify(self, request: web.Request) -> Identity | None:
         """The caller (anonymous without credentials); None when auth is off.
 
         The same logins as the management API: ``X-Api-Key``, Basic with a
-        password or an API key, or a user's bearer token.
+        password or an API key, or a user's bearer token; and the website's session
+        cookie, which counts only together with its CSRF token header.
         """
         guard = self.guard
         if guard is None:
             return None
         if not request.headers.get(API_KEY_HEADER) and not request.headers.get("Authorization"):
+            if self.sessions is not None:
+                identity = await self.sessions.api_identity(request)
+                if identity is not None:
+                    return identity
             return ANONYMOUS
         return await guard.api_identity(request)
 
@@ -162,13 +174,14 @@ class ApiRoutes:
         registry: Registry,
         guard: Guard | None,
         config: ArchivesConfig,
+        sessions: SessionLogins | None = None,
         *,
         body_timeout: float | None = None,
     ) -> None:
         self.registry = registry
         self.body_timeout = body_timeout
         """Seconds an archive upload may send nothing before 408 (None: no limit)."""
-        self.auth = ApiAuth(guard)
+        self.auth = ApiAuth(guard, sessions)
         self.options = import_options(config)
 
     def add_to(self, app: web.Application) -> None:

@@ -1,0 +1,177 @@
+"""The per-repository tag index: every tag's push time and total size from one listing.
+
+Each tag has one empty object named ``TAG@PUSHED_MS@SIZE@DIGEST16`` (the last part: the
+first 16 hex digits of the digest it names) under the repository's index
+folder, written when the tag is written and removed when it is deleted, plus a small
+pointer object holding that name (so a rewrite removes the old entry without listing).
+Listing the folder gives everything a tag list sorts by (name, date, size), and which tags
+may name a given manifest, without reading a single manifest or tag link, which is what lets the website sort a repository of
+thousands of tags. Storage has no compare-and-swap: two processes rewriting one tag at
+once may leave two entries, so readers keep the newest entry of each tag, and drop
+entries of tags that no longer exist. Tags written by other tools (or before the index
+existed) have no entry: they list with unknown time and size. This module never decides
+what a tag points at (the tag link does) and never reads manifests to list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal, NamedTuple
+
+from ..digest import Digest
+from ..errors import ManifestUnknown
+from ..manifest import descriptors_of
+from ..mediatypes import IMAGE_MANIFESTS, MANIFEST_TYPES
+from ..names import RepositoryName
+from . import layout
+from .driver import PathNotFound, StorageDriver
+
+SortKey = Literal["name", "date", "size"]
+_SEPARATOR = "@"  # never part of a tag name
+
+
+class IndexedTag(NamedTuple):
+    """A tag as the index knows it; ``pushed``/``size`` are None when it was never indexed.
+
+    A named tuple, not an attrs class: a listing builds ten thousand of them per page view.
+    """
+
+    name: str
+    pushed: float | None
+    """Seconds since the epoch when the tag was last written."""
+    size: int | None
+    """The manifest plus everything it references, each blob once (compressed bytes)."""
+    digest_prefix: str | None = None
+    """The first hex digits of the digest the tag named when it was written."""
+
+
+PREFIX_LENGTH = 16
+
+
+def _entry_name(tag: str, pushed: float, size: int, digest: Digest) -> str:
+    return _SEPARATOR.join((tag, str(int(pushed * 1000)), str(size), digest.hex[:PREFIX_LENGTH]))
+
+
+def _parse_entry(entry: str) -> IndexedTag | None:
+    parts = entry.split(_SEPARATOR)
+    if len(parts) != 4 or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    return IndexedTag(parts[0], int(parts[1]) / 1000, int(parts[2]), parts[3])
+
+
+Loader = Callable[[Digest], Awaitable[tuple[str, bytes]]]
+"""Loads a manifest of this repository by digest: (media type, body); ManifestUnknown if absent."""
+
+
+async def total_size(digest: Digest, media_type: str, body: bytes, load: Loader) -> int:
+    """The manifest's bytes plus those of everything it references, each digest once.
+
+    For an index, the platform manifests' own references count too (those pushed here).
+    """
+    sizes = {str(digest): len(body)}
+    children: list[str] = []
+    for descriptor in descriptors_of(body):
+        sizes.setdefault(descriptor.digest, descriptor.size)
+        if descriptor.mediaType in MANIFEST_TYPES and media_type not in IMAGE_MANIFESTS:
+            children.append(descriptor.digest)
+    for child in children:
+        try:
+            _, child_body = await load(Digest.parse(child))
+        except (ManifestUnknown, ValueError):
+            continue  # an index may name platforms that were never pushed here
+        for inner in descriptors_of(child_body):
+            sizes.setdefault(inner.digest, inner.size)
+    return sum(sizes.values())
+
+
+class TagIndex:
+    """The tag index of one repository."""
+
+    def __init__(self, driver: StorageDriver, name: RepositoryName) -> None:
+        self.driver = driver
+        self.name = name
+
+    async def _pointer(self, tag: str) -> str | None:
+        try:
+            return (await self.driver.read(layout.tag_index_pointer(self.name, tag))).decode()
+        except PathNotFound:
+            return None
+
+    async def record(
+        self, tag: str, digest: Digest, size: int, pushed: float | None = None
+    ) -> None:
+        """*tag* was just written and now names *digest*, content of *size* bytes in all."""
+        entry = _entry_name(tag, time.time() if pushed is None else pushed, size, digest)
+        previous = await self._pointer(tag)
+        await self.driver.write(layout.tag_index_entry(self.name, entry), b"")
+        await self.driver.write(layout.tag_index_pointer(self.name, tag), entry.encode())
+        if previous is not None and previous != entry:
+            with contextlib.suppress(PathNotFound):
+                await self.driver.delete(layout.tag_index_entry(self.name, previous))
+
+    async def entry(self, tag: str) -> IndexedTag | None:
+        """What the index knows of one tag, from its pointer (one small read, no listing)."""
+        pointer = await self._pointer(tag)
+        parsed = _parse_entry(pointer) if pointer is not None else None
+        return parsed if parsed is not None and parsed.name == tag else None
+
+    async def forget(self, tag: str) -> None:
+        """*tag* was deleted."""
+        entry = await self._pointer(tag)
+        if entry is None:
+            return
+        with contextlib.suppress(PathNotFound):
+            await self.driver.delete(layout.tag_index_entry(self.name, entry))
+        with contextlib.suppress(PathNotFound):
+            await self.driver.delete(layout.tag_index_pointer(self.name, tag))
+
+    async def entries(self) -> dict[str, IndexedTag]:
+        """The newest entry of every indexed tag (tags since deleted included)."""
+        try:
+            names = await self.driver.list(layout.tag_index_entries(self.name))
+        except PathNotFound:
+            return {}
+        newest: dict[str, IndexedTag] = {}
+        for entry in names:
+            parsed = _parse_entry(entry)
+            if parsed is None:
+                continue
+            known = newest.get(parsed.name)
+            if known is None or (known.pushed or 0) < (parsed.pushed or 0):
+                newest[parsed.name] = parsed
+        return newest
+
+    async def sorted_tags(
+        self,
+        tags: list[str],
+        key: SortKey,
+        *,
+        descending: bool = False,
+        known: dict[str, IndexedTag] | None = None,
+    ) -> list[IndexedTag]:
+        """*tags* (the repository's current tags) with what the index knows, sorted by *key*.
+
+        Tags the index does not know sort after the others whichever the direction. Pass
+        *known* (from :meth:`entries`) when it was already read.
+        """
+        if known is None:
+            known = await self.entries() if tags else {}
+        found = [known.get(tag) or IndexedTag(tag, None, None) for tag in tags]
+        if key == "name":
+            return sorted(found, key=lambda t: t.name, reverse=descending)
+        value = (lambda t: t.pushed) if key == "date" else (lambda t: t.size)
+        indexed = [t for t in found if value(t) is not None]
+        missing = sorted((t for t in found if value(t) is None), key=lambda t: t.name)
+        indexed.sort(key=lambda t: (value(t), t.name), reverse=descending)
+        return indexed + missing
+
+    async def candidates(self, digest: Digest, tags: list[str]) -> list[str] | None:
+        """Tags of *tags* that may name *digest* (the caller verifies each); None when some
+        tag has no entry, so only reading every tag link can tell."""
+        known = await self.entries() if tags else {}
+        if any(tag not in known for tag in tags):
+            return None
+        prefix = digest.hex[:PREFIX_LENGTH]
+        return [tag for tag in tags if known[tag].digest_prefix == prefix]
