@@ -27,7 +27,7 @@ from tests.fuzz.support import PROFILE, Target, start_target
 from tests.helpers.tenants import Seeder
 
 CONFIG = Path(__file__).parent / "fuzz" / "schemathesis.toml"
-EXAMPLES = int(os.environ.get("FUZZ_OPENAPI_EXAMPLES") or (10 if PROFILE == "ci" else 150))
+EXAMPLES = int(os.environ.get("FUZZ_OPENAPI_EXAMPLES") or (6 if PROFILE == "ci" else 150))
 SEED = "20261205" if PROFILE == "ci" else str(secrets.randbelow(2**31))
 
 

@@ -618,6 +618,58 @@ PAGE_QUERY = (
     ),
 )
 
+LINKS: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
+    ("POST", f"{m.API_PREFIX}/users"): (_USER, {"name": "$response.body#/name"}),
+    ("POST", f"{m.API_PREFIX}/owners"): (_OWNER, {"owner": "$response.body#/name"}),
+    ("POST", f"{_OWNER}/registries"): (
+        _REGISTRY,
+        {"owner": "$response.body#/owner", "registry": "$response.body#/name"},
+    ),
+    ("POST", f"{_USER}/api-keys"): (
+        f"{_USER}/api-keys/{{id}}",
+        {"name": "$response.body#/user", "id": "$response.body#/id"},
+    ),
+    ("POST", f"{_REGISTRY}/tokens"): (
+        f"{_REGISTRY}/tokens/{{id}}",
+        {
+            "owner": "$response.body#/owner",
+            "registry": "$response.body#/registry",
+            "id": "$response.body#/id",
+        },
+    ),
+    ("PUT", f"{_OWNER}/members"): (
+        f"{_OWNER}/members/{{user}}",
+        {"owner": "$request.path.owner", "user": "$response.body#/user"},
+    ),
+    ("PUT", f"{_REGISTRY}/members"): (
+        f"{_REGISTRY}/members/{{user}}",
+        {
+            "owner": "$request.path.owner",
+            "registry": "$request.path.registry",
+            "user": "$response.body#/user",
+        },
+    ),
+}
+"""What a creating operation's answer names, for the operations under the path it names
+(OpenAPI links: clients and stateful testers follow them from a create to its uses)."""
+
+
+def _links(op: Operation) -> dict[str, Any]:
+    found = LINKS.get((op.method, op.path))
+    if found is None:
+        return {}
+    base, parameters = found
+    links: dict[str, Any] = {}
+    for target in OPERATIONS:
+        needed = set(re.findall(r"\{(\w+)\}", target.path))
+        if needed and needed <= parameters.keys() and target.path.startswith(base):
+            links[_operation_id(target)] = {
+                "operationId": _operation_id(target),
+                "parameters": {name: parameters[name] for name in sorted(needed)},
+            }
+    return links
+
+
 PAGINATED = frozenset(
     ("GET", path)
     for path in (
@@ -786,6 +838,8 @@ def document() -> dict[str, Any]:
             success["content"] = op.response_content
         elif op.response is not None:
             success["content"] = {JSON: {"schema": schema_of[op.response]}}
+            if links := _links(op):
+                success["links"] = links
         else:
             success["description"] = "Done; no body."
         entry: dict[str, Any] = {

@@ -33,26 +33,30 @@ from tests.helpers.registry_api import push_blob, push_image
 from tests.helpers.server import RegistryServer
 from tests.helpers.tenants import Credential, Seeder, fetch_token, store_url, write_config
 
-PROFILE = os.environ.get("FUZZ_PROFILE", "ci")
-if PROFILE not in ("ci", "long"):
-    raise ValueError(f"FUZZ_PROFILE must be ci or long, not {PROFILE!r}")
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or (60 if PROFILE == "ci" else 1000))
-
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,  # loopback HTTP on a loaded machine: no timing in the property
-    derandomize=PROFILE == "ci",
-    database=None,
-    print_blob=True,
+_COMMON: dict[str, Any] = {
+    "deadline": None,  # loopback HTTP on a loaded machine: no timing in the property
+    "database": None,
+    "print_blob": True,
     # Each example is one real HTTP exchange with a module-scoped server.
-    suppress_health_check=[
+    "suppress_health_check": [
         HealthCheck.too_slow,
         HealthCheck.function_scoped_fixture,
         HealthCheck.data_too_large,
         HealthCheck.filter_too_much,
     ],
+}
+settings.register_profile("ci", max_examples=60, derandomize=True, **_COMMON)
+settings.register_profile("long", max_examples=1000, derandomize=False, **_COMMON)
+
+PROFILE = os.environ.get("FUZZ_PROFILE", "ci")
+if PROFILE not in ("ci", "long"):
+    raise ValueError(f"FUZZ_PROFILE must be ci or long, not {PROFILE!r}")
+FUZZ = settings(
+    settings.get_profile(PROFILE),
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES") or settings.get_profile(PROFILE).max_examples),
 )
-"""Decorate every fuzz test with this (its examples per surface follow the profile)."""
+"""Decorate every fuzz test with this: the profile's settings, ``FUZZ_EXAMPLES`` examples
+per surface when set. (Not loaded globally: other tests keep Hypothesis' defaults.)"""
 
 TENANT = "fuzz/reg"
 REPO = f"{TENANT}/app"
