@@ -389,3 +389,68 @@ def secrets_canary() -> str:
 def proxy_tag_origin(name: RepositoryName, tag: str) -> str:
     """Which upstream a cached tag came from and when (absent: the tag was pushed here)."""
     return f"{repository(name)}/_proxy/tags/{tag}"
+
+
+# -- Security scanning: the OSV database (generations per source) and results per digest ----
+
+VULNDB: Final = f"{EXTRA}/vulndb"
+SCANS: Final = f"{EXTRA}/scans"
+
+
+def _escape_name(text: str) -> str:
+    """A package or ecosystem name as one path component (``=XX`` escapes, reversible)."""
+    out = []
+    for char in text:
+        if char.isascii() and (char.isalnum() or char in "._-+:@,"):
+            out.append(char)
+        else:
+            out.extend(f"={byte:02X}" for byte in char.encode())
+    escaped = "".join(out)
+    return escaped if escaped not in ("", ".", "..") else f"={escaped}"
+
+
+def vulndb_current() -> str:
+    """Which generation of each imported source is live (one object: the atomic switch)."""
+    return f"{VULNDB}/current"
+
+
+def vulndb_source_dir(source: str) -> str:
+    return f"{VULNDB}/sources/{source}"
+
+
+def vulndb_generation_dir(source: str, generation: str) -> str:
+    return f"{vulndb_source_dir(source)}/{generation}"
+
+
+def vulndb_package(source: str, generation: str, ecosystem: str, package: str) -> str:
+    """The advisories of one (ecosystem, package) in one generation of one source."""
+    return (
+        f"{vulndb_generation_dir(source, generation)}/"
+        f"{_escape_name(ecosystem)}/{_escape_name(package)}"
+    )
+
+
+def scan_dir(digest: Digest) -> str:
+    """Scan state of one manifest digest (content-addressed: shared by every tenant)."""
+    return f"{SCANS}/{digest.algorithm}/{digest.hex}"
+
+
+def scan_status(digest: Digest) -> str:
+    return f"{scan_dir(digest)}/status"
+
+
+def scan_report(digest: Digest) -> str:
+    return f"{scan_dir(digest)}/report"
+
+
+def scan_claim(digest: Digest, attempt: int) -> str:
+    """Created if absent by the process that runs attempt *attempt* of a scan."""
+    return f"{scan_dir(digest)}/claims/{attempt}"
+
+
+def scan_claims_dir(digest: Digest) -> str:
+    return f"{scan_dir(digest)}/claims"
+
+
+def scans_algorithm_dir(algorithm: str) -> str:
+    return f"{SCANS}/{algorithm}"
