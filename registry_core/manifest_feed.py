@@ -48,7 +48,7 @@ ManifestHandler = Callable[[str, Digest], Awaitable[object]]
 """What a consumer does with one manifest found by a catch-up walk (idempotent)."""
 
 _CONSUMER = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_SKIPPED_DIRS = frozenset({"_layers", "_uploads", "_referrers", "_proxy"})
+_SKIPPED_DIRS = frozenset({"_layers", "_uploads", "_referrers", "_proxy", "_signatures"})
 DEFAULT_OVERLAP = 120.0
 """Seconds a walk looks back before its cursor: writes that were committed while
 the previous walk ran, and small clock differences between storage writers."""

@@ -454,3 +454,26 @@ def scan_claims_dir(digest: Digest) -> str:
 
 def scans_algorithm_dir(algorithm: str) -> str:
     return f"{SCANS}/{algorithm}"
+
+
+# -- Signing: per-registry keys (private halves sealed) and simple signatures ---------------
+
+SIGNING: Final = f"{EXTRA}/signing"
+
+
+def signing_keys_dir(tenant: Tenant) -> str:
+    """The signing keys of ``OWNER/REGISTRY``: one record per key, ``<kind>-<seq>``."""
+    return f"{SIGNING}/keys/{tenant.owner}/{tenant.registry}"
+
+
+def signing_key_record(tenant: Tenant, key_id: str) -> str:
+    return f"{signing_keys_dir(tenant)}/{key_id}"
+
+
+def simple_signatures_dir(name: RepositoryName, digest: Digest) -> str:
+    """The simple (OpenPGP) signatures of one manifest, served by the extension API."""
+    return f"{repository(name)}/_signatures/{digest.algorithm}/{digest.hex}"
+
+
+def simple_signature(name: RepositoryName, digest: Digest, signature_id: str) -> str:
+    return f"{simple_signatures_dir(name, digest)}/{signature_id}"

@@ -273,6 +273,13 @@ class ManifestStore:
             if rules is not None:
                 await rules.tag_changed(tag, digest, None)
         await self.driver.delete(layout.revision_dir(self.name, digest))
+        # Its signatures go with it: simple ones and the cosign attachment's tag.
+        with contextlib.suppress(PathNotFound):
+            await self.driver.delete(layout.simple_signatures_dir(self.name, digest))
+        with contextlib.suppress(PathNotFound):
+            await self.driver.delete(
+                layout.tag_dir(self.name, f"{digest.algorithm}-{digest.hex}.sig")
+            )
         subject = _subject_of(stored.body)
         if subject is not None:
             with contextlib.suppress(PathNotFound):
