@@ -38,6 +38,8 @@ class ServerConfig(_Section):
     shutdown_timeout: float = 30.0
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     """Addresses whose X-Forwarded-Proto/Host headers are believed (a TLS-terminating proxy)."""
+    public_hosts: list[str] | str = msgspec.field(default_factory=list)
+    """Host names (``host[:port]``) clients pull by; signatures name each (a comma list in env)."""
     state_dir: str | None = None
     """Where the bootstrap admin password file goes (default: beside a local store, else ./var)."""
     """Seconds SIGTERM waits for in-flight requests (uploads) before exiting."""
@@ -273,6 +275,23 @@ class SecretsConfig(_Section):
         return "SecretsConfig(key=<hidden>)"
 
 
+class SigningConfig(_Section):
+    """Key signing (``registry_core.signing``): cosign and simple signatures of what is stored."""
+
+    enabled: bool | None = None
+    """Sign stored images; unset: on when ``auth.enabled`` (tenancy), off in open mode."""
+    cosign: bool = True
+    """Cosign/sigstore signatures (``sha256-<hex>.sig`` attachments), ECDSA P-256."""
+    simple: bool = True
+    """Simple signing (OpenPGP, served by the registry extension API), RSA."""
+    rsa_bits: Literal[3072, 4096] = 3072
+    interval: float = 60.0
+    """Seconds between catch-up passes that sign what the in-process nudges missed."""
+
+    def is_enabled(self, auth_enabled: bool) -> bool:
+        return auth_enabled if self.enabled is None else self.enabled
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
@@ -288,6 +307,7 @@ class Config(_Section):
     upstreams: UpstreamsConfig = msgspec.field(default_factory=UpstreamsConfig)
     secrets: SecretsConfig = msgspec.field(default_factory=SecretsConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    signing: SigningConfig = msgspec.field(default_factory=SigningConfig)
     domains: dict[str, str] = msgspec.field(default_factory=dict)
     """Host name -> ``OWNER`` or ``OWNER/REGISTRY``: clients of that host use shorter names."""
 
@@ -308,6 +328,7 @@ _SECTIONS = (
     "upstreams",
     "secrets",
     "limits",
+    "signing",
 )
 
 

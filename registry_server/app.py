@@ -36,6 +36,7 @@ from .http.guard import Guard
 from .http.lifecycle_api import LifecycleApi
 from .http.management import Management
 from .http.openapi import add_to as add_openapi
+from .http.signatures import add_signing
 from .http.v2 import API_VERSION_HEADER, V2Routes
 from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
 from .proxying import apply_configured_upstreams, build_pull_through, check_key, secret_box
@@ -305,6 +306,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     add_maintenance_jobs(
         scheduler, registry, config, on_gc=metrics.record_gc, on_scrub=metrics.record_scrub
     )
+    add_signing(app, registry, config, box, guard, domains, scheduler)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         await check_key(registry.driver, box)

@@ -57,6 +57,8 @@ need slirp4netns cmd:slirp4netns
 need golang-github-containers-common file:/usr/share/containers/containers.conf
 need iptables cmd:iptables
 need ca-certificates exe:/usr/sbin/update-ca-certificates
+# Simple signing (OpenPGP) is made and checked by GnuPG.
+need gnupg cmd:gpg
 # Azurite (the Azure Blob emulator of the cloud driver tests) is an npm package.
 if ! have_cmd azurite-blob && ! have_cmd npm; then
     missing+=(npm)
@@ -156,6 +158,9 @@ stop_packaged_registry() {
     fi
 }
 stop_packaged_registry
+
+# The signing tests' sigstore-capable skopeo (trixie's, unpacked into a cache folder).
+"$(dirname "$0")/install-sigstore-skopeo.sh"
 
 if [ "${#missing[@]}" -gt 0 ]; then
     # Sanity checks after a fresh install.
