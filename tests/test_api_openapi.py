@@ -287,6 +287,11 @@ async def test_real_responses_of_every_operation_match_the_document(api, world, 
     assert (await api.put(f"{API}/owners/acme/quota", root, json_body=limits)).status == 200
     assert (await api.delete(f"{API}/owners/acme/quota", root)).status == 204
 
+    # signing keys (routes of registry_server.http.signatures)
+    assert (await api.get(f"{PROD}/signing-keys", reader)).status == 200
+    assert (await api.get(f"{PROD}/signing-keys", outsider)).status == 404
+    assert (await api.get(f"{PROD}/signing-keys")).status == 401
+
     # the document itself
     assert (await api.get(f"{API}/openapi.json")).status == 200
 

@@ -27,6 +27,7 @@ from registry_core.proxy import UpstreamSpec, UpstreamView
 from ..state import state_of
 from . import lifecycle_api as lc
 from . import management as m
+from . import signatures as sg
 
 OPENAPI_PATH = f"{m.API_PREFIX}/openapi.json"
 JSON = "application/json"
@@ -601,6 +602,22 @@ OPERATIONS += (
     ),
 )
 
+
+# The signing route of registry_server.http.signatures.
+OPERATIONS += (
+    Operation(
+        "GET",
+        f"{_REGISTRY}/signing-keys",
+        "Show a registry's public signing keys",
+        "signing",
+        sg.SigningKeys,
+        errors=(401, 404),
+        description="Whoever can pull from the registry (anyone for a public one). The cosign "
+        "keys as PEM, the simple-signing keys as armored OpenPGP, with fingerprints; retired "
+        "keys stay listed so that older signatures keep verifying. When the registry signs, "
+        "its keys are made on first use.",
+    ),
+)
 
 PAGE_QUERY = (
     Query(
