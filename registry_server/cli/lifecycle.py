@@ -155,6 +155,17 @@ def _add_other_jobs(scheduler: Scheduler, registry: Registry, config: Config) ->
     )
 
 
+def _add_signing_job(scheduler: Scheduler, registry: Registry, config: Config) -> None:
+    """The signing catch-up pass, as the servers run it, where this mode signs at all."""
+    from ..app import state_dir
+    from ..http.signatures import add_signing_job, build_signer
+    from ..proxying import secret_box
+
+    signer = build_signer(config, registry, secret_box(config, state_dir(config)))
+    if signer.defaults.enabled:
+        add_signing_job(scheduler, signer, config.signing.interval)
+
+
 def worker_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -162,6 +173,7 @@ def worker_command(args: argparse.Namespace) -> int:
         scheduler = Scheduler(Leases(registry.driver))
         add_maintenance_jobs(scheduler, registry, config)
         _add_other_jobs(scheduler, registry, config)
+        _add_signing_job(scheduler, registry, config)
         if not scheduler.jobs:
             print("cargohold: no job is scheduled (set [gc] interval, ...)", file=sys.stderr)
             return 2

@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_policy_commands(commands)
     add_upstream_commands(commands)
+    from .signing import add_signing_commands
+
+    add_signing_commands(commands)
     return parser
 
 

@@ -205,7 +205,9 @@ def add_signing(
     signer = build_signer(config, registry, box)
     signer.attach()
     SignatureRoutes(registry, guard, domains, signer).add_to(app)
-    add_signing_job(scheduler, signer, config.signing.interval)
+    if signer.defaults.enabled:
+        # Off by default (open mode): a registry that turns it on is signed by the nudge alone.
+        add_signing_job(scheduler, signer, config.signing.interval)
 
     async def worker(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(signer.run_forever(), name="signing-worker")
