@@ -1,4 +1,4 @@
-"""``cargohold signing-keys list|show|rotate|import|sign-missing`` and ``cargohold verify``.
+"""``cargohold signing-keys list|show|rotate|import|settings|sign-missing`` and ``cargohold verify``.
 
 Work directly on the configured storage (``--config``/``--storage``, like the
 other admin commands) and are safe while servers run. Commands that make or
@@ -167,6 +167,28 @@ async def sign_missing(signer: Signer, args: argparse.Namespace) -> int:
     return 0
 
 
+async def settings(signer: Signer, args: argparse.Namespace) -> int:
+    tenant = _tenant(args.registry)
+    current = await signer.settings(tenant)
+    changes: dict[str, bool | None] = {}
+    if args.enabled is not None:
+        changes["enabled"] = {"on": True, "off": False, "default": None}[args.enabled]
+    for kind in ("cosign", "simple"):
+        value = getattr(args, kind)
+        if value is not None:
+            changes[kind] = {"on": True, "off": False, "default": None}[value]
+    if changes:
+        current = msgspec.structs.replace(current, **changes)
+        await signer.set_settings(tenant, current)
+    effective = await signer.effective(tenant)
+    print(
+        f"{tenant}: signing {'on' if effective.enabled else 'off'}, "
+        f"cosign {'on' if effective.cosign else 'off'}, "
+        f"simple {'on' if effective.simple else 'off'}"
+    )
+    return 0
+
+
 async def verify(signer: Signer, args: argparse.Namespace) -> int:
     name, reference = _split_reference(args.image)
     if args.key:
@@ -214,7 +236,7 @@ def add_signing_commands(commands: Any) -> None:
             parser.add_argument("registry", metavar="OWNER/REGISTRY", nargs="?")
         parser.add_argument("--config", help="TOML configuration file (as for serve)")
         parser.add_argument("--storage", help="storage URL (as for serve)")
-        parser.set_defaults(func=_run(command, needs_secret=name != "list"))
+        parser.set_defaults(func=_run(command, needs_secret=name not in ("list", "settings")))
         return parser
 
     p = leaf("list", "list the keys (active and retired) with their fingerprints", list_keys)
@@ -226,6 +248,11 @@ def add_signing_commands(commands: Any) -> None:
     p.add_argument("--kind", choices=["cosign", "gpg", "all"], default="all")
     p = leaf("import", "import a PEM ECDSA P-256 or armored OpenPGP private key", import_key)
     p.add_argument("file", metavar="FILE", help="the key file, or - for standard input")
+    p = leaf("settings", "show or change whether (and how) a registry signs", settings)
+    choices = ["on", "off", "default"]
+    p.add_argument("--enabled", choices=choices, help="sign this registry's images")
+    p.add_argument("--cosign", choices=choices, help="cosign signatures")
+    p.add_argument("--simple", choices=choices, help="simple (OpenPGP) signatures")
     leaf(
         "sign-missing",
         "sign every tagged manifest that lacks a signature (one registry, or all)",
