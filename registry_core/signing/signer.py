@@ -100,7 +100,8 @@ class Signer:
         self.registry = registry
         self.keys = keys
         self.defaults = defaults
-        self._pending: dict[tuple[str, Digest], set[str]] = {}
+        # (repository, digest) -> (hosts, tags) noted by nudges, signed by the worker.
+        self._pending: dict[tuple[str, Digest], tuple[set[str], set[str]]] = {}
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._known_hosts: dict[Tenant, set[str]] = {}
@@ -132,7 +133,10 @@ class Signer:
         self.registry.feed.subscribe(JOB, self._stored)
 
     def _stored(self, repository: str, digest: Digest, media_type: str, tag: str | None) -> None:
-        hosts = self._pending.setdefault((repository, digest), set())
+        if tag is None:
+            return  # untagged: no identity to sign (an index signs its platform manifests)
+        hosts, tags = self._pending.setdefault((repository, digest), (set(), set()))
+        tags.add(tag)
         host = request_host.get()
         if host:
             hosts.add(host)
@@ -154,10 +158,10 @@ class Signer:
     async def drain(self) -> None:
         """Sign everything noted so far (a failure is left to the catch-up pass)."""
         while self._pending:
-            (repository, digest), hosts = next(iter(self._pending.items()))
+            (repository, digest), (hosts, tags) = next(iter(self._pending.items()))
             del self._pending[(repository, digest)]
             try:
-                await self.sign_manifest(repository, digest, hosts)
+                await self.sign_manifest(repository, digest, hosts, tags)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -257,9 +261,17 @@ class Signer:
         return True
 
     async def sign_manifest(
-        self, repository: str, digest: Digest, hosts: Iterable[str] = ()
+        self,
+        repository: str,
+        digest: Digest,
+        hosts: Iterable[str] = (),
+        tags: Iterable[str] | None = None,
     ) -> SignReport:
-        """Add the missing signatures of one manifest (and an index's platform manifests)."""
+        """Add the missing signatures of one manifest (and an index's platform manifests).
+
+        *tags*: only these (a nudge names the tag it wrote; those that still point at
+        *digest* are signed); None: every tag pointing at it (catch-up, ``sign-missing``).
+        """
         report = SignReport()
         name = RepositoryName.parse(repository)
         settings = await self.effective(name.tenant)
@@ -275,9 +287,11 @@ class Signer:
             return report  # deleted meanwhile, or nothing we can read: nothing to sign
         if parsed.subject is not None:
             return report
-        tags = [
-            t for t in await repo.manifests.tags_pointing_at(digest) if not is_attachment_tag(t)
-        ]
+        if tags is None:
+            found = await repo.manifests.tags_pointing_at(digest)
+        else:
+            found = [t for t in sorted(set(tags)) if await self._points_at(repo, t, digest)]
+        tags = [t for t in found if not is_attachment_tag(t)]
         if not tags or await self._from_unsigned_upstream(repo, tags):
             return report
         all_hosts = await self.hosts_for(name.tenant, hosts)
@@ -299,6 +313,13 @@ class Signer:
             if settings.simple:
                 report.simple_added += await self._sign_simple(repo, target, identities)
         return report
+
+    @staticmethod
+    async def _points_at(repo: Repository, tag: str, digest: Digest) -> bool:
+        try:
+            return await repo.manifests.resolve(tag) == digest
+        except (RegistryError, ValueError):
+            return False
 
     async def _sign_cosign(self, repo: Repository, digest: Digest, identities: list[str]) -> int:
         key = await self.keys.signing_key(repo.name.tenant, "cosign")
