@@ -248,6 +248,8 @@ class UpstreamRegistryConfig(_Section):
     tag_ttl: float | str = 600.0
     images: str | None = None
     prefix: str | None = None
+    sign: bool = True
+    """Sign manifests cached from this upstream with the registry's keys (when it signs)."""
 
 
 class UpstreamsConfig(_Section):
