@@ -286,6 +286,8 @@ class SigningConfig(_Section):
     """Cosign/sigstore signatures (``sha256-<hex>.sig`` attachments), ECDSA P-256."""
     simple: bool = True
     """Simple signing (OpenPGP, served by the registry extension API), RSA."""
+    referrers: bool = False
+    """Also store cosign signatures in the OCI 1.1 referrers form (a manifest with a subject)."""
     rsa_bits: Literal[3072, 4096] = 3072
     interval: float = 60.0
     """Seconds between catch-up passes that sign what the in-process nudges missed."""

@@ -264,3 +264,22 @@ async def test_an_imported_cosign_key_signs(registry: Registry, signer: Signer) 
     )
     verdict = await verify_image(registry, REPO, "1.0", [parse_public_key(public.decode())])
     assert [c.kind for c in verdict.valid] == ["cosign"]
+
+
+async def test_the_referrers_form_lists_cosign_signatures_when_asked_for(
+    registry: Registry, signer: Signer
+) -> None:
+    await signer.set_settings(TENANT, SigningSettings(referrers=True, simple=False))
+    digest = await push_image(registry)
+    await signer.sign_manifest(REPO, digest)
+    [referrer] = await registry.repository(REPO).manifests.referrers(digest)
+    assert referrer["artifactType"] == cosign.SIGNATURE_ARTIFACT
+    stored = await registry.repository(REPO).manifests.get(referrer["digest"])
+    layers = json.loads(stored.body)["layers"]
+    assert [layer["annotations"][cosign.KEY_ANNOTATION] for layer in layers] == ["cosign-1"]
+
+
+async def test_no_referrers_form_by_default(registry: Registry, signer: Signer) -> None:
+    digest = await push_image(registry)
+    await signer.sign_manifest(REPO, digest)
+    assert await registry.repository(REPO).manifests.referrers(digest) == []

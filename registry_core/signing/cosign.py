@@ -26,6 +26,8 @@ SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 KEY_ANNOTATION = "dev.cargohold.signing/key"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+SIGNATURE_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"
 
 
 def attachment_tag(digest: Digest) -> str:
@@ -120,3 +122,32 @@ async def add_signatures(
         separators=(",", ":"),
     ).encode()
     await repo.manifests.put(manifest, OCI_MANIFEST, tag=attachment_tag(subject))
+
+
+async def put_referrer(
+    repo: Repository, subject: Digest, subject_media_type: str, subject_size: int, key_id: str
+) -> Digest | None:
+    """The OCI 1.1 referrers form of *key_id*'s signatures of *subject* (cosign's
+    ``--registry-referrers-mode=oci-1-1``): a manifest with a ``subject``, listed by the
+    referrers API. Built only from the attachment's layers, so it is the same bytes (and
+    digest) until a signature is added."""
+    layers = [s.descriptor for s in await read_attachment(repo, subject) if s.key_id == key_id]
+    if not layers:
+        return None
+    empty = await _put_blob(repo, b"{}")
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": SIGNATURE_ARTIFACT,
+            "config": {"mediaType": OCI_EMPTY, "digest": str(empty), "size": 2},
+            "layers": sorted(layers, key=lambda layer: str(layer.get("digest"))),
+            "subject": {
+                "mediaType": subject_media_type,
+                "digest": str(subject),
+                "size": subject_size,
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
+    return (await repo.manifests.put(manifest, OCI_MANIFEST)).digest

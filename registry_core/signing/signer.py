@@ -55,6 +55,8 @@ class SigningSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
     enabled: bool | None = None
     cosign: bool | None = None
     simple: bool | None = None
+    referrers: bool | None = None
+    """Also store cosign signatures in the OCI 1.1 referrers form."""
 
 
 class _Hosts(msgspec.Struct, kw_only=True):
@@ -68,6 +70,7 @@ class SigningDefaults:
     enabled: bool = False
     cosign: bool = True
     simple: bool = True
+    referrers: bool = False
     public_hosts: tuple[str, ...] = ()
     domains: tuple[tuple[str, str], ...] = ()
     """``(host, OWNER or OWNER/REGISTRY prefix)`` of ``[domains]``."""
@@ -78,6 +81,7 @@ class Effective:
     enabled: bool
     cosign: bool
     simple: bool
+    referrers: bool = False
 
 
 @attrs.define
@@ -124,6 +128,7 @@ class Signer:
             enabled=d.enabled if own.enabled is None else own.enabled,
             cosign=d.cosign if own.cosign is None else own.cosign,
             simple=d.simple if own.simple is None else own.simple,
+            referrers=d.referrers if own.referrers is None else own.referrers,
         )
 
     # -- the nudge and its worker -----------------------------------------------------
@@ -309,7 +314,10 @@ class Signer:
             targets.extend(children)
         for target in targets:
             if settings.cosign:
-                report.cosign_added += await self._sign_cosign(repo, target, identities)
+                added = await self._sign_cosign(repo, target, identities)
+                report.cosign_added += added
+                if settings.referrers and added:
+                    await self._referrer(repo, target)
             if settings.simple:
                 report.simple_added += await self._sign_simple(repo, target, identities)
         return report
@@ -337,6 +345,11 @@ class Signer:
             signed.append((payload, sign_cosign(key, payload), key.id))
         await cosign.add_signatures(repo, digest, signed)
         return len(signed)
+
+    async def _referrer(self, repo: Repository, digest: Digest) -> None:
+        key = await self.keys.signing_key(repo.name.tenant, "cosign")
+        stored = await repo.manifests.get_by_digest(digest)
+        await cosign.put_referrer(repo, digest, stored.media_type, stored.size, key.id)
 
     async def _sign_simple(self, repo: Repository, digest: Digest, identities: list[str]) -> int:
         key = await self.keys.signing_key(repo.name.tenant, "gpg")

@@ -173,7 +173,7 @@ async def settings(signer: Signer, args: argparse.Namespace) -> int:
     changes: dict[str, bool | None] = {}
     if args.enabled is not None:
         changes["enabled"] = {"on": True, "off": False, "default": None}[args.enabled]
-    for kind in ("cosign", "simple"):
+    for kind in ("cosign", "simple", "referrers"):
         value = getattr(args, kind)
         if value is not None:
             changes[kind] = {"on": True, "off": False, "default": None}[value]
@@ -184,7 +184,8 @@ async def settings(signer: Signer, args: argparse.Namespace) -> int:
     print(
         f"{tenant}: signing {'on' if effective.enabled else 'off'}, "
         f"cosign {'on' if effective.cosign else 'off'}, "
-        f"simple {'on' if effective.simple else 'off'}"
+        f"simple {'on' if effective.simple else 'off'}, "
+        f"referrers {'on' if effective.referrers else 'off'}"
     )
     return 0
 
@@ -253,6 +254,7 @@ def add_signing_commands(commands: Any) -> None:
     p.add_argument("--enabled", choices=choices, help="sign this registry's images")
     p.add_argument("--cosign", choices=choices, help="cosign signatures")
     p.add_argument("--simple", choices=choices, help="simple (OpenPGP) signatures")
+    p.add_argument("--referrers", choices=choices, help="cosign also in OCI 1.1 referrers form")
     leaf(
         "sign-missing",
         "sign every tagged manifest that lacks a signature (one registry, or all)",

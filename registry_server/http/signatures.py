@@ -79,6 +79,7 @@ def build_signer(config: Config, registry: Registry, box: SecretBox | None) -> S
         enabled=config.signing.is_enabled(config.auth.enabled),
         cosign=config.signing.cosign,
         simple=config.signing.simple,
+        referrers=config.signing.referrers,
         public_hosts=public_hosts(config),
         domains=tuple(sorted(config.domains.items())),
     )
