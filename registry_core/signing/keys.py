@@ -101,10 +101,21 @@ def _seq(key_id: str) -> int:
 class KeyStore:
     """The signing keys of every registry on one storage."""
 
-    def __init__(self, driver: StorageDriver, box: SecretBox | None, *, rsa_bits: int = 3072):
+    def __init__(
+        self,
+        driver: StorageDriver,
+        box: SecretBox | None,
+        *,
+        rsa_bits: int = 3072,
+        ttl: float = 10.0,
+    ) -> None:
         self.driver = driver
         self.box = box
         self.rsa_bits = rsa_bits
+        # Which key signs, per process for ttl seconds (auth.cache_ttl): a rotation made
+        # elsewhere is picked up within it, one made here at once.
+        self.ttl = ttl
+        self._signing: dict[tuple[Tenant, str], tuple[float, KeyRecord]] = {}
         self._opened: dict[tuple[Tenant, str], SigningKey] = {}
         self._making: dict[tuple[Tenant, str], asyncio.Lock] = {}
 
@@ -138,11 +149,15 @@ class KeyStore:
 
     async def signing_key(self, tenant: Tenant, kind: KeyKind) -> SigningKey:
         """The key that signs for *tenant* now, made on first use."""
+        cached = self._signing.get((tenant, kind))
+        if cached is not None and cached[0] > time.monotonic():
+            return self._open(tenant, cached[1])
         lock = self._making.setdefault((tenant, kind), asyncio.Lock())
         async with lock:
             record = await self.current(tenant, kind)
             if record is None:
                 record = await self._create(tenant, kind)
+        self._signing[(tenant, kind)] = (time.monotonic() + self.ttl, record)
         return self._open(tenant, record)
 
     def _open(self, tenant: Tenant, record: KeyRecord) -> SigningKey:
@@ -211,6 +226,7 @@ class KeyStore:
         for older in existing:
             if older.status == "active":
                 await self._retire(tenant, older)
+        self._signing.pop((tenant, kind), None)
         return record
 
     async def _retire(self, tenant: Tenant, record: KeyRecord) -> None:

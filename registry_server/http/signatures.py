@@ -83,7 +83,9 @@ def build_signer(config: Config, registry: Registry, box: SecretBox | None) -> S
         public_hosts=public_hosts(config),
         domains=tuple(sorted(config.domains.items())),
     )
-    keys = KeyStore(registry.driver, box, rsa_bits=config.signing.rsa_bits)
+    keys = KeyStore(
+        registry.driver, box, rsa_bits=config.signing.rsa_bits, ttl=config.auth.cache_ttl
+    )
     return Signer(registry, keys, defaults)
 
 
