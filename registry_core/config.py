@@ -277,6 +277,34 @@ class SecretsConfig(_Section):
         return "SecretsConfig(key=<hidden>)"
 
 
+class ScanningConfig(_Section):
+    """Security scanning (``registry_core.scanning``): scans on push, OSV data refresh."""
+
+    enabled: bool | None = None
+    """Scan pushed images; unset: on when ``auth.enabled`` (tenancy), off in open mode."""
+    interval: str = "30s"
+    """How often the scan job looks for manifests the in-process nudges missed."""
+    refresh_urls: list[str] | str = msgspec.field(default_factory=list)
+    """OSV exports (``.../ECOSYSTEM/all.zip``) re-imported on a schedule; a comma list in env."""
+    refresh_interval: str = "1d"
+    """Time between refreshes from ``refresh_urls``."""
+
+    def __post_init__(self) -> None:
+        for key in ("interval", "refresh_interval"):
+            _duration(getattr(self, key), f"scanning.{key}")
+
+    def seconds(self, key: str) -> float:
+        return _duration(getattr(self, key), f"scanning.{key}") or 0.0
+
+    def urls(self) -> list[str]:
+        if isinstance(self.refresh_urls, str):
+            return [part.strip() for part in self.refresh_urls.split(",") if part.strip()]
+        return list(self.refresh_urls)
+
+    def is_enabled(self, auth_enabled: bool) -> bool:
+        return auth_enabled if self.enabled is None else self.enabled
+
+
 class SigningConfig(_Section):
     """Key signing (``registry_core.signing``): cosign and simple signatures of what is stored."""
 
@@ -311,6 +339,7 @@ class Config(_Section):
     upstreams: UpstreamsConfig = msgspec.field(default_factory=UpstreamsConfig)
     secrets: SecretsConfig = msgspec.field(default_factory=SecretsConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    scanning: ScanningConfig = msgspec.field(default_factory=ScanningConfig)
     signing: SigningConfig = msgspec.field(default_factory=SigningConfig)
     domains: dict[str, str] = msgspec.field(default_factory=dict)
     """Host name -> ``OWNER`` or ``OWNER/REGISTRY``: clients of that host use shorter names."""
@@ -333,6 +362,7 @@ _SECTIONS = (
     "secrets",
     "limits",
     "signing",
+    "scanning",
 )
 
 

@@ -8,11 +8,16 @@ must match some packages and must not match others; ``EXPECTED`` and
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from registry_core.digest import Digest
+from registry_server.app import REGISTRY_KEY
+from tests.api_support import ApiClient, Login
 from tests.helpers import Image, build_image, make_layer, make_layer_tar, sha256_digest
 
 CRITICAL_V3 = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"  # 9.8
@@ -432,3 +437,31 @@ def write_all_zip(path: Path, records: list[dict[str, Any]], bad: list[bytes] = 
         for index, raw in enumerate(bad):
             archive.writestr(f"BAD-{index}.json", raw)
     return path
+
+
+# -- pushing through an in-process server and waiting for its scan -------------------------
+
+PROD_API = "/api/v1/registries/acme/prod"
+
+
+async def push(api: ApiClient, image: Image, name: str = "acme/prod/app", tag: str = "1.0") -> str:
+    repo = api.app[REGISTRY_KEY].repository(name)
+    for blob in image.blobs():
+        async with repo.blobs.upload() as upload:
+            await upload.write(blob.data)
+            await upload.commit(Digest.parse(blob.digest))
+    await repo.manifests.put(image.manifest, image.media_type, tag=tag)
+    return image.digest
+
+
+async def scanned(api: ApiClient, login: Login, digest: str, image: str = "app") -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        reply = await api.get(
+            f"{PROD_API}/repositories/{image}/manifests/{digest}/vulnerabilities", login
+        )
+        assert reply.status == 200, reply.body
+        body = reply.json()
+        if body["status"] in ("done", "failed") or time.monotonic() > deadline:
+            return body
+        await asyncio.sleep(0.1)

@@ -95,6 +95,7 @@ class ScanService:
         self.refresh_urls = list(refresh_urls)
         self.refresh_interval = refresh_interval
         self.pending: dict[tuple[str, Digest], None] = {}
+        self.forced: dict[tuple[str, Digest], None] = {}
         self._scheduler: Scheduler | None = None
 
     def install(self, scheduler: Scheduler, interval: float = 30.0, ttl: float = 120.0) -> None:
@@ -113,6 +114,17 @@ class ScanService:
         if self._scheduler is not None:
             self._scheduler.nudge(JOB)
 
+    def request(self, repository: str, digest: Digest) -> None:
+        """An on-demand scan: scanned again even when done, by this process's next run."""
+        self.forced[(repository, digest)] = None
+        if self._scheduler is not None:
+            self._scheduler.nudge(JOB)
+
+    @property
+    def queued(self) -> int:
+        """Manifests noted in this process and not yet handled (for metrics)."""
+        return len(self.pending) + len(self.forced)
+
     async def handle(self, repository: str, digest: Digest) -> None:
         """Scan *digest* once (whoever asks) and attach its SBOM in *repository*."""
         status = await self.scanner.status(digest)
@@ -130,6 +142,16 @@ class ScanService:
         await self.scanner.attach(repository, digest)
 
     async def run(self, guard: LeaseGuard) -> None:
+        forced, self.forced = list(self.forced), {}
+        for repository, digest in forced:
+            await guard.check()
+            try:
+                await self.scanner.scan(digest, force=True)
+                await self.scanner.attach(repository, digest)
+            except (ScanBusy, ScanFailed):
+                pass  # the failure is stored with its reason; a busy scan is someone else's
+            except Exception:
+                log.exception("scan of %s@%s failed", repository, digest)
         pending, self.pending = list(self.pending), {}
         for _repository, digest in pending:
             await self.scanner.mark_queued(digest)

@@ -14,6 +14,7 @@ package format (analyzers do) and never builds a storage path.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import posixpath
 import tarfile
@@ -43,15 +44,32 @@ class _AsyncStreamReader(io.RawIOBase):
         self._loop = loop
         self._buffer = memoryview(b"")
         self._done = False
+        self.aborted = False
         self.compressed_bytes = 0
 
     def readable(self) -> bool:
         return True
 
+    def abort(self) -> None:
+        """Make the reading thread stop at its next chunk (the scan was cancelled)."""
+        self.aborted = True
+
+    def _fetch(self) -> bytes | None:
+        if self.aborted:
+            raise OSError("layer read aborted")
+        future = asyncio.run_coroutine_threadsafe(_next_chunk(self._chunks), self._loop)
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                # A cancelled scan (or a stopped loop) must not leave this thread waiting.
+                if self.aborted or self._loop.is_closed():
+                    future.cancel()
+                    raise OSError("layer read aborted") from None
+
     def _fill(self) -> bool:
         while not self._buffer and not self._done:
-            future = asyncio.run_coroutine_threadsafe(_next_chunk(self._chunks), self._loop)
-            chunk = future.result()
+            chunk = self._fetch()
             if chunk is None:
                 self._done = True
             else:
@@ -202,10 +220,14 @@ async def final_files(
         raw = _AsyncStreamReader(chunks, loop)
         try:
             changes = await loop.run_in_executor(None, _read_layer, raw, wants, files)
-        finally:
-            close = getattr(chunks, "aclose", None)
-            if close is not None:
-                await close()
+        except BaseException:
+            # Cancelled (or failed): stop the thread; the stream is left to the garbage
+            # collector, since closing it while the thread may be reading it would fail.
+            raw.abort()
+            raise
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
         _apply(files, changes)
         if stats is not None:
             stats.layers += 1

@@ -292,6 +292,8 @@ class Tag(msgspec.Struct, kw_only=True):
     size: int
     """Bytes of the manifest plus everything it references (config and layers; for an
     index, its manifests and theirs), each distinct blob counted once."""
+    vulnerabilities: dict[str, int] | None = None
+    """Findings by severity of the tagged manifest (null: not scanned, or scanning off)."""
 
 
 class TagList(msgspec.Struct, kw_only=True):
@@ -496,6 +498,8 @@ class Management:
         self.tenancy = tenancy
         self.guard = guard
         self.upstreams = upstreams
+        self.tag_vulnerabilities: Callable[[Digest], Awaitable[dict[str, int] | None]] | None = None
+        """Counts by severity for the tag listing, when scanning is on (scanning_api)."""
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         users = f"{API_PREFIX}/users/{{name}}"
@@ -956,11 +960,15 @@ class Management:
                 stored = await repo.manifests.get(tag)
             except ManifestUnknown:
                 return None  # deleted while we listed
+            counts = None
+            if self.tag_vulnerabilities is not None:
+                counts = await self.tag_vulnerabilities(stored.digest)
             return Tag(
                 name=tag,
                 digest=str(stored.digest),
                 media_type=stored.media_type,
                 size=await _total_size(repo, stored),
+                vulnerabilities=counts,
             )
 
         n, last = _page_request(request)
