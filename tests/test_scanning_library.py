@@ -267,3 +267,34 @@ async def test_reimport_replaces_a_source_atomically_and_drops_old_generations(
     [(source, info)] = state.sources.items()
     generations = await registry.driver.list(layout.vulndb_source_dir(source))
     assert info.generation in generations and len(generations) == 2
+
+
+async def test_this_machines_bookworm_dpkg_database_scans_every_installed_package(
+    loaded: Registry,
+) -> None:
+    import subprocess
+
+    listed = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package}\t${Architecture}\t${Status}\n"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    installed = {tuple(line.split("\t")[:2]) for line in listed if line.endswith(" installed")}
+    image = fx.build_image(
+        [
+            {
+                "etc/os-release": Path("/etc/os-release").read_text(),
+                "var/lib/dpkg/status": Path("/var/lib/dpkg/status").read_bytes(),
+            }
+        ]
+    )
+    report = await scan(loaded, image)
+    sbom = json.loads(await Scanner(loaded).sbom(Digest.parse(report.digest)))
+    found_packages = {
+        (c["name"], next(p["value"] for p in c["properties"] if p["name"] == "cargohold:arch"))
+        for c in sbom["components"]
+        if c["type"] == "library"
+    }
+    assert report.platforms[0].os.startswith("Debian GNU/Linux 12")
+    assert found_packages == installed

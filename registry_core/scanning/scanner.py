@@ -137,6 +137,20 @@ class _Config(msgspec.Struct, kw_only=True):
     variant: str | None = None
 
 
+def _has_filesystem(doc: _Manifest) -> bool:
+    """An image config and at least one tar layer (cosign .sig manifests have the config)."""
+    return (
+        doc.config is not None
+        and doc.config.mediaType in _IMAGE_CONFIGS
+        and any(_is_tar_layer(layer.mediaType) for layer in doc.layers)
+    )
+
+
+def _is_tar_layer(media_type: str) -> bool:
+    """OCI and Docker filesystem layers (tar, gzip, zstd); anything else is not a filesystem."""
+    return ".tar" in media_type or media_type.endswith(".tar")
+
+
 def _platform(os_name: str, arch: str, variant: str | None) -> str:
     return "/".join(p for p in (os_name, arch, variant or "") if p)
 
@@ -247,6 +261,9 @@ class Scanner:
             report = await self.report(digest) if status and status.status == "done" else None
             if report is not None:
                 return report
+        artifact = await self._artifact_report(digest)
+        if artifact is not None:
+            return artifact
         await self._claim(digest)
         try:
             previous = await self.status(digest)
@@ -291,6 +308,29 @@ class Scanner:
         finally:
             await self._release(digest)
 
+    async def _artifact_report(self, digest: Digest) -> ScanReport | None:
+        """For a manifest with no filesystem (an artifact, a cosign signature): its report.
+
+        Written without a claim (every writer writes the same) and not counted as a scan.
+        """
+        try:
+            doc, media_type, _body = await self._read_manifest(digest)
+        except ScanFailed:
+            return None  # the claimed attempt records the failure
+        if doc.manifests or _has_filesystem(doc):
+            return None
+        now = self.clock()
+        report = ScanReport(
+            digest=str(digest),
+            media_type=media_type,
+            scanned_at=now,
+            matched_at=now,
+            note="not a container image: nothing to scan",
+        )
+        await self.driver.write(layout.scan_report(digest), msgspec.json.encode(report))
+        await self._set_status(digest, ScanStatus(status="done", updated=now))
+        return report
+
     async def _read_manifest(self, digest: Digest) -> tuple[_Manifest, str, bytes]:
         try:
             body = await self.registry.blob_store.read_small(digest)
@@ -330,7 +370,7 @@ class Scanner:
                         )
                     report.platforms.append(result)
             return report
-        if doc.config is None or doc.config.mediaType not in _IMAGE_CONFIGS:
+        if not _has_filesystem(doc):
             report.note = "not a container image: nothing to scan"
             return report
         report.platforms.append(await self._scan_image(digest, doc, state))
@@ -356,6 +396,8 @@ class Scanner:
         platform = _platform(config.os, config.architecture, config.variant)
         layers = []
         for layer in doc.layers:
+            if not _is_tar_layer(layer.mediaType):
+                continue
             layer_digest = Digest.parse(layer.digest)
             if not await self.registry.blob_store.exists(layer_digest):
                 raise ScanFailed(f"layer {layer_digest} is not in storage")

@@ -166,6 +166,20 @@ def _add_signing_job(scheduler: Scheduler, registry: Registry, config: Config) -
         add_signing_job(scheduler, signer, config.signing.interval)
 
 
+def _add_scanning_job(scheduler: Scheduler, registry: Registry, config: Config) -> None:
+    """The scan job (catch-up walk, re-matching, database refresh), as the servers run it."""
+    if not config.scanning.is_enabled(config.auth.enabled):
+        return
+    from registry_core.scanning import ScanService
+
+    service = ScanService(
+        registry,
+        refresh_urls=config.scanning.urls(),
+        refresh_interval=config.scanning.seconds("refresh_interval"),
+    )
+    service.install(scheduler, interval=config.scanning.seconds("interval"))
+
+
 def worker_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -174,6 +188,7 @@ def worker_command(args: argparse.Namespace) -> int:
         add_maintenance_jobs(scheduler, registry, config)
         _add_other_jobs(scheduler, registry, config)
         _add_signing_job(scheduler, registry, config)
+        _add_scanning_job(scheduler, registry, config)
         if not scheduler.jobs:
             print("cargohold: no job is scheduled (set [gc] interval, ...)", file=sys.stderr)
             return 2

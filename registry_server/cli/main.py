@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .signing import add_signing_commands
 
     add_signing_commands(commands)
+    from .scanning import add_scanning_commands
+
+    add_scanning_commands(commands)
     return parser
 
 
