@@ -197,3 +197,17 @@ def test_an_upstream_marked_no_sign_is_not_signed(registry_factory: Any, tmp_pat
         tag = f"sha256-{seeded.single.digest.split(':')[1]}.sig"
         assert get_manifest(pt.url, pt.repo("app"), tag).status_code == 404
         assert _simple(pt.url, pt.repo("app"), seeded.single.digest) == []
+
+
+def test_bad_names_and_digests_get_4xx_answers(registry_factory: Any, tmp_path: Path) -> None:
+    server = registry_factory(storage_url=store_url(tmp_path / "open"))
+    keys = requests.get(f"{server.url}/api/v1/registries/ACME%20X/prod/signing-keys")
+    assert keys.status_code == 404 and keys.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+    digest = requests.get(f"{server.url}/extensions/v2/acme/prod/app/signatures/sha256:nothex")
+    assert digest.status_code == 400 and digest.json()["errors"][0]["code"] == "DIGEST_INVALID"
+    name = requests.get(f"{server.url}/extensions/v2/ACME/x/signatures/sha256:{'0' * 64}")
+    assert name.status_code == 400 and name.json()["errors"][0]["code"] == "NAME_INVALID"
+    body = requests.put(
+        f"{server.url}/extensions/v2/acme/prod/app/signatures/sha256:{'0' * 64}", data=b"{}"
+    )
+    assert body.status_code == 404  # no such manifest: nothing is stored

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -28,7 +29,7 @@ from registry_core import Registry
 from registry_core.auth import ANONYMOUS
 from registry_core.config import Config
 from registry_core.digest import Digest
-from registry_core.errors import DigestInvalid, NameUnknown, Unauthorized
+from registry_core.errors import NameUnknown, Unauthorized
 from registry_core.jobs import LeaseGuard, Scheduler
 from registry_core.names import RepositoryName, Tenant
 from registry_core.secrets import SecretBox
@@ -38,11 +39,12 @@ from registry_core.signing.simple import SimpleSignatures
 from ..domains import Domains
 from ..state import state_of
 from .guard import API_CHALLENGE, Guard
-from .management import API_PREFIX
+from .management import API_PREFIX, NAME_PATTERN
 
 SUPPORTS_SIGNATURES = {"X-Registry-Supports-Signatures": "1"}
 EXTENSION_PATH = "/extensions/v2/{name:.+}/signatures/{digest}"
 KEYS_PATH = f"{API_PREFIX}/registries/{{owner}}/{{registry}}/signing-keys"
+_NAME = re.compile(NAME_PATTERN)
 
 
 class SigningKeyView(msgspec.Struct, kw_only=True):
@@ -128,10 +130,7 @@ class SignatureRoutes:
         mapper = state.mapper = self.domains.mapper(request)
         name = RepositoryName.parse(mapper.internal(request.match_info["name"]))
         state.repository = name.value
-        try:
-            digest = Digest.parse(request.match_info["digest"])
-        except DigestInvalid:
-            raise NameUnknown("no such manifest digest") from None
+        digest = Digest.parse(request.match_info["digest"])  # DIGEST_INVALID: a 400
         if self.guard is not None:
             # The manifest route's rights: pull to read, push to write. Not a counted pull.
             await self.guard.check(request, "manifest", name, mapper)
@@ -152,7 +151,10 @@ class SignatureRoutes:
     async def signing_keys(self, request: web.Request) -> web.StreamResponse:
         state = state_of(request)
         state.route = "management"
-        tenant = Tenant(request.match_info["owner"], request.match_info["registry"])
+        owner, registry = request.match_info["owner"], request.match_info["registry"]
+        if not all(len(part) <= 64 and _NAME.match(part) for part in (owner, registry)):
+            raise NameUnknown(f"registry {owner[:64]}/{registry[:64]} does not exist")
+        tenant = Tenant(owner, registry)
         state.repository = str(tenant)
         if self.guard is not None:
             identity, _ = await self.guard.identify(request, api=True)
