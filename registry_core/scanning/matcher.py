@@ -61,18 +61,50 @@ def _fixed(advisory: Advisory, version: str) -> str | None:
     return candidates[0] if candidates else None
 
 
+_MEMO_ENTRIES = 100_000
+_memo: dict[tuple[str, str, str, str], list[tuple[Advisory, str | None]]] = {}
+
+
+async def _affecting(
+    database: VulnDatabase,
+    state: DatabaseState,
+    db_version: str,
+    ecosystem: str,
+    key: str,
+    version: str,
+) -> list[tuple[Advisory, str | None]]:
+    """Advisories affecting one package version, with the fix to take; memoised per process.
+
+    Images share base layers, so re-matching many SBOMs asks the same questions again;
+    the database version is part of the key, so an import never serves stale answers.
+    """
+    memo_key = (db_version, ecosystem, key, version)
+    found = _memo.get(memo_key)
+    if found is None:
+        found = [
+            (advisory, _fixed(advisory, version))
+            for advisory in await database.advisories(state, ecosystem, key)
+            if is_affected(advisory, version)
+        ]
+        if len(_memo) >= _MEMO_ENTRIES:
+            _memo.clear()
+        _memo[memo_key] = found
+    return found
+
+
 async def match(
     inventory: Inventory, database: VulnDatabase, state: DatabaseState
 ) -> list[Finding]:
     """Every (advisory, package) pair that affects the inventory, worst first."""
     findings: dict[tuple[str, str, str], Finding] = {}
+    db_version = state.version
     for package in inventory.packages:
         for ecosystem in ecosystems_for(package, inventory):
             key = package_key(ecosystem, package.match_name)
-            for advisory in await database.advisories(state, ecosystem, key):
-                version = package.match_version
-                if not is_affected(advisory, version):
-                    continue
+            version = package.match_version
+            for advisory, fixed in await _affecting(
+                database, state, db_version, ecosystem, key, version
+            ):
                 ident = (advisory.id, package.name, package.arch)
                 if ident in findings:
                     continue
@@ -81,7 +113,7 @@ async def match(
                     aliases=list(advisory.aliases),
                     package=package.name,
                     installed_version=package.version,
-                    fixed_version=_fixed(advisory, version),
+                    fixed_version=fixed,
                     severity=advisory.severity,
                     score=advisory.score,
                     summary=advisory.summary,

@@ -121,42 +121,61 @@ class SbomUnreadable(ValueError):
     """Stored bytes that are not an SBOM this module wrote."""
 
 
+class _Property(msgspec.Struct):
+    name: str = ""
+    value: str = ""
+
+
+class _Component(msgspec.Struct):
+    type: str = ""
+    name: str = ""
+    version: str = ""
+    description: str = ""
+    properties: list[_Property] = []
+
+
+class _Metadata(msgspec.Struct):
+    properties: list[_Property] = []
+
+
+class _Bom(msgspec.Struct):
+    bomFormat: str = ""
+    components: list[_Component] = []
+    metadata: _Metadata = msgspec.field(default_factory=_Metadata)
+
+
+_SOURCE_NAME, _SOURCE_VERSION = f"{_PREFIX}source-name", f"{_PREFIX}source-version"
+
+
 def inventory_from_sbom(body: bytes) -> Inventory:
     """The inventory an SBOM written by :func:`build_sbom` describes (for re-matching)."""
     try:
-        doc = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+        doc = msgspec.json.decode(body, type=_Bom)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise SbomUnreadable(str(exc)) from None
-    if not isinstance(doc, dict) or doc.get("bomFormat") != "CycloneDX":
+    if doc.bomFormat != "CycloneDX":
         raise SbomUnreadable("not a CycloneDX document")
     os_info = None
     packages = []
-    for component in doc.get("components") or []:
-        if component.get("type") == "operating-system":
+    for component in doc.components:
+        if component.type == "operating-system":
             os_info = OperatingSystem(
-                id=component.get("name", ""),
-                version_id=component.get("version", ""),
-                pretty_name=component.get("description", ""),
+                id=component.name, version_id=component.version, pretty_name=component.description
             )
             continue
-        props = {
-            p.get("name", "")[len(_PREFIX) :]: p.get("value", "")
-            for p in component.get("properties") or []
-            if str(p.get("name", "")).startswith(_PREFIX)
-        }
+        props = {p.name: p.value for p in component.properties}
         packages.append(
             Package(
-                kind=props.get("kind", "unknown"),
-                name=component.get("name", ""),
-                version=component.get("version", ""),
-                path=props.get("path", ""),
-                arch=props.get("arch", ""),
-                source_name=props.get("source-name", ""),
-                source_version=props.get("source-version", ""),
+                kind=props.get(f"{_PREFIX}kind", "unknown"),
+                name=component.name,
+                version=component.version,
+                path=props.get(f"{_PREFIX}path", ""),
+                arch=props.get(f"{_PREFIX}arch", ""),
+                source_name=props.get(_SOURCE_NAME, ""),
+                source_version=props.get(_SOURCE_VERSION, ""),
             )
         )
-    platform = ""
-    for prop in (doc.get("metadata") or {}).get("properties") or []:
-        if prop.get("name") == f"{_PREFIX}platform":
-            platform = prop.get("value", "")
+    platform = next(
+        (p.value for p in doc.metadata.properties if p.name == f"{_PREFIX}platform"), ""
+    )
     return Inventory(os=os_info, packages=tuple(packages), platform=platform)

@@ -143,6 +143,7 @@ class VulnDatabase:
         self.state_ttl = state_ttl
         self._state: tuple[float, DatabaseState] | None = None
         self._packages: OrderedDict[str, list[Advisory]] = OrderedDict()
+        self._reading: dict[str, asyncio.Future[list[Advisory]]] = {}
 
     async def state(self, *, fresh: bool = False) -> DatabaseState:
         """What is live (cached per process for ``state_ttl`` seconds unless *fresh*)."""
@@ -166,17 +167,26 @@ class VulnDatabase:
             path = layout.vulndb_package(source, info.generation, ecosystem, package)
             cached = self._packages.get(path)
             if cached is None:
-                try:
-                    raw = await self.driver.read(path)
-                    cached = msgspec.json.decode(raw, type=list[Advisory])
-                except PathNotFound:
-                    cached = []
-                self._packages[path] = cached
-                if len(self._packages) > _CACHE_ENTRIES:
-                    self._packages.popitem(last=False)
+                # Concurrent scans ask for the same packages: one read per path in flight.
+                pending = self._reading.get(path)
+                if pending is None:
+                    pending = asyncio.ensure_future(self._read_package(path))
+                    self._reading[path] = pending
+                    pending.add_done_callback(lambda _f, path=path: self._reading.pop(path, None))
+                cached = await asyncio.shield(pending)
             else:
                 self._packages.move_to_end(path)
             found.extend(cached)
+        return found
+
+    async def _read_package(self, path: str) -> list[Advisory]:
+        try:
+            found = msgspec.json.decode(await self.driver.read(path), type=list[Advisory])
+        except PathNotFound:
+            found = []
+        self._packages[path] = found
+        if len(self._packages) > _CACHE_ENTRIES:
+            self._packages.popitem(last=False)
         return found
 
     async def import_source(self, label: str, paths: list[str]) -> ImportReport:
