@@ -17,7 +17,7 @@ import pytest
 
 from registry_core.digest import Digest
 from registry_core.scanning.vulndb import import_sources
-from registry_server.app import REGISTRY_KEY
+from registry_server.app import REGISTRY_KEY, SCHEDULER_KEY
 from tests import scanning_support as fx
 from tests.api_support import (
     ApiClient,
@@ -27,6 +27,7 @@ from tests.api_support import (
     seed_world,
     serve_api,
 )
+from tests.helpers import write_docker_archive
 from tests.scanning_support import push, scanned
 
 PROD = "/api/v1/registries/acme/prod"
@@ -206,3 +207,52 @@ async def test_an_admin_asks_for_a_scan_again(api: ApiClient, world: World) -> N
             break
         await asyncio.sleep(0.1)
     assert again["scanned_at"] > first["scanned_at"]
+
+
+async def test_an_archive_upload_is_scanned(api: ApiClient, world: World, tmp_path: Path) -> None:
+    archive = tmp_path / "alpine.tar"
+    write_docker_archive(
+        archive,
+        "uploaded:1.0",
+        [{"etc/os-release": fx.ALPINE_OS, "lib/apk/db/installed": fx.APK_INSTALLED}],
+    )
+    reply = await api.post(f"{PROD}/archives", world.key("writer"), data=archive.read_bytes())
+    assert reply.status == 201, reply.body
+    body = await scanned(api, world.key("reader"), "1.0", "uploaded")
+    assert body["status"] == "done"
+    assert {f["id"] for p in body["platforms"] for f in p["findings"]} == {
+        i for i, _ in fx.ALPINE_EXPECTED
+    }
+
+
+async def test_findings_are_rematched_when_the_database_changes(
+    api: ApiClient, world: World, tmp_path: Path
+) -> None:
+    digest = await push(api, fx.alpine_image())
+    before = await scanned(api, world.key("reader"), digest)
+    extra = tmp_path / "new.json"
+    record = fx.osv("ALPINE-CVE-2099-7", "Alpine:v3.20", "busybox", [{"introduced": "0"}])
+    extra.write_text(json.dumps(record))
+    await import_sources(api.app[REGISTRY_KEY].driver, [("new", [str(extra)])])
+    api.app[SCHEDULER_KEY].nudge("scan")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = await scanned(api, world.key("reader"), digest)
+        if after["database"] != before["database"]:
+            break
+        await asyncio.sleep(0.2)
+    ids = {f["id"] for p in after["platforms"] for f in p["findings"]}
+    assert "ALPINE-CVE-2099-7" in ids and after["scanned_at"] == before["scanned_at"]
+
+
+async def test_scan_metrics_carry_no_repository_labels(api: ApiClient, world: World) -> None:
+    digest = await push(api, fx.alpine_image())
+    await scanned(api, world.key("reader"), digest)
+    text = (await api.get("/metrics")).body.decode()
+    lines = [line for line in text.splitlines() if line.startswith("cargohold_scan")]
+    assert any(line.startswith("cargohold_scans_started_total") for line in lines)
+    assert any(
+        line.startswith('cargohold_scan_findings_total{severity="critical"} 1') for line in lines
+    )
+    assert any(line.startswith("cargohold_scan_duration_seconds_count") for line in lines)
+    assert not any("repository" in line or "acme" in line for line in lines)
