@@ -256,3 +256,20 @@ async def test_scan_metrics_carry_no_repository_labels(api: ApiClient, world: Wo
     )
     assert any(line.startswith("cargohold_scan_duration_seconds_count") for line in lines)
     assert not any("repository" in line or "acme" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("auth", "setting", "scans"),
+    [(True, None, True), (False, None, False), (False, True, True), (True, False, False)],
+)
+def test_scanning_is_on_with_tenancy_and_off_in_open_mode_unless_configured(
+    auth: bool, setting: bool | None, scans: bool
+) -> None:
+    from registry_core import load_config
+    from registry_server.app import build_app
+
+    overrides: dict[str, Any] = {"storage": {"url": "memory://"}, "auth": {"enabled": auth}}
+    if setting is not None:
+        overrides["scanning"] = {"enabled": setting}
+    app = build_app(load_config(overrides=overrides, environ={}))
+    assert ("scan" in app[SCHEDULER_KEY].jobs) is scans

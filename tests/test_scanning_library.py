@@ -298,3 +298,35 @@ async def test_this_machines_bookworm_dpkg_database_scans_every_installed_packag
     }
     assert report.platforms[0].os.startswith("Debian GNU/Linux 12")
     assert found_packages == installed
+
+
+async def test_scheduled_refresh_imports_the_configured_urls_once_per_interval(
+    registry: Registry, tmp_path: Path
+) -> None:
+    import functools
+    import http.server
+    import threading
+
+    from registry_core.jobs import Leases, Scheduler
+    from registry_core.scanning import ScanService
+
+    served = tmp_path / "served"
+    served.mkdir()
+    fx.write_all_zip(served / "all.zip", fx.ALPINE_RECORDS)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/all.zip"
+    try:
+        scheduler = Scheduler(Leases(registry.driver))
+        ScanService(registry, refresh_urls=[url], refresh_interval=3600).install(scheduler)
+        assert await scheduler.run_once("vulndb-refresh")
+        first = await VulnDatabase(registry.driver).state(fresh=True)
+        assert await scheduler.run_once("vulndb-refresh")  # within the interval: no import
+        second = await VulnDatabase(registry.driver).state(fresh=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    [source] = first.sources.values()
+    assert (source.label, source.records) == (url, len(fx.ALPINE_RECORDS))
+    assert second.version == first.version
