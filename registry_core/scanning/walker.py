@@ -126,7 +126,12 @@ def _decompressed(raw: _AsyncStreamReader) -> IO[bytes]:
 
         return gzip.GzipFile(fileobj=buffered, mode="rb")
     if magic.startswith(_ZSTD):
-        import zstandard
+        try:
+            import zstandard
+        except ImportError:
+            raise LayerUnreadable(
+                "a zstd layer needs the zstandard package (cargohold[zstd])"
+            ) from None
 
         return zstandard.ZstdDecompressor().stream_reader(buffered, read_size=1 << 20)  # type: ignore[return-value]
     return buffered
