@@ -292,6 +292,10 @@ async def test_real_responses_of_every_operation_match_the_document(api, world, 
     assert (await api.get(f"{PROD}/signing-keys", reader)).status == 200
     assert (await api.get(f"{PROD}/signing-keys", outsider)).status == 404
     assert (await api.get(f"{PROD}/signing-keys")).status == 401
+    simple_off = {"simple": False}
+    assert (await api.put(f"{PROD}/signing", admin, json_body=simple_off)).status == 200
+    assert (await api.put(f"{PROD}/signing", reader, json_body=simple_off)).status == 403
+    assert (await api.put(f"{PROD}/signing", admin, json_body={"simple": "no"})).status == 400
 
     # security scanning (routes of registry_server.http.scanning_api)
     digest = await scanning_support.push(api, scanning_support.alpine_image(), "acme/prod/scanned")

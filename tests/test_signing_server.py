@@ -211,3 +211,21 @@ def test_bad_names_and_digests_get_4xx_answers(registry_factory: Any, tmp_path: 
         f"{server.url}/extensions/v2/acme/prod/app/signatures/sha256:{'0' * 64}", data=b"{}"
     )
     assert body.status_code == 404  # no such manifest: nothing is stored
+
+
+def test_a_registry_admin_turns_signing_off_for_the_registry(
+    registry_factory: Any, tmp_path: Path
+) -> None:
+    store = new_store(tmp_path)
+    store.registry(TENANT)
+    admin, reader = store.user("boss"), store.user("reader")
+    store.member(TENANT, "boss", "admin")
+    store.member(TENANT, "reader", "read")
+    server = _server(registry_factory, tmp_path, store)
+    url = f"{server.url}/api/v1/registries/{TENANT}/signing"
+    assert requests.put(url, json={"enabled": False}, auth=reader.auth).status_code == 403
+    resp = requests.put(url, json={"enabled": False}, auth=admin.auth)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["enabled"] is False
+    keys = requests.get(f"{url}-keys", auth=reader.auth)
+    assert keys.json()["enabled"] is False

@@ -689,6 +689,19 @@ OPERATIONS += (
         "keys stay listed so that older signatures keep verifying. When the registry signs, "
         "its keys are made on first use.",
     ),
+    Operation(
+        "PUT",
+        f"{_REGISTRY}/signing",
+        "Set whether and how a registry signs",
+        "signing",
+        sg.SigningKeys,
+        body=sg.SigningChange,
+        errors=(400, 401, 403, 404),
+        description="Registry admins. `enabled`, `cosign` (sigstore attachments), `simple` "
+        "(OpenPGP, served by the registry extension API) and `referrers` (cosign signatures "
+        "also in the OCI 1.1 referrers form); null or left out: the server's `[signing]`. "
+        "Answers with the registry's signing keys, as the signing-keys route does.",
+    ),
 )
 
 PAGE_QUERY = (

@@ -29,21 +29,29 @@ from registry_core import Registry
 from registry_core.auth import ANONYMOUS
 from registry_core.config import Config
 from registry_core.digest import Digest
-from registry_core.errors import NameUnknown, Unauthorized
+from registry_core.errors import Denied, NameUnknown, NotFound, Unauthorized
 from registry_core.jobs import LeaseGuard, Scheduler
 from registry_core.names import RepositoryName, Tenant
 from registry_core.secrets import SecretBox
-from registry_core.signing import JOB, KeyStore, Signer, SigningDefaults, request_host
+from registry_core.signing import (
+    JOB,
+    KeyStore,
+    Signer,
+    SigningDefaults,
+    SigningSettings,
+    request_host,
+)
 from registry_core.signing.simple import SimpleSignatures
 
 from ..domains import Domains
 from ..state import state_of
 from .guard import API_CHALLENGE, Guard
-from .management import API_PREFIX, NAME_PATTERN
+from .management import API_PREFIX, DISABLED_MESSAGE, NAME_PATTERN, _body
 
 SUPPORTS_SIGNATURES = {"X-Registry-Supports-Signatures": "1"}
 EXTENSION_PATH = "/extensions/v2/{name:.+}/signatures/{digest}"
 KEYS_PATH = f"{API_PREFIX}/registries/{{owner}}/{{registry}}/signing-keys"
+SETTINGS_PATH = f"{API_PREFIX}/registries/{{owner}}/{{registry}}/signing"
 _NAME = re.compile(NAME_PATTERN)
 
 
@@ -61,11 +69,21 @@ class SigningKeyView(msgspec.Struct, kw_only=True):
     public: str
 
 
+class SigningChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A registry's own signing settings; null (or left out): the server's ``[signing]``."""
+
+    enabled: bool | None = None
+    cosign: bool | None = None
+    simple: bool | None = None
+    referrers: bool | None = None
+
+
 class SigningKeys(msgspec.Struct, kw_only=True):
     enabled: bool
     """Whether this registry signs what it stores."""
     cosign: bool
     simple: bool
+    referrers: bool
     keys: list[SigningKeyView]
 
 
@@ -113,6 +131,7 @@ class SignatureRoutes:
         app.router.add_route("GET", EXTENSION_PATH, self.get_signatures)
         app.router.add_route("PUT", EXTENSION_PATH, self.put_signature)
         app.router.add_route("GET", KEYS_PATH, self.signing_keys)
+        app.router.add_route("PUT", SETTINGS_PATH, self.set_signing)
         app.middlewares.append(self.host_context)
         app.on_response_prepare.append(advertise)
 
@@ -148,7 +167,7 @@ class SignatureRoutes:
         await SimpleSignatures(self.registry.driver, name).add_from_client(digest, body)
         return web.Response(status=201)
 
-    async def signing_keys(self, request: web.Request) -> web.StreamResponse:
+    def _tenant(self, request: web.Request) -> Tenant:
         state = state_of(request)
         state.route = "management"
         owner, registry = request.match_info["owner"], request.match_info["registry"]
@@ -156,6 +175,32 @@ class SignatureRoutes:
             raise NameUnknown(f"registry {owner[:64]}/{registry[:64]} does not exist")
         tenant = Tenant(owner, registry)
         state.repository = str(tenant)
+        return tenant
+
+    async def set_signing(self, request: web.Request) -> web.StreamResponse:
+        """Registry admins change whether (and how) their registry signs."""
+        tenant = self._tenant(request)
+        if self.guard is None:
+            raise NotFound(DISABLED_MESSAGE)
+        caller = await self.guard.api_identity(request)
+        if "pull" not in await self.guard.authenticator.tenant_actions(caller, tenant):
+            raise NameUnknown(f"registry {tenant} does not exist")
+        if await self.guard.authenticator.role(caller, tenant) != "admin":
+            raise Denied(f"this needs the admin role on {tenant}")
+        change = await _body(request, SigningChange)
+        await self.signer.set_settings(
+            tenant,
+            SigningSettings(
+                enabled=change.enabled,
+                cosign=change.cosign,
+                simple=change.simple,
+                referrers=change.referrers,
+            ),
+        )
+        return await self.signing_keys(request)
+
+    async def signing_keys(self, request: web.Request) -> web.StreamResponse:
+        tenant = self._tenant(request)
         if self.guard is not None:
             identity, _ = await self.guard.identify(request, api=True)
             if identity.anonymous:
@@ -186,7 +231,11 @@ class SignatureRoutes:
             for r in await self.signer.keys.list(tenant)
         ]
         body = SigningKeys(
-            enabled=settings.enabled, cosign=settings.cosign, simple=settings.simple, keys=views
+            enabled=settings.enabled,
+            cosign=settings.cosign,
+            simple=settings.simple,
+            referrers=settings.referrers,
+            keys=views,
         )
         return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
