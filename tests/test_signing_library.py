@@ -283,3 +283,20 @@ async def test_no_referrers_form_by_default(registry: Registry, signer: Signer) 
     digest = await push_image(registry)
     await signer.sign_manifest(REPO, digest)
     assert await registry.repository(REPO).manifests.referrers(digest) == []
+
+
+async def test_gc_keeps_signatures_of_kept_manifests_and_drops_those_of_collected_ones(
+    registry: Registry, signer: Signer
+) -> None:
+    old = await push_image(registry, seed="old")
+    await signer.sign_manifest(REPO, old)
+    new = await push_image(registry, seed="new")  # 1.0 moves: the old manifest is untagged
+    await signer.sign_manifest(REPO, new)
+    await registry.collect_garbage(
+        grace=0.0, settle=0.0, collect_untagged=lambda repo, digest, mtime: True
+    )
+    name = registry.repository(REPO).name
+    assert await SimpleSignatures(registry.driver, name).records(old) == []
+    assert len(await SimpleSignatures(registry.driver, name).records(new)) == 1
+    verdict = await verify_image(registry, REPO, "1.0", await _keys(signer))
+    assert {c.kind for c in verdict.valid} == {"cosign", "simple"}
