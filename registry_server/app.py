@@ -333,7 +333,8 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     add_maintenance_jobs(
         scheduler, registry, config, on_gc=metrics.record_gc, on_scrub=metrics.record_scrub
     )
-    add_signing(app, registry, config, box, guard, domains, scheduler)
+    signer = add_signing(app, registry, config, box, guard, domains, scheduler)
+    management.on_registry_created = signer.prepare
     scanning = add_scanning(app, config, registry, scheduler, guard, metrics.registry)
     ScanningApi(management, scanning).add_to(app)
     if scanning is not None:

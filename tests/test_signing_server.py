@@ -229,3 +229,21 @@ def test_a_registry_admin_turns_signing_off_for_the_registry(
     assert resp.json()["enabled"] is False
     keys = requests.get(f"{url}-keys", auth=reader.auth)
     assert keys.json()["enabled"] is False
+
+
+def test_a_registry_made_through_the_api_gets_its_keys(
+    registry_factory: Any, tmp_path: Path
+) -> None:
+    store = new_store(tmp_path)
+    root = store.user("root", superuser=True)
+    store.owner("acme")
+    server = _server(registry_factory, tmp_path, store)
+    made = requests.post(
+        f"{server.url}/api/v1/owners/acme/registries", json={"name": "fresh"}, auth=root.auth
+    )
+    assert made.status_code == 201, made.text
+    keys = Path(store.storage.removeprefix("file://")) / "cargohold/signing/keys/acme/fresh"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(list(keys.glob("*"))) < 2:
+        time.sleep(0.1)
+    assert sorted(p.name for p in keys.glob("*")) == ["cosign-1", "gpg-1"]

@@ -109,6 +109,7 @@ class Signer:
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._known_hosts: dict[Tenant, set[str]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.quiet = 0.1
         self.max_delay = 1.0
 
@@ -132,6 +133,26 @@ class Signer:
             simple=d.simple if own.simple is None else own.simple,
             referrers=d.referrers if own.referrers is None else own.referrers,
         )
+
+    # -- a new registry's keys -------------------------------------------------------
+
+    def prepare(self, tenant: Tenant) -> None:
+        """Make a new registry's keys soon, in the background (its creation does not wait)."""
+        task = asyncio.get_running_loop().create_task(self._prepare(tenant))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prepare(self, tenant: Tenant) -> None:
+        try:
+            settings = await self.effective(tenant)
+            if settings.enabled and settings.cosign:
+                await self.keys.signing_key(tenant, "cosign")
+            if settings.enabled and settings.simple:
+                await self.keys.signing_key(tenant, "gpg")
+        except Exception:
+            log.exception(
+                "making the signing keys of %s failed; they are made on first use", tenant
+            )
 
     # -- the nudge and its worker -----------------------------------------------------
 

@@ -499,6 +499,8 @@ class Management:
         self.guard = guard
         self.upstreams = upstreams
         self.tag_vulnerabilities: Callable[[Digest], Awaitable[dict[str, int] | None]] | None = None
+        # Signing makes a new registry's keys, in the background (registry_core.signing).
+        self.on_registry_created: Callable[[Tenant], None] | None = None
         """Counts by severity for the tag listing, when scanning is on (scanning_api)."""
 
     def routes(self) -> list[tuple[str, str, Handler]]:
@@ -811,6 +813,8 @@ class Management:
         body = await _body(request, NewRegistry)
         record = await self.tenancy.create_registry(owner, body.name, body.visibility)
         self._access_changed()  # a cached "no such registry" must not linger
+        if self.on_registry_created is not None:
+            self.on_registry_created(record.tenant)
         return _json(_registry(record), status=201)
 
     async def get_registry(self, request: web.Request, caller: Identity) -> web.Response:
