@@ -38,6 +38,8 @@ class ServerConfig(_Section):
     shutdown_timeout: float = 30.0
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     """Addresses whose X-Forwarded-Proto/Host headers are believed (a TLS-terminating proxy)."""
+    public_hosts: list[str] | str = msgspec.field(default_factory=list)
+    """Host names (``host[:port]``) clients pull by; signatures name each (a comma list in env)."""
     state_dir: str | None = None
     """Where the bootstrap admin password file goes (default: beside a local store, else ./var)."""
     """Seconds SIGTERM waits for in-flight requests (uploads) before exiting."""
@@ -253,6 +255,8 @@ class UpstreamRegistryConfig(_Section):
     tag_ttl: float | str = 600.0
     images: str | None = None
     prefix: str | None = None
+    sign: bool = True
+    """Sign manifests cached from this upstream with the registry's keys (when it signs)."""
 
 
 class UpstreamsConfig(_Section):
@@ -280,6 +284,53 @@ class SecretsConfig(_Section):
         return "SecretsConfig(key=<hidden>)"
 
 
+class ScanningConfig(_Section):
+    """Security scanning (``registry_core.scanning``): scans on push, OSV data refresh."""
+
+    enabled: bool | None = None
+    """Scan pushed images; unset: on when ``auth.enabled`` (tenancy), off in open mode."""
+    interval: str = "30s"
+    """How often the scan job looks for manifests the in-process nudges missed."""
+    refresh_urls: list[str] | str = msgspec.field(default_factory=list)
+    """OSV exports (``.../ECOSYSTEM/all.zip``) re-imported on a schedule; a comma list in env."""
+    refresh_interval: str = "1d"
+    """Time between refreshes from ``refresh_urls``."""
+
+    def __post_init__(self) -> None:
+        for key in ("interval", "refresh_interval"):
+            _duration(getattr(self, key), f"scanning.{key}")
+
+    def seconds(self, key: str) -> float:
+        return _duration(getattr(self, key), f"scanning.{key}") or 0.0
+
+    def urls(self) -> list[str]:
+        if isinstance(self.refresh_urls, str):
+            return [part.strip() for part in self.refresh_urls.split(",") if part.strip()]
+        return list(self.refresh_urls)
+
+    def is_enabled(self, auth_enabled: bool) -> bool:
+        return auth_enabled if self.enabled is None else self.enabled
+
+
+class SigningConfig(_Section):
+    """Key signing (``registry_core.signing``): cosign and simple signatures of what is stored."""
+
+    enabled: bool | None = None
+    """Sign stored images; unset: on when ``auth.enabled`` (tenancy), off in open mode."""
+    cosign: bool = True
+    """Cosign/sigstore signatures (``sha256-<hex>.sig`` attachments), ECDSA P-256."""
+    simple: bool = True
+    """Simple signing (OpenPGP, served by the registry extension API), RSA."""
+    referrers: bool = False
+    """Also store cosign signatures in the OCI 1.1 referrers form (a manifest with a subject)."""
+    rsa_bits: Literal[3072, 4096] = 3072
+    interval: float = 60.0
+    """Seconds between catch-up passes that sign what the in-process nudges missed."""
+
+    def is_enabled(self, auth_enabled: bool) -> bool:
+        return auth_enabled if self.enabled is None else self.enabled
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
@@ -295,6 +346,8 @@ class Config(_Section):
     upstreams: UpstreamsConfig = msgspec.field(default_factory=UpstreamsConfig)
     secrets: SecretsConfig = msgspec.field(default_factory=SecretsConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    scanning: ScanningConfig = msgspec.field(default_factory=ScanningConfig)
+    signing: SigningConfig = msgspec.field(default_factory=SigningConfig)
     domains: dict[str, str] = msgspec.field(default_factory=dict)
     """Host name -> ``OWNER`` or ``OWNER/REGISTRY``: clients of that host use shorter names."""
 
@@ -315,6 +368,8 @@ _SECTIONS = (
     "upstreams",
     "secrets",
     "limits",
+    "signing",
+    "scanning",
 )
 
 

@@ -301,6 +301,11 @@ class Scheduler:
                 raise
             except Exception:
                 log.exception("job %s failed", job.name)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A stop() that landed while a run was cleaning up (e.g. in a suppress of
+                # the lease renewer's CancelledError) must still end this loop.
+                raise asyncio.CancelledError
 
     def start(self) -> None:
         """Start every registered job's loop on the running event loop."""

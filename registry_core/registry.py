@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .lifecycle.policy import LifecyclePolicy
 from .lifecycle.usage import UsageLedger
+from .manifest_feed import ManifestFeed
 from .mediatypes import MAX_MANIFEST_SIZE
 from .names import RepositoryName, Tenant
 from .settings import SettingsStore
@@ -61,6 +62,7 @@ class Repository:
             strict_index=registry.strict_index,
             max_size=registry.max_manifest_size,
             policy=registry.policy,
+            on_stored=registry.feed.publish,
         )
         self.tags = Tags(self.manifests)
 
@@ -88,6 +90,8 @@ class Registry:
         self.settings = SettingsStore(driver, settings_ttl)
         self.usage = UsageLedger(driver, settings_ttl)
         self.policy = LifecyclePolicy(driver, self.settings, self.usage)
+        # New image manifests for background consumers (signing, scanning).
+        self.feed = ManifestFeed(self)
 
     def repository(self, name: str | RepositoryName) -> Repository:
         parsed = name if isinstance(name, RepositoryName) else RepositoryName.parse(name)

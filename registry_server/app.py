@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import CollectorRegistry
 
 from drivers import open_driver
 from registry_core import Config, Registry, RegistryError, StorageError
@@ -27,6 +29,7 @@ from registry_core.errors import NotFound, TooLarge, Unavailable, Unsupported
 from registry_core.jobs import Leases, Scheduler
 from registry_core.lifecycle.maintenance import add_maintenance_jobs
 from registry_core.lifecycle.periodic import add_policy_jobs
+from registry_core.scanning import Scanner, ScanService
 from registry_core.storage.blobs import UploadLimits
 from registry_core.tenancy import Conflict, TenancyStore
 
@@ -36,6 +39,8 @@ from .http.guard import Guard
 from .http.lifecycle_api import LifecycleApi
 from .http.management import Management
 from .http.openapi import add_to as add_openapi
+from .http.scanning_api import PullGate, ScanMetrics, ScanningApi, tag_counts
+from .http.signatures import add_signing
 from .http.v2 import API_VERSION_HEADER, V2Routes
 from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
 from .proxying import apply_configured_upstreams, build_pull_through, check_key, secret_box
@@ -234,6 +239,29 @@ async def bootstrap_admin(tenancy: TenancyStore, directory: Path) -> None:
     )
 
 
+def add_scanning(
+    app: web.Application,
+    config: Config,
+    registry: Registry,
+    scheduler: Scheduler,
+    guard: Guard | None,
+    collectors: CollectorRegistry,
+) -> ScanService | None:
+    """Scan on push (through the manifest feed) when ``[scanning]`` is on for this mode."""
+    if not config.scanning.is_enabled(config.auth.enabled):
+        return None
+    scan_metrics = ScanMetrics(collectors)
+    service = ScanService(
+        registry,
+        Scanner(registry, observer=scan_metrics),
+        refresh_urls=config.scanning.urls(),
+        refresh_interval=config.scanning.seconds("refresh_interval"),
+    )
+    scan_metrics.queued.set_function(lambda: service.queued)
+    service.install(scheduler, interval=config.scanning.seconds("interval"))
+    return service
+
+
 def build_app(config: Config, registry: Registry | None = None) -> web.Application:
     """The application for *config*; pass *registry* to serve one you built yourself."""
     if registry is None:
@@ -313,6 +341,13 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     )
     if sessions is not None:
         sessions.add_purge_job(scheduler)
+    signer = add_signing(app, registry, config, box, guard, domains, scheduler)
+    management.on_registry_created = signer.prepare
+    scanning = add_scanning(app, config, registry, scheduler, guard, metrics.registry)
+    ScanningApi(management, scanning).add_to(app)
+    if scanning is not None:
+        v2.pull_gate = PullGate(registry, scanning, guard)
+        management.tag_vulnerabilities = functools.partial(tag_counts, scanning)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         await check_key(registry.driver, box)

@@ -167,6 +167,7 @@ def configured_specs(config: Config) -> dict[Tenant, list[UpstreamSpec]]:
                 tag_ttl=entry.tag_ttl,
                 images=entry.images,
                 prefix=entry.prefix,
+                sign=entry.sign,
             )
         )
     return grouped

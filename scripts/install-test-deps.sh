@@ -60,6 +60,8 @@ need ca-certificates exe:/usr/sbin/update-ca-certificates
 # The website's browser tests (tests/test_web_browser.py): headless Chromium and its driver.
 need chromium exe:/usr/bin/chromium
 need chromium-driver exe:/usr/bin/chromedriver
+# Simple signing (OpenPGP) is made and checked by GnuPG.
+need gnupg cmd:gpg
 # Azurite (the Azure Blob emulator of the cloud driver tests) is an npm package.
 if ! have_cmd azurite-blob && ! have_cmd npm; then
     missing+=(npm)
@@ -159,6 +161,9 @@ stop_packaged_registry() {
     fi
 }
 stop_packaged_registry
+
+# The signing tests' sigstore-capable skopeo (trixie's, unpacked into a cache folder).
+"$(dirname "$0")/install-sigstore-skopeo.sh"
 
 if [ "${#missing[@]}" -gt 0 ]; then
     # Sanity checks after a fresh install.

@@ -14,6 +14,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from registry_server.http.openapi import document
+from tests import scanning_support
 from tests.api_support import (
     ANONYMOUS,
     ApiClient,
@@ -286,6 +287,31 @@ async def test_real_responses_of_every_operation_match_the_document(api, world, 
     assert (await api.get(f"{API}/owners/acme/quota", outsider)).status == 404
     assert (await api.put(f"{API}/owners/acme/quota", root, json_body=limits)).status == 200
     assert (await api.delete(f"{API}/owners/acme/quota", root)).status == 204
+
+    # signing keys (routes of registry_server.http.signatures)
+    assert (await api.get(f"{PROD}/signing-keys", reader)).status == 200
+    assert (await api.get(f"{PROD}/signing-keys", outsider)).status == 404
+    assert (await api.get(f"{PROD}/signing-keys")).status == 401
+    simple_off = {"simple": False}
+    assert (await api.put(f"{PROD}/signing", admin, json_body=simple_off)).status == 200
+    assert (await api.put(f"{PROD}/signing", reader, json_body=simple_off)).status == 403
+    assert (await api.put(f"{PROD}/signing", admin, json_body={"simple": "no"})).status == 400
+
+    # security scanning (routes of registry_server.http.scanning_api)
+    digest = await scanning_support.push(api, scanning_support.alpine_image(), "acme/prod/scanned")
+    assert (await scanning_support.scanned(api, reader, digest, "scanned"))["status"] == "done"
+    scanned_manifest = f"{PROD}/repositories/scanned/manifests/{digest}"
+    assert (await api.get(f"{scanned_manifest}/vulnerabilities", reader)).status == 200
+    assert (await api.get(f"{scanned_manifest}/sbom", reader)).status == 200
+    assert (await api.post(f"{scanned_manifest}/scan", admin)).status == 202
+    assert (await api.post(f"{scanned_manifest}/scan", reader)).status == 403
+    policy = {"block_severity": "critical", "allowlist": [{"id": "CVE-2024-0001"}]}
+    assert (await api.get(f"{PROD}/scan-policy", reader)).status == 200
+    assert (await api.put(f"{PROD}/scan-policy", admin, json_body=policy)).status == 200
+    assert (
+        await api.put(f"{PROD}/scan-policy", admin, json_body={"block_severity": 3})
+    ).status == 400
+    assert (await api.delete(f"{PROD}/scan-policy", admin)).status == 204
 
     # the document itself
     assert (await api.get(f"{API}/openapi.json")).status == 200

@@ -154,4 +154,4 @@ def register(cls: type[Workload]) -> type[Workload]:
 
 
 # Registration order is report order.
-from . import blobs, small, manifest_get, listing, skopeo, auth, s3, proxy  # noqa: E402, F401, I001
+from . import blobs, small, manifest_get, listing, skopeo, auth, s3, proxy, signing, scanning  # noqa: E402, F401, I001

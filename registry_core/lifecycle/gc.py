@@ -335,6 +335,10 @@ class GarbageCollector:
         for batch in _batches(plan.revisions):
             await self.fence()
             await _bounded(driver.delete(layout.revision_dir(stored_name(r), d)) for r, d in batch)
+            # A collected manifest's simple signatures go with it (its cosign tag goes above).
+            await _bounded(
+                driver.delete(layout.simple_signatures_dir(stored_name(r), d)) for r, d in batch
+            )
         for batch in _batches(plan.layers):
             await self.fence()
             await driver.delete_many([layout.layer_link(stored_name(r), d) for r, d in batch])

@@ -76,6 +76,8 @@ class UpstreamSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prefix: Annotated[str, msgspec.Meta(extra_json_schema={"pattern": _PREFIX_PATTERN})] | None = (
         None
     )
+    sign: bool = True
+    """Sign manifests cached from this upstream with the registry's keys (when it signs)."""
 
 
 class Upstream(msgspec.Struct, kw_only=True, frozen=True):
@@ -90,6 +92,7 @@ class Upstream(msgspec.Struct, kw_only=True, frozen=True):
     tag_ttl: float = DEFAULT_TAG_TTL
     images: str | None = None
     prefix: str | None = None
+    sign: bool = True
 
     @property
     def host(self) -> str:
@@ -240,6 +243,7 @@ def build_upstream(tenant: Tenant, spec: UpstreamSpec, box: SecretBox | None) ->
         tag_ttl=_ttl(spec.tag_ttl),
         images=spec.images.strip() if spec.images else None,
         prefix=prefix,
+        sign=spec.sign,
     )
 
 

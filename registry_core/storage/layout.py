@@ -414,3 +414,91 @@ def tag_index_pointer(name: RepositoryName, tag: str) -> str:
 def session_record(key: str) -> str:
     """A website session, stored under the hash of its cookie (never the cookie itself)."""
     return f"{SESSIONS}/{key}"
+
+
+# -- Security scanning: the OSV database (generations per source) and results per digest ----
+
+VULNDB: Final = f"{EXTRA}/vulndb"
+SCANS: Final = f"{EXTRA}/scans"
+
+
+def _escape_name(text: str) -> str:
+    """A package or ecosystem name as one path component (``=XX`` escapes, reversible)."""
+    out = []
+    for char in text:
+        if char.isascii() and (char.isalnum() or char in "._-+:@,"):
+            out.append(char)
+        else:
+            out.extend(f"={byte:02X}" for byte in char.encode())
+    escaped = "".join(out)
+    return escaped if escaped not in ("", ".", "..") else f"={escaped}"
+
+
+def vulndb_current() -> str:
+    """Which generation of each imported source is live (one object: the atomic switch)."""
+    return f"{VULNDB}/current"
+
+
+def vulndb_source_dir(source: str) -> str:
+    return f"{VULNDB}/sources/{source}"
+
+
+def vulndb_generation_dir(source: str, generation: str) -> str:
+    return f"{vulndb_source_dir(source)}/{generation}"
+
+
+def vulndb_package(source: str, generation: str, ecosystem: str, package: str) -> str:
+    """The advisories of one (ecosystem, package) in one generation of one source."""
+    return (
+        f"{vulndb_generation_dir(source, generation)}/"
+        f"{_escape_name(ecosystem)}/{_escape_name(package)}"
+    )
+
+
+def scan_dir(digest: Digest) -> str:
+    """Scan state of one manifest digest (content-addressed: shared by every tenant)."""
+    return f"{SCANS}/{digest.algorithm}/{digest.hex}"
+
+
+def scan_status(digest: Digest) -> str:
+    return f"{scan_dir(digest)}/status"
+
+
+def scan_report(digest: Digest) -> str:
+    return f"{scan_dir(digest)}/report"
+
+
+def scan_claim(digest: Digest, attempt: int) -> str:
+    """Created if absent by the process that runs attempt *attempt* of a scan."""
+    return f"{scan_dir(digest)}/claims/{attempt}"
+
+
+def scan_claims_dir(digest: Digest) -> str:
+    return f"{scan_dir(digest)}/claims"
+
+
+def scans_algorithm_dir(algorithm: str) -> str:
+    return f"{SCANS}/{algorithm}"
+
+
+# -- Signing: per-registry keys (private halves sealed) and simple signatures ---------------
+
+SIGNING: Final = f"{EXTRA}/signing"
+
+
+def signing_keys_dir(tenant: Tenant) -> str:
+    """The signing keys of ``OWNER/REGISTRY``: one record per key, ``<kind>-<seq>``."""
+    return f"{SIGNING}/keys/{tenant.owner}/{tenant.registry}"
+
+
+def signing_key_record(tenant: Tenant, key_id: str) -> str:
+    return f"{signing_keys_dir(tenant)}/{key_id}"
+
+
+def simple_signatures_dir(name: RepositoryName, digest: Digest) -> str:
+    """The simple (OpenPGP) signatures of one manifest, served by the extension API."""
+    return f"{repository(name)}/_signatures/{digest.algorithm}/{digest.hex}"
+
+
+def simple_signature(name: RepositoryName, digest: Digest, signature_id: str) -> str:
+    return f"{simple_signatures_dir(name, digest)}/{signature_id}"

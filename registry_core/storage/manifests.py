@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -65,6 +66,7 @@ class ManifestStore:
         strict_index: bool = False,
         max_size: int = MAX_MANIFEST_SIZE,
         policy: WritePolicy | None = None,
+        on_stored: Callable[[str, Digest, str, str | None], None] | None = None,
     ) -> None:
         self.driver = driver
         self.store = store
@@ -77,6 +79,8 @@ class ManifestStore:
         self.max_size = max_size
         self.policy = policy
         self.tag_index = TagIndex(driver, name)
+        # The manifest feed's nudge (registry_core.manifest_feed): in-process, no storage write.
+        self.on_stored = on_stored
 
     # -- reading ------------------------------------------------------------------
 
@@ -193,6 +197,8 @@ class ManifestStore:
             await self._write_tag(tag, parsed.digest)
             if rules is not None:
                 await rules.tag_changed(tag, current, parsed.digest)
+        if self.on_stored is not None and parsed.subject is None:
+            self.on_stored(self._key, parsed.digest, parsed.media_type, tag)
         return parsed
 
     async def _check_references(self, parsed: ParsedManifest) -> None:
@@ -218,6 +224,9 @@ class ManifestStore:
         await self._write_tag(tag, digest)
         if rules is not None:
             await rules.tag_changed(tag, current, digest)
+        if self.on_stored is not None:
+            cached = self.cache.get(digest)
+            self.on_stored(self._key, digest, cached[1] if cached else "", tag)
 
     # -- lifecycle rules (immutable tags, image quotas) -------------------------------
 
@@ -306,6 +315,13 @@ class ManifestStore:
             if rules is not None:
                 await rules.tag_changed(tag, digest, None)
         await self.driver.delete(layout.revision_dir(self.name, digest))
+        # Its signatures go with it: simple ones and the cosign attachment's tag.
+        with contextlib.suppress(PathNotFound):
+            await self.driver.delete(layout.simple_signatures_dir(self.name, digest))
+        with contextlib.suppress(PathNotFound):
+            await self.driver.delete(
+                layout.tag_dir(self.name, f"{digest.algorithm}-{digest.hex}.sig")
+            )
         subject = _subject_of(stored.body)
         if subject is not None:
             with contextlib.suppress(PathNotFound):

@@ -170,6 +170,31 @@ def _add_policy_jobs(scheduler: Scheduler, registry: Registry, config: Config) -
     )
 
 
+def _add_signing_job(scheduler: Scheduler, registry: Registry, config: Config) -> None:
+    """The signing catch-up pass, as the servers run it, where this mode signs at all."""
+    from ..app import state_dir
+    from ..http.signatures import add_signing_job, build_signer
+    from ..proxying import secret_box
+
+    signer = build_signer(config, registry, secret_box(config, state_dir(config)))
+    if signer.defaults.enabled:
+        add_signing_job(scheduler, signer, config.signing.interval)
+
+
+def _add_scanning_job(scheduler: Scheduler, registry: Registry, config: Config) -> None:
+    """The scan job (catch-up walk, re-matching, database refresh), as the servers run it."""
+    if not config.scanning.is_enabled(config.auth.enabled):
+        return
+    from registry_core.scanning import ScanService
+
+    service = ScanService(
+        registry,
+        refresh_urls=config.scanning.urls(),
+        refresh_interval=config.scanning.seconds("refresh_interval"),
+    )
+    service.install(scheduler, interval=config.scanning.seconds("interval"))
+
+
 def worker_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -177,6 +202,8 @@ def worker_command(args: argparse.Namespace) -> int:
         scheduler = Scheduler(Leases(registry.driver))
         add_maintenance_jobs(scheduler, registry, config)
         _add_policy_jobs(scheduler, registry, config)
+        _add_signing_job(scheduler, registry, config)
+        _add_scanning_job(scheduler, registry, config)
         if not scheduler.jobs:
             print("cargohold: no job is scheduled (set [gc] interval, ...)", file=sys.stderr)
             return 2

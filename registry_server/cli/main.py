@@ -231,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_policy_commands(commands)
     add_upstream_commands(commands)
+    from .signing import add_signing_commands
+
+    add_signing_commands(commands)
+    from .scanning import add_scanning_commands
+
+    add_scanning_commands(commands)
     return parser
 
 

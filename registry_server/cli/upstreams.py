@@ -57,6 +57,7 @@ async def add(store: UpstreamStore, tenant: Tenant, args: argparse.Namespace) ->
         username=args.username,
         password=_password(args),
         cache=not args.no_cache,
+        sign=not args.no_sign,
         tag_ttl=args.tag_ttl,
         images=args.images,
         prefix=args.prefix,
@@ -154,6 +155,9 @@ def add_upstream_commands(commands: Any) -> None:
         "--password-stdin", action="store_true", help="read the password or token from stdin"
     )
     p.add_argument("--no-cache", action="store_true", help="stream through, store nothing")
+    p.add_argument(
+        "--no-sign", action="store_true", help="never sign what is cached from this upstream"
+    )
     p.add_argument("--tag-ttl", default="10m", help="how long a cached tag is fresh (10m)")
     p.add_argument("--images", help="only image names matching this glob go to this upstream")
     p.add_argument("--prefix", help="path prepended at the upstream, e.g. library")

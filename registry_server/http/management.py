@@ -296,6 +296,8 @@ class Tag(msgspec.Struct, kw_only=True):
     size: int
     """Bytes of the manifest plus everything it references (config and layers; for an
     index, its manifests and theirs), each distinct blob counted once."""
+    vulnerabilities: dict[str, int] | None = None
+    """Findings by severity of the tagged manifest (null: not scanned, or scanning off)."""
 
 
 class TagList(msgspec.Struct, kw_only=True):
@@ -500,6 +502,10 @@ class Management:
         self.tenancy = tenancy
         self.guard = guard
         self.upstreams = upstreams
+        self.tag_vulnerabilities: Callable[[Digest], Awaitable[dict[str, int] | None]] | None = None
+        # Signing makes a new registry's keys, in the background (registry_core.signing).
+        self.on_registry_created: Callable[[Tenant], None] | None = None
+        """Counts by severity for the tag listing, when scanning is on (scanning_api)."""
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         users = f"{API_PREFIX}/users/{{name}}"
@@ -809,6 +815,8 @@ class Management:
         body = await _body(request, NewRegistry)
         record = await self.tenancy.create_registry(owner, body.name, body.visibility)
         self._access_changed()  # a cached "no such registry" must not linger
+        if self.on_registry_created is not None:
+            self.on_registry_created(record.tenant)
         return _json(_registry(record), status=201)
 
     async def get_registry(self, request: web.Request, caller: Identity) -> web.Response:
@@ -959,11 +967,15 @@ class Management:
                 stored = await repo.manifests.get(tag)
             except ManifestUnknown:
                 return None  # deleted while we listed
+            counts = None
+            if self.tag_vulnerabilities is not None:
+                counts = await self.tag_vulnerabilities(stored.digest)
             return Tag(
                 name=tag,
                 digest=str(stored.digest),
                 media_type=stored.media_type,
                 size=await _total_size(repo, stored),
+                vulnerabilities=counts,
             )
 
         n, last = _page_request(request)

@@ -27,6 +27,8 @@ from registry_core.proxy import UpstreamSpec, UpstreamView
 from ..state import state_of
 from . import lifecycle_api as lc
 from . import management as m
+from . import scanning_api as sc
+from . import signatures as sg
 
 OPENAPI_PATH = f"{m.API_PREFIX}/openapi.json"
 JSON = "application/json"
@@ -604,6 +606,106 @@ OPERATIONS += (
 )
 
 
+_MANIFEST = f"{_IMAGE}/manifests/{{reference}}"
+_SEVERITY_QUERY = Query(
+    "severity",
+    "Only findings at or above this severity.",
+    {"type": "string", "enum": ["critical", "high", "medium", "low", "unknown"]},
+)
+# The scanning routes of registry_server.http.scanning_api.
+OPERATIONS += (
+    Operation(
+        "GET",
+        f"{_MANIFEST}/vulnerabilities",
+        "Show a manifest's vulnerabilities",
+        "scanning",
+        sc.Vulnerabilities,
+        errors=(400, 401, 403, 404),
+        query=(_SEVERITY_QUERY,),
+        description="Anyone who can pull. The scan `status` (queued, running, done, failed "
+        "with its `reason`) and the findings per platform (an index: one entry per platform). "
+        "404 when scanning is off on this server.",
+    ),
+    Operation(
+        "GET",
+        f"{_MANIFEST}/sbom",
+        "Download a manifest's SBOM",
+        "scanning",
+        response_content={sc.SBOM_MEDIA_TYPE: {"schema": {"type": "object"}}},
+        query=(Query("platform", "For an index: the platform (e.g. linux/arm64/v8)."),),
+        description="Anyone who can pull. The CycloneDX 1.6 JSON inventory of the image; "
+        "404 until the image is scanned.",
+    ),
+    Operation(
+        "POST",
+        f"{_MANIFEST}/scan",
+        "Scan a manifest now",
+        "scanning",
+        sc.ScanRequested,
+        status=202,
+        description="Registry admins. Queues a scan (again, when one is done); the "
+        "vulnerabilities route shows its progress.",
+    ),
+    Operation(
+        "GET",
+        f"{_REGISTRY}/scan-policy",
+        "Show a registry's pull policy",
+        "scanning",
+        sc.PolicyBody,
+        description="Anyone who can pull from the registry.",
+    ),
+    Operation(
+        "PUT",
+        f"{_REGISTRY}/scan-policy",
+        "Set a registry's pull policy",
+        "scanning",
+        sc.PolicyBody,
+        body=sc.PolicyBody,
+        errors=(400, 401, 403, 404),
+        description="Registry admins. Pulls of manifests with findings at or above "
+        "`block_severity` (and, with `block_unscanned`, of unscanned ones) are refused with "
+        "403 DENIED, except for the registry's admins; allowlisted ids (a finding's id or "
+        "any alias; `expires` in Unix seconds) are ignored. Pushes are never refused.",
+    ),
+    Operation(
+        "DELETE",
+        f"{_REGISTRY}/scan-policy",
+        "Remove a registry's pull policy",
+        "scanning",
+        status=204,
+        description="Registry admins.",
+    ),
+)
+
+# The signing route of registry_server.http.signatures.
+OPERATIONS += (
+    Operation(
+        "GET",
+        f"{_REGISTRY}/signing-keys",
+        "Show a registry's public signing keys",
+        "signing",
+        sg.SigningKeys,
+        errors=(401, 404),
+        description="Whoever can pull from the registry (anyone for a public one). The cosign "
+        "keys as PEM, the simple-signing keys as armored OpenPGP, with fingerprints; retired "
+        "keys stay listed so that older signatures keep verifying. When the registry signs, "
+        "its keys are made on first use.",
+    ),
+    Operation(
+        "PUT",
+        f"{_REGISTRY}/signing",
+        "Set whether and how a registry signs",
+        "signing",
+        sg.SigningKeys,
+        body=sg.SigningChange,
+        errors=(400, 401, 403, 404),
+        description="Registry admins. `enabled`, `cosign` (sigstore attachments), `simple` "
+        "(OpenPGP, served by the registry extension API) and `referrers` (cosign signatures "
+        "also in the OCI 1.1 referrers form); null or left out: the server's `[signing]`. "
+        "Answers with the registry's signing keys, as the signing-keys route does.",
+    ),
+)
+
 PAGE_QUERY = (
     Query(
         "n",
@@ -694,6 +796,7 @@ _PARAMETERS = {
     "user": "A user name.",
     "id": "The record id (the part of the secret after its prefix).",
     "image": "The image name inside the registry; it may contain '/' (e.g. tools/build).",
+    "reference": "A manifest digest (sha256:...) or a tag.",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 from urllib.parse import urlencode
 
 import attrs
@@ -141,6 +142,10 @@ def _content_range_start(request: web.Request) -> int | None:
     return start
 
 
+class PullGateLike(Protocol):
+    async def check(self, request: web.Request, name: RepositoryName, digest: Digest) -> None: ...
+
+
 class V2Routes:
     """Handlers for every ``/v2/`` endpoint, bound to one Registry."""
 
@@ -157,6 +162,8 @@ class V2Routes:
     ) -> None:
         self.registry = registry
         self.proxy = proxy
+        self.pull_gate: PullGateLike | None = None
+        """The scanning pull policy (``scanning_api.PullGate``), checked on manifest GETs."""
         """Pull-through to the registries' upstreams (None: local content only)."""
         self.upload_limits = upload_limits
         """Open upload sessions allowed per repository and tenant (None: no limit)."""
@@ -293,6 +300,8 @@ class V2Routes:
         else:
             async with state_of(request).access.pulling():
                 stored = await self._manifest(request, repo, reference)
+                if self.pull_gate is not None:  # inside: a refused pull is not counted
+                    await self.pull_gate.check(request, repo.name, stored.digest)
             await repo.manifests.pulled(stored.digest)
         etag = f'"{stored.digest}"'
         headers = {

@@ -1,0 +1,150 @@
+"""OpenPGP keys and signatures for simple signing, made by GnuPG through python-gnupg.
+
+GnuPG is what containers/image's gpgme verifies with, so its output is what
+skopeo and podman accept. Every operation runs in a throwaway ``GNUPGHOME``
+(mode 0700, deleted afterwards) except signing, which keeps one keyring per
+process and key so that each signature does not pay a key import; that
+folder lives in the process's temporary directory and is removed at exit.
+These functions block (they run ``gpg``): call them off the event loop. This
+module never writes to registry storage and never logs key material.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import attrs
+import gnupg
+
+
+class OpenPgpError(Exception):
+    """GnuPG refused a key or could not sign."""
+
+
+@attrs.frozen
+class OpenPgpKey:
+    fingerprint: str
+    public: str = attrs.field(repr=False)
+    secret: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class Verified:
+    """A signature that checked out: the signed bytes and the signer's fingerprint."""
+
+    payload: bytes
+    fingerprint: str
+
+
+@contextmanager
+def _home() -> Iterator[gnupg.GPG]:
+    directory = tempfile.mkdtemp(prefix="cargohold-gpg-")
+    try:
+        yield gnupg.GPG(gnupghome=directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def generate(uid: str, bits: int = 3072) -> OpenPgpKey:
+    """A new RSA signing key (no passphrase: it is sealed before it is stored)."""
+    with _home() as gpg:
+        name, _, email = uid.partition(" <")
+        params = gpg.gen_key_input(
+            key_type="RSA",
+            key_length=bits,
+            key_usage="sign",
+            name_real=name,
+            name_email=email.rstrip(">") or None,
+            no_protection=True,
+            expire_date=0,
+        )
+        made = gpg.gen_key(params)
+        fingerprint = str(made.fingerprint or "")
+        if not fingerprint:
+            raise OpenPgpError(f"gpg could not generate a key: {made.stderr[-300:]}")
+        public = gpg.export_keys(fingerprint)
+        secret = gpg.export_keys(fingerprint, secret=True, expect_passphrase=False)
+        return OpenPgpKey(fingerprint.upper(), public, secret)
+
+
+def inspect_secret(armored: str) -> OpenPgpKey:
+    """Check an armored secret key an admin imports; return it with its public half."""
+    with _home() as gpg:
+        result = gpg.import_keys(armored)
+        secrets = gpg.list_keys(secret=True)
+        if not result.fingerprints or len(secrets) != 1:
+            raise OpenPgpError("expected exactly one armored OpenPGP secret key")
+        fingerprint = str(secrets[0]["fingerprint"]).upper()
+        public = gpg.export_keys(fingerprint)
+        secret = gpg.export_keys(fingerprint, secret=True, expect_passphrase=False)
+        if not secret:
+            raise OpenPgpError("the OpenPGP key must not be protected by a passphrase")
+        return OpenPgpKey(fingerprint, public, secret)
+
+
+def public_fingerprint(armored: str) -> str:
+    """The fingerprint of one armored public key."""
+    with _home() as gpg:
+        result = gpg.import_keys(armored)
+        if not result.fingerprints:
+            raise OpenPgpError("not an armored OpenPGP public key")
+        return str(result.fingerprints[0]).upper()
+
+
+_keyrings: dict[str, str] = {}
+_lock = threading.Lock()
+
+
+def _keyring_for(key: OpenPgpKey) -> str:
+    # One keyring per process and key: the import costs more than the signature.
+    with _lock:
+        directory = _keyrings.get(key.fingerprint)
+        if directory is None:
+            directory = tempfile.mkdtemp(prefix="cargohold-gpg-")
+            result = gnupg.GPG(gnupghome=directory).import_keys(key.secret)
+            if not result.fingerprints:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise OpenPgpError("gpg did not take the signing key")
+            _keyrings[key.fingerprint] = directory
+        return directory
+
+
+@atexit.register
+def _remove_keyrings() -> None:
+    with _lock:
+        for directory in _keyrings.values():
+            shutil.rmtree(directory, ignore_errors=True)
+        _keyrings.clear()
+
+
+def sign(key: OpenPgpKey, payload: bytes) -> bytes:
+    """An OpenPGP signed message (binary, not armored) holding *payload*, as gpgme reads it."""
+    gpg = gnupg.GPG(gnupghome=_keyring_for(key))
+    signed = gpg.sign_file(
+        io.BytesIO(payload),
+        keyid=key.fingerprint,
+        binary=True,
+        clearsign=False,
+        extra_args=["--digest-algo", "SHA256"],
+    )
+    if not signed.data:
+        raise OpenPgpError(f"gpg could not sign: {(signed.stderr or '')[-300:]}")
+    return bytes(signed.data)
+
+
+def verify(signature: bytes, public_keys: list[str]) -> Verified | None:
+    """The payload of *signature* if one of *public_keys* made it; None otherwise."""
+    with _home() as gpg:
+        for armored in public_keys:
+            gpg.import_keys(armored)
+        result = gpg.decrypt(signature)
+        if not result.valid or not result.data:
+            return None
+        fingerprint = str(result.pubkey_fingerprint or result.fingerprint or "").upper()
+        return Verified(bytes(result.data), fingerprint)

@@ -1,0 +1,404 @@
+"""Signing what a registry stores: settings, identities, the nudge worker and the catch-up job.
+
+The :class:`Signer` listens to the manifest feed: a stored manifest (push,
+archive upload, pull-through cache) is noted in memory with the host name the
+client used (:data:`request_host`, set by the server around the request) and
+signed by a worker task moments later, off the request path; a periodic
+catch-up pass under the ``signing`` lease (and ``sign-missing``) finds what
+nudges missed. Signing is idempotent: for every tag pointing at a manifest and
+every host name clients use (the request's, ``[server] public_hosts``, the
+custom domains, and the hosts earlier pushes came through, remembered per
+registry in settings), a signature by the current key is added where missing,
+for an index and its platform manifests alike. Attachments are never signed.
+This module never imports aiohttp and never holds a private key beyond the
+per-process cache of :class:`~.keys.KeyStore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Iterable
+
+import attrs
+import msgspec
+
+from ..attachments import is_attachment_tag
+from ..digest import Digest
+from ..errors import RegistryError
+from ..jobs import LeaseGuard
+from ..manifest import parse_manifest
+from ..manifest_feed import CatchUpReport
+from ..names import RepositoryName, Tenant
+from ..registry import Registry, Repository
+from . import cosign, openpgp, payloads
+from .keys import KeyStore, sign_cosign
+from .simple import SimpleSignatures
+
+log = logging.getLogger(__name__)
+
+JOB = "signing"
+SETTINGS_KIND = "signing"
+HOSTS_KIND = "signing-hosts"
+MAX_REMEMBERED_HOSTS = 32
+
+request_host: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "cargohold_request_host", default=None
+)
+"""The host name (``host[:port]``) the current request came in by; the server sets it."""
+
+
+class SigningSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A registry's own signing settings (absent fields: the server's ``[signing]``)."""
+
+    enabled: bool | None = None
+    cosign: bool | None = None
+    simple: bool | None = None
+    referrers: bool | None = None
+    """Also store cosign signatures in the OCI 1.1 referrers form."""
+
+
+class _Hosts(msgspec.Struct, kw_only=True):
+    hosts: list[str] = msgspec.field(default_factory=list)
+
+
+@attrs.frozen
+class SigningDefaults:
+    """The server-wide ``[signing]`` settings, plus the host names clients use."""
+
+    enabled: bool = False
+    cosign: bool = True
+    simple: bool = True
+    referrers: bool = False
+    public_hosts: tuple[str, ...] = ()
+    domains: tuple[tuple[str, str], ...] = ()
+    """``(host, OWNER or OWNER/REGISTRY prefix)`` of ``[domains]``."""
+
+
+@attrs.frozen
+class Effective:
+    enabled: bool
+    cosign: bool
+    simple: bool
+    referrers: bool = False
+
+
+@attrs.define
+class SignReport:
+    identities: list[str] = attrs.field(factory=list)
+    cosign_added: int = 0
+    simple_added: int = 0
+
+
+def _hostname(host: str) -> str:
+    if host.startswith("["):
+        return host[: host.index("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class Signer:
+    """Signs one storage's manifests with per-registry keys (see the module doc)."""
+
+    def __init__(self, registry: Registry, keys: KeyStore, defaults: SigningDefaults) -> None:
+        self.registry = registry
+        self.keys = keys
+        self.defaults = defaults
+        # (repository, digest) -> (hosts, tags) noted by nudges, signed by the worker.
+        self._pending: dict[tuple[str, Digest], tuple[set[str], set[str]]] = {}
+        self._wake: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._known_hosts: dict[Tenant, set[str]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.quiet = 0.1
+        self.max_delay = 1.0
+
+    # -- settings ---------------------------------------------------------------------
+
+    async def settings(self, tenant: Tenant) -> SigningSettings:
+        stored = await self.registry.settings.get(
+            tenant.owner, tenant.registry, SETTINGS_KIND, SigningSettings
+        )
+        return stored or SigningSettings()
+
+    async def set_settings(self, tenant: Tenant, value: SigningSettings) -> None:
+        await self.registry.settings.put(tenant.owner, tenant.registry, SETTINGS_KIND, value)
+
+    async def effective(self, tenant: Tenant) -> Effective:
+        own = await self.settings(tenant)
+        d = self.defaults
+        return Effective(
+            enabled=d.enabled if own.enabled is None else own.enabled,
+            cosign=d.cosign if own.cosign is None else own.cosign,
+            simple=d.simple if own.simple is None else own.simple,
+            referrers=d.referrers if own.referrers is None else own.referrers,
+        )
+
+    # -- a new registry's keys -------------------------------------------------------
+
+    def prepare(self, tenant: Tenant) -> None:
+        """Make a new registry's keys soon, in the background (its creation does not wait)."""
+        task = asyncio.get_running_loop().create_task(self._prepare(tenant))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prepare(self, tenant: Tenant) -> None:
+        try:
+            settings = await self.effective(tenant)
+            if settings.enabled and settings.cosign:
+                await self.keys.signing_key(tenant, "cosign")
+            if settings.enabled and settings.simple:
+                await self.keys.signing_key(tenant, "gpg")
+        except Exception:
+            log.exception(
+                "making the signing keys of %s failed; they are made on first use", tenant
+            )
+
+    # -- the nudge and its worker -----------------------------------------------------
+
+    def attach(self) -> None:
+        """Listen to the registry's manifest feed (call once per process)."""
+        self.registry.feed.subscribe(JOB, self._stored)
+
+    def _stored(self, repository: str, digest: Digest, media_type: str, tag: str | None) -> None:
+        if tag is None:
+            return  # untagged: no identity to sign (an index signs its platform manifests)
+        hosts, tags = self._pending.setdefault((repository, digest), (set(), set()))
+        tags.add(tag)
+        host = request_host.get()
+        if host:
+            hosts.add(host)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run_forever(self) -> None:
+        """Sign what the feed reported, soon after (a task of each server process).
+
+        A push is a burst of requests (blobs, platform manifests, the index): the worker
+        waits until nudges pause for ``quiet`` seconds, but never longer than
+        ``max_delay`` after the first, so signing does not compete with the burst for
+        this process's CPU and still shows well within 2 s on an idle server.
+        """
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._idle.set()
+                await self._wake.wait()
+            self._idle.clear()
+            first = loop.time()
+            while loop.time() - first < self.max_delay:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.quiet)
+                except TimeoutError:
+                    break
+            self._wake.clear()
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Sign everything noted so far (a failure is left to the catch-up pass)."""
+        while self._pending:
+            (repository, digest), (hosts, tags) = next(iter(self._pending.items()))
+            del self._pending[(repository, digest)]
+            try:
+                await self.sign_manifest(repository, digest, hosts, tags)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("signing %s@%s failed; the catch-up pass retries", repository, digest)
+
+    async def idle(self) -> None:
+        """Wait until the worker has signed everything noted (tests, benchmarks)."""
+        if self._idle is not None:
+            while self._pending or not self._idle.is_set():
+                await asyncio.sleep(0.01)
+
+    # -- the catch-up job -------------------------------------------------------------
+
+    async def catch_up(
+        self, guard: LeaseGuard | None = None, *, full: bool = False
+    ) -> CatchUpReport:
+        """Sign every manifest stored since the last pass (``full``: every manifest)."""
+
+        async def handle(repository: str, digest: Digest) -> None:
+            await self.sign_manifest(repository, digest)
+
+        return await self.registry.feed.catch_up(JOB, handle, guard, full=full)
+
+    # -- signing one manifest ---------------------------------------------------------
+
+    async def hosts_for(self, tenant: Tenant, extra: Iterable[str] = ()) -> list[str]:
+        """Every host name clients use for *tenant*; new ones in *extra* are remembered."""
+        known = self._known_hosts.get(tenant)
+        if known is None:
+            stored = await self.registry.settings.get(
+                tenant.owner, tenant.registry, HOSTS_KIND, _Hosts
+            )
+            known = set(stored.hosts if stored else [])
+            self._known_hosts[tenant] = known
+        new = {h.lower() for h in extra if h} - known - set(self.defaults.public_hosts)
+        if new and len(known) < MAX_REMEMBERED_HOSTS:
+            known |= new
+            await self.registry.settings.put(
+                tenant.owner, tenant.registry, HOSTS_KIND, _Hosts(hosts=sorted(known))
+            )
+        hosts = set(known) | set(self.defaults.public_hosts)
+        hosts |= {host for host, _ in self.defaults.domains}
+        return sorted(hosts)
+
+    def _domain_prefix(self, host: str) -> str | None:
+        for domain, prefix in self.defaults.domains:
+            if domain.lower() in (host.lower(), _hostname(host).lower()):
+                return prefix.strip("/")
+        return None
+
+    def identities(
+        self, name: RepositoryName, tags: Iterable[str], hosts: Iterable[str]
+    ) -> list[str]:
+        """``HOST/NAME:TAG`` for every host and tag, with the name a custom domain shows."""
+        found = []
+        for host in hosts:
+            prefix = self._domain_prefix(host)
+            if prefix is None:
+                visible = name.value
+            elif name.value.startswith(prefix + "/"):
+                visible = name.value[len(prefix) + 1 :]
+            else:
+                continue
+            # A domain named without a port stands for its host names seen with one too.
+            if (
+                prefix is not None
+                and ":" not in host
+                and any(_hostname(h) == host for h in hosts if h != host)
+            ):
+                continue
+            found.extend(f"{host}/{visible}:{tag}" for tag in tags)
+        return sorted(set(found))
+
+    async def _from_unsigned_upstream(self, repo: Repository, tags: list[str]) -> bool:
+        """True when every tag came from an upstream configured not to be signed."""
+        if not tags:
+            return False
+        from ..proxy.pullthrough import TagOrigin
+        from ..proxy.settings import KIND, UpstreamList
+        from ..storage import layout
+
+        tenant = repo.name.tenant
+        stored = await self.registry.settings.get(tenant.owner, tenant.registry, KIND, UpstreamList)
+        if stored is None:
+            return False
+        unsigned = {u.name for u in stored.upstreams if not u.sign}
+        if not unsigned:
+            return False
+        for tag in tags:
+            try:
+                raw = await self.registry.driver.read(layout.proxy_tag_origin(repo.name, tag))
+                origin = msgspec.json.decode(raw, type=TagOrigin)
+            except Exception:
+                return False
+            if origin.upstream not in unsigned:
+                return False
+        return True
+
+    async def sign_manifest(
+        self,
+        repository: str,
+        digest: Digest,
+        hosts: Iterable[str] = (),
+        tags: Iterable[str] | None = None,
+    ) -> SignReport:
+        """Add the missing signatures of one manifest (and an index's platform manifests).
+
+        *tags*: only these (a nudge names the tag it wrote; those that still point at
+        *digest* are signed); None: every tag pointing at it (catch-up, ``sign-missing``).
+        """
+        report = SignReport()
+        name = RepositoryName.parse(repository)
+        settings = await self.effective(name.tenant)
+        if not settings.enabled or not (settings.cosign or settings.simple):
+            return report
+        repo = self.registry.repository(name)
+        try:
+            stored = await repo.manifests.get_by_digest(digest)
+            parsed = parse_manifest(
+                stored.body, stored.media_type, max_size=self.registry.max_manifest_size
+            )
+        except (RegistryError, ValueError):
+            return report  # deleted meanwhile, or nothing we can read: nothing to sign
+        if parsed.subject is not None:
+            return report
+        if tags is None:
+            found = await repo.manifests.tags_pointing_at(digest)
+        else:
+            found = [t for t in sorted(set(tags)) if await self._points_at(repo, t, digest)]
+        tags = [t for t in found if not is_attachment_tag(t)]
+        if not tags or await self._from_unsigned_upstream(repo, tags):
+            return report
+        all_hosts = await self.hosts_for(name.tenant, hosts)
+        identities = self.identities(name, tags, all_hosts)
+        if not identities:
+            log.warning("no host name known for %s: set [server] public_hosts", name.tenant)
+            return report
+        report.identities = identities
+        targets = [digest]
+        if parsed.manifests:
+            children = []
+            for child in parsed.manifests:
+                if child not in children and child != digest:
+                    children.append(child)
+            targets.extend(children)
+        for target in targets:
+            if settings.cosign:
+                added = await self._sign_cosign(repo, target, identities)
+                report.cosign_added += added
+                if settings.referrers and added:
+                    await self._referrer(repo, target)
+            if settings.simple:
+                report.simple_added += await self._sign_simple(repo, target, identities)
+        return report
+
+    @staticmethod
+    async def _points_at(repo: Repository, tag: str, digest: Digest) -> bool:
+        try:
+            return await repo.manifests.resolve(tag) == digest
+        except (RegistryError, ValueError):
+            return False
+
+    async def _sign_cosign(self, repo: Repository, digest: Digest, identities: list[str]) -> int:
+        key = await self.keys.signing_key(repo.name.tenant, "cosign")
+        have = set()
+        for existing in await cosign.read_attachment(repo, digest):
+            if existing.key_id == key.id:
+                claim = payloads.read_claim(existing.payload)
+                if claim is not None and claim.digest == str(digest):
+                    have.add(claim.reference)
+        signed = []
+        for identity in identities:
+            if identity in have:
+                continue
+            payload = payloads.cosign_payload(identity, str(digest))
+            signed.append((payload, sign_cosign(key, payload), key.id))
+        await cosign.add_signatures(repo, digest, signed)
+        return len(signed)
+
+    async def _referrer(self, repo: Repository, digest: Digest) -> None:
+        key = await self.keys.signing_key(repo.name.tenant, "cosign")
+        stored = await repo.manifests.get_by_digest(digest)
+        await cosign.put_referrer(repo, digest, stored.media_type, stored.size, key.id)
+
+    async def _sign_simple(self, repo: Repository, digest: Digest, identities: list[str]) -> int:
+        key = await self.keys.signing_key(repo.name.tenant, "gpg")
+        assert key.gpg is not None
+        store = SimpleSignatures(self.registry.driver, repo.name)
+        have = {r.identity for _, r in await store.records(digest) if r.key == key.id}
+        added = 0
+        for identity in identities:
+            if identity in have:
+                continue
+            payload = payloads.simple_payload(identity, str(digest))
+            signature = await asyncio.to_thread(openpgp.sign, key.gpg, payload)
+            await store.add_ours(digest, signature, key.id, identity)
+            added += 1
+        return added
