@@ -180,9 +180,10 @@ def start_target(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterato
         },
         # Fuzzed uploads open sessions by the hundred; the limits have tests of their own.
         limits={"max_uploads_per_repository": 0, "max_uploads_per_tenant": 0},
-        # Signing writes in the background after each accepted push; "a refused request
-        # stores nothing" compares storage at rest. Signing has tests of its own.
+        # Signing and scanning write in the background after each accepted push; "a refused
+        # request stores nothing" compares storage at rest. Both have tests of their own.
         signing={"enabled": False},
+        scanning={"enabled": False},
     )
     server = RegistryServer(store_url(store), workdir=workdir, auth=True, config=config)
     with server:
