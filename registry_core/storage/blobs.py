@@ -233,16 +233,23 @@ class RepositoryBlobs:
         upload_id = str(uuid.uuid4())
         now = time.time()
         tracked = limits is not None and limits.enabled
-        if tracked:
-            assert limits is not None
-            await self._check_session_limits(limits, now)
-            await self.driver.write(self._marker(upload_id, now), b"")
         # The session is its start-time record; the data object appears with the
         # first bytes (an absent one holds zero bytes), which saves two storage
         # round trips on every push.
-        await self.driver.write(
+        record = self.driver.write(
             layout.upload_started_at(self.name, upload_id), _format_time(now).encode()
         )
+        if tracked:
+            assert limits is not None
+            try:
+                await self._check_session_limits(limits, now)
+            except BaseException:
+                record.close()
+                raise
+            # The marker and the record are independent objects: written together.
+            await asyncio.gather(self.driver.write(self._marker(upload_id, now), b""), record)
+        else:
+            await record
         return Upload(self, upload_id, 0, now, tracked=tracked)
 
     def _repository_key(self) -> str:
@@ -293,20 +300,31 @@ class RepositoryBlobs:
             if not session.committed:
                 await session.cancel()
 
-    async def get_upload(self, upload_id: str, limits: UploadLimits | None = None) -> Upload:
-        """An existing upload session of this repository; BLOB_UPLOAD_UNKNOWN otherwise."""
+    async def get_upload(
+        self, upload_id: str, limits: UploadLimits | None = None, *, with_size: bool = True
+    ) -> Upload:
+        """An existing upload session of this repository; BLOB_UPLOAD_UNKNOWN otherwise.
+
+        ``with_size=False`` skips reading the stored size, for callers that append
+        (the append writer learns it) or commit (which reads it) right after.
+        """
         try:
             uuid.UUID(upload_id)
         except ValueError:
             raise BlobUploadUnknown(detail={"uuid": upload_id[:64]}) from None
-        started, size = await asyncio.gather(
-            _read_or_none(self.driver, layout.upload_started_at(self.name, upload_id)),
-            _size_or_zero(self.driver, layout.upload_data(self.name, upload_id)),
-        )
+        started_at = _read_or_none(self.driver, layout.upload_started_at(self.name, upload_id))
+        if with_size:
+            started, size = await asyncio.gather(
+                started_at, _size_or_zero(self.driver, layout.upload_data(self.name, upload_id))
+            )
+        else:
+            started, size = await started_at, 0
         if started is None:
             raise BlobUploadUnknown(detail={"uuid": upload_id})
         tracked = limits is not None and limits.enabled
-        return Upload(self, upload_id, size, _parse_time(started.decode()), tracked=tracked)
+        upload = Upload(self, upload_id, size, _parse_time(started.decode()), tracked=tracked)
+        upload.size_known = with_size
+        return upload
 
 
 class Upload:
@@ -329,6 +347,11 @@ class Upload:
         self.started_at = started_at
         self._data = layout.upload_data(blobs.name, upload_id)
         self.committed = False
+        self.size_known = True
+        """False when ``size`` was not read (``get_upload(with_size=False)``)."""
+        self._appended = False
+        """This object appended under the upload lock, so ``size`` is the stored size
+        unless another request of this process appended since (its hash state says so)."""
 
     @property
     def _store(self) -> BlobStore:
@@ -348,6 +371,8 @@ class Upload:
         """
         rules = await self.blobs.rules()
         if rules is not None and length is not None:
+            if not self.size_known:
+                self.size = await _size_or_zero(self.blobs.driver, self._data)
             await self._within_quota(rules, self.size + length)
         appended = await self._append(source, start)
         if rules is not None and length is None:
@@ -388,8 +413,10 @@ class Upload:
             finally:
                 await writer.commit()
                 self.size = writer.size
+                self.size_known = True
                 if hasher.size == self.size:
                     store._keep_hash_state(self._data, hasher)
+                    self._appended = True
             return self.size - before
 
     async def write(self, data: bytes) -> None:
@@ -413,10 +440,17 @@ class Upload:
         """Verify and publish the upload as blob *digest*, linked into this repository."""
         store = self._store
         async with store.upload_lock(self._data):
-            self.size = await _size_or_zero(self.blobs.driver, self._data)
+            # Just appended by this request: the hash state kept at that size proves no
+            # other append of this process came between, so the stored size need not be
+            # read again (a re-read could not stop another process appending anyway).
+            hasher = store._take_hash_state(self._data, self.size) if self._appended else None
+            if hasher is None:
+                self.size = await _size_or_zero(self.blobs.driver, self._data)
+                hasher = store._take_hash_state(self._data, self.size)
             if size is not None and size != self.size:
+                if hasher is not None:
+                    store._keep_hash_state(self._data, hasher)
                 raise SizeInvalid(f"upload holds {self.size} bytes, the client declared {size}")
-            hasher = store._take_hash_state(self._data, self.size)
             if hasher is None or hasher.algorithm != digest.algorithm:
                 hasher = await self._rehash(digest.algorithm)
             actual = hasher.digest()
