@@ -3,7 +3,7 @@
 Small writes are write-then-rename, create-if-absent is a hard link of a
 finished temporary file (so a racing reader never sees a half-written
 object and exactly one creator wins), and each operation is a single hop to
-a worker thread. Blobs have a real path, which lets the server use sendfile.
+a worker thread (a writer's small data goes with its commit's hop). Blobs have a real path, which lets the server use sendfile.
 """
 
 from __future__ import annotations
@@ -149,6 +149,17 @@ def _scan(top: str, root: str, prune: WalkFilter | None) -> list[FileInfo]:
     return found
 
 
+SMALL_WRITE = 64 * 1024
+"""A writer holds back up to this many bytes and writes them with its commit: a small
+object (a push's 4 KiB layer) costs one thread hop for write, close and rename, not one
+per step. Larger data goes out at once, so memory stays bounded."""
+
+
+def _write_all(handle: object, parts: list[bytes]) -> None:
+    for part in parts:
+        handle.write(part)  # type: ignore[attr-defined]
+
+
 class LocalWriter:
     """Appends go straight to the file; a new object is a temporary file renamed on commit."""
 
@@ -157,26 +168,44 @@ class LocalWriter:
         self._size = size
         self._final = final
         self._temporary = temporary
+        self._held: list[bytes] = []
+        self._held_bytes = 0
 
     @property
     def size(self) -> int:
         return self._size
 
     async def write(self, data: bytes) -> None:
-        await asyncio.to_thread(self._handle.write, data)  # type: ignore[attr-defined]
+        if self._held_bytes + len(data) <= SMALL_WRITE:
+            self._held.append(data)
+            self._held_bytes += len(data)
+        else:
+            parts, self._held, self._held_bytes = [*self._held, data], [], 0
+            await asyncio.to_thread(_write_all, self._handle, parts)
         self._size += len(data)
 
     async def commit(self) -> None:
+        parts, self._held, self._held_bytes = self._held, [], 0
+
         def finish() -> None:
-            self._handle.close()  # type: ignore[attr-defined]
+            try:
+                _write_all(self._handle, parts)
+            finally:
+                self._handle.close()  # type: ignore[attr-defined]
             if self._temporary is not None and self._final is not None:
                 os.replace(self._temporary, self._final)
 
         await asyncio.to_thread(finish)
 
     async def cancel(self) -> None:
+        parts, self._held, self._held_bytes = self._held, [], 0
+
         def drop() -> None:
-            self._handle.close()  # type: ignore[attr-defined]
+            try:
+                if self._temporary is None:  # appended bytes stay, as if written at once
+                    _write_all(self._handle, parts)
+            finally:
+                self._handle.close()  # type: ignore[attr-defined]
             if self._temporary is not None:
                 os.unlink(self._temporary)
 
