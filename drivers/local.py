@@ -176,13 +176,18 @@ class LocalWriter:
         return self._size
 
     async def write(self, data: bytes) -> None:
-        if self._held_bytes + len(data) <= SMALL_WRITE:
-            self._held.append(data)
-            self._held_bytes += len(data)
+        await self.write_parts([data])
+
+    async def write_parts(self, parts: list[bytes]) -> None:
+        """Write several pieces in one thread hop, without joining them into a copy."""
+        size = sum(len(part) for part in parts)
+        if self._held_bytes + size <= SMALL_WRITE:
+            self._held.extend(parts)
+            self._held_bytes += size
         else:
-            parts, self._held, self._held_bytes = [*self._held, data], [], 0
+            parts, self._held, self._held_bytes = [*self._held, *parts], [], 0
             await asyncio.to_thread(_write_all, self._handle, parts)
-        self._size += len(data)
+        self._size += size
 
     async def commit(self) -> None:
         parts, self._held, self._held_bytes = self._held, [], 0
