@@ -182,7 +182,8 @@ def serve(args: argparse.Namespace) -> int:
     from ..app import first_start
 
     try:
-        asyncio.run(first_start(config))
+        if workers > 1:  # one process makes it itself, before it answers anything
+            asyncio.run(first_start(config))
     except (ValueError, OSError, StorageError) as exc:
         print(f"cargohold: cannot prepare storage {config.storage.url!r}: {exc}", file=sys.stderr)
         return 2
