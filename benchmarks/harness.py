@@ -322,6 +322,20 @@ class Cargohold(Server):
         return env
 
 
+class CargoholdOneWorker(Cargohold):
+    """Cargohold forced to one process (``--workers 1``), reported beside the default."""
+
+    kind = "cargohold-1"
+    label = "Cargohold (1 worker)"
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        if "--workers" in cmd:
+            cmd[cmd.index("--workers") + 1] = "1"
+            return cmd
+        return [*cmd, "--workers", "1"]
+
+
 DISTRIBUTION_CONFIG = """\
 version: 0.1
 log:

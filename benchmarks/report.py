@@ -110,8 +110,12 @@ def markdown(report: dict[str, Any], png_name: str | None = "latest.png") -> str
         "",
         "## Results",
         "",
-        "| Workload | Metric | Cargohold | Distribution | C/D | Cargohold vs limit |",
-        "|---|---|---|---|---|---|",
+        "Cargohold runs with its defaults (`server.workers = auto`: one process per CPU); "
+        "the 1-worker column is Cargohold with `--workers 1`, where the workload runs it.",
+        "",
+        "| Workload | Metric | Cargohold | Distribution | C/D | Cargohold vs limit "
+        "| Cargohold 1 worker | C1/D |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for entry in report["workloads"].values():
         own = [k for k in entry["metrics"] if k not in COMMON]
@@ -122,6 +126,13 @@ def markdown(report: dict[str, Any], png_name: str | None = "latest.png") -> str
             c = _median(_values(entry, "cargohold", mk))
             d = _median(_values(entry, "distribution", mk))
             ratio = f"{c / d:.2f}x" if c is not None and d else "—"
+            c1 = _median(_values(entry, "cargohold-1", mk))
+            one_worker = (
+                f"{_cell(entry, 'cargohold-1', mk, meta['digits'])} | "
+                + (f"{c1 / d:.2f}x" if c1 is not None and d else "—")
+                if entry["runs"].get("cargohold-1")
+                else "— | —"
+            )
             fractions = []
             for lk in meta["limits"]:
                 found = _limit(report, lk, entry["case"])
@@ -133,7 +144,7 @@ def markdown(report: dict[str, Any], png_name: str | None = "latest.png") -> str
                 f"| {label} | {meta['label']}{unit} {arrow} | "
                 f"{_cell(entry, 'cargohold', mk, meta['digits'])} | "
                 f"{_cell(entry, 'distribution', mk, meta['digits'])} | {ratio} | "
-                f"{'; '.join(fractions)} |"
+                f"{'; '.join(fractions)} | {one_worker} |"
             )
 
     lines += [

@@ -36,6 +36,7 @@ from .client import BlobSource, GiB, MiB
 from .harness import (
     REPO_ROOT,
     Cargohold,
+    CargoholdOneWorker,
     Distribution,
     Server,
     ServerError,
@@ -50,8 +51,12 @@ from .harness import (
 from .workloads import COMMON_METRICS, WORKLOADS, CaseResult, Workload
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SERVER_KINDS = ("cargohold", "distribution")
-SERVER_CLASSES: dict[str, type[Server]] = {"cargohold": Cargohold, "distribution": Distribution}
+SERVER_KINDS = ("cargohold", "cargohold-1", "distribution")
+SERVER_CLASSES: dict[str, type[Server]] = {
+    "cargohold": Cargohold,
+    "cargohold-1": CargoholdOneWorker,
+    "distribution": Distribution,
+}
 
 
 @dataclass
@@ -63,6 +68,7 @@ class Context:
     workdir: Path
     seed: int = 6
     workers: int | None = None
+    one_worker: bool = True
     blob_sizes: list[int] = field(default_factory=list)
     get_duration: float = 10.0
     wrk_threads: int = 1
@@ -82,6 +88,7 @@ class Context:
     @classmethod
     def create(cls, args: argparse.Namespace, workdir: Path) -> Context:
         ctx = cls(quick=args.quick, runs=args.runs or 3, workdir=workdir, workers=args.workers)
+        ctx.one_worker = not args.no_one_worker
         if args.quick:
             ctx.blob_sizes = [64 * MiB]
             ctx.get_duration = 3.0
@@ -185,7 +192,10 @@ async def run_case(ctx: Context, workload: Workload, case: Any, index: int) -> C
     where = ctx.workdir / "servers" / f"{index:02d}-{workload.name}"
     servers: dict[str, Server] = {}
     states: dict[str, Any] = {}
-    kinds = tuple(k for k in SERVER_KINDS if k in workload.servers)
+    wanted = workload.servers
+    if workload.one_worker and ctx.one_worker and "cargohold" in wanted:
+        wanted = (*wanted, "cargohold-1")
+    kinds = tuple(k for k in SERVER_KINDS if k in wanted)
     recorder: subprocess.Popen[bytes] | None = None
     profile_raw: Path | None = None
     try:
@@ -336,6 +346,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help="comma-separated workload names (see --list)")
     parser.add_argument("--runs", type=int, help="runs per workload and server (default 3)")
     parser.add_argument("--workers", type=int, help="cargohold serve --workers N, if supported")
+    parser.add_argument(
+        "--no-one-worker",
+        action="store_true",
+        help="do not also run Cargohold with --workers 1 beside its default",
+    )
     parser.add_argument("--duration", type=float, help="seconds of each wrk run (default 10/3)")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--skip-limits", action="store_true", help="do not measure the limits")

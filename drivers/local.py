@@ -3,23 +3,31 @@
 Small writes are write-then-rename, create-if-absent is a hard link of a
 finished temporary file (so a racing reader never sees a half-written
 object and exactly one creator wins), and each operation is a single hop to
-a worker thread. Blobs have a real path, which lets the server use sendfile.
+a worker thread (a writer's small data goes with its commit's hop; small operations
+started together share one hop). Blobs have a real path, which lets the server use sendfile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fsspec.implementations.local import LocalFileSystem
 
-from registry_core.storage.driver import FileInfo, FileWriter, PathNotFound, WalkFilter
+from registry_core.storage.driver import (
+    FileInfo,
+    FileWriter,
+    PathNotFound,
+    StorageError,
+    WalkFilter,
+)
 
 from .fsspec_driver import READ_CHUNK, FsspecDriver
 
@@ -149,6 +157,17 @@ def _scan(top: str, root: str, prune: WalkFilter | None) -> list[FileInfo]:
     return found
 
 
+SMALL_WRITE = 64 * 1024
+"""A writer holds back up to this many bytes and writes them with its commit: a small
+object (a push's 4 KiB layer) costs one thread hop for write, close and rename, not one
+per step. Larger data goes out at once, so memory stays bounded."""
+
+
+def _write_all(handle: object, parts: list[bytes]) -> None:
+    for part in parts:
+        handle.write(part)  # type: ignore[attr-defined]
+
+
 class LocalWriter:
     """Appends go straight to the file; a new object is a temporary file renamed on commit."""
 
@@ -157,30 +176,107 @@ class LocalWriter:
         self._size = size
         self._final = final
         self._temporary = temporary
+        self._held: list[bytes] = []
+        self._held_bytes = 0
 
     @property
     def size(self) -> int:
         return self._size
 
     async def write(self, data: bytes) -> None:
-        await asyncio.to_thread(self._handle.write, data)  # type: ignore[attr-defined]
-        self._size += len(data)
+        await self.write_parts([data])
+
+    async def write_parts(self, parts: list[bytes]) -> None:
+        """Write several pieces in one thread hop, without joining them into a copy."""
+        size = sum(len(part) for part in parts)
+        if self._held_bytes + size <= SMALL_WRITE:
+            self._held.extend(parts)
+            self._held_bytes += size
+        else:
+            parts, self._held, self._held_bytes = [*self._held, *parts], [], 0
+            await asyncio.to_thread(_write_all, self._handle, parts)
+        self._size += size
 
     async def commit(self) -> None:
+        parts, self._held, self._held_bytes = self._held, [], 0
+
         def finish() -> None:
-            self._handle.close()  # type: ignore[attr-defined]
+            try:
+                _write_all(self._handle, parts)
+            finally:
+                self._handle.close()  # type: ignore[attr-defined]
             if self._temporary is not None and self._final is not None:
                 os.replace(self._temporary, self._final)
 
         await asyncio.to_thread(finish)
 
     async def cancel(self) -> None:
+        parts, self._held, self._held_bytes = self._held, [], 0
+
         def drop() -> None:
-            self._handle.close()  # type: ignore[attr-defined]
+            try:
+                if self._temporary is None:  # appended bytes stay, as if written at once
+                    _write_all(self._handle, parts)
+            finally:
+                self._handle.close()  # type: ignore[attr-defined]
             if self._temporary is not None:
                 os.unlink(self._temporary)
 
         await asyncio.to_thread(drop)
+
+
+class _Batches:
+    """Small operations started in the same event-loop turn share one worker-thread hop.
+
+    A manifest PUT checks every referenced blob at once (a link read and a data stat
+    each) and writes a tag's two links together: run one by one, each is a hop to the
+    pool, a thread wake-up and a loop wake-up, which cost more than the syscalls. Only
+    small, bounded operations are batched (reads and writes of small objects, stats,
+    renames); walks, listings, deletes and writers keep their own hop.
+    Results and errors reach each caller as if it had hopped alone.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Callable[[], Any], Any]]] = {}
+
+    def run(self, func: Callable[[], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._flush, loop)
+        pending.append((func, future))
+        return future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._pending.pop(loop, [])
+        if not batch:
+            return
+
+        def run_all() -> list[tuple[bool, Any]]:
+            outcomes: list[tuple[bool, Any]] = []
+            for func, _ in batch:
+                try:
+                    outcomes.append((True, func()))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+            return outcomes
+
+        def deliver(done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+            try:
+                outcomes = done.result()
+            except BaseException as exc:  # the pool itself failed (shutting down)
+                outcomes = [(False, exc)] * len(batch)
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():  # its caller was cancelled meanwhile
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+        loop.run_in_executor(None, run_all).add_done_callback(deliver)
 
 
 class LocalDriver(FsspecDriver):
@@ -192,6 +288,18 @@ class LocalDriver(FsspecDriver):
         root = os.path.abspath(root)
         os.makedirs(root, exist_ok=True)
         super().__init__(LocalFileSystem(), root, blocking=True)
+        self._batches = _Batches()
+
+    async def _small(self, func: Callable[..., T], *args: Any) -> T:
+        """Like ``_call``, for a small operation: batched with others of this loop turn."""
+        try:
+            return await self._batches.run(functools.partial(func, *args))
+        except FileNotFoundError as exc:
+            raise PathNotFound(str(exc.filename or (args[0] if args else ""))) from None
+        except (PathNotFound, StorageError):
+            raise
+        except OSError as exc:
+            raise StorageError(f"{type(exc).__name__}: {exc}") from exc
 
     async def read(self, path: str) -> bytes:
         full = self._full(path)
@@ -203,13 +311,18 @@ class LocalDriver(FsspecDriver):
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 raise PathNotFound(path) from None
 
-        return await self._call(read)
+        return await self._small(read)
 
     async def write(self, path: str, data: bytes) -> None:
-        await self._call(_write_atomic, self._full(path), data)
+        if len(data) > SMALL_WRITE:
+            await self._call(_write_atomic, self._full(path), data)
+        else:
+            await self._small(_write_atomic, self._full(path), data)
 
     async def write_if_absent(self, path: str, data: bytes) -> bool:
-        return await self._call(_create_if_absent, self._full(path), data)
+        if len(data) > SMALL_WRITE:
+            return await self._call(_create_if_absent, self._full(path), data)
+        return await self._small(_create_if_absent, self._full(path), data)
 
     async def read_stream(
         self, path: str, offset: int = 0, length: int | None = None
@@ -258,7 +371,7 @@ class LocalDriver(FsspecDriver):
             is_dir = os.path.isdir(full)
             return FileInfo(path, 0 if is_dir else result.st_size, result.st_mtime, is_dir)
 
-        return await self._call(stat)
+        return await self._small(stat)
 
     async def list(self, path: str) -> list[str]:
         full = self._dir(path)
@@ -280,7 +393,7 @@ class LocalDriver(FsspecDriver):
             yield entry
 
     async def move(self, source: str, destination: str) -> None:
-        await self._call(_move, self._full(source), self._full(destination))
+        await self._small(_move, self._full(source), self._full(destination))
 
     async def delete(self, path: str) -> None:
         await self._call(_delete, self._full(path))

@@ -30,11 +30,12 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:5000"
     log_format: Literal["text", "json"] = "text"
-    workers: int = 1
+    workers: int | str = "auto"
+    """Processes sharing the port (SO_REUSEPORT; all state is in storage). ``auto``: one
+    per CPU, but 1 for ``memory://`` (which no two processes can share)."""
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     """``auto``: asyncio's own loop for local-folder storage (it sends blobs with zero-copy
     sendfile, which uvloop lacks), uvloop otherwise (it answers small requests faster)."""
-    """Processes sharing the port (SO_REUSEPORT); all state is in storage."""
     shutdown_timeout: float = 30.0
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     """Addresses whose X-Forwarded-Proto/Host headers are believed (a TLS-terminating proxy)."""
@@ -43,6 +44,23 @@ class ServerConfig(_Section):
     state_dir: str | None = None
     """Where the bootstrap admin password file goes (default: beside a local store, else ./var)."""
     """Seconds SIGTERM waits for in-flight requests (uploads) before exiting."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.workers, str):
+            if self.workers.strip().isdigit():
+                self.workers = int(self.workers)
+            elif self.workers != "auto":
+                raise ValueError(f"server.workers must be a number or 'auto', not {self.workers!r}")
+        if isinstance(self.workers, int) and self.workers < 1:
+            raise ValueError("server.workers must be at least 1")
+
+    def worker_count(self, storage_url: str) -> int:
+        """The processes to run: ``auto`` is one per CPU this process may use."""
+        if isinstance(self.workers, int):
+            return self.workers
+        if storage_url.startswith("memory://"):
+            return 1
+        return max(1, len(os.sched_getaffinity(0)))
 
 
 class StorageConfig(_Section):

@@ -262,6 +262,24 @@ def add_scanning(
     return service
 
 
+async def first_start(config: Config) -> None:
+    """Create what a first start creates (the bootstrap admin and its password file).
+
+    The command line runs this in the parent before it forks workers, so the
+    admin exists before any worker answers; a worker's own start-up check then
+    finds it (create-if-absent) and does nothing.
+    """
+    if not (config.auth.enabled and config.auth.bootstrap_admin):
+        return
+    driver = open_driver(
+        config.storage.url, settings=config.storage.driver_settings(), **config.storage.options
+    )
+    try:
+        await bootstrap_admin(TenancyStore(driver), state_dir(config))
+    finally:
+        await driver.close()
+
+
 def build_app(config: Config, registry: Registry | None = None) -> web.Application:
     """The application for *config*; pass *registry* to serve one you built yourself."""
     if registry is None:

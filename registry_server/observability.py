@@ -29,6 +29,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[Any, str, int], tuple[Any, Any, Any, Any]] = {}
         self.requests = Counter(
             "cargohold_http_requests",
             "Requests served, by route kind, method and status.",
@@ -138,11 +139,26 @@ class Metrics:
     def observe(
         self, request: web.BaseRequest, response: web.StreamResponse, seconds: float
     ) -> None:
-        route = state_of(request).route
-        self.requests.labels(route, request.method, str(response.status)).inc()
-        self.latency.labels(route, request.method).observe(seconds)
-        self.bytes_in.labels(route).inc(state_of(request).bytes_in)
-        self.bytes_out.labels(route).inc(body_bytes(request, response))
+        state = state_of(request)
+        key = (state.route, request.method, response.status)
+        children = self._children.get(key)
+        if children is None:
+            # prometheus_client's labels() locks and converts on every call; the labelled
+            # series of one route, method and status never change, so look them up once.
+            route, method, status = key
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+                self.bytes_in.labels(route),
+                self.bytes_out.labels(route),
+            )
+            if len(self._children) < 4096:  # methods are the client's choice: bounded
+                self._children[key] = children
+        requests, latency, bytes_in, bytes_out = children
+        requests.inc()
+        latency.observe(seconds)
+        bytes_in.inc(state.bytes_in)
+        bytes_out.inc(body_bytes(request, response))
 
     async def handler(self, request: web.Request) -> web.Response:
         state_of(request).route = "metrics"
@@ -201,8 +217,13 @@ class AccessLogger(AbstractAccessLogger):
         return True
 
 
+_second: list[Any] = [None, ""]
+"""The last whole second formatted, with its text: strftime once per second, not per line."""
+
+
 def _now() -> str:
     moment = time.time()
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{int(moment % 1 * 1000):03d}Z"
-    )
+    whole = int(moment)
+    if _second[0] != whole:
+        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
+    return f"{_second[1]}.{int(moment % 1 * 1000):03d}Z"

@@ -4,12 +4,18 @@ Each worker is a forked copy that builds its own app and event loop after the
 fork (nothing asynchronous crosses it), binds the port with SO_REUSEPORT and
 lets the kernel spread connections. All state lives in storage, so workers
 need no coordination. The parent only forwards SIGTERM/SIGINT, waits, and
-replaces a worker that dies on its own.
+replaces a worker that dies on its own; whatever the first start creates
+(bootstrap admin, secrets key) it has created before forking. A worker gets
+SIGTERM when the parent dies, even by SIGKILL (``PR_SET_PDEATHSIG``), so no
+orphan keeps the port. Counters, caches and single-flight fetches are per
+worker process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -20,11 +26,25 @@ from collections.abc import Callable
 LOGGER = logging.getLogger("cargohold.server")
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux for SIGTERM when the parent exits; exit now if it already has."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+
 def _spawn(run_worker: Callable[[], None]) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _die_with_parent(parent)
         code = 0
         try:
             run_worker()

@@ -282,7 +282,7 @@ def test_configuration_defaults_are_loopback_5000_and_var_registry() -> None:
     config = load_config(environ={})
     assert config.server.listen == "127.0.0.1:5000"
     assert config.storage.url == "./var/registry"
-    assert config.server.workers == 1
+    assert config.server.workers == "auto"
     assert config.server.log_format == "text"
 
 

@@ -77,6 +77,9 @@ class Workload:
     metrics: ClassVar[tuple[Metric, ...]] = ()
     servers: ClassVar[tuple[str, ...]] = ("cargohold", "distribution")
     """The servers it runs against; a Cargohold-only workload shows "—" for Distribution."""
+    one_worker: ClassVar[bool] = False
+    """Also run Cargohold with one worker (``cargohold-1``) beside its default: for
+    workloads whose options and setup do not depend on the server kind."""
 
     def cases(self, ctx: Context) -> list[Case]:
         return [Case()]
@@ -154,4 +157,4 @@ def register(cls: type[Workload]) -> type[Workload]:
 
 
 # Registration order is report order.
-from . import blobs, small, manifest_get, listing, skopeo, auth, s3, proxy, signing, scanning  # noqa: E402, F401, I001
+from . import blobs, small, ci, manifest_get, listing, skopeo, auth, s3, proxy, signing, scanning  # noqa: E402, F401, I001

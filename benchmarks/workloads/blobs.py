@@ -30,6 +30,8 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 class _SizedBlobs(Workload):
+    one_worker = True
+
     def cases(self, ctx: Context) -> list[Case]:
         return [Case(size_label(s), {"size": s}) for s in ctx.blob_sizes]
 

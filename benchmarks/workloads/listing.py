@@ -27,6 +27,7 @@ SETUP_CONCURRENCY = 16
 
 
 class _Listing(Workload):
+    one_worker = True
     metrics = (
         Metric("latency_ms", "median latency", "ms", False, digits=2),
         Metric("latency_p90_ms", "p90 latency", "ms", False, digits=2, chart=False),

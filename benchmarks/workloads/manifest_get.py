@@ -18,6 +18,7 @@ CONNECTIONS = 64
 
 
 class _ManifestGet(Workload):
+    one_worker = True
     by = ""
     metrics = (
         Metric("req_s", "requests/s", "req/s", True, limits=("nginx_small_req_s",), digits=0),

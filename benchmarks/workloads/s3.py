@@ -67,6 +67,8 @@ class _OnS3(Workload):
     """Both servers on one moto S3 server, a bucket each; ``case.params["redirect"]``
     (default True) says whether blob GETs may redirect to presigned URLs."""
 
+    one_worker = False  # its options depend on the server kind
+
     moto: Moto | None = None
 
     async def begin(self, ctx: Context) -> None:

@@ -134,6 +134,8 @@ async def skopeo_copy(src: str, dest: str, home: Path) -> float:
 
 
 class _Skopeo(Workload):
+    one_worker = True
+
     def cases(self, ctx: Context) -> list[Case]:
         low, high = ctx.image_layer_mib
         return [Case(f"{ctx.image_layers} layers {low}-{high} MiB")]

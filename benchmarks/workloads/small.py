@@ -35,6 +35,7 @@ def _ratio_target(
 
 @register
 class SmallBlobs(Workload):
+    one_worker = True
     name = "small-blobs"
     title = "Small-blob pushes"
     description = (
@@ -75,6 +76,7 @@ class SmallBlobs(Workload):
 
 @register
 class ManifestPush(Workload):
+    one_worker = True
     name = "manifest-push"
     title = "Manifest pushes"
     description = (

@@ -430,7 +430,9 @@ class PullThrough:
         Otherwise the blob streamed from the first upstream that has it.
         """
         upstreams = await self.candidates(repo.name, ns)
-        if not upstreams or await repo.blobs.exists(digest):
+        if not upstreams:  # the local miss stands, without asking storage again
+            raise BlobUnknown(detail={"digest": str(digest)})
+        if await repo.blobs.exists(digest):
             return None  # local content (or BLOB_UNKNOWN) is the usual path's answer
         key = (repo.name.value, str(digest), *(u.name for u in upstreams))
         if self._negative_hit(key):

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from registry_core import ConfigError, load_config
+from registry_core import ConfigError, StorageError, load_config
 from registry_core.config import LimitsConfig, TlsConfig
 
 from ..observability import AccessLogger
@@ -31,6 +31,15 @@ def _split_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ConfigError(f"server.listen must be HOST:PORT, not {listen!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _workers_flag(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number or 'auto'") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -139,7 +148,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=overrides)
         host, port = _split_listen(config.server.listen)
-        if config.server.workers > 1 and config.storage.url.startswith("memory://"):
+        workers = config.server.worker_count(config.storage.url)
+        if workers > 1 and config.storage.url.startswith("memory://"):
             raise ConfigError("server.workers > 1 needs shared storage, not memory://")
         context = tls_context(config.tls)
     except ConfigError as exc:
@@ -169,7 +179,14 @@ def serve(args: argparse.Namespace) -> int:
             "server.trusted_proxies)",
             host,
         )
-    workers = config.server.workers
+    from ..app import first_start
+
+    try:
+        if workers > 1:  # one process makes it itself, before it answers anything
+            asyncio.run(first_start(config))
+    except (ValueError, OSError, StorageError) as exc:
+        print(f"cargohold: cannot prepare storage {config.storage.url!r}: {exc}", file=sys.stderr)
+        return 2
     print(
         f"cargohold: serving {config.storage.url} on "
         f"{'https' if context else 'http'}://{host}:{port}"
@@ -214,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage",
         help="storage URL: a folder, file:///abs/path or memory:// (default ./var/registry)",
     )
-    run.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
+    run.add_argument(
+        "--workers",
+        type=_workers_flag,
+        help="server processes sharing the port (default: auto, one per CPU; 1 for memory://)",
+    )
     run.add_argument("--log-format", choices=["text", "json"], help="access log format")
     run.add_argument("--state-dir", help="folder for local state (the bootstrap admin password)")
     run.set_defaults(func=serve)

@@ -497,7 +497,7 @@ class V2Routes:
     async def patch_upload(self, request: web.Request, route: Route) -> web.StreamResponse:
         repo = self.repository(route)
         assert route.reference is not None
-        upload = await repo.blobs.get_upload(route.reference, self.upload_limits)
+        upload = await repo.blobs.get_upload(route.reference, self.upload_limits, with_size=False)
         start = _content_range_start(request)
         await self._append(request, upload, start)
         return web.Response(status=202, headers=self._upload_headers(request, repo, upload))
@@ -509,7 +509,7 @@ class V2Routes:
         if not expected:
             raise DigestInvalid("the digest query parameter is required to finish an upload")
         digest = Digest.parse(expected)
-        upload = await repo.blobs.get_upload(route.reference, self.upload_limits)
+        upload = await repo.blobs.get_upload(route.reference, self.upload_limits, with_size=False)
         if request.body_exists:
             start = _content_range_start(request)
             await self._append(request, upload, start)
@@ -519,7 +519,7 @@ class V2Routes:
     async def cancel_upload(self, request: web.Request, route: Route) -> web.StreamResponse:
         repo = self.repository(route)
         assert route.reference is not None
-        upload = await repo.blobs.get_upload(route.reference, self.upload_limits)
+        upload = await repo.blobs.get_upload(route.reference, self.upload_limits, with_size=False)
         await upload.cancel()
         return web.Response(status=204)
 

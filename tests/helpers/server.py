@@ -376,6 +376,9 @@ class RegistryServer(ManagedServer):
         env["PYTHONUNBUFFERED"] = "1"
         if not self.auth:
             env["CARGOHOLD_AUTH_ENABLED"] = "false"
+        # One process unless a test asks for more (--workers, or unsetting this): tests
+        # count per-process things (metrics, single-flight fetches, caches).
+        env["CARGOHOLD_SERVER_WORKERS"] = "1"
         return env
 
 

@@ -1,0 +1,207 @@
+"""The storage calls a small push makes: counted, so the write path cannot silently regress.
+
+A server over the local driver, wrapped in a driver that records every call
+with its path, answers real HTTP on 127.0.0.1. Each test performs one
+client-visible operation and asserts the exact calls it cost; the lists say
+what each call is for (see registry_core/storage/blobs.py and manifests.py for
+why each is needed: GC's safety rests on the existence checks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from drivers.local import LocalDriver
+from registry_core import Registry, load_config
+from registry_core.lifecycle.counting import CountingDriver
+from registry_core.storage.driver import FileWriter
+from registry_server.app import build_app
+
+REPO = "calls/reg/app"
+
+
+class RecordingDriver(CountingDriver):
+    """CountingDriver that also keeps (operation, path) of calls made while recording."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.calls: list[tuple[str, str]] = []
+        self.recording = False
+
+    def _note(self, operation: str, path: str) -> None:
+        if self.recording:
+            self.calls.append((operation, path))
+
+    async def read(self, path: str) -> bytes:
+        self._note("read", path)
+        return await super().read(path)
+
+    async def write(self, path: str, data: bytes) -> None:
+        self._note("write", path)
+        await super().write(path, data)
+
+    async def write_if_absent(self, path: str, data: bytes) -> bool:
+        self._note("write_if_absent", path)
+        return await super().write_if_absent(path, data)
+
+    async def open_writer(self, path: str, *, append: bool = False) -> FileWriter:
+        self._note("open_writer", path)
+        return await super().open_writer(path, append=append)
+
+    async def stat(self, path: str) -> Any:
+        self._note("stat", path)
+        return await super().stat(path)
+
+    async def list(self, path: str) -> list[str]:
+        self._note("list", path)
+        return await super().list(path)
+
+    async def move(self, source: str, destination: str) -> None:
+        self._note("move", source)
+        await super().move(source, destination)
+
+    async def delete(self, path: str) -> None:
+        self._note("delete", path)
+        await super().delete(path)
+
+    def recorded(self) -> list[str]:
+        """The recorded operations, each with the kind of object it touched."""
+        return [f"{operation} {_kind(path)}" for operation, path in self.calls]
+
+
+def _kind(path: str) -> str:
+    """A path reduced to what it is (digests, upload ids and names dropped)."""
+    parts = path.split("/")
+    if path.startswith("cargohold/uploads/"):
+        return "upload-marker" if len(parts) > 4 else "upload-markers"
+    if "_uploads" in parts:
+        tail = parts[parts.index("_uploads") + 2 :]
+        return "upload/" + "/".join(tail) if tail else "upload"
+    if "_layers" in parts:
+        return "layer-link"
+    if "_manifests" in parts:
+        if "tags" in parts:
+            return "tag-current" if "current" in parts else "tag-index"
+        return "revision-link"
+    if "repositories" not in parts and "blobs" in parts:
+        return "blob-data"
+    return path
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[tuple[str, RecordingDriver]]:
+    driver = RecordingDriver(LocalDriver(str(tmp_path / "store")))
+    config = load_config(
+        overrides={"auth": {"enabled": False}, "storage": {"url": f"file://{tmp_path}/store"}},
+        environ={},
+    )
+    runner = web.AppRunner(build_app(config, Registry(driver)), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", driver
+    finally:
+        await runner.cleanup()
+
+
+async def push_blob(http: aiohttp.ClientSession, url: str, data: bytes) -> str:
+    """What clients do for a small layer: HEAD (absent), POST, PUT ?digest= with the body."""
+    digest = digest_of(data)
+    async with http.head(f"{url}/v2/{REPO}/blobs/{digest}") as answer:
+        assert answer.status == 404
+    async with http.post(f"{url}/v2/{REPO}/blobs/uploads/") as answer:
+        assert answer.status == 202
+        location = answer.headers["Location"]
+    async with http.put(f"{url}{location}?digest={digest}", data=data) as answer:
+        assert answer.status == 201, await answer.text()
+    return digest
+
+
+async def test_a_small_blob_push_costs_these_storage_calls(
+    server: tuple[str, RecordingDriver],
+) -> None:
+    url, driver = server
+    async with aiohttp.ClientSession() as http:
+        await push_blob(http, url, b"warm-up: the repository's folders exist")
+        driver.calls.clear()
+        driver.recording = True
+        await push_blob(http, url, b"x" * 4096)
+    assert sorted(driver.recorded()) == sorted(
+        [
+            "read layer-link",  # HEAD: is it linked here? (no: 404, nothing more)
+            "list upload-markers",  # POST: the open sessions (upload limits)
+            "write upload-marker",  # POST: this session counts ...
+            "write upload/startedat",  # POST: ... and exists
+            "read upload/startedat",  # PUT: the session exists
+            "open_writer upload/data",  # PUT: append the body (the writer knows the size)
+            "stat blob-data",  # commit: already stored? (GC: a commit stores its own copy)
+            "move upload/data",  # commit: publish the data
+            "delete upload",  # commit: the session is gone
+            "write layer-link",  # commit: link into the repository ...
+            "delete upload-marker",  # commit: ... and the session no longer counts
+        ]
+    )
+
+
+async def test_a_manifest_put_costs_these_storage_calls(
+    server: tuple[str, RecordingDriver],
+) -> None:
+    url, driver = server
+    async with aiohttp.ClientSession() as http:
+        config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+        layer = b"layer" * 100
+        descriptors = []
+        for data, media_type in (
+            (config, "application/vnd.oci.image.config.v1+json"),
+            (layer, "application/vnd.oci.image.layer.v1.tar"),
+        ):
+            await push_blob(http, url, data)
+            descriptors.append(
+                {"mediaType": media_type, "digest": digest_of(data), "size": len(data)}
+            )
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": descriptors[0],
+                "layers": descriptors[1:],
+            }
+        ).encode()
+        headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+        async with http.put(
+            f"{url}/v2/{REPO}/manifests/warm", data=manifest, headers=headers
+        ) as answer:
+            assert answer.status == 201
+        manifest = manifest.replace(b"linux", b"linux ")
+        driver.calls.clear()
+        driver.recording = True
+        async with http.put(
+            f"{url}/v2/{REPO}/manifests/v1", data=manifest, headers=headers
+        ) as answer:
+            assert answer.status == 201, await answer.text()
+    assert sorted(driver.recorded()) == sorted(
+        [
+            # Each referenced blob (config, layer): linked here and stored ...
+            *["read layer-link", "stat blob-data"] * 2,
+            "write_if_absent blob-data",  # the manifest's content (create-if-absent) ...
+            "write revision-link",  # ... with its revision link, together
+            # ... checked again once the revision is visible (GC's set-aside, gc.py)
+            *["read layer-link", "stat blob-data"] * 2,
+            "write tag-index",  # the tag's history ...
+            "write tag-current",  # ... and the tag, together
+        ]
+    )
