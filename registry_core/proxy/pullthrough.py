@@ -48,6 +48,8 @@ LOGGER = logging.getLogger("cargohold.proxy")
 SUBSCRIBER_QUEUE = 16
 """Pieces (each at most the client's read size, 1 MiB) a slow client may lag behind a
 fetch before it is switched to reading storage: the memory one reader can hold."""
+STORAGE_QUEUE = 8
+"""Pieces read from an upstream that may wait for storage (bounds memory per fetch)."""
 _MAX_NEGATIVE = 10_000
 _MAX_ORIGINS = 100_000
 
@@ -542,31 +544,45 @@ class PullThrough:
     async def _fill(
         self, key: tuple[str, str], flight: BlobFlight, response: UpstreamResponse
     ) -> None:
-        """Stream the upstream's body into storage and to the readers; verify; commit."""
+        """Stream the upstream's body to the readers and into storage; verify; commit.
+
+        Reading the upstream runs ahead of storage by at most STORAGE_QUEUE pieces,
+        so readers get bytes at once, while the upload session is still being opened.
+        """
         upstream = flight.upstream
         held: list[bytes] = []
         received = 0
+        to_storage: asyncio.Queue[bytes | None] = asyncio.Queue(STORAGE_QUEUE)
 
-        async def pieces() -> AsyncIterator[bytes]:
+        async def read_upstream() -> None:
             nonlocal received
-            async for chunk in response.chunks():
-                received += len(chunk)
-                # The last byte goes out only after the digest is checked, so a client of a
-                # corrupt blob never has it all; everything before it goes out at once.
-                if flight.size is not None and received < flight.size:
-                    flight.broadcast(chunk)  # not the end yet: nothing to hold back
-                else:
-                    if held:
-                        flight.broadcast(held.pop())
-                    if len(chunk) > 1:
-                        flight.broadcast(chunk[:-1])
-                    held.append(chunk[-1:])
-                yield chunk
+            try:
+                async for chunk in response.chunks():
+                    received += len(chunk)
+                    # The last byte goes out only after the digest is checked, so a client
+                    # of a corrupt blob never has it all; everything before it goes at once.
+                    if flight.size is not None and received < flight.size:
+                        flight.broadcast(chunk)  # not the end yet: nothing to hold back
+                    else:
+                        if held:
+                            flight.broadcast(held.pop())
+                        if len(chunk) > 1:
+                            flight.broadcast(chunk[:-1])
+                        held.append(chunk[-1:])
+                    await to_storage.put(chunk)
+            finally:
+                await to_storage.put(None)
+
+        async def stored_pieces() -> AsyncIterator[bytes]:
+            while (piece := await to_storage.get()) is not None:
+                yield piece
 
         error: BaseException | None = None
+        reader = asyncio.ensure_future(read_upstream())
         try:
             async with flight.repo.blobs.upload() as upload:
-                await upload.append(pieces())
+                await upload.append(stored_pieces())
+                await reader  # the upstream's own failure (truncated, timeout), if any
                 if flight.size is not None and received != flight.size:
                     raise UpstreamFailure(
                         "truncated",
@@ -594,6 +610,10 @@ class PullThrough:
                 f"upstream {upstream.name}: caching failed ({type(exc).__name__})"
             )
         finally:
+            if not reader.done():
+                reader.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await reader  # reported above already, or cancelled here
             await response.release()
             if self._blob_flights.get(key) is flight:
                 del self._blob_flights[key]

@@ -8,6 +8,7 @@ hold no registry logic; library errors propagate to the error middleware.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -44,6 +45,7 @@ from .bodies import count_limit, request_chunks
 from .guard import OPEN_ACCESS, Guard
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+LOGGER = logging.getLogger("cargohold.server")
 MAX_PAGE = 10000
 
 Handler = Callable[[web.Request, "Route"], Awaitable[web.StreamResponse]]
@@ -597,16 +599,20 @@ async def _stream_proxied(
     chunks = blob.chunks
     try:
         first = await anext(chunks, None)
-    except RegistryError:
+    except Exception:
         await chunks.aclose()
-        raise  # nothing sent yet: a normal JSON error
+        raise  # nothing sent yet: the usual JSON error
     await response.prepare(request)
     try:
         if first is not None:
             await response.write(first)
         async for chunk in chunks:
             await response.write(chunk)
-    except RegistryError:
+    except Exception as exc:
+        # Headers are out: no error body can follow. The cache has logged an upstream
+        # failure; anything else (storage, a client gone) is noted here.
+        if not isinstance(exc, RegistryError | ConnectionError):
+            LOGGER.warning("proxied blob %s cut: %s", digest, type(exc).__name__)
         if request.transport is not None:
             request.transport.abort()
         return response
