@@ -87,6 +87,9 @@ def _kind(path: str) -> str:
         return "upload/" + "/".join(tail) if tail else "upload"
     if "_layers" in parts:
         return "layer-link"
+    if path.startswith("cargohold/tag-index/"):
+        # The website's per-repository tag index: one entry per tag write, and a pointer.
+        return "web-tag-" + ("entry" if "@" in parts[-1] else "pointer")
     if "_manifests" in parts:
         if "tags" in parts:
             return "tag-current" if "current" in parts else "tag-index"
@@ -199,9 +202,15 @@ async def test_a_manifest_put_costs_these_storage_calls(
             *["read layer-link", "stat blob-data"] * 2,
             "write_if_absent blob-data",  # the manifest's content (create-if-absent) ...
             "write revision-link",  # ... with its revision link, together
-            # ... checked again once the revision is visible (GC's set-aside, gc.py)
+            # ... checked again once the revision is visible (GC's set-aside, gc.py), the
+            # manifest's own bytes stored again if GC had set them aside (a no-op otherwise)
             *["read layer-link", "stat blob-data"] * 2,
+            "write_if_absent blob-data",
             "write tag-index",  # the tag's history ...
             "write tag-current",  # ... and the tag, together
+            # The website's tag index (date and size sorting without reading manifests):
+            "read web-tag-pointer",  # the tag's previous entry, if any ...
+            "write web-tag-entry",  # ... its new entry (pushed time, size, digest) ...
+            "write web-tag-pointer",  # ... and the pointer to it (a new tag: nothing to drop)
         ]
     )
