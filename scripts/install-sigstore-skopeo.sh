@@ -26,7 +26,10 @@ if [ -z "$mirror" ]; then
     mirror=$(grep -hoE '^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?\S+' /etc/apt/sources.list 2>/dev/null \
         | awk '{print $NF}' | head -n1 || true)
 fi
-mirror=${mirror:-http://deb.debian.org/debian}
+if [ -z "$mirror" ]; then
+    log "no Debian mirror found in the system's apt sources"
+    exit 1
+fi
 
 state=$TOOLS/apt-trixie
 mkdir -p "$state/lists/partial" "$state/cache/archives/partial" "$DEST"

@@ -32,6 +32,13 @@ ROUTE_KINDS = {
     "healthz",
     "readyz",
     "metrics",
+    # Routes beside the distribution API (the shared server sees other tests' requests).
+    "token",
+    "management",
+    "api_archives",
+    "signatures",
+    "web",
+    "malformed",
 }
 
 

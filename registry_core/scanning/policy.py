@@ -11,6 +11,7 @@ checked. This module decides only; it never reads layers.
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 import msgspec
 
@@ -21,14 +22,20 @@ POLICY_KIND = "scan-policy"
 
 
 class AllowedVulnerability(msgspec.Struct, kw_only=True, omit_defaults=True):
-    id: str
+    id: Annotated[str, msgspec.Meta(extra_json_schema={"pattern": r"\S"})]
+    """A vulnerability id or alias (``CVE-2024-1234``, ``GHSA-...``); never blank."""
     expires: float | None = None
     """Unix time after which the entry no longer applies (None: never)."""
     reason: str | None = None
 
 
 class ScanPolicy(msgspec.Struct, kw_only=True, omit_defaults=True):
-    block_severity: str | None = None
+    block_severity: (
+        Annotated[
+            str, msgspec.Meta(extra_json_schema={"enum": ["critical", "high", "medium", "low"]})
+        ]
+        | None
+    ) = None
     """Refuse pulls with findings at or above this severity (critical, high, medium, low)."""
     block_unscanned: bool = False
     allowlist: list[AllowedVulnerability] = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -69,7 +69,12 @@ class ScanRequested(msgspec.Struct, kw_only=True):
 class PolicyBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A registry's pull policy; ``block_severity`` null: findings never refuse a pull."""
 
-    block_severity: str | None = None
+    block_severity: (
+        Annotated[
+            str, msgspec.Meta(extra_json_schema={"enum": ["critical", "high", "medium", "low"]})
+        ]
+        | None
+    ) = None
     block_unscanned: bool = False
     allowlist: list[AllowedVulnerability] = []
 
