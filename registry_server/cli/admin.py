@@ -16,8 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from drivers import open_driver
-from registry_core import ConfigError, RegistryError, load_config
+from registry_core import ConfigError, RegistryError
 from registry_core.tenancy import ROLES, TenancyStore, parse_duration
+
+from .common import config_from_args
 
 Command = Callable[[TenancyStore, argparse.Namespace], Awaitable[int]]
 
@@ -239,11 +241,8 @@ async def tokens_revoke(store: TenancyStore, args: argparse.Namespace) -> int:
 
 def _run(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        overrides: dict[str, dict[str, Any]] = {}
-        if args.storage:
-            overrides["storage"] = {"url": args.storage}
         try:
-            config = load_config(args.config, overrides=overrides)
+            config = config_from_args(args)
             driver = open_driver(config.storage.url, **config.storage.options)
         except (ConfigError, ValueError, OSError) as exc:
             print(f"cargohold: {exc}", file=sys.stderr)

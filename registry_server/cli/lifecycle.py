@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from drivers import open_driver
-from registry_core import ConfigError, Registry, load_config
+from registry_core import ConfigError, Registry
 from registry_core.config import Config
 from registry_core.jobs import LeaseBusy, Leases, Scheduler
 from registry_core.lifecycle.maintenance import (
@@ -31,12 +31,11 @@ from registry_core.lifecycle.periodic import add_policy_jobs
 from registry_core.lifecycle.scrub import Scrubber
 from registry_core.tenancy import parse_duration
 
+from .common import config_from_args
+
 
 def _config(args: argparse.Namespace) -> Config:
-    overrides: dict[str, dict[str, Any]] = {}
-    if args.storage:
-        overrides["storage"] = {"url": args.storage}
-    return load_config(args.config, overrides=overrides)
+    return config_from_args(args)
 
 
 def _registry(config: Config) -> Registry:

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from drivers import open_driver
-from registry_core import ConfigError, Registry, RegistryError, load_config
+from registry_core import ConfigError, Registry, RegistryError
 from registry_core.config import Config
 from registry_core.jobs import LeaseBusy
 from registry_core.lifecycle.immutable import get_immutable, set_immutable
@@ -32,6 +32,8 @@ from registry_core.lifecycle.retention import (
 from registry_core.lifecycle.usage import Usage, recompute_usage
 from registry_core.names import Tenant
 from registry_core.tenancy import parse_duration
+
+from .common import config_from_args
 
 Command = Callable[[Registry, Config, argparse.Namespace], Awaitable[int]]
 
@@ -215,11 +217,8 @@ async def quotas_recompute(registry: Registry, config: Config, args: argparse.Na
 
 def _run(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        overrides: dict[str, dict[str, Any]] = {}
-        if args.storage:
-            overrides["storage"] = {"url": args.storage}
         try:
-            config = load_config(args.config, overrides=overrides)
+            config = config_from_args(args)
             driver = open_driver(config.storage.url, **config.storage.options)
         except (ConfigError, ValueError, OSError) as exc:
             print(f"cargohold: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from drivers import open_driver
-from registry_core import ConfigError, Registry, RegistryError, load_config
+from registry_core import ConfigError, Registry, RegistryError
 from registry_core.config import Config
 from registry_core.errors import ManifestUnknown
 from registry_core.jobs import LeaseBusy, Leases
@@ -39,6 +39,7 @@ from registry_core.tenancy import NotFoundRecord, TenancyStore
 from ..app import state_dir
 from ..http.signatures import build_signer
 from ..proxying import check_key, secret_box
+from .common import config_from_args
 
 Command = Callable[[Signer, argparse.Namespace], Awaitable[int]]
 
@@ -51,10 +52,7 @@ def _tenant(text: str) -> Tenant:
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, Registry]:
-    overrides: dict[str, dict[str, Any]] = {}
-    if args.storage:
-        overrides["storage"] = {"url": args.storage}
-    config = load_config(args.config, overrides=overrides)
+    config = config_from_args(args)
     driver = open_driver(
         config.storage.url, settings=config.storage.driver_settings(), **config.storage.options
     )

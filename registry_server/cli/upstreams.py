@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from drivers import open_driver
-from registry_core import ConfigError, RegistryError, load_config
+from registry_core import ConfigError, RegistryError
 from registry_core.names import Tenant
 from registry_core.proxy import UpstreamSpec, UpstreamStore, view
 from registry_core.settings import SettingsStore
@@ -27,6 +27,7 @@ from registry_core.tenancy import NotFoundRecord, TenancyStore
 
 from ..app import state_dir
 from ..proxying import check_key, secret_box
+from .common import config_from_args
 
 Command = Callable[[UpstreamStore, Tenant, argparse.Namespace], Awaitable[int]]
 
@@ -100,11 +101,8 @@ async def remove(store: UpstreamStore, tenant: Tenant, args: argparse.Namespace)
 
 def _run(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        overrides: dict[str, dict[str, Any]] = {}
-        if args.storage:
-            overrides["storage"] = {"url": args.storage}
         try:
-            config = load_config(args.config, overrides=overrides)
+            config = config_from_args(args)
             tenant = _tenant(args.registry)
             box = secret_box(config, state_dir(config))
             driver = open_driver(config.storage.url, **config.storage.options)
