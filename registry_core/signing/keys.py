@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import RegistryError
 from ..names import Tenant
-from ..secrets import SecretBox
+from ..secrets import SecretBox, check_canary
 from ..storage import layout
 from ..storage.driver import PathNotFound, StorageDriver
 from . import openpgp
@@ -204,6 +204,9 @@ class KeyStore:
     ) -> KeyRecord:
         """Store a new key as the next of its kind; on a lost race, the winner's key."""
         box = self._box()
+        # The first secret sealed on this storage leaves the canary, so that a process
+        # holding another key refuses to start rather than seal keys nobody else can open.
+        await check_canary(self.driver, box, create=True)
         algorithm, fingerprint, public, private = material or await self._generate(tenant, kind)
         existing = [r for r in await self.list(tenant) if r.kind == kind]
         key_id = f"{kind}-{(_seq(existing[-1].id) if existing else 0) + 1}"

@@ -33,7 +33,7 @@ from ..manifest_feed import CatchUpReport
 from ..names import RepositoryName, Tenant
 from ..registry import Registry, Repository
 from . import cosign, openpgp, payloads
-from .keys import KeyStore, sign_cosign
+from .keys import KeyRecord, KeyStore, sign_cosign
 from .simple import SimpleSignatures
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,6 @@ class Signer:
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._known_hosts: dict[Tenant, set[str]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self.quiet = 0.1
         self.max_delay = 1.0
 
@@ -136,23 +135,23 @@ class Signer:
 
     # -- a new registry's keys -------------------------------------------------------
 
-    def prepare(self, tenant: Tenant) -> None:
-        """Make a new registry's keys soon, in the background (its creation does not wait)."""
-        task = asyncio.get_running_loop().create_task(self._prepare(tenant))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def make_keys(self, tenant: Tenant) -> list[KeyRecord]:
+        """Make a new registry's keys now, as part of its creation, when it signs.
 
-    async def _prepare(self, tenant: Tenant) -> None:
-        try:
-            settings = await self.effective(tenant)
-            if settings.enabled and settings.cosign:
-                await self.keys.signing_key(tenant, "cosign")
-            if settings.enabled and settings.simple:
-                await self.keys.signing_key(tenant, "gpg")
-        except Exception:
-            log.exception(
-                "making the signing keys of %s failed; they are made on first use", tenant
-            )
+        Every way a registry is made (``cargohold registries create``, the API, the
+        website, the bootstrap ``admin/default``) awaits this, so its public keys are
+        published (and their private halves sealed in storage) before anything is
+        pushed; registries that existed before signing get theirs on first use
+        (:meth:`KeyStore.signing_key`). Idempotent: existing keys are returned.
+        """
+        settings = await self.effective(tenant)
+        made: list[KeyRecord] = []
+        if not settings.enabled:
+            return made
+        for kind, wanted in (("cosign", settings.cosign), ("gpg", settings.simple)):
+            if wanted:
+                made.append((await self.keys.signing_key(tenant, kind)).record)  # type: ignore[arg-type]
+        return made
 
     # -- the nudge and its worker -----------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Literal
@@ -53,6 +54,7 @@ EXTENSION_PATH = "/extensions/v2/{name:.+}/signatures/{digest}"
 KEYS_PATH = f"{API_PREFIX}/registries/{{owner}}/{{registry}}/signing-keys"
 SETTINGS_PATH = f"{API_PREFIX}/registries/{{owner}}/{{registry}}/signing"
 _NAME = re.compile(NAME_PATTERN)
+LOGGER = logging.getLogger("cargohold.signing")
 
 
 class SigningKeyView(msgspec.Struct, kw_only=True):
@@ -107,6 +109,23 @@ def build_signer(config: Config, registry: Registry, box: SecretBox | None) -> S
         registry.driver, box, rsa_bits=config.signing.rsa_bits, ttl=config.auth.cache_ttl
     )
     return Signer(registry, keys, defaults)
+
+
+async def make_registry_keys(signer: Signer, tenant: Tenant) -> None:
+    """A new registry's signing keys, made while it is created (when it signs).
+
+    A failure (gpg missing, storage down) never undoes the registry: it is logged and
+    the keys are made on first use instead.
+    """
+    try:
+        made = await signer.make_keys(tenant)
+    except Exception:
+        LOGGER.exception("making the signing keys of %s failed; they are made on first use", tenant)
+        return
+    for record in made:
+        LOGGER.info(
+            "registry %s: %s key %s (%s)", tenant, record.kind, record.id, record.fingerprint
+        )
 
 
 def add_signing_job(scheduler: Scheduler, signer: Signer, interval: float) -> None:
