@@ -257,7 +257,9 @@ async def test_a_crash_between_store_and_sign_is_repaired_by_budgeted_passes(
     pushed = await _many_repositories(tmp_path, 18)
     registry = Registry(LocalDriver(str(tmp_path / "store")))
     keys = KeyStore(registry.driver, SecretBox("test secrets key, long enough"))
-    signer = Signer(registry, keys, SigningDefaults(enabled=True, simple=False, public_hosts=("h",)))
+    signer = Signer(
+        registry, keys, SigningDefaults(enabled=True, simple=False, public_hosts=("h",))
+    )
     await _round(registry, "signing", Recorder().handle, budget=10_000)  # as a running server
     repo = pushed[len(pushed) // 2][0]
     crashed = await push_image(registry, repo, tag="3.0", seed="crash")  # nobody was nudged
