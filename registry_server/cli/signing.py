@@ -157,11 +157,13 @@ async def sign_missing(signer: Signer, args: argparse.Namespace) -> int:
                 added[1] += report.simple_added
     else:
         async with Leases(signer.registry.driver).hold(JOB, 120.0) as guard:
-            await signer.catch_up(guard, full=True)
-    suffix = (
-        f": {added[0]} cosign and {added[1]} simple signature(s) added" if args.registry else ""
-    )
-    print(f"sign-missing done{suffix}")
+            report = await signer.catch_up(guard, full=True)
+        print(
+            f"sign-missing done: {report.handled} manifest(s) in {report.repositories} "
+            f"repositories checked" + (f", {report.failed} failed" if report.failed else "")
+        )
+        return 1 if report.failed else 0
+    print(f"sign-missing done: {added[0]} cosign and {added[1]} simple signature(s) added")
     return 0
 
 
