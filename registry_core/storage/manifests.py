@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import msgspec
 
+from ..attachments import is_attachment_tag
 from ..digest import Digest
 from ..errors import DigestInvalid, ManifestBlobUnknown, ManifestUnknown
 from ..manifest import ParsedManifest, detect_media_type, parse_manifest
@@ -266,7 +267,8 @@ class ManifestStore:
             self.driver.write(layout.tag_current_link(self.name, tag), link),
         )
         self.links.put(self._key, tag, digest)
-        await self._index_tag(tag, digest)
+        if not is_attachment_tag(tag):  # never listed by tag (DESIGN, "Attachments")
+            await self._index_tag(tag, digest)
 
     async def _index_tag(self, tag: str, digest: Digest) -> None:
         """Keep the tag index (push time, total size) in step with the tag just written."""
