@@ -138,3 +138,18 @@ def test_a_server_s_bootstrap_registry_has_keys_when_it_answers(
     config = write_config(tmp_path / "boot.toml", auth={"bootstrap_admin": True})
     registry_factory(storage_url=store.storage, auth=True, config=config)
     _check_made(_keys_in_folder(store.storage, Tenant("admin", "default")))
+
+
+async def test_the_key_types_are_a_registry_setting_of_the_api() -> None:
+    async with serve_api() as api:
+        world = await seed_world(api.tenancy)
+        admin = world.key("prod-admin")
+        change = {"simple": False, "rsa_bits": 4096}
+        reply = await api.put(f"{API}/registries/acme/prod/signing", admin, json_body=change)
+        assert reply.status == 200
+        shown = json.loads(reply.body)
+        assert (shown["simple"], shown["rsa_bits"]) == (False, 4096)
+        assert [k["kind"] for k in shown["keys"]] == ["cosign"]
+        bad = {"rsa_bits": 1024}
+        refused = await api.put(f"{API}/registries/acme/prod/signing", admin, json_body=bad)
+        assert refused.status == 400

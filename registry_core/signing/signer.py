@@ -20,6 +20,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Iterable
+from typing import Literal
 
 import attrs
 import msgspec
@@ -33,7 +34,7 @@ from ..manifest_feed import CatchUpReport
 from ..names import RepositoryName, Tenant
 from ..registry import Registry, Repository
 from . import cosign, openpgp, payloads
-from .keys import KeyRecord, KeyStore, sign_cosign
+from .keys import KeyKind, KeyRecord, KeyStore, sign_cosign
 from .simple import SimpleSignatures
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class SigningSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
     simple: bool | None = None
     referrers: bool | None = None
     """Also store cosign signatures in the OCI 1.1 referrers form."""
+    rsa_bits: Literal[3072, 4096] | None = None
+    """Size of the registry's next RSA (simple signing) key: made at creation, on first
+    use or by a rotation."""
 
 
 class _Hosts(msgspec.Struct, kw_only=True):
@@ -71,6 +75,7 @@ class SigningDefaults:
     cosign: bool = True
     simple: bool = True
     referrers: bool = False
+    rsa_bits: int = 3072
     public_hosts: tuple[str, ...] = ()
     domains: tuple[tuple[str, str], ...] = ()
     """``(host, OWNER or OWNER/REGISTRY prefix)`` of ``[domains]``."""
@@ -82,6 +87,7 @@ class Effective:
     cosign: bool
     simple: bool
     referrers: bool = False
+    rsa_bits: int = 3072
 
 
 @attrs.define
@@ -137,6 +143,7 @@ class Signer:
             cosign=d.cosign if own.cosign is None else own.cosign,
             simple=d.simple if own.simple is None else own.simple,
             referrers=d.referrers if own.referrers is None else own.referrers,
+            rsa_bits=d.rsa_bits if own.rsa_bits is None else own.rsa_bits,
         )
 
     # -- a new registry's keys -------------------------------------------------------
@@ -154,10 +161,17 @@ class Signer:
         made: list[KeyRecord] = []
         if not settings.enabled:
             return made
-        for kind, wanted in (("cosign", settings.cosign), ("gpg", settings.simple)):
-            if wanted:
-                made.append((await self.keys.signing_key(tenant, kind)).record)  # type: ignore[arg-type]
+        if settings.cosign:
+            made.append((await self.keys.signing_key(tenant, "cosign")).record)
+        if settings.simple:
+            key = await self.keys.signing_key(tenant, "gpg", rsa_bits=settings.rsa_bits)
+            made.append(key.record)
         return made
+
+    async def rotate(self, tenant: Tenant, kind: KeyKind) -> KeyRecord:
+        """A new key of *kind* (an RSA one of the registry's ``rsa_bits``) signs from now."""
+        settings = await self.effective(tenant)
+        return await self.keys.rotate(tenant, kind, rsa_bits=settings.rsa_bits)
 
     # -- the nudge and its worker -----------------------------------------------------
 
@@ -374,7 +388,9 @@ class Signer:
                 if settings.referrers and added:
                     await self._referrer(repo, target)
             if settings.simple:
-                report.simple_added += await self._sign_simple(repo, target, identities)
+                report.simple_added += await self._sign_simple(
+                    repo, target, identities, settings.rsa_bits
+                )
         return report
 
     async def _tags_naming(self, repo: Repository, digest: Digest) -> list[str]:
@@ -422,8 +438,10 @@ class Signer:
         stored = await repo.manifests.get_by_digest(digest)
         await cosign.put_referrer(repo, digest, stored.media_type, stored.size, key.id)
 
-    async def _sign_simple(self, repo: Repository, digest: Digest, identities: list[str]) -> int:
-        key = await self.keys.signing_key(repo.name.tenant, "gpg")
+    async def _sign_simple(
+        self, repo: Repository, digest: Digest, identities: list[str], rsa_bits: int
+    ) -> int:
+        key = await self.keys.signing_key(repo.name.tenant, "gpg", rsa_bits=rsa_bits)
         assert key.gpg is not None
         store = SimpleSignatures(self.registry.driver, repo.name)
         have = {r.identity for _, r in await store.records(digest) if r.key == key.id}

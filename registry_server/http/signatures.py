@@ -78,6 +78,8 @@ class SigningChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cosign: bool | None = None
     simple: bool | None = None
     referrers: bool | None = None
+    rsa_bits: Literal[3072, 4096] | None = None
+    """Size of the registry's next RSA key (at a rotation; or first use)."""
 
 
 class SigningKeys(msgspec.Struct, kw_only=True):
@@ -86,6 +88,8 @@ class SigningKeys(msgspec.Struct, kw_only=True):
     cosign: bool
     simple: bool
     referrers: bool
+    rsa_bits: int
+    """Size of the registry's next RSA key (the current one shows in its ``algorithm``)."""
     keys: list[SigningKeyView]
 
 
@@ -102,6 +106,7 @@ def build_signer(config: Config, registry: Registry, box: SecretBox | None) -> S
         cosign=config.signing.cosign,
         simple=config.signing.simple,
         referrers=config.signing.referrers,
+        rsa_bits=config.signing.rsa_bits,
         public_hosts=public_hosts(config),
         domains=tuple(sorted(config.domains.items())),
     )
@@ -214,6 +219,7 @@ class SignatureRoutes:
                 cosign=change.cosign,
                 simple=change.simple,
                 referrers=change.referrers,
+                rsa_bits=change.rsa_bits,
             ),
         )
         return await self.signing_keys(request)
@@ -234,7 +240,7 @@ class SignatureRoutes:
             if settings.cosign:
                 await self.signer.keys.signing_key(tenant, "cosign")
             if settings.simple:
-                await self.signer.keys.signing_key(tenant, "gpg")
+                await self.signer.keys.signing_key(tenant, "gpg", rsa_bits=settings.rsa_bits)
         views = [
             SigningKeyView(
                 id=r.id,
@@ -254,6 +260,7 @@ class SignatureRoutes:
             cosign=settings.cosign,
             simple=settings.simple,
             referrers=settings.referrers,
+            rsa_bits=settings.rsa_bits,
             keys=views,
         )
         return web.Response(body=msgspec.json.encode(body), content_type="application/json")
