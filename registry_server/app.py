@@ -359,6 +359,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     )
     if sessions is not None:
         sessions.add_purge_job(scheduler)
+    registry.repo_index.add_job(scheduler)
     signer = add_signing(app, registry, config, box, guard, domains, scheduler)
     management.on_registry_created = signer.prepare
     scanning = add_scanning(app, config, registry, scheduler, guard, metrics.registry)

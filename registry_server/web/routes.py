@@ -26,7 +26,6 @@ from aiohttp import web
 
 import registry_core
 from registry_core import RegistryError
-from registry_core.attachments import is_attachment_tag
 from registry_core.auth import Identity
 from registry_core.digest import Digest
 from registry_core.errors import Denied, DigestInvalid, NameUnknown, TooManyRequests
@@ -58,12 +57,12 @@ from .forms import (
     safe_next,
     visibility_of,
 )
+from .listing import image_listing, registry_stats, tag_counts
 from .pages import (
     Listings,
     ManifestView,
     delete_manifest,
     manifest_view,
-    page_of,
     tag_page,
 )
 from .sessions import CSRF_FIELD, LoginFailed, Visitor, WebSessions
@@ -266,7 +265,7 @@ class Website:
         async def owner_entry(owner: Any) -> dict[str, Any]:
             page = await self.tenancy.registries_page(owner.name, 100, None, pullable)
             usages = await asyncio.gather(
-                *(self.management._usage(owner.name, r.name) for r in page.items)
+                *(registry_stats(self.registry, r.tenant) for r in page.items)
             )
             return {
                 "name": owner.name,
@@ -411,24 +410,17 @@ class Website:
             visitor.identity, tenant
         )
         query = request.query.get("q", "").strip()[:128]
-        prefix = f"{tenant}/"
-        images = await self.listings.images(tenant)
-        if query:
-            images = [image for image in images if query.lower() in image.lower()]
-        page = page_of(request.query.get("page"), IMAGES_PER_PAGE, len(images))
-        shown = page.slice(images)
-        counts = await asyncio.gather(
-            *(self.registry.repository(prefix + image).manifests.tags() for image in shown)
+        # The repository index: a few small reads whatever the registry's size.
+        shown, page, searched = await image_listing(
+            self.registry, tenant, query, request.query.get("page"), IMAGES_PER_PAGE
+        )
+        counts, stats = await asyncio.gather(
+            tag_counts(self.registry, tenant, shown), registry_stats(self.registry, tenant)
         )
         rows = [
-            {
-                "image": image,
-                "tags": sum(1 for tag in tags if not is_attachment_tag(tag)),
-                "ref": self._image_ref(request, tenant, image),
-            }
-            for image, tags in zip(shown, counts, strict=True)
+            {"image": image, "tags": count, "ref": self._image_ref(request, tenant, image)}
+            for image, count in zip(shown, counts, strict=True)
         ]
-        usage = await self.management._usage(record.owner, record.name)
         return self._render(
             request,
             visitor,
@@ -441,7 +433,8 @@ class Website:
                 "rows": rows,
                 "page": page,
                 "query": query,
-                "usage": usage,
+                "searched": searched,
+                "stats": stats,
                 "host": self._registry_host(request, tenant),
             },
         )
