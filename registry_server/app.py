@@ -47,6 +47,7 @@ from .proxying import apply_configured_upstreams, build_pull_through, check_key,
 from .state import new_request_id, state_of
 from .usage_metrics import UsageMetrics
 from .web import WebSessions, Website
+from .web.manifest_sections import plug_into_website
 
 LOGGER = logging.getLogger("cargohold.server")
 REGISTRY_KEY = web.AppKey("registry", Registry)
@@ -367,6 +368,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     if scanning is not None:
         v2.pull_gate = PullGate(registry, scanning, guard)
         management.tag_vulnerabilities = functools.partial(tag_counts, scanning)
+    plug_into_website(website, signer, scanning)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         await check_key(registry.driver, box)

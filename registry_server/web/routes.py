@@ -29,12 +29,10 @@ from registry_core import RegistryError
 from registry_core.auth import Identity
 from registry_core.digest import Digest
 from registry_core.errors import Denied, DigestInvalid, NameUnknown, TooManyRequests
-from registry_core.lifecycle.immutable import get_immutable
-from registry_core.lifecycle.quotas import format_size
-from registry_core.lifecycle.retention import get_retention
 from registry_core.names import RepositoryName, Tenant
-from registry_core.proxy import view as upstream_view
 from registry_core.registry import Repository
+from registry_core.scanning import ScanService
+from registry_core.signing import Signer
 from registry_core.storage.tag_index import SortKey
 from registry_core.tenancy import (
     InvalidRequest,
@@ -58,6 +56,7 @@ from .forms import (
     visibility_of,
 )
 from .listing import image_listing, registry_stats, tag_counts
+from .manifest_sections import ManifestExtras
 from .pages import (
     Listings,
     ManifestView,
@@ -65,6 +64,8 @@ from .pages import (
     manifest_view,
     tag_page,
 )
+from .policies import PolicyPages
+from .security import SecurityPages
 from .sessions import CSRF_FIELD, LoginFailed, Visitor, WebSessions
 
 LOGGER = logging.getLogger("cargohold.web")
@@ -93,6 +94,10 @@ class Website:
         self.domains = domains
         self.assets = Assets()
         self.listings = Listings(registry)
+        self.signer: Signer | None = None
+        """Signing (keys, settings), plugged in by the app when it is built."""
+        self.scanning: ScanService | None = None
+        """Scanning, when it is on for this server (plugged in by the app)."""
         self.manifest_sections: list[ManifestSection] = []
         """Extra sections of the manifest page (signatures, scan results, ...): each provider
         returns (template name under templates/, its context) or None to show nothing."""
@@ -123,12 +128,13 @@ class Website:
             ("POST", f"{PREFIX}/o/{{owner}}/members/{{user}}/remove", self.remove_owner_member),
             ("GET", registry, self.registry_page),
             ("POST", f"{registry}/visibility", self.change_visibility),
-            ("GET", f"{registry}/settings", self.settings_page),
             ("GET", f"{registry}/images/{{image:.+}}", self.image_page),
             ("GET", f"{registry}/manifests/{{digest}}/{{image:.+}}", self.manifest_page),
             ("POST", f"{registry}/manifests/{{digest}}/{{image:.+}}", self.delete_manifest),
         ]
         pages += AccessPages(self).routes() + AccountPages(self).routes()
+        pages += PolicyPages(self).routes() + SecurityPages(self).routes()
+        pages += ManifestExtras(self).routes()
         for method, path, handler in pages:
             app.router.add_route(method, path, self._endpoint(handler, method))
         app.router.add_get(f"{PREFIX}/static/{{name}}", self.assets.handler)
@@ -445,35 +451,6 @@ class Website:
         await self.tenancy.update_registry(record.owner, record.name, visibility=visibility)
         self.management._access_changed()
         raise redirect(f"{PREFIX}/r/{record.owner}/{record.name}", "visibility")
-
-    # -- settings: upstreams, retention, immutable tags, quota --------------------------------
-
-    async def settings_page(self, request: web.Request, visitor: Visitor) -> web.StreamResponse:
-        record = await self._registry(request, visitor)
-        tenant = record.tenant
-        is_admin = await self._role(visitor.identity, tenant) == "admin"
-        settings = self.registry.settings
-        retention = await get_retention(settings, tenant) or await get_retention(
-            settings, tenant, self.registry.policy.configured_retention
-        )
-        upstreams = None
-        if is_admin and self.management.upstreams is not None:
-            upstreams = [upstream_view(u) for u in await self.management.upstreams.list(tenant)]
-        usage = await self.management._usage(record.owner, record.name)
-        return self._render(
-            request,
-            visitor,
-            "settings.html",
-            {
-                "record": record,
-                "retention": retention,
-                "immutable": await get_immutable(settings, tenant),
-                "usage": usage,
-                "format_size": format_size,
-                "upstreams": upstreams,
-                "is_admin": is_admin,
-            },
-        )
 
     # -- images and manifests -------------------------------------------------------------------
 
