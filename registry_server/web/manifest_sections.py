@@ -114,7 +114,7 @@ class SignatureSection:
                     "title": KIND_TITLES[kind],
                     "state": state,
                     "message": message,
-                    "keys": sorted(by_key.values(), key=lambda k: k["id"]),
+                    "signers": sorted(by_key.values(), key=lambda k: k["id"]),
                     "invalid": [
                         {"identity": c.identity or "-", "reason": c.reason} for c in invalid
                     ],
