@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,7 @@ from registry_core.names import RepositoryName, Tenant
 from registry_core.storage import layout, repo_index
 from registry_core.storage.repo_index import RepositoryIndex
 from tests.helpers import DistributionServer, build_image, make_layer
+from tests.helpers.emulators import cloud_driver
 from tests.helpers.registry_api import push_image
 
 TENANT = Tenant("acme", "prod")
@@ -129,8 +132,8 @@ async def test_a_repository_emptied_elsewhere_and_pushed_again_comes_back(store:
     assert await listed(second) == ["app"]
 
 
-async def test_two_registries_on_one_store_creating_at_once_lose_no_entry(store: Path) -> None:
-    writers = [Registry(LocalDriver(str(store))) for _ in range(2)]
+async def create_racing_jobs(writers: list[Registry], count: int) -> list[str]:
+    """Each writer creates *count* repositories while both run the index job in a loop."""
     stop = asyncio.Event()
 
     async def job(registry: Registry) -> None:
@@ -144,18 +147,40 @@ async def test_two_registries_on_one_store_creating_at_once_lose_no_entry(store:
             await asyncio.sleep(0)
 
     async def create(registry: Registry, side: int) -> None:
-        for number in range(60):
+        for number in range(count):
             await put(registry, f"img-{number:03d}-{side}", number)
 
     jobs = [asyncio.create_task(job(r)) for r in writers]
     await asyncio.gather(*(create(r, side) for side, r in enumerate(writers)))
     stop.set()
     await asyncio.gather(*jobs)
-    expected = sorted(f"img-{n:03d}-{side}" for n in range(60) for side in range(2))
+    return sorted(f"img-{n:03d}-{side}" for n in range(count) for side in range(len(writers)))
+
+
+async def test_two_registries_on_one_store_creating_at_once_lose_no_entry(store: Path) -> None:
+    writers = [Registry(LocalDriver(str(store))) for _ in range(2)]
+    expected = await create_racing_jobs(writers, 60)
     assert await listed(writers[0]) == expected  # hints and shards together
     await compact(writers[1])
     assert await listed(writers[1]) == expected
     assert await registry_walk(writers[0]) == expected
+
+
+async def test_two_registries_on_one_s3_bucket_keep_one_index(moto_server: Any) -> None:
+    bucket = moto_server.create_bucket(f"repo-index-{secrets.token_hex(4)}")
+    prefix = f"t-{secrets.token_hex(4)}"
+    writers = [Registry(cloud_driver(moto_server, bucket, prefix)) for _ in range(2)]
+    try:
+        expected = await create_racing_jobs(writers, 12)
+        await compact(writers[1])
+        assert await listed(writers[0]) == expected
+        await empty(writers[1], "img-003-0")
+        await compact(writers[0])
+        assert await listed(writers[0]) == [n for n in expected if n != "img-003-0"]
+        assert await registry_walk(writers[1]) == [n for n in expected if n != "img-003-0"]
+    finally:
+        for writer in writers:
+            await writer.close()
 
 
 async def registry_walk(registry: Registry) -> list[str]:
