@@ -13,6 +13,7 @@ labelled fields. Screenshots go to ``$CARGOHOLD_WEB_SCREENSHOTS`` when set.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Iterator
@@ -111,6 +112,21 @@ def browser(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[we
 
 def shot(site: Site, driver: webdriver.Chrome, name: str) -> None:
     driver.save_screenshot(str(site.shots / f"{name}.png"))
+
+
+def full_shot(site: Site, driver: webdriver.Chrome, name: str, piece: int = 1400) -> None:
+    """The whole page in pieces of *piece* pixels (``NAME-1.png``, ...), not only the screen,
+    to look at a phone-width page top to bottom."""
+    width, height = driver.execute_script(
+        "return [window.innerWidth, document.documentElement.scrollHeight]"
+    )
+    for number, top in enumerate(range(0, min(height, 20000), piece), 1):
+        clip = {"x": 0, "y": top, "width": width, "height": min(piece, height - top), "scale": 1}
+        data = driver.execute_cdp_cmd(
+            "Page.captureScreenshot",
+            {"format": "png", "captureBeyondViewport": True, "clip": clip},
+        )["data"]
+        (site.shots / f"{name}-{number}.png").write_bytes(base64.b64decode(data))
 
 
 def wait(driver: webdriver.Chrome) -> WebDriverWait:
@@ -275,7 +291,7 @@ def test_every_page_fits_a_phone_with_labelled_fields_and_visible_focus(
             )
             assert overflow <= 1, (name, overflow)
             assert browser.execute_script(UNLABELLED) == [], name
-            shot(site, browser, f"phone-{name}")
+            full_shot(site, browser, f"phone-{name}")
         browser.get(site.server.url + "/ui/r/acme/prod/settings")
         field = browser.find_element(By.ID, "keep-last")
         browser.execute_script("arguments[0].scrollIntoView(); arguments[0].focus()", field)
