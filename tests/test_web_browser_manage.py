@@ -219,6 +219,7 @@ def test_an_admin_edits_retention_and_upstreams_and_the_api_shows_them(
     assert browser.find_element(By.ID, "upstream-password").get_attribute("value") == ""
     [upstream] = site.api(f"{API}/upstreams", "acme/prod:admin")["upstreams"]
     assert upstream["name"] == "mirror" and upstream["has_credentials"] is True
+    browser.execute_script("document.getElementById('retention-title').scrollIntoView()")
     shot(site, browser, "policies-admin")
     assert browser.find_elements(By.ID, "quota-form") == []  # quotas: superusers only
 
