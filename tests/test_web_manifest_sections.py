@@ -230,3 +230,27 @@ async def test_the_sbom_download_follows_the_page_rules(scanning_site: Live) -> 
     async with anonymous:
         status, _ = await anonymous.get(f"/ui/r/acme/prod/sbom/{digest}/app")
         assert status == 404
+
+
+async def test_the_tag_list_shows_counts_by_severity(scanning_site: Live) -> None:
+    digest = await store(scanning_site, fx.alpine_image(), "1")
+    await store(scanning_site, fx.npm_image(), "2")
+    async with await reader(scanning_site) as who:
+        await page_until(who, f"/ui/r/acme/prod/manifests/{digest}/app", lambda t: ">done<" in t)
+        text = await page_until(
+            who, "/ui/r/acme/prod/images/app", lambda t: "not scanned" not in t, seconds=30
+        )
+    row = text.split('<tr data-tag="1">', 1)[1].split("</tr>", 1)[0]
+    assert '<span class="sev sev-critical" data-severity="critical">1 critical</span>' in row
+    assert '<span class="sev sev-unknown" data-severity="unknown">2 unknown</span>' in row
+    assert "high" not in row.split('class="vulns"', 1)[1]  # zero counts are left out
+    assert '<th scope="col">Vulnerabilities</th>' in text
+
+
+async def test_without_scanning_the_tag_list_has_no_vulnerability_column(
+    signing_site: Live,
+) -> None:
+    await store(signing_site, fx.alpine_image(), "1")
+    async with await reader(signing_site) as who:
+        status, text = await who.get("/ui/r/acme/prod/images/app")
+    assert status == 200 and 'data-tag="1"' in text and "Vulnerabilities" not in text

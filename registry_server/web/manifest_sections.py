@@ -32,6 +32,7 @@ from .assets import SECURITY_HEADERS
 from .forms import PREFIX
 from .pages import ManifestView
 from .sessions import Visitor
+from .severity import SeverityCounts
 
 if TYPE_CHECKING:
     from .routes import PageHandler, Website
@@ -52,6 +53,8 @@ def plug_into_website(
     if signer is not None:
         website.manifest_sections.append(SignatureSection(signer))
     website.manifest_sections.append(ScanSection(website))
+    if scanning is not None:
+        website.severity_counts = SeverityCounts(scanning)
 
 
 class SignatureSection:

@@ -67,6 +67,7 @@ from .pages import (
 from .policies import PolicyPages
 from .security import SecurityPages
 from .sessions import CSRF_FIELD, LoginFailed, Visitor, WebSessions
+from .severity import SeverityCounts
 
 LOGGER = logging.getLogger("cargohold.web")
 IMAGES_PER_PAGE: Final = 50
@@ -98,6 +99,8 @@ class Website:
         """Signing (keys, settings), plugged in by the app when it is built."""
         self.scanning: ScanService | None = None
         """Scanning, when it is on for this server (plugged in by the app)."""
+        self.severity_counts: SeverityCounts | None = None
+        """Counts by severity for tag rows, when scanning is on (plugged in by the app)."""
         self.manifest_sections: list[ManifestSection] = []
         """Extra sections of the manifest page (signatures, scan results, ...): each provider
         returns (template name under templates/, its context) or None to show nothing."""
@@ -466,6 +469,9 @@ class Website:
             self.listings, repo, sort, descending, request.query.get("page"), TAGS_PER_PAGE
         )
         image = request.match_info["image"]
+        vulnerabilities = None
+        if self.severity_counts is not None:
+            vulnerabilities = await self.severity_counts.many([row.digest for row in rows])
         return self._render(
             request,
             visitor,
@@ -473,6 +479,7 @@ class Website:
             {
                 "record": record,
                 "image": image,
+                "vulnerabilities": vulnerabilities,
                 "rows": rows,
                 "page": page,
                 "sort": sort,
