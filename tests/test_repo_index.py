@@ -304,3 +304,18 @@ def test_hint_names_round_trip() -> None:
     name = repo_index._hint_name("team/app-1", True)
     assert repo_index._parse_hint(name)[::2] == ("team/app-1", True)  # type: ignore[index]
     assert repo_index._parse_hint("garbage") is None
+
+
+async def test_gc_collecting_a_repositorys_last_manifest_drops_it(registry: Registry) -> None:
+    await put(registry, "kept", 1, "v1")
+    untagged = registry.repository(f"{TENANT}/untagged").manifests
+    await untagged.put(manifest(2), MEDIA_TYPE, None, check_references=False)
+    await compact(registry)
+    assert await listed(registry) == ["kept", "untagged"]
+    report = await registry.collect_garbage(
+        grace=0.0, settle=0.0, untagged_min_age=0.0, collect_untagged=lambda r, d, m: True
+    )
+    assert report.revisions_removed == 1
+    assert await listed(registry) == ["kept"]
+    await compact(registry)
+    assert await listed(registry) == ["kept"]
