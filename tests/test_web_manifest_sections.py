@@ -121,7 +121,7 @@ async def test_the_signature_section_names_the_keys_that_signed_each_kind(
         key = keys[key_kind]
         assert f'<tr data-key="{key["id"]}">' in part
         assert f'<code class="fingerprint">{key["fingerprint"]}</code>' in part
-        assert "<td>active</td>" in part
+        assert '<td data-label="Status">active</td>' in part
         assert f"<code>{HOST}/acme/prod/app:1</code>" in part
 
 
@@ -138,7 +138,7 @@ async def test_a_retired_key_still_verifies_what_it_signed(signing_site: Live) -
         _, text = await who.get(path)
     part = section(text, "signatures-cosign")
     assert 'data-state="verified"' in part
-    assert f'<tr data-key="{old.id}">' in part and "<td>retired</td>" in part
+    assert f'<tr data-key="{old.id}">' in part and '<td data-label="Status">retired</td>' in part
     simple = section(text, "signatures-simple")
     assert 'data-state="off"' in simple and "This kind of signing is off" in simple
 
@@ -173,8 +173,8 @@ async def test_the_scan_section_lists_findings_escaped_with_counts_and_sbom(
         counts = dict(re.findall(r'data-severity="(\w+)">\w+ <strong>(\d+)</strong>', part))
         assert counts == {"critical": "1", "high": "0", "medium": "0", "low": "0", "unknown": "2"}
         rows = re.findall(
-            r'<tr data-id="([^"]+)"><td><code>[^<]*</code></td><td>([^<]*)</td>'
-            r"<td>([^<]*)",
+            r'<tr data-id="([^"]+)"><td data-label="Vulnerability"><code>[^<]*</code></td>'
+            r'<td data-label="Aliases">([^<]*)</td><td data-label="Package">([^<]*)',
             part,
         )
         assert {(ident, package.strip()) for ident, _, package in rows} == fx.ALPINE_EXPECTED | {

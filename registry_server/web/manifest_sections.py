@@ -25,7 +25,7 @@ from registry_core.registry import Repository
 from registry_core.scanning import ScanService
 from registry_core.scanning.osv import SEVERITIES, severity_rank
 from registry_core.scanning.sbom import SBOM_MEDIA_TYPE
-from registry_core.signing import Signer, published_keys, verify_image
+from registry_core.signing import PublicKey, Signer, verify_image
 
 from ..http.scanning_api import describe
 from .assets import SECURITY_HEADERS
@@ -70,8 +70,9 @@ class SignatureSection:
             return None  # an attachment: never signed itself
         tenant = repo.name.tenant
         settings = await self.signer.effective(tenant)
-        records = {r.id: r for r in await self.signer.keys.list(tenant)}
-        keys = await published_keys(self.signer.keys, repo.name)
+        published = await self.signer.keys.list(tenant)  # retired keys too: they signed older
+        records = {r.id: r for r in published}
+        keys = [PublicKey(r.kind, r.fingerprint, r.public, r.id) for r in published]
         report = await verify_image(self.signer.registry, repo.name.value, view.digest, keys)
         kinds = []
         for kind in ("cosign", "simple"):
