@@ -319,3 +319,19 @@ async def test_gc_collecting_a_repositorys_last_manifest_drops_it(registry: Regi
     assert await listed(registry) == ["kept"]
     await compact(registry)
     assert await listed(registry) == ["kept"]
+
+
+async def test_the_job_walks_again_and_finds_repositories_written_without_hints(
+    registry: Registry, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put(registry, "pushed")
+    await compact(registry)
+    digest = Digest.parse("sha256:" + "ab" * 32)  # as Distribution would link a revision
+    link = store / layout.revision_link(RepositoryName(f"{TENANT}/peer"), digest)
+    link.parent.mkdir(parents=True)
+    link.write_text(str(digest))
+    await compact(registry)
+    assert await listed(registry) == ["pushed"]  # walked less than RECONCILE_INTERVAL ago
+    monkeypatch.setattr(repo_index, "RECONCILE_INTERVAL", 0.0)
+    await compact(Registry(LocalDriver(str(store))))  # a process started since: it walks
+    assert await listed(registry) == ["peer", "pushed"]

@@ -36,7 +36,9 @@ after ``KNOWN_TTL`` seconds, and the job re-checks every name it dropped for
 A registry with no summary (a store written before the index existed, or by
 Distribution) is indexed from one walk of its repositories, by the job or by the first
 reader (which then holds the lease, or, when it is busy, answers from the walk without
-writing). This module never decides what a repository contains beyond "has a manifest
+writing). The job also walks every registry again every ``RECONCILE_INTERVAL`` (and once
+per process start), which picks up repositories a peer such as Distribution wrote into
+the same storage without hints. This module never decides what a repository contains beyond "has a manifest
 revision", and never reads a manifest.
 """
 
@@ -73,6 +75,8 @@ SHARD_SIZE = 1000
 """Names per shard when a registry is (re)built; a shard splits at twice this."""
 SEARCH_SHARD_LIMIT = 64
 """A substring search reads at most this many shards; larger registries search by prefix."""
+RECONCILE_INTERVAL = 6 * 3600.0
+"""How often the job indexes every registry again from a walk of its folder."""
 KNOWN_TTL = 1800.0
 RECHECK_WINDOW = 2 * KNOWN_TTL + 4 * JOB_INTERVAL
 _CHECK_CONCURRENCY = 32
@@ -88,6 +92,8 @@ class ShardRef(msgspec.Struct, frozen=True):
 
 class Summary(msgspec.Struct, kw_only=True):
     built_at: float
+    walked_at: float = 0.0
+    """When the registry's folder was last walked (the job walks it again after a while)."""
     shards: list[ShardRef] = msgspec.field(default_factory=list)
     previous: list[str] = msgspec.field(default_factory=list)
     """Shards of the summary before this one: readers may still hold it, so kept one round."""
@@ -223,7 +229,7 @@ class RepositoryIndex:
         self._known: OrderedDict[str, float] = OrderedDict()
         self._known_max = 100_000
         self._shards: OrderedDict[str, tuple[str, ...]] = OrderedDict()
-        self.swept = False
+        self._next_sweep = 0.0
 
     # -- the write path: hints -------------------------------------------------------------
 
@@ -378,7 +384,11 @@ class RepositoryIndex:
         hints = await self._hints(tenant)
         images = await self.walk(tenant)
         old = await self.summary(tenant)
-        summary = Summary(built_at=time.time())
+        now = time.time()
+        # Names found gone stay to be checked: a walk cannot see a stale cache's next push.
+        seen = set(images)
+        recheck = {i: t for i, t in (old.recheck if old else {}).items() if i not in seen}
+        summary = Summary(built_at=now, walked_at=now, recheck=recheck)
         await self._write(tenant, summary, _chunks(images), old, guard)
         if drop_hints:
             await self._delete_hints(tenant, hints, guard)
@@ -423,7 +433,7 @@ class RepositoryIndex:
             elif not here and inside:
                 del names[at]
                 changed = True
-        summary = Summary(built_at=now, recheck=recheck)
+        summary = Summary(built_at=now, walked_at=old.walked_at, recheck=recheck)
         if changed or recheck != old.recheck:
             chunks = [piece for names in groups for piece in _split(names)]
             await self._write(tenant, summary, chunks, old, guard)
@@ -465,12 +475,15 @@ class RepositoryIndex:
             await _delete_all(self.driver, [layout.repo_index_hint(tenant, h) for h in hints])
 
     async def run(self, guard: LeaseGuard) -> int:
-        """The job: compact every registry with a dirty marker; index those never indexed
-        (once per process). Returns how many registries it visited."""
+        """The job: compact every registry with a dirty marker; once per process and then
+        every RECONCILE_INTERVAL, index again from a walk every registry never indexed or
+        walked longer ago than that. Returns how many registries it visited."""
         tenants: list[Tenant] = []
-        if not self.swept:
-            tenants += await self._unindexed()
-            self.swept = True
+        walk: set[Tenant] = set()
+        if time.monotonic() >= self._next_sweep:
+            walk = set(await self._stale())
+            tenants += sorted(walk, key=str)
+            self._next_sweep = time.monotonic() + RECONCILE_INTERVAL
         try:
             markers = await self.driver.list(layout.repo_index_dirty_dir())
         except PathNotFound:
@@ -485,17 +498,22 @@ class RepositoryIndex:
                 tenants.append(Tenant(owner, registry))
         for tenant in dict.fromkeys(tenants):
             await guard.check()
-            await self.compact(tenant, guard)
+            if tenant in walk:
+                await self.rebuild(tenant, guard)
+            else:
+                await self.compact(tenant, guard)
         return len(tenants)
 
-    async def _unindexed(self) -> list[Tenant]:
+    async def _stale(self) -> list[Tenant]:
+        """Registries with repositories whose index is missing or was walked long ago (a
+        peer such as Distribution may have written repositories without hints)."""
         found = []
+        now = time.time()
         for owner in await _list_or_empty(self.driver, layout.REPOSITORIES):
             for name in await _list_or_empty(self.driver, f"{layout.REPOSITORIES}/{owner}"):
                 tenant = Tenant(owner, name)
-                try:
-                    await self.driver.stat(layout.repo_index_summary(tenant))
-                except PathNotFound:
+                summary = await self.summary(tenant)
+                if summary is None or now - summary.walked_at >= RECONCILE_INTERVAL:
                     found.append(tenant)
         return found
 
