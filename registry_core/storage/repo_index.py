@@ -36,9 +36,9 @@ after ``KNOWN_TTL`` seconds, and the job re-checks every name it dropped for
 A registry with no summary (a store written before the index existed, or by
 Distribution) is indexed from one walk of its repositories, by the job or by the first
 reader (which then holds the lease, or, when it is busy, answers from the walk without
-writing). The job also walks every registry again every ``RECONCILE_INTERVAL`` (and once
-per process start), which picks up repositories a peer such as Distribution wrote into
-the same storage without hints. This module never decides what a repository contains beyond "has a manifest
+writing). At its first run in a process and then every ``RECONCILE_INTERVAL``, the job
+also walks again every registry last walked longer ago than that, which picks up
+repositories a peer such as Distribution wrote into the same storage without hints. This module never decides what a repository contains beyond "has a manifest
 revision", and never reads a manifest.
 """
 
