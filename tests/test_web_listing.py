@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,3 +127,28 @@ def test_a_new_image_pushed_through_the_server_shows_at_once(site: Site) -> None
     page = site.client().get("/ui/r/acme/prod?page=51")
     assert fact(page.text, "image-count") == "5001"
     assert "image-02500a" in shown_images(page.text)
+
+
+def test_two_server_processes_on_one_store_list_what_either_created(
+    site: Site, tmp_path: Path
+) -> None:
+    other = RegistryServer(f"file://{site.store}", auth=True, workdir=tmp_path / "second")
+    with other:
+        root = http(site.root.auth)
+        servers = [site.server.url, other.url]
+        pushes = [
+            (servers[n % 2], f"acme/prod/twin-{n}", sample_image(f"twin-{n}")) for n in range(6)
+        ]
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda p: push_image(p[0], p[1], p[2], "1", session=root), pushes))
+        twins = [f"twin-{n}" for n in range(6)]
+        for url in servers:
+            client = WebClient(url)
+            client.login(site.root.username, site.root.secret)
+            page = client.get("/ui/r/acme/prod", params={"q": "twin-"})
+            assert shown_images(page.text) == twins
+        gone = pushes[3][2].digest
+        deleted = root.delete(f"{other.url}/v2/acme/prod/twin-3/manifests/{gone}")
+        assert deleted.status_code == 202
+        page = site.client().get("/ui/r/acme/prod", params={"q": "twin-"})
+        assert shown_images(page.text) == [t for t in twins if t != "twin-3"]
