@@ -48,6 +48,7 @@ from .proxying import apply_configured_upstreams, build_pull_through, check_key,
 from .state import new_request_id, state_of
 from .usage_metrics import UsageMetrics
 from .web import WebSessions, Website
+from .web.manifest_sections import plug_into_website
 
 LOGGER = logging.getLogger("cargohold.server")
 REGISTRY_KEY = web.AppKey("registry", Registry)
@@ -372,6 +373,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     )
     if sessions is not None:
         sessions.add_purge_job(scheduler)
+    registry.repo_index.add_job(scheduler)
     signer = add_signing(app, registry, config, box, guard, domains, scheduler)
     management.on_registry_created = functools.partial(make_registry_keys, signer)
     scanning = add_scanning(app, config, registry, scheduler, guard, metrics.registry)
@@ -379,6 +381,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     if scanning is not None:
         v2.pull_gate = PullGate(registry, scanning, guard)
         management.tag_vulnerabilities = functools.partial(tag_counts, scanning)
+    plug_into_website(website, signer, scanning)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         await check_key(registry.driver, box)

@@ -30,6 +30,7 @@ from .blobs import BlobStore, RepositoryBlobs
 from .cache import ContentCache, LinkCache
 from .driver import PathNotFound, StorageDriver
 from .policy import RepositoryPolicy, WritePolicy
+from .repo_index import RepositoryIndex
 from .tag_index import TagIndex, total_size
 
 
@@ -68,6 +69,7 @@ class ManifestStore:
         max_size: int = MAX_MANIFEST_SIZE,
         policy: WritePolicy | None = None,
         on_stored: Callable[[str, Digest, str, str | None], None] | None = None,
+        repo_index: RepositoryIndex | None = None,
     ) -> None:
         self.driver = driver
         self.store = store
@@ -82,6 +84,9 @@ class ManifestStore:
         self.tag_index = TagIndex(driver, name)
         # The manifest feed's nudge (registry_core.manifest_feed): in-process, no storage write.
         self.on_stored = on_stored
+        # The registry's repository index (website listings): told of a repository's first
+        # manifest and of its last one's deletion; free once this process knows the name.
+        self.repo_index = repo_index
 
     # -- reading ------------------------------------------------------------------
 
@@ -180,6 +185,8 @@ class ManifestStore:
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.revision_dir(self.name, parsed.digest))
             raise
+        if self.repo_index is not None:  # the revision is visible: the index may look
+            await self.repo_index.written(self.name)
         self.cache.put(parsed.digest, body, parsed.media_type)
         self.links.generation += 1
         if parsed.subject is not None:
@@ -328,6 +335,8 @@ class ManifestStore:
         if subject is not None:
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.referrer_entry(self.name, subject, digest))
+        if self.repo_index is not None and not await self.repo_index.has_manifests(self.name):
+            await self.repo_index.emptied(self.name)
 
     # -- tags and referrers ----------------------------------------------------------
 
