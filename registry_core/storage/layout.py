@@ -9,6 +9,7 @@ than its own) and the top-level ``cargohold/`` prefix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from ..digest import Digest
@@ -116,6 +117,23 @@ def upload_markers_dir(tenant: Tenant) -> str:
 
 def upload_marker(tenant: Tenant, marker: str) -> str:
     return f"{upload_markers_dir(tenant)}/{marker}"
+
+
+def repository_tree(parts: Sequence[str]) -> str:
+    """A folder of the repositories tree by its name components (``()``: the tree's root).
+
+    The manifest feed walks the tree one folder at a time, in name order, to resume
+    where its last pass stopped; a repository is a folder holding ``_manifests``.
+    """
+    return "/".join((REPOSITORIES, *parts))
+
+
+def repository_tree_manifests(parts: Sequence[str]) -> str:
+    """The ``_manifests`` folder of the repository at *parts* (see :func:`repository_tree`)."""
+    return f"{repository_tree(parts)}/{MANIFESTS_DIR}"
+
+
+MANIFESTS_DIR: Final = "_manifests"
 
 
 def is_repository_internal(directory: str) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import msgspec
 
+from ..attachments import is_attachment_tag
 from ..digest import Digest
 from ..errors import DigestInvalid, ManifestBlobUnknown, ManifestUnknown
 from ..manifest import ParsedManifest, detect_media_type, parse_manifest
@@ -273,7 +274,8 @@ class ManifestStore:
             self.driver.write(layout.tag_current_link(self.name, tag), link),
         )
         self.links.put(self._key, tag, digest)
-        await self._index_tag(tag, digest)
+        if not is_attachment_tag(tag):  # never listed by tag (DESIGN, "Attachments")
+            await self._index_tag(tag, digest)
 
     async def _index_tag(self, tag: str, digest: Digest) -> None:
         """Keep the tag index (push time, total size) in step with the tag just written."""
@@ -325,16 +327,36 @@ class ManifestStore:
         # Its signatures go with it: simple ones and the cosign attachment's tag.
         with contextlib.suppress(PathNotFound):
             await self.driver.delete(layout.simple_signatures_dir(self.name, digest))
+        signatures = f"{digest.algorithm}-{digest.hex}.sig"
+        try:
+            attachment = await self._current(signatures)
+        except DigestInvalid:
+            attachment = None
         with contextlib.suppress(PathNotFound):
-            await self.driver.delete(
-                layout.tag_dir(self.name, f"{digest.algorithm}-{digest.hex}.sig")
-            )
+            await self.driver.delete(layout.tag_dir(self.name, signatures))
         subject = _subject_of(stored.body)
         if subject is not None:
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.referrer_entry(self.name, subject, digest))
-        if self.repo_index is not None and not await self.repo_index.has_manifests(self.name):
-            await self.repo_index.emptied(self.name)
+        if self.repo_index is not None:
+            # Its attachments (signatures, SBOMs) stay for GC to collect with it, but a
+            # repository that holds nothing else holds no image any more.
+            left = set(await self.revisions()) - await self._attachments_of(digest, attachment)
+            if not left:
+                await self.repo_index.emptied(self.name)
+
+    async def _attachments_of(self, subject: Digest, signatures: Digest | None) -> set[Digest]:
+        """The manifests attached to *subject*: its cosign attachment and its referrers."""
+        found = {signatures} if signatures is not None else set()
+        try:
+            entries = await self.driver.list(layout.referrers_dir(self.name, subject))
+        except PathNotFound:
+            return found
+        for entry in entries:
+            algorithm, _, hex_part = entry.partition("-")
+            with contextlib.suppress(DigestInvalid):
+                found.add(Digest.parse(f"{algorithm}:{hex_part}"))
+        return found
 
     # -- tags and referrers ----------------------------------------------------------
 

@@ -9,7 +9,8 @@ may name a given manifest, without reading a single manifest or tag link, which 
 thousands of tags. Storage has no compare-and-swap: two processes rewriting one tag at
 once may leave two entries, so readers keep the newest entry of each tag, and drop
 entries of tags that no longer exist. Tags written by other tools (or before the index
-existed) have no entry: they list with unknown time and size. This module never decides
+existed) have no entry: they list with unknown time and size. Attachment tags get none
+(the website never lists them, and a signature would pay three requests for it). This module never decides
 what a tag points at (the tag link does) and never reads manifests to list.
 """
 
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from operator import itemgetter
 from typing import Literal, NamedTuple
 
+from ..attachments import is_attachment_tag
 from ..digest import Digest
 from ..errors import ManifestUnknown
 from ..manifest import descriptors_of
@@ -174,8 +176,14 @@ class TagIndex:
 
     async def candidates(self, digest: Digest, tags: list[str]) -> list[str] | None:
         """Tags of *tags* that may name *digest* (the caller verifies each); None when some
-        tag has no entry, so only reading every tag link can tell."""
+        tag has no entry, so only reading every tag link can tell.
+
+        Attachment tags (``sha256-<hex>.sig``...) are not indexed: they are never listed
+        by tag, and the manifest they name is found from its subject's digest, so they
+        are left out here unless an older entry knows them.
+        """
         known = await self.entries() if tags else {}
+        tags = [tag for tag in tags if tag in known or not is_attachment_tag(tag)]
         if any(tag not in known for tag in tags):
             return None
         prefix = digest.hex[:PREFIX_LENGTH]

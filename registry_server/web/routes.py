@@ -411,6 +411,7 @@ class Website:
             owner, field(form, "name", limit=64), visibility_of(form)
         )
         self.management._access_changed()
+        await self.management.registry_created(record.tenant)
         raise redirect(f"{PREFIX}/r/{record.owner}/{record.name}", "registry")
 
     async def registry_page(self, request: web.Request, visitor: Visitor) -> web.StreamResponse:

@@ -161,7 +161,8 @@ class SecurityPages:
         signer = self._signer()
         form = await request.post()
         choices = {name: choice_of(form, name) for name in SIGNING_FIELDS}
-        await signer.set_settings(record.tenant, SigningSettings(**choices))
+        kept = (await signer.settings(record.tenant)).rsa_bits  # not on this form: kept
+        await signer.set_settings(record.tenant, SigningSettings(**choices, rsa_bits=kept))
         raise self._back(record, "signing", "signing-title")
 
     async def rotate_key(self, request: web.Request, visitor: Visitor) -> web.StreamResponse:
@@ -170,5 +171,5 @@ class SecurityPages:
         kind = field(await request.post(), "kind", limit=8)
         if kind != "cosign" and kind != "gpg":
             raise InvalidRequest("kind must be cosign or gpg")
-        await signer.keys.rotate(record.tenant, kind)
+        await signer.rotate(record.tenant, kind)  # an RSA key of the registry's rsa_bits
         raise self._back(record, "rotated", "keys-title")
