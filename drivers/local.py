@@ -30,6 +30,7 @@ from registry_core.storage.driver import (
 )
 
 from .fsspec_driver import READ_CHUNK, FsspecDriver
+from .threads import Workers, shared_workers
 
 T = TypeVar("T")
 
@@ -171,7 +172,15 @@ def _write_all(handle: object, parts: list[bytes]) -> None:
 class LocalWriter:
     """Appends go straight to the file; a new object is a temporary file renamed on commit."""
 
-    def __init__(self, handle: object, size: int, final: str | None, temporary: str | None) -> None:
+    def __init__(
+        self,
+        workers: Workers,
+        handle: object,
+        size: int,
+        final: str | None,
+        temporary: str | None,
+    ) -> None:
+        self._workers = workers
         self._handle = handle
         self._size = size
         self._final = final
@@ -194,7 +203,7 @@ class LocalWriter:
             self._held_bytes += size
         else:
             parts, self._held, self._held_bytes = [*self._held, *parts], [], 0
-            await asyncio.to_thread(_write_all, self._handle, parts)
+            await self._workers.run(functools.partial(_write_all, self._handle, parts))
         self._size += size
 
     async def commit(self) -> None:
@@ -208,7 +217,7 @@ class LocalWriter:
             if self._temporary is not None and self._final is not None:
                 os.replace(self._temporary, self._final)
 
-        await asyncio.to_thread(finish)
+        await self._workers.run(finish)
 
     async def cancel(self) -> None:
         parts, self._held, self._held_bytes = self._held, [], 0
@@ -222,7 +231,7 @@ class LocalWriter:
             if self._temporary is not None:
                 os.unlink(self._temporary)
 
-        await asyncio.to_thread(drop)
+        await self._workers.run(drop)
 
 
 class _Batches:
@@ -236,7 +245,8 @@ class _Batches:
     Results and errors reach each caller as if it had hopped alone.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, workers: Workers) -> None:
+        self._workers = workers
         self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Callable[[], Any], Any]]] = {}
 
     def run(self, func: Callable[[], T]) -> asyncio.Future[T]:
@@ -263,11 +273,8 @@ class _Batches:
                     outcomes.append((False, exc))
             return outcomes
 
-        def deliver(done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
-            try:
-                outcomes = done.result()
-            except BaseException as exc:  # the pool itself failed (shutting down)
-                outcomes = [(False, exc)] * len(batch)
+        def deliver(ok: bool, result: Any) -> None:
+            outcomes = result if ok else [(False, result)] * len(batch)
             for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
                 if future.done():  # its caller was cancelled meanwhile
                     continue
@@ -276,7 +283,7 @@ class _Batches:
                 else:
                     future.set_exception(value)
 
-        loop.run_in_executor(None, run_all).add_done_callback(deliver)
+        self._workers.submit(run_all, deliver)
 
 
 class LocalDriver(FsspecDriver):
@@ -288,18 +295,20 @@ class LocalDriver(FsspecDriver):
         root = os.path.abspath(root)
         os.makedirs(root, exist_ok=True)
         super().__init__(LocalFileSystem(), root, blocking=True)
-        self._batches = _Batches()
+        self._workers = shared_workers()
+        self._batches = _Batches(self._workers)
+
+    async def _call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One blocking call on a worker thread (``drivers.threads``: a light hop)."""
+        return await _mapped(
+            self._workers.run(functools.partial(func, *args, **kwargs)), args[0] if args else ""
+        )
 
     async def _small(self, func: Callable[..., T], *args: Any) -> T:
         """Like ``_call``, for a small operation: batched with others of this loop turn."""
-        try:
-            return await self._batches.run(functools.partial(func, *args))
-        except FileNotFoundError as exc:
-            raise PathNotFound(str(exc.filename or (args[0] if args else ""))) from None
-        except (PathNotFound, StorageError):
-            raise
-        except OSError as exc:
-            raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+        return await _mapped(
+            self._batches.run(functools.partial(func, *args)), args[0] if args else ""
+        )
 
     async def read(self, path: str) -> bytes:
         full = self._full(path)
@@ -329,7 +338,7 @@ class LocalDriver(FsspecDriver):
     ) -> AsyncIterator[bytes]:
         full = self._full(path)
         try:
-            handle = await asyncio.to_thread(open, full, "rb")
+            handle = await self._workers.run(functools.partial(open, full, "rb"))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise PathNotFound(path) from None
         try:
@@ -338,7 +347,7 @@ class LocalDriver(FsspecDriver):
             remaining = length
             while remaining is None or remaining > 0:
                 want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
-                chunk = await asyncio.to_thread(handle.read, want)
+                chunk = await self._workers.run(functools.partial(handle.read, want))
                 if not chunk:
                     break
                 if remaining is not None:
@@ -351,14 +360,14 @@ class LocalDriver(FsspecDriver):
         full = self._full(path)
         if append:
             handle, size = await self._call(_open_append, full)
-            return LocalWriter(handle, size, None, None)
+            return LocalWriter(self._workers, handle, size, None, None)
         temporary = _temporary(full)
 
         def create() -> object:
             os.makedirs(os.path.dirname(full), exist_ok=True)
             return open(temporary, "wb", buffering=0)
 
-        return LocalWriter(await self._call(create), 0, full, temporary)
+        return LocalWriter(self._workers, await self._call(create), 0, full, temporary)
 
     async def stat(self, path: str) -> FileInfo:
         full = self._dir(path)
@@ -400,6 +409,18 @@ class LocalDriver(FsspecDriver):
 
     def local_path(self, path: str) -> str | None:
         return self._full(path)
+
+
+async def _mapped(call: asyncio.Future[T], path: object) -> T:
+    """The outcome of a worker-thread call, with OS errors mapped to the driver's."""
+    try:
+        return await call
+    except FileNotFoundError as exc:
+        raise PathNotFound(str(exc.filename or path)) from None
+    except (PathNotFound, StorageError):
+        raise
+    except OSError as exc:
+        raise StorageError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def open_local(url: str, **options: object) -> LocalDriver:
