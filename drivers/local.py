@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import itertools
 import os
@@ -24,6 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 from registry_core.storage.driver import (
     FileInfo,
     FileWriter,
+    ObjectChanged,
     PathNotFound,
     StorageError,
     WalkFilter,
@@ -98,6 +100,46 @@ def _move(source: str, destination: str) -> None:
         if os.path.exists(source):
             raise
         raise PathNotFound(source) from None  # a parent of the source is an object
+
+
+def _move_exact(source: str, destination: str, size: int) -> None:
+    """``_move``, once *source* is seen to hold *size* bytes under its lock (see _append_to)."""
+    try:
+        descriptor = os.open(source, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        raise PathNotFound(source) from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        held = os.fstat(descriptor).st_size
+        if held != size:
+            raise ObjectChanged(f"{source} holds {held} bytes, not {size}")
+        _move(source, destination)
+    finally:
+        os.close(descriptor)  # and the lock with it
+
+
+def _append_to(handle: Any, path: str, expected: int, parts: list[bytes]) -> None:
+    """Append *parts* to an upload's data, if it is still where and as this writer left it.
+
+    Another process may append to the same upload, or commit (move) it, at the same
+    moment: the lock (flock, shared by every process on this machine) makes this check
+    and write one step against the commit's size check and move (_move_exact), so bytes
+    never land in a file that was moved into the blob tree, nor after someone else's.
+    """
+    descriptor = handle.fileno()
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    try:
+        held = os.fstat(descriptor)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is None or current.st_ino != held.st_ino or held.st_size != expected:
+            raise ObjectChanged(f"{path} changed while this writer appended to it")
+        for part in parts:
+            handle.write(part)
+    finally:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 
 def _remove_folder(path: str) -> None:
@@ -179,6 +221,7 @@ class LocalWriter:
         size: int,
         final: str | None,
         temporary: str | None,
+        path: str | None = None,
     ) -> None:
         self._workers = workers
         self._handle = handle
@@ -187,6 +230,17 @@ class LocalWriter:
         self._temporary = temporary
         self._held: list[bytes] = []
         self._held_bytes = 0
+        self._path = path
+        """Appending: the object's path (its bytes are checked before each write)."""
+        self._stored = size
+        """Bytes in the file once this writer's writes so far are done."""
+
+    def _write(self, parts: list[bytes]) -> None:
+        if self._path is not None:
+            _append_to(self._handle, self._path, self._stored, parts)
+        else:
+            _write_all(self._handle, parts)
+        self._stored += sum(len(part) for part in parts)
 
     @property
     def size(self) -> int:
@@ -203,7 +257,7 @@ class LocalWriter:
             self._held_bytes += size
         else:
             parts, self._held, self._held_bytes = [*self._held, *parts], [], 0
-            await self._workers.run(functools.partial(_write_all, self._handle, parts))
+            await self._workers.run(functools.partial(self._write, parts))
         self._size += size
 
     async def commit(self) -> None:
@@ -211,7 +265,8 @@ class LocalWriter:
 
         def finish() -> None:
             try:
-                _write_all(self._handle, parts)
+                if parts:
+                    self._write(parts)
             finally:
                 self._handle.close()  # type: ignore[attr-defined]
             if self._temporary is not None and self._final is not None:
@@ -224,8 +279,8 @@ class LocalWriter:
 
         def drop() -> None:
             try:
-                if self._temporary is None:  # appended bytes stay, as if written at once
-                    _write_all(self._handle, parts)
+                if self._temporary is None and parts:  # appended bytes stay, as if written
+                    self._write(parts)
             finally:
                 self._handle.close()  # type: ignore[attr-defined]
             if self._temporary is not None:
@@ -360,7 +415,7 @@ class LocalDriver(FsspecDriver):
         full = self._full(path)
         if append:
             handle, size = await self._call(_open_append, full)
-            return LocalWriter(self._workers, handle, size, None, None)
+            return LocalWriter(self._workers, handle, size, None, None, full)
         temporary = _temporary(full)
 
         def create() -> object:
@@ -403,6 +458,10 @@ class LocalDriver(FsspecDriver):
 
     async def move(self, source: str, destination: str) -> None:
         await self._small(_move, self._full(source), self._full(destination))
+
+    async def move_exact(self, source: str, destination: str, size: int) -> None:
+        """``move``, checking in the same step that *source* holds *size* bytes."""
+        await self._small(_move_exact, self._full(source), self._full(destination), size)
 
     async def delete(self, path: str) -> None:
         await self._call(_delete, self._full(path))
