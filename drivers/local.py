@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import itertools
 import os
@@ -24,12 +25,14 @@ from fsspec.implementations.local import LocalFileSystem
 from registry_core.storage.driver import (
     FileInfo,
     FileWriter,
+    ObjectChanged,
     PathNotFound,
     StorageError,
     WalkFilter,
 )
 
 from .fsspec_driver import READ_CHUNK, FsspecDriver
+from .threads import Workers, shared_workers
 
 T = TypeVar("T")
 
@@ -97,6 +100,46 @@ def _move(source: str, destination: str) -> None:
         if os.path.exists(source):
             raise
         raise PathNotFound(source) from None  # a parent of the source is an object
+
+
+def _move_exact(source: str, destination: str, size: int) -> None:
+    """``_move``, once *source* is seen to hold *size* bytes under its lock (see _append_to)."""
+    try:
+        descriptor = os.open(source, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        raise PathNotFound(source) from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        held = os.fstat(descriptor).st_size
+        if held != size:
+            raise ObjectChanged(f"{source} holds {held} bytes, not {size}")
+        _move(source, destination)
+    finally:
+        os.close(descriptor)  # and the lock with it
+
+
+def _append_to(handle: Any, path: str, expected: int, parts: list[bytes]) -> None:
+    """Append *parts* to an upload's data, if it is still where and as this writer left it.
+
+    Another process may append to the same upload, or commit (move) it, at the same
+    moment: the lock (flock, shared by every process on this machine) makes this check
+    and write one step against the commit's size check and move (_move_exact), so bytes
+    never land in a file that was moved into the blob tree, nor after someone else's.
+    """
+    descriptor = handle.fileno()
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    try:
+        held = os.fstat(descriptor)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is None or current.st_ino != held.st_ino or held.st_size != expected:
+            raise ObjectChanged(f"{path} changed while this writer appended to it")
+        for part in parts:
+            handle.write(part)
+    finally:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 
 def _remove_folder(path: str) -> None:
@@ -171,13 +214,33 @@ def _write_all(handle: object, parts: list[bytes]) -> None:
 class LocalWriter:
     """Appends go straight to the file; a new object is a temporary file renamed on commit."""
 
-    def __init__(self, handle: object, size: int, final: str | None, temporary: str | None) -> None:
+    def __init__(
+        self,
+        workers: Workers,
+        handle: object,
+        size: int,
+        final: str | None,
+        temporary: str | None,
+        path: str | None = None,
+    ) -> None:
+        self._workers = workers
         self._handle = handle
         self._size = size
         self._final = final
         self._temporary = temporary
         self._held: list[bytes] = []
         self._held_bytes = 0
+        self._path = path
+        """Appending: the object's path (its bytes are checked before each write)."""
+        self._stored = size
+        """Bytes in the file once this writer's writes so far are done."""
+
+    def _write(self, parts: list[bytes]) -> None:
+        if self._path is not None:
+            _append_to(self._handle, self._path, self._stored, parts)
+        else:
+            _write_all(self._handle, parts)
+        self._stored += sum(len(part) for part in parts)
 
     @property
     def size(self) -> int:
@@ -194,7 +257,7 @@ class LocalWriter:
             self._held_bytes += size
         else:
             parts, self._held, self._held_bytes = [*self._held, *parts], [], 0
-            await asyncio.to_thread(_write_all, self._handle, parts)
+            await self._workers.run(functools.partial(self._write, parts))
         self._size += size
 
     async def commit(self) -> None:
@@ -202,27 +265,28 @@ class LocalWriter:
 
         def finish() -> None:
             try:
-                _write_all(self._handle, parts)
+                if parts:
+                    self._write(parts)
             finally:
                 self._handle.close()  # type: ignore[attr-defined]
             if self._temporary is not None and self._final is not None:
                 os.replace(self._temporary, self._final)
 
-        await asyncio.to_thread(finish)
+        await self._workers.run(finish)
 
     async def cancel(self) -> None:
         parts, self._held, self._held_bytes = self._held, [], 0
 
         def drop() -> None:
             try:
-                if self._temporary is None:  # appended bytes stay, as if written at once
-                    _write_all(self._handle, parts)
+                if self._temporary is None and parts:  # appended bytes stay, as if written
+                    self._write(parts)
             finally:
                 self._handle.close()  # type: ignore[attr-defined]
             if self._temporary is not None:
                 os.unlink(self._temporary)
 
-        await asyncio.to_thread(drop)
+        await self._workers.run(drop)
 
 
 class _Batches:
@@ -236,7 +300,8 @@ class _Batches:
     Results and errors reach each caller as if it had hopped alone.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, workers: Workers) -> None:
+        self._workers = workers
         self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Callable[[], Any], Any]]] = {}
 
     def run(self, func: Callable[[], T]) -> asyncio.Future[T]:
@@ -263,11 +328,8 @@ class _Batches:
                     outcomes.append((False, exc))
             return outcomes
 
-        def deliver(done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
-            try:
-                outcomes = done.result()
-            except BaseException as exc:  # the pool itself failed (shutting down)
-                outcomes = [(False, exc)] * len(batch)
+        def deliver(ok: bool, result: Any) -> None:
+            outcomes = result if ok else [(False, result)] * len(batch)
             for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
                 if future.done():  # its caller was cancelled meanwhile
                     continue
@@ -276,7 +338,7 @@ class _Batches:
                 else:
                     future.set_exception(value)
 
-        loop.run_in_executor(None, run_all).add_done_callback(deliver)
+        self._workers.submit(run_all, deliver)
 
 
 class LocalDriver(FsspecDriver):
@@ -288,18 +350,20 @@ class LocalDriver(FsspecDriver):
         root = os.path.abspath(root)
         os.makedirs(root, exist_ok=True)
         super().__init__(LocalFileSystem(), root, blocking=True)
-        self._batches = _Batches()
+        self._workers = shared_workers()
+        self._batches = _Batches(self._workers)
+
+    async def _call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One blocking call on a worker thread (``drivers.threads``: a light hop)."""
+        return await _mapped(
+            self._workers.run(functools.partial(func, *args, **kwargs)), args[0] if args else ""
+        )
 
     async def _small(self, func: Callable[..., T], *args: Any) -> T:
         """Like ``_call``, for a small operation: batched with others of this loop turn."""
-        try:
-            return await self._batches.run(functools.partial(func, *args))
-        except FileNotFoundError as exc:
-            raise PathNotFound(str(exc.filename or (args[0] if args else ""))) from None
-        except (PathNotFound, StorageError):
-            raise
-        except OSError as exc:
-            raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+        return await _mapped(
+            self._batches.run(functools.partial(func, *args)), args[0] if args else ""
+        )
 
     async def read(self, path: str) -> bytes:
         full = self._full(path)
@@ -329,7 +393,7 @@ class LocalDriver(FsspecDriver):
     ) -> AsyncIterator[bytes]:
         full = self._full(path)
         try:
-            handle = await asyncio.to_thread(open, full, "rb")
+            handle = await self._workers.run(functools.partial(open, full, "rb"))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise PathNotFound(path) from None
         try:
@@ -338,7 +402,7 @@ class LocalDriver(FsspecDriver):
             remaining = length
             while remaining is None or remaining > 0:
                 want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
-                chunk = await asyncio.to_thread(handle.read, want)
+                chunk = await self._workers.run(functools.partial(handle.read, want))
                 if not chunk:
                     break
                 if remaining is not None:
@@ -351,14 +415,14 @@ class LocalDriver(FsspecDriver):
         full = self._full(path)
         if append:
             handle, size = await self._call(_open_append, full)
-            return LocalWriter(handle, size, None, None)
+            return LocalWriter(self._workers, handle, size, None, None, full)
         temporary = _temporary(full)
 
         def create() -> object:
             os.makedirs(os.path.dirname(full), exist_ok=True)
             return open(temporary, "wb", buffering=0)
 
-        return LocalWriter(await self._call(create), 0, full, temporary)
+        return LocalWriter(self._workers, await self._call(create), 0, full, temporary)
 
     async def stat(self, path: str) -> FileInfo:
         full = self._dir(path)
@@ -395,11 +459,27 @@ class LocalDriver(FsspecDriver):
     async def move(self, source: str, destination: str) -> None:
         await self._small(_move, self._full(source), self._full(destination))
 
+    async def move_exact(self, source: str, destination: str, size: int) -> None:
+        """``move``, checking in the same step that *source* holds *size* bytes."""
+        await self._small(_move_exact, self._full(source), self._full(destination), size)
+
     async def delete(self, path: str) -> None:
         await self._call(_delete, self._full(path))
 
     def local_path(self, path: str) -> str | None:
         return self._full(path)
+
+
+async def _mapped(call: asyncio.Future[T], path: object) -> T:
+    """The outcome of a worker-thread call, with OS errors mapped to the driver's."""
+    try:
+        return await call
+    except FileNotFoundError as exc:
+        raise PathNotFound(str(exc.filename or path)) from None
+    except (PathNotFound, StorageError):
+        raise
+    except OSError as exc:
+        raise StorageError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def open_local(url: str, **options: object) -> LocalDriver:

@@ -46,6 +46,7 @@ from registry_core.storage.driver import (
     DriverSettings,
     FileInfo,
     FileWriter,
+    ObjectChanged,
     PathNotFound,
     StorageError,
     WalkFilter,
@@ -694,8 +695,17 @@ class ObjectStoreDriver:
         await self._call("copy", self.store.copy, source, destination)
 
     async def move(self, source: str, destination: str) -> None:
+        await self._move(source, destination, None)
+
+    async def move_exact(self, source: str, destination: str, size: int) -> None:
+        """``move``, once the listing it makes anyway shows *source* holds *size* bytes."""
+        await self._move(source, destination, size)
+
+    async def _move(self, source: str, destination: str, size: int | None) -> None:
         source_key, destination_key = self._key(source), self._key(destination)
         layout = await self._layout(source_key, plain_first=False)
+        if size is not None and layout.exists and layout.size != size:
+            raise ObjectChanged(f"{source} holds {layout.size} bytes, not {size}")
         self._forget_parts(source_key)
         if layout.plain is not None:
             await self._copy(source_key, destination_key, layout.plain.size)

@@ -32,6 +32,7 @@ import pytest
 from registry_core.storage.driver import (
     FileInfo,
     InvalidPath,
+    ObjectChanged,
     PathNotFound,
     StorageDriver,
     check_path,
@@ -97,6 +98,13 @@ async def write_streamed(
     for start in range(0, len(data), step):
         await writer.write(data[start : start + step])
     await writer.commit()
+
+
+def _move_exact_of(driver: StorageDriver) -> Callable[[str, str, int], Awaitable[None]]:
+    move_exact = getattr(driver, "move_exact", None)
+    if move_exact is None:
+        pytest.skip(f"{driver.name} has no move_exact (optional; commits re-read the size)")
+    return move_exact  # type: ignore[no-any-return]
 
 
 async def _move_to_bad(driver: StorageDriver, path: str) -> None:
@@ -560,6 +568,26 @@ class StorageDriverContract:
     ) -> None:
         with pytest.raises(PathNotFound):
             await driver.move("contract/missing", "contract/to")
+
+    # -- move_exact (optional: an upload commit's size check folded into its move) -----
+
+    async def test_move_exact_moves_an_object_of_that_size(self, driver: StorageDriver) -> None:
+        move_exact = _move_exact_of(driver)
+        await write_streamed(driver, "contract/upload", b"first ", append=True)
+        await write_streamed(driver, "contract/upload", b"second", append=True)
+        await move_exact("contract/upload", "contract/blob", 12)
+        assert await read_all(driver, "contract/blob") == b"first second"
+        with pytest.raises(PathNotFound):
+            await driver.stat("contract/upload")
+
+    async def test_move_exact_of_another_size_moves_nothing(self, driver: StorageDriver) -> None:
+        move_exact = _move_exact_of(driver)
+        await write_streamed(driver, "contract/upload", b"first second", append=True)
+        with pytest.raises(ObjectChanged):
+            await move_exact("contract/upload", "contract/blob", 6)
+        assert await read_all(driver, "contract/upload") == b"first second"
+        with pytest.raises(PathNotFound):
+            await driver.stat("contract/blob")
 
     # -- delete -----------------------------------------------------------------------
 

@@ -95,9 +95,14 @@ def error_response(request: web.Request, errors: list[RegistryError], status: in
     headers: dict[str, str] = dict(API_VERSION_HEADER)
     for error in errors:
         headers.update(error.headers)
-    if request.method == "HEAD":
-        return web.Response(status=status, headers=headers)
     body = msgspec.json.encode({"errors": [error.to_dict() for error in errors]})
+    if request.method == "HEAD":
+        # The headers a GET would get, as HTTP asks (and as Distribution answers): without a
+        # Content-Length some clients (aiohttp's) cannot reuse the connection after a HEAD
+        # miss, so every small push paid a new TCP connection on its first request.
+        headers["Content-Type"] = "application/json"
+        headers["Content-Length"] = str(len(body))
+        return web.Response(status=status, headers=headers)
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 

@@ -68,6 +68,10 @@ class RecordingDriver(CountingDriver):
         self._note("move", source)
         await super().move(source, destination)
 
+    async def move_exact(self, source: str, destination: str, size: int) -> None:
+        self._note("move", source)
+        await self.inner.move_exact(source, destination, size)
+
     async def delete(self, path: str) -> None:
         self._note("delete", path)
         await super().delete(path)
@@ -152,7 +156,7 @@ async def test_a_small_blob_push_costs_these_storage_calls(
             "read upload/startedat",  # PUT: the session exists
             "open_writer upload/data",  # PUT: append the body (the writer knows the size)
             "stat blob-data",  # commit: already stored? (GC: a commit stores its own copy)
-            "move upload/data",  # commit: publish the data
+            "move upload/data",  # commit: publish the data (if it holds the bytes hashed)
             "delete upload",  # commit: the session is gone
             "write layer-link",  # commit: link into the repository ...
             "delete upload-marker",  # commit: ... and the session no longer counts
@@ -203,14 +207,15 @@ async def test_a_manifest_put_costs_these_storage_calls(
             "write_if_absent blob-data",  # the manifest's content (create-if-absent) ...
             "write revision-link",  # ... with its revision link, together
             # ... checked again once the revision is visible (GC's set-aside, gc.py), the
-            # manifest's own bytes stored again if GC had set them aside (a no-op otherwise)
+            # manifest's own bytes too (stored again only if GC had set them aside) ...
             *["read layer-link", "stat blob-data"] * 2,
-            "write_if_absent blob-data",
+            "stat blob-data",
+            "read web-tag-pointer",  # ... with the website's index pointer of the tag
             "write tag-index",  # the tag's history ...
-            "write tag-current",  # ... and the tag, together
-            # The website's tag index (date and size sorting without reading manifests):
-            "read web-tag-pointer",  # the tag's previous entry, if any ...
-            "write web-tag-entry",  # ... its new entry (pushed time, size, digest) ...
+            "write tag-current",  # ... and the tag ...
+            # ... with the website's tag index (date and size sorting without reading
+            # manifests), all together: the tag's new entry (pushed time, size, digest) ...
+            "write web-tag-entry",
             "write web-tag-pointer",  # ... and the pointer to it (a new tag: nothing to drop)
         ]
     )

@@ -29,7 +29,15 @@ class CountingDriver:
         return sum(count for name, count in self.counts.items() if name != "walk-entries")
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        found = getattr(self.inner, name)
+        if name == "move_exact":  # an optional ability: counted when the inner driver has it
+
+            async def move_exact(source: str, destination: str, size: int) -> None:
+                self.counts["move"] += 1
+                await found(source, destination, size)
+
+            return move_exact
+        return found
 
     async def read(self, path: str) -> bytes:
         self.counts["read"] += 1

@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..names import RepositoryName
 from . import layout
-from .driver import FileWriter, PathNotFound, StorageDriver, StorageError
+from .driver import FileWriter, ObjectChanged, PathNotFound, StorageDriver, StorageError
 from .policy import RepositoryPolicy, WritePolicy
 
 WRITE_BUFFER = 1 << 20
@@ -413,14 +413,25 @@ class Upload:
                 )
             before = self.size
             try:
-                await _pump(source, writer, hasher)
-            finally:
-                await writer.commit()
-                self.size = writer.size
-                self.size_known = True
-                if hasher.size == self.size:
-                    store._keep_hash_state(self._data, hasher)
-                    self._appended = True
+                try:
+                    await _pump(source, writer, hasher)
+                finally:
+                    await writer.commit()
+            except ObjectChanged:
+                # Another process appended to, or committed, this upload at the same time
+                # (the local driver checks before each write): this request's bytes were
+                # not stored after theirs. The client learns the stored offset and resumes.
+                self.size = await _size_or_zero(self.blobs.driver, self._data)
+                raise RangeInvalid(
+                    "another request changed this upload at the same time; "
+                    f"it holds {self.size} bytes",
+                    headers=_range_headers(self.size),
+                ) from None
+            self.size = writer.size
+            self.size_known = True
+            if hasher.size == self.size:
+                store._keep_hash_state(self._data, hasher)
+                self._appended = True
             return self.size - before
 
     async def write(self, data: bytes) -> None:
@@ -443,11 +454,17 @@ class Upload:
     async def commit(self, digest: Digest, size: int | None = None) -> BlobInfo:
         """Verify and publish the upload as blob *digest*, linked into this repository."""
         store = self._store
+        move_exact = getattr(self.blobs.driver, "move_exact", None)
         async with store.upload_lock(self._data):
             # Just appended by this request: the hash state kept at that size proves no
-            # other append of this process came between, so the stored size need not be
-            # read again (a re-read could not stop another process appending anyway).
-            hasher = store._take_hash_state(self._data, self.size) if self._appended else None
+            # other append of this process came between, and a driver that checks the
+            # size in the move itself (move_exact) catches one by another process: the
+            # stored size need not be read again. Other drivers read it, as before.
+            hasher = (
+                store._take_hash_state(self._data, self.size)
+                if self._appended and move_exact is not None
+                else None
+            )
             if hasher is None:
                 self.size = await _size_or_zero(self.blobs.driver, self._data)
                 hasher = store._take_hash_state(self._data, self.size)
@@ -469,6 +486,17 @@ class Upload:
                 pass
             elif self.size == 0:
                 await self.blobs.driver.write_if_absent(layout.blob_data(digest), b"")
+            elif move_exact is not None:
+                try:
+                    await move_exact(self._data, layout.blob_data(digest), self.size)
+                except ObjectChanged:
+                    # Another process appended meanwhile: the stored bytes are not the
+                    # ones hashed. Nothing was published; the session stays as it is.
+                    raise DigestInvalid(
+                        "another request appended to this upload at the same time; its "
+                        "bytes no longer match the digest",
+                        detail={"expected": str(digest)},
+                    ) from None
             else:
                 await self.blobs.driver.move(self._data, layout.blob_data(digest))
             try:

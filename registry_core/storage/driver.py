@@ -17,7 +17,10 @@ Contract notes that matter to callers:
   backend does not have them. They are discovered, never assumed. So is
   ``delete_many(paths)`` (objects only, batched: S3 takes 1000 keys a request),
   which bulk deleters such as GC use when present and replace by single deletes
-  when not.
+  when not. And ``move_exact(source, destination, size)``: ``move`` that first checks,
+  in the same operation, that *source* holds exactly *size* bytes, raising
+  :class:`ObjectChanged` (nothing moved) when another writer appended meanwhile;
+  an upload commit uses it instead of re-reading the size before its move.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class PathNotFound(StorageError):
         self.path = path
 
 
+class ObjectChanged(StorageError):
+    """The object is not as the caller last saw it: another writer changed it meanwhile."""
+
+
 class InvalidPath(StorageError, ValueError):
     """A path that breaks the driver path rules."""
 
@@ -50,7 +57,10 @@ _PATH = re.compile(r"^[A-Za-z0-9._:@+=,-]+(?:/[A-Za-z0-9._:@+=,-]+)*$")
 
 def check_path(path: str) -> str:
     """Return *path* if it obeys the driver path rules, else raise InvalidPath."""
-    if not _PATH.fullmatch(path) or any(part in (".", "..") for part in path.split("/")):
+    # A "." or ".." part shows as "/./" or "/../" once the path is framed by slashes
+    # (string search: this runs on every storage call).
+    framed = f"/{path}/"
+    if not _PATH.fullmatch(path) or "/./" in framed or "/../" in framed:
         raise InvalidPath(f"invalid storage path: {path!r}")
     return path
 

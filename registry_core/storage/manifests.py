@@ -174,12 +174,26 @@ class ManifestStore:
         # and keeps (and re-links) what it references: no tag can name missing content,
         # however long this request took. The manifest's own bytes are such a blob too:
         # stored again if they were set aside (create-if-absent: otherwise a no-op).
+        # A stat answers that as well as a create-if-absent and costs no file: the bytes
+        # are written again only when they are gone. The tag's index pointer is read in
+        # the same hop (the index entry it names is replaced below).
+        previous_entry = (
+            self.tag_index.pointer(tag)
+            if tag is not None and not is_attachment_tag(tag)
+            else _none()
+        )
         try:
             if check_references:
-                await asyncio.gather(
-                    self._check_references(parsed), self.store.put_small(body, parsed.digest)
+                _, present, previous = await asyncio.gather(
+                    self._check_references(parsed),
+                    self.store.exists(parsed.digest),
+                    previous_entry,
                 )
             else:  # the pull-through cache fetches the blobs when first asked for
+                present, previous = await asyncio.gather(
+                    self.store.exists(parsed.digest), previous_entry
+                )
+            if not present:
                 await self.store.put_small(body, parsed.digest)
         except ManifestBlobUnknown:
             with contextlib.suppress(PathNotFound):
@@ -202,7 +216,7 @@ class ManifestStore:
                 msgspec.json.encode(record),
             )
         if tag is not None:
-            await self._write_tag(tag, parsed.digest)
+            await self._write_tag(tag, parsed.digest, previous)
             if rules is not None:
                 await rules.tag_changed(tag, current, parsed.digest)
         if self.on_stored is not None and parsed.subject is None:
@@ -267,18 +281,16 @@ class ManifestStore:
         if self.policy is not None:
             await self.policy.pulled(self.name, digest)
 
-    async def _write_tag(self, tag: str, digest: Digest) -> None:
-        link = str(digest).encode()
-        await asyncio.gather(
-            self.driver.write(layout.tag_index_link(self.name, tag, digest), link),
-            self.driver.write(layout.tag_current_link(self.name, tag), link),
-        )
-        self.links.put(self._key, tag, digest)
-        if not is_attachment_tag(tag):  # never listed by tag (DESIGN, "Attachments")
-            await self._index_tag(tag, digest)
+    async def _write_tag(
+        self, tag: str, digest: Digest, previous: str | bool | None = False
+    ) -> None:
+        """Point *tag* at *digest*, with the tag index (push time, total size) in step.
 
-    async def _index_tag(self, tag: str, digest: Digest) -> None:
-        """Keep the tag index (push time, total size) in step with the tag just written."""
+        The tag's two links and its index entry and pointer are written together (one hop
+        on the local driver): the index never decides what a tag names, and a failure
+        between them leaves it out of step as a crash always could (readers cope).
+        *previous* is the index pointer read beforehand (False: not read yet).
+        """
 
         async def load(child: Digest) -> tuple[str, bytes]:
             if not await self._has_revision(child):
@@ -286,9 +298,26 @@ class ManifestStore:
             stored = await self.get_by_digest(child)
             return stored.media_type, stored.body
 
+        link = str(digest).encode()
+        if is_attachment_tag(tag):  # never listed by tag (DESIGN, "Attachments")
+            await asyncio.gather(
+                self.driver.write(layout.tag_index_link(self.name, tag, digest), link),
+                self.driver.write(layout.tag_current_link(self.name, tag), link),
+            )
+            self.links.put(self._key, tag, digest)
+            return
+        if previous is False:
+            previous = await self.tag_index.pointer(tag)
         stored = await self.get_by_digest(digest)
         size = await total_size(digest, stored.media_type, stored.body, load)
-        await self.tag_index.record(tag, digest, size)
+        entry = self.tag_index.entry_for(tag, digest, size)
+        await asyncio.gather(
+            self.driver.write(layout.tag_index_link(self.name, tag, digest), link),
+            self.driver.write(layout.tag_current_link(self.name, tag), link),
+            self.tag_index.record_entry(tag, entry),
+        )
+        self.links.put(self._key, tag, digest)
+        await self.tag_index.drop_replaced(entry, previous if isinstance(previous, str) else None)
 
     async def delete(self, reference: str) -> None:
         """By digest: the revision, its tags and its referrer entry. By tag: only the tag."""
@@ -427,6 +456,10 @@ class ManifestStore:
                 continue
             records.append(msgspec.to_builtins(record))
         return records
+
+
+async def _none() -> None:
+    return None
 
 
 async def _read_or_none(driver: StorageDriver, path: str) -> bytes | None:

@@ -16,6 +16,7 @@ what a tag points at (the tag link does) and never reads manifests to list.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -96,33 +97,49 @@ class TagIndex:
         self.driver = driver
         self.name = name
 
-    async def _pointer(self, tag: str) -> str | None:
+    async def pointer(self, tag: str) -> str | None:
+        """The name of the tag's current entry (None: the tag has none)."""
         try:
             return (await self.driver.read(layout.tag_index_pointer(self.name, tag))).decode()
         except PathNotFound:
             return None
 
-    async def record(
-        self, tag: str, digest: Digest, size: int, pushed: float | None = None
-    ) -> None:
-        """*tag* was just written and now names *digest*, content of *size* bytes in all."""
-        entry = _entry_name(tag, time.time() if pushed is None else pushed, size, digest)
-        previous = await self._pointer(tag)
-        await self.driver.write(layout.tag_index_entry(self.name, entry), b"")
-        await self.driver.write(layout.tag_index_pointer(self.name, tag), entry.encode())
+    @staticmethod
+    def entry_for(tag: str, digest: Digest, size: int, pushed: float | None = None) -> str:
+        """The entry name recording that *tag* names *digest* (*size* bytes in all)."""
+        return _entry_name(tag, time.time() if pushed is None else pushed, size, digest)
+
+    async def record_entry(self, tag: str, entry: str) -> None:
+        """Write *entry* and the tag's pointer to it, together (independent objects)."""
+        await asyncio.gather(
+            self.driver.write(layout.tag_index_entry(self.name, entry), b""),
+            self.driver.write(layout.tag_index_pointer(self.name, tag), entry.encode()),
+        )
+
+    async def drop_replaced(self, entry: str, previous: str | None) -> None:
+        """Remove the entry *previous* once *entry* replaced it."""
         if previous is not None and previous != entry:
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.tag_index_entry(self.name, previous))
 
+    async def record(
+        self, tag: str, digest: Digest, size: int, pushed: float | None = None
+    ) -> None:
+        """*tag* was just written and now names *digest*, content of *size* bytes in all."""
+        entry = self.entry_for(tag, digest, size, pushed)
+        previous = await self.pointer(tag)
+        await self.record_entry(tag, entry)
+        await self.drop_replaced(entry, previous)
+
     async def entry(self, tag: str) -> IndexedTag | None:
         """What the index knows of one tag, from its pointer (one small read, no listing)."""
-        pointer = await self._pointer(tag)
+        pointer = await self.pointer(tag)
         parsed = _parse_entry(pointer) if pointer is not None else None
         return parsed if parsed is not None and parsed.name == tag else None
 
     async def forget(self, tag: str) -> None:
         """*tag* was deleted."""
-        entry = await self._pointer(tag)
+        entry = await self.pointer(tag)
         if entry is None:
             return
         with contextlib.suppress(PathNotFound):

@@ -133,6 +133,20 @@ async def _serve_until_signalled(
         await runner.cleanup()
 
 
+def _lighter_log_records() -> None:
+    """Skip the caller, thread and process lookups of every log record.
+
+    The server logs ``%(message)s`` only (every access-log line is built by
+    ``AccessLogger``), so these fields are never shown; gathering them (a stack walk
+    for the caller) was about 4% of a small push's CPU in a profile. The switches are the
+    ones Python's logging HOWTO lists under "Optimization".
+    """
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def serve(args: argparse.Namespace) -> int:
     overrides: dict[str, dict[str, Any]] = {}
     if args.listen:
@@ -156,6 +170,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"cargohold: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    _lighter_log_records()
     from ..app import build_app
     from ..proxying import check_proxy_settings
 

@@ -1,0 +1,106 @@
+"""The worker threads the local driver's blocking calls run on: a lighter hop than ``to_thread``.
+
+``asyncio.to_thread`` goes through ``ThreadPoolExecutor.submit`` (a lock, a
+``concurrent.futures.Future`` with its own Condition, an idle-thread semaphore) and
+``wrap_future`` (a second future, copied across by two callbacks). For the tiny file
+operations of a push that machinery costs more CPU than the syscalls: about 33 µs per
+sequential hop on this project's benchmark machine against 19 µs here, and 18 µs against
+5 µs when eight callers hop at once. Here a call is one tuple on a ``SimpleQueue`` and
+one ``call_soon_threadsafe`` back. Each process (a forked worker too) starts its own
+threads on first use. This module runs callables; it knows nothing of files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_THREADS = min(32, (os.cpu_count() or 1) + 4)
+"""As many threads as asyncio's default executor would start."""
+
+Delivery = Callable[[bool, Any], None]
+"""Called on the event loop with (True, result) or (False, exception)."""
+
+
+class Workers:
+    """A fixed set of daemon threads taking (loop, callable, delivery) from one queue.
+
+    Daemon threads: a call still running when the process exits is cut off as by a
+    crash, which every storage write is built to survive (temporary file, then rename);
+    a graceful stop first waits for the requests that await them.
+    """
+
+    def __init__(self, count: int = DEFAULT_THREADS) -> None:
+        self.count = count
+        self._queue: queue.SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, Callable[[], Any], Delivery]
+        ]
+        self._queue = queue.SimpleQueue()
+        self._started = 0
+        self._lock = threading.Lock()
+        # A forked child (a `--workers` process) has none of the parent's threads.
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self._queue = queue.SimpleQueue()
+        self._started = 0
+        self._lock = threading.Lock()
+
+    def _ensure_threads(self) -> None:
+        with self._lock:
+            while self._started < self.count:
+                thread = threading.Thread(
+                    target=self._work, args=(self._queue,), name="cargohold-fs", daemon=True
+                )
+                thread.start()
+                self._started += 1
+
+    @staticmethod
+    def _work(
+        jobs: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, Callable[[], Any], Delivery]],
+    ) -> None:
+        while True:
+            loop, func, deliver = jobs.get()
+            try:
+                outcome: tuple[bool, Any] = (True, func())
+            except BaseException as exc:  # delivered to the caller, as to_thread would
+                outcome = (False, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+                loop.call_soon_threadsafe(deliver, *outcome)
+            del loop, func, deliver, outcome
+
+    def submit(self, func: Callable[[], Any], deliver: Delivery) -> None:
+        """Run *func* on a worker thread; *deliver* gets its outcome on the calling loop."""
+        if self._started < self.count:
+            self._ensure_threads()
+        self._queue.put((asyncio.get_running_loop(), func, deliver))
+
+    def run(self, func: Callable[[], T]) -> asyncio.Future[T]:
+        """*func* on a worker thread, as a future of the calling loop."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def deliver(ok: bool, value: Any) -> None:
+            if future.done():  # its caller was cancelled meanwhile
+                return
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+        self.submit(func, deliver)
+        return future
+
+
+_SHARED = Workers()
+
+
+def shared_workers() -> Workers:
+    """The process's one set of worker threads (every local driver of the process uses it)."""
+    return _SHARED

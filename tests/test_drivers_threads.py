@@ -1,0 +1,71 @@
+"""The local driver's worker threads (drivers/threads.py): outcomes reach the right caller."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from drivers.threads import Workers
+
+
+async def test_a_call_runs_off_the_loop_and_returns_its_result() -> None:
+    workers = Workers(2)
+    loop_thread = threading.get_ident()
+    assert await workers.run(threading.get_ident) != loop_thread
+    assert await workers.run(lambda: 41 + 1) == 42
+
+
+async def test_an_exception_reaches_the_caller() -> None:
+    workers = Workers(1)
+
+    def fail() -> None:
+        raise FileNotFoundError(2, "gone", "/x")
+
+    with pytest.raises(FileNotFoundError):
+        await workers.run(fail)
+
+
+async def test_a_cancelled_caller_does_not_break_the_workers() -> None:
+    workers = Workers(1)
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(5)
+        return "late"
+
+    call = asyncio.ensure_future(workers.run(slow))
+    await asyncio.to_thread(started.wait, 5)
+    call.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert await workers.run(lambda: "next") == "next"
+
+
+async def test_many_concurrent_calls_each_get_their_own_outcome() -> None:
+    workers = Workers(4)
+    results = await asyncio.gather(*(workers.run(lambda i=i: i * i) for i in range(200)))
+    assert results == [i * i for i in range(200)]
+
+
+def test_a_forked_child_starts_its_own_threads() -> None:
+    workers = Workers(2)
+    assert asyncio.run(_square(workers, 3)) == 9  # threads exist in the parent now
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's threads are not here
+        try:
+            ok = asyncio.run(asyncio.wait_for(_square(workers, 4), 5)) == 16
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def _square(workers: Workers, n: int) -> int:
+    return await workers.run(lambda: n * n)
