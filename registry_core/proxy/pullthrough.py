@@ -447,8 +447,10 @@ class PullThrough:
             return ProxiedBlob(flight.size, flight.read(), flight.upstream.name)
         failures: list[tuple[Upstream, UpstreamFailure]] = []
         for upstream in upstreams:
-            if upstream.cache and await self._link_if_known(repo, digest, upstream):
-                return None
+            # A blob stored already for another repository is fetched again all the same:
+            # only its bytes prove that this upstream holds it (a HEAD costs an upstream
+            # nothing to claim), and linking on a claim would give this repository any
+            # blob whose digest its admins know. The commit stores no second copy.
             flight_key = (repo.name.value, str(digest))
             if upstream.cache:
                 flight = self._blob_flights.get(flight_key)
@@ -495,25 +497,6 @@ class PullThrough:
             flight.ready.set_exception(error)
             flight.ready.exception()  # retrieved: waiters re-raise it themselves
         flight.done.set()
-
-    async def _link_if_known(self, repo: Repository, digest: Digest, upstream: Upstream) -> bool:
-        """Stored already (another repository fetched it): link it once the upstream says so.
-
-        The HEAD proves this repository's upstream holds the blob, so linking
-        grants nothing the tenant could not fetch anyway.
-        """
-        if not await self.registry.blob_store.exists(digest):
-            return False
-        try:
-            response = await self._remote(repo.name, upstream).blob(digest, "HEAD")
-        except UpstreamFailure:
-            return False
-        if response is None:
-            return False
-        await response.release()
-        await repo.blobs.link(digest)
-        self.observer.hit(upstream.name)
-        return True
 
     async def _head_blob(
         self,

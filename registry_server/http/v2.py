@@ -379,7 +379,7 @@ class V2Routes:
                 return web.Response(headers=_proxied_headers(digest, proxied))
             if proxied is not None:
                 return await _stream_proxied(request, digest, proxied)
-            info = await repo.blobs.stat(digest)  # linked meanwhile (known from elsewhere)
+            info = await repo.blobs.stat(digest)  # committed meanwhile by another request
         headers = {
             "Docker-Content-Digest": str(digest),
             "Content-Type": "application/octet-stream",
