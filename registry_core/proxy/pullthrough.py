@@ -425,16 +425,25 @@ class PullThrough:
     # -- blobs ----------------------------------------------------------------------------------
 
     async def blob(
-        self, repo: Repository, digest: Digest, ns: str | None = None, *, head: bool = False
+        self,
+        repo: Repository,
+        digest: Digest,
+        ns: str | None = None,
+        *,
+        head: bool = False,
+        local_checked: bool = False,
     ) -> ProxiedBlob | int | None:
         """None: the blob is local (serve it as usual). For HEAD: its size at the upstream.
 
         Otherwise the blob streamed from the first upstream that has it.
+        ``local_checked``: the caller has just found the blob missing here, so storage is
+        not asked again before the upstream (a storage round trip less before the first
+        byte; a blob committed in between is fetched once more and stored once).
         """
         upstreams = await self.candidates(repo.name, ns)
         if not upstreams:  # the local miss stands, without asking storage again
             raise BlobUnknown(detail={"digest": str(digest)})
-        if await repo.blobs.exists(digest):
+        if not local_checked and await repo.blobs.exists(digest):
             return None  # local content (or BLOB_UNKNOWN) is the usual path's answer
         key = (repo.name.value, str(digest), *(u.name for u in upstreams))
         if self._negative_hit(key):

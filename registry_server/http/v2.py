@@ -374,7 +374,9 @@ class V2Routes:
                 raise
             # Only a local miss asks the upstreams: cached blobs cost what local ones do.
             head = request.method == "HEAD"
-            proxied = await self.proxy.blob(repo, digest, _namespace(request), head=head)
+            proxied = await self.proxy.blob(
+                repo, digest, _namespace(request), head=head, local_checked=True
+            )
             if isinstance(proxied, int):
                 return web.Response(headers=_proxied_headers(digest, proxied))
             if proxied is not None:
