@@ -79,8 +79,9 @@ class ProxyPull(Workload):
     description = (
         "skopeo pulls through each server from one upstream Distribution: a cold 5-layer "
         "image (never pulled before), a warm one (cached during setup), and on Cargohold the "
-        "same image pushed locally; time to first byte of a cold big blob, through the "
-        "server and straight from the upstream."
+        "same image pushed locally; skopeo copying the warm image from one layout on disk to "
+        "another (no server: the client's own share of a pull); time to first byte of a cold "
+        "big blob, through the server and straight from the upstream."
     )
     metrics = (
         Metric("cold_s", "cold pull (5 layers)", "s", False, digits=2),
