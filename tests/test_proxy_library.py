@@ -467,3 +467,20 @@ async def test_a_blob_stored_for_another_repository_is_fetched_again_and_then_li
         assert await drain(blob.chunks) == data
         assert upstream.count("GET", "/blobs/") == 1
         assert await repo.blobs.exists(digest)
+
+
+async def test_a_request_that_missed_a_blob_just_before_its_commit_does_not_fetch_it_again(
+    upstream,
+):
+    data = b"committed a moment ago " * 1000
+    digest = Digest.parse(sha256_digest(data))
+    upstream.blobs[str(digest)] = data
+    async with pull_through(spec(upstream)) as proxy:
+        repo = proxy.registry.repository(REPO)
+        assert await drain((await proxy.blob(repo, digest)).chunks) == data
+
+        # As the server asks: it found the blob missing (before the commit), no re-check.
+        again = await proxy.blob(repo, digest, local_checked=True)
+
+        assert again is None  # served from storage
+        assert upstream.count("GET", "/blobs/") == 1

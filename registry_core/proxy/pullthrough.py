@@ -51,6 +51,11 @@ fetch before it is switched to reading storage: the memory one reader can hold."
 STORAGE_QUEUE = 8
 """Pieces read from an upstream that may wait for storage (bounds memory per fetch)."""
 _MAX_NEGATIVE = 10_000
+_MAX_COMMITTED = 10_000
+_COMMITTED_MEMORY = 5.0
+"""Seconds a fetch's commit is remembered: longer than a request takes from its local
+miss to the cache, short enough that a blob deleted meanwhile is soon fetched again (until
+then its GET is the local BLOB_UNKNOWN)."""
 _MAX_ORIGINS = 100_000
 
 
@@ -191,6 +196,10 @@ class PullThrough:
         self._manifest_flights: dict[tuple[str, ...], asyncio.Future[StoredManifest]] = {}
         self._blob_flights: dict[tuple[str, str], BlobFlight] = {}
         self._origins: dict[tuple[str, str], tuple[float, TagOrigin | None]] = {}
+        self._committed: dict[tuple[str, str], float] = {}
+        """Blobs a fetch of this process committed lately (monotonic time): a request that
+        missed them locally just before the commit is served from storage, not fetched
+        again, without asking storage a second time."""
         self.upstream_fetches = 0
         """Upstream blob GETs this process started (tests and metrics)."""
 
@@ -454,6 +463,8 @@ class PullThrough:
         if flight is not None:
             await asyncio.shield(flight.ready)
             return ProxiedBlob(flight.size, flight.read(), flight.upstream.name)
+        if self._recently_committed((repo.name.value, str(digest))):
+            return None
         failures: list[tuple[Upstream, UpstreamFailure]] = []
         for upstream in upstreams:
             # A blob stored already for another repository is fetched again all the same:
@@ -497,6 +508,20 @@ class PullThrough:
             raise client_error(*failures[0])
         self._remember_missing(key)
         raise BlobUnknown(detail={"digest": str(digest)})
+
+    def _recently_committed(self, key: tuple[str, str]) -> bool:
+        at = self._committed.get(key)
+        return at is not None and time.monotonic() - at < _COMMITTED_MEMORY
+
+    def _remember_committed(self, key: tuple[str, str]) -> None:
+        now = time.monotonic()
+        if len(self._committed) >= _MAX_COMMITTED:
+            self._committed = {
+                k: at for k, at in self._committed.items() if now - at < _COMMITTED_MEMORY
+            }
+            if len(self._committed) >= _MAX_COMMITTED:
+                self._committed.clear()
+        self._committed[key] = now
 
     def _end_flight(self, key: tuple[str, str], flight: BlobFlight, error: BaseException) -> None:
         if self._blob_flights.get(key) is flight:
@@ -588,6 +613,7 @@ class PullThrough:
                         f"upstream {upstream.name}: blob does not match its digest",
                     ) from None
             self.observer.fetched(upstream.name, received)
+            self._remember_committed(key)
         except UpstreamFailure as failure:
             self._failed(upstream, failure)
             error = client_error(upstream, failure)
