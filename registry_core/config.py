@@ -285,6 +285,9 @@ class UpstreamsConfig(_Section):
     """Seconds to connect to an upstream, and between two reads of its answer."""
     negative_ttl: float = 30.0
     """Seconds an upstream 404 is remembered (per process)."""
+    ca_file: str | None = None
+    """A PEM bundle of CAs trusted for upstream TLS besides the system's (a company
+    registry with its own CA)."""
     registries: list[UpstreamRegistryConfig] = msgspec.field(default_factory=list)
 
     def networks(self) -> list[str]:

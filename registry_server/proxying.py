@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
@@ -129,7 +130,12 @@ def build_pull_through(
     config: Config, registry: Registry, box: SecretBox | None, metrics: CollectorRegistry
 ) -> PullThrough:
     upstreams = UpstreamStore(SettingsStore(registry.driver, config.auth.cache_ttl), box)
-    client = AiohttpUpstreamClient(network_policy(config), config.upstreams.timeout)
+    try:
+        client = AiohttpUpstreamClient.from_settings(
+            network_policy(config), config.upstreams.timeout, config.upstreams.ca_file
+        )
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"upstreams: {exc}") from None
     return PullThrough(
         registry,
         upstreams,

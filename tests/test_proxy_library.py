@@ -429,3 +429,58 @@ async def test_a_cached_tag_records_which_upstream_it_came_from(upstream):
         raw = await proxy.registry.driver.read(layout.proxy_tag_origin(repo.name, "1.0"))
 
     assert b'"upstream":"hub"' in raw
+
+
+async def _store_elsewhere(proxy, name: str, data: bytes) -> Digest:
+    """Commit *data* into repository *name* (another tenant's, say) as a push would."""
+    digest = Digest.parse(sha256_digest(data))
+    async with proxy.registry.repository(name).blobs.upload() as upload:
+        await upload.write(data)
+        await upload.commit(digest)
+    return digest
+
+
+async def test_a_blob_stored_for_another_tenant_is_not_linked_on_an_upstream_s_claim(upstream):
+    secret = b"another tenant's private layer " * 100
+    async with pull_through(spec(upstream)) as proxy:
+        digest = await _store_elsewhere(proxy, "victim/private/app", secret)
+        # The upstream (its URL is a tenant's choice) claims the digest but cannot serve it.
+        upstream.blobs[str(digest)] = b"x" * len(secret)
+        repo = proxy.registry.repository(REPO)
+
+        blob = await proxy.blob(repo, digest)
+        with pytest.raises(RegistryError):
+            await drain(blob.chunks)
+
+        assert not await repo.blobs.exists(digest)
+
+
+async def test_a_blob_stored_for_another_repository_is_fetched_again_and_then_linked(upstream):
+    data = b"a shared base layer " * 1000
+    async with pull_through(spec(upstream)) as proxy:
+        digest = await _store_elsewhere(proxy, "other/registry/base", data)
+        upstream.blobs[str(digest)] = data
+        repo = proxy.registry.repository(REPO)
+
+        blob = await proxy.blob(repo, digest)
+
+        assert await drain(blob.chunks) == data
+        assert upstream.count("GET", "/blobs/") == 1
+        assert await repo.blobs.exists(digest)
+
+
+async def test_a_request_that_missed_a_blob_just_before_its_commit_does_not_fetch_it_again(
+    upstream,
+):
+    data = b"committed a moment ago " * 1000
+    digest = Digest.parse(sha256_digest(data))
+    upstream.blobs[str(digest)] = data
+    async with pull_through(spec(upstream)) as proxy:
+        repo = proxy.registry.repository(REPO)
+        assert await drain((await proxy.blob(repo, digest)).chunks) == data
+
+        # As the server asks: it found the blob missing (before the commit), no re-check.
+        again = await proxy.blob(repo, digest, local_checked=True)
+
+        assert again is None  # served from storage
+        assert upstream.count("GET", "/blobs/") == 1

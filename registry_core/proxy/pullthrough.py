@@ -51,6 +51,11 @@ fetch before it is switched to reading storage: the memory one reader can hold."
 STORAGE_QUEUE = 8
 """Pieces read from an upstream that may wait for storage (bounds memory per fetch)."""
 _MAX_NEGATIVE = 10_000
+_MAX_COMMITTED = 10_000
+_COMMITTED_MEMORY = 5.0
+"""Seconds a fetch's commit is remembered: longer than a request takes from its local
+miss to the cache, short enough that a blob deleted meanwhile is soon fetched again (until
+then its GET is the local BLOB_UNKNOWN)."""
 _MAX_ORIGINS = 100_000
 
 
@@ -191,6 +196,10 @@ class PullThrough:
         self._manifest_flights: dict[tuple[str, ...], asyncio.Future[StoredManifest]] = {}
         self._blob_flights: dict[tuple[str, str], BlobFlight] = {}
         self._origins: dict[tuple[str, str], tuple[float, TagOrigin | None]] = {}
+        self._committed: dict[tuple[str, str], float] = {}
+        """Blobs a fetch of this process committed lately (monotonic time): a request that
+        missed them locally just before the commit is served from storage, not fetched
+        again, without asking storage a second time."""
         self.upstream_fetches = 0
         """Upstream blob GETs this process started (tests and metrics)."""
 
@@ -425,16 +434,25 @@ class PullThrough:
     # -- blobs ----------------------------------------------------------------------------------
 
     async def blob(
-        self, repo: Repository, digest: Digest, ns: str | None = None, *, head: bool = False
+        self,
+        repo: Repository,
+        digest: Digest,
+        ns: str | None = None,
+        *,
+        head: bool = False,
+        local_checked: bool = False,
     ) -> ProxiedBlob | int | None:
         """None: the blob is local (serve it as usual). For HEAD: its size at the upstream.
 
         Otherwise the blob streamed from the first upstream that has it.
+        ``local_checked``: the caller has just found the blob missing here, so storage is
+        not asked again before the upstream (a storage round trip less before the first
+        byte; a blob committed in between is fetched once more and stored once).
         """
         upstreams = await self.candidates(repo.name, ns)
         if not upstreams:  # the local miss stands, without asking storage again
             raise BlobUnknown(detail={"digest": str(digest)})
-        if await repo.blobs.exists(digest):
+        if not local_checked and await repo.blobs.exists(digest):
             return None  # local content (or BLOB_UNKNOWN) is the usual path's answer
         key = (repo.name.value, str(digest), *(u.name for u in upstreams))
         if self._negative_hit(key):
@@ -445,10 +463,14 @@ class PullThrough:
         if flight is not None:
             await asyncio.shield(flight.ready)
             return ProxiedBlob(flight.size, flight.read(), flight.upstream.name)
+        if self._recently_committed((repo.name.value, str(digest))):
+            return None
         failures: list[tuple[Upstream, UpstreamFailure]] = []
         for upstream in upstreams:
-            if upstream.cache and await self._link_if_known(repo, digest, upstream):
-                return None
+            # A blob stored already for another repository is fetched again all the same:
+            # only its bytes prove that this upstream holds it (a HEAD costs an upstream
+            # nothing to claim), and linking on a claim would give this repository any
+            # blob whose digest its admins know. The commit stores no second copy.
             flight_key = (repo.name.value, str(digest))
             if upstream.cache:
                 flight = self._blob_flights.get(flight_key)
@@ -487,6 +509,20 @@ class PullThrough:
         self._remember_missing(key)
         raise BlobUnknown(detail={"digest": str(digest)})
 
+    def _recently_committed(self, key: tuple[str, str]) -> bool:
+        at = self._committed.get(key)
+        return at is not None and time.monotonic() - at < _COMMITTED_MEMORY
+
+    def _remember_committed(self, key: tuple[str, str]) -> None:
+        now = time.monotonic()
+        if len(self._committed) >= _MAX_COMMITTED:
+            self._committed = {
+                k: at for k, at in self._committed.items() if now - at < _COMMITTED_MEMORY
+            }
+            if len(self._committed) >= _MAX_COMMITTED:
+                self._committed.clear()
+        self._committed[key] = now
+
     def _end_flight(self, key: tuple[str, str], flight: BlobFlight, error: BaseException) -> None:
         if self._blob_flights.get(key) is flight:
             del self._blob_flights[key]
@@ -495,25 +531,6 @@ class PullThrough:
             flight.ready.set_exception(error)
             flight.ready.exception()  # retrieved: waiters re-raise it themselves
         flight.done.set()
-
-    async def _link_if_known(self, repo: Repository, digest: Digest, upstream: Upstream) -> bool:
-        """Stored already (another repository fetched it): link it once the upstream says so.
-
-        The HEAD proves this repository's upstream holds the blob, so linking
-        grants nothing the tenant could not fetch anyway.
-        """
-        if not await self.registry.blob_store.exists(digest):
-            return False
-        try:
-            response = await self._remote(repo.name, upstream).blob(digest, "HEAD")
-        except UpstreamFailure:
-            return False
-        if response is None:
-            return False
-        await response.release()
-        await repo.blobs.link(digest)
-        self.observer.hit(upstream.name)
-        return True
 
     async def _head_blob(
         self,
@@ -596,6 +613,7 @@ class PullThrough:
                         f"upstream {upstream.name}: blob does not match its digest",
                     ) from None
             self.observer.fetched(upstream.name, received)
+            self._remember_committed(key)
         except UpstreamFailure as failure:
             self._failed(upstream, failure)
             error = client_error(upstream, failure)

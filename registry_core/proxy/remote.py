@@ -154,7 +154,7 @@ class RemoteRepository:
         sent = dict(headers or {})
         auth = self.tokens.cached(self.base, self.credentials, self.scope)
         if auth is None:
-            challenge = await self.tokens.challenge(self.base)
+            challenge = self.tokens.known_challenge(self.base)
             if challenge:
                 auth = await self.tokens.answer(
                     self.base,
@@ -170,6 +170,7 @@ class RemoteRepository:
         if response.status == 401:
             challenge = response.headers.get("WWW-Authenticate", "")
             await response.release()
+            self.tokens.learn(self.base, challenge)
             self.tokens.forget(self.base, self.credentials, self.scope)
             auth = await self.tokens.answer(
                 self.base, challenge, self.scope, self.credentials, self.upstream.name
@@ -184,6 +185,8 @@ class RemoteRepository:
             response = await self.client.request(method, url, sent, stream=stream)
         status = response.status
         if status < 400 or status == 404:
+            if not auth:
+                self.tokens.learn(self.base, "")  # it asks for nothing (for this scope)
             return response
         retry = _retry_after(response.headers.get("Retry-After"), time.time())
         await response.release()

@@ -10,7 +10,6 @@ round trip). Never logs a token, a password or an Authorization header.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import re
@@ -72,35 +71,26 @@ class TokenFlow:
         self.clock = clock
         self._cache: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._challenges: dict[str, tuple[str, float]] = {}
-        self._pings: dict[str, asyncio.Future[str]] = {}
         self.tokens_fetched = 0
 
-    async def challenge(self, base: str) -> str:
-        """What ``GET /v2/`` of *base* asks for (``""``: nothing), asked once per hour.
+    def known_challenge(self, base: str) -> str | None:
+        """What *base* last asked for (``""``: nothing), or None when not known (or old).
 
-        Real clients ping first, too: the request that matters then goes out
-        with its credentials at once instead of after a 401 round trip.
+        Learnt from real answers (:meth:`learn`), never from a ``/v2/`` ping: a ping
+        costs a round trip before the first request, while the request itself answers
+        the same question (a 401 carries the challenge, anything else says none is
+        needed), so the first bytes of a cold blob never wait for a ping.
         """
         known = self._challenges.get(base)
         if known is not None and known[1] > self.clock():
             return known[0]
-        ping = self._pings.get(base)
-        if ping is None:
-            ping = asyncio.ensure_future(self._ping(base))
-            self._pings[base] = ping
-            ping.add_done_callback(lambda _: self._pings.pop(base, None))
-        return await asyncio.shield(ping)
+        return None
 
-    async def _ping(self, base: str) -> str:
-        response = await self.client.request("GET", f"{base}/v2/", {})
-        try:
-            status = response.status
-            found = response.headers.get("WWW-Authenticate", "") if status == 401 else ""
-        finally:
-            await response.release()
-        if status in (200, 401):  # anything else says nothing lasting about its auth
-            self._challenges[base] = (found, self.clock() + CHALLENGE_LIFETIME)
-        return found
+    def learn(self, base: str, challenge: str) -> None:
+        """Remember *base*'s challenge (``""``: it answered without credentials)."""
+        if len(self._challenges) >= _MAX_CACHED:
+            self._challenges.clear()
+        self._challenges[base] = (challenge, self.clock() + CHALLENGE_LIFETIME)
 
     @staticmethod
     def _key(base: str, credentials: Credentials | None, scope: str) -> tuple[str, str, str]:

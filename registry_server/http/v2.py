@@ -374,12 +374,14 @@ class V2Routes:
                 raise
             # Only a local miss asks the upstreams: cached blobs cost what local ones do.
             head = request.method == "HEAD"
-            proxied = await self.proxy.blob(repo, digest, _namespace(request), head=head)
+            proxied = await self.proxy.blob(
+                repo, digest, _namespace(request), head=head, local_checked=True
+            )
             if isinstance(proxied, int):
                 return web.Response(headers=_proxied_headers(digest, proxied))
             if proxied is not None:
                 return await _stream_proxied(request, digest, proxied)
-            info = await repo.blobs.stat(digest)  # linked meanwhile (known from elsewhere)
+            info = await repo.blobs.stat(digest)  # committed meanwhile by another request
         headers = {
             "Docker-Content-Digest": str(digest),
             "Content-Type": "application/octet-stream",

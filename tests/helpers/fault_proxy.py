@@ -113,6 +113,8 @@ class FaultProxy:
         self.faults: list[Fault] = []
         self.forwarded: Counter[tuple[str, str]] = Counter()
         self.received: Counter[tuple[str, str]] = Counter()
+        self.succeeded: Counter[tuple[str, str]] = Counter()
+        """Forwarded requests the peer answered with a 2xx (a 401 challenge is not a fetch)."""
         self.authorizations: set[str] = set()
         """Every ``Authorization`` header value forwarded (to check none leaks elsewhere)."""
         self._lock = threading.Lock()
@@ -162,10 +164,20 @@ class FaultProxy:
                 if re.search(path, p) and (method is None or m == method)
             )
 
+    def succeeded_count(self, path: str = "", method: str | None = None) -> int:
+        """How many forwarded requests whose path matches ``path`` the peer answered 2xx."""
+        with self._lock:
+            return sum(
+                n
+                for (m, p), n in self.succeeded.items()
+                if re.search(path, p) and (method is None or m == method)
+            )
+
     def reset_counts(self) -> None:
         with self._lock:
             self.forwarded.clear()
             self.received.clear()
+            self.succeeded.clear()
 
     def _pick(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -303,6 +315,9 @@ class FaultProxy:
             data=body,
             allow_redirects=False,
         ) as upstream:
+            if 200 <= upstream.status < 300:
+                with self._lock:
+                    self.succeeded[(request.method, request.path)] += 1
             if fault is not None and action in _BODY_ACTIONS and not 200 <= upstream.status < 300:
                 # A challenge or an error is not the body the rule is about: keep it for later.
                 with self._lock:

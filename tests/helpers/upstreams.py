@@ -285,6 +285,7 @@ def start_pull_through(
     name: str = "pull-through",
     public: bool = False,
     workers: int = 1,
+    env: dict[str, str | None] | None = None,
 ) -> PullThrough:
     """Start the Cargohold under test with ``upstreams`` for ``tenant`` (added by the CLI).
 
@@ -292,6 +293,7 @@ def start_pull_through(
     ``allow_loopback`` puts ``127.0.0.0/8`` in ``allow_networks``. ``auth`` False serves an
     open registry. ``auth.cache_ttl`` is 1 s so a setting changed later is seen quickly.
     ``workers`` > 1 serves with that many processes on one port and one storage.
+    ``env`` is the server's extra environment.
     """
     store = tmp_path / f"{name}-store"
     store.mkdir(parents=True, exist_ok=True)
@@ -310,6 +312,6 @@ def start_pull_through(
         cargohold_cli(*upstream.cli_args(tenant), config=config, input=password)
     extra = ["--workers", str(workers)] if workers != 1 else []
     server = registry_factory(
-        storage_url=store_url(store), auth=auth, config=config, extra_args=extra
+        storage_url=store_url(store), auth=auth, config=config, extra_args=extra, env=env
     )
     return PullThrough(server, tenant, store, config)
