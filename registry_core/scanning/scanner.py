@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -29,9 +29,9 @@ from ..errors import RegistryError
 from ..jobs import default_holder_id
 from ..storage import layout
 from ..storage.driver import PathNotFound
-from .matcher import Finding, match
+from .matcher import Finding, Matcher
 from .osv import SEVERITIES
-from .sbom import SBOM_ARTIFACT_TYPE, SBOM_MEDIA_TYPE, build_sbom, inventory_from_sbom
+from .sbom import SBOM_ARTIFACT_TYPE, SBOM_MEDIA_TYPE, SbomUnreadable, build_sbom, read_sbom
 from .vulndb import DatabaseState, VulnDatabase
 from .walker import final_files, inventory_of
 
@@ -47,6 +47,10 @@ _IMAGE_CONFIGS = frozenset(
     {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
 )
 _EMPTY_CONFIG = b"{}"
+REMATCH_STATE_JOB = "scan"
+"""The job whose state folder keeps the last re-matching pass (the scan job's)."""
+REMATCH_CONCURRENCY = 16
+REMATCH_BATCH = 256
 
 
 class ScanStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -109,6 +113,14 @@ class ScanFailed(Exception):
 
 class ScanBusy(Exception):
     """Another process holds an unexpired claim on this digest."""
+
+
+class RematchPass(msgspec.Struct, kw_only=True):
+    """A completed re-matching pass: every stored result was checked against *version*."""
+
+    version: str
+    started: float = 0.0
+    finished: float = 0.0
 
 
 class _Claim(msgspec.Struct, kw_only=True):
@@ -177,6 +189,7 @@ class Scanner:
         self.clock = clock
         self.scans_run = 0
         """Scans this process actually ran (tests prove two replicas scan once)."""
+        self._matcher: Matcher | None = None
 
     # -- reading results -----------------------------------------------------------------
 
@@ -412,7 +425,7 @@ class Scanner:
         sbom = build_sbom(inventory, str(digest))
         sbom_digest = Digest.of(sbom)
         await self.registry.blob_store.put_small(sbom, sbom_digest)
-        findings = await match(inventory, self.database, state)
+        findings = await self.matcher(state).match(inventory)
         return PlatformResult(
             platform=platform,
             manifest=str(digest),
@@ -478,25 +491,47 @@ class Scanner:
 
     # -- re-matching -------------------------------------------------------------------
 
+    def matcher(self, state: DatabaseState) -> Matcher:
+        """This process's matcher for *state*'s database version (fresh when it changed)."""
+        current = self._matcher
+        if current is None or current.version != state.version or current.full:
+            current = self._matcher = Matcher(self.database, state)
+        return current
+
     async def rematch(
-        self, digest: Digest, *, force: bool = False, state: DatabaseState | None = None
+        self,
+        digest: Digest,
+        *,
+        force: bool = False,
+        state: DatabaseState | None = None,
     ) -> bool:
-        """Recompute *digest*'s findings from its stored SBOMs when the database changed."""
+        """Recompute *digest*'s findings from its stored SBOMs when the database changed.
+
+        The report is rewritten only when a finding changed (True); an unchanged one
+        keeps its bytes, and :meth:`last_rematch` tells which version it now stands for.
+        """
         report = await self.report(digest)
         if report is None:
             return False
         state = state or await self.database.state(fresh=True)
         if report.db_version == state.version and not force:
             return False
+        matcher = self.matcher(state)
+        changed = False
         for result in report.platforms:
             if not result.sbom:
                 continue
             try:
                 body = await self.registry.blob_store.read_small(Digest.parse(result.sbom))
-            except RegistryError:
+                findings = await matcher.match_sbom(read_sbom(body))
+            except (RegistryError, SbomUnreadable) as exc:
+                log.warning("re-matching %s: SBOM %s unreadable: %s", digest, result.sbom, exc)
                 continue
-            inventory = inventory_from_sbom(body)
-            result.findings = await match(inventory, self.database, state)
+            if findings != result.findings:
+                result.findings = findings
+                changed = True
+        if not changed:
+            return False
         report.db_version = state.version
         report.matched_at = self.clock()
         await self.driver.write(layout.scan_report(digest), msgspec.json.encode(report))
@@ -519,16 +554,48 @@ class Scanner:
                     found.append(Digest.parse(f"{algorithm}:{entry}"))
         return found
 
-    async def rematch_all(self, check: Callable[[], Any] | None = None) -> int:
-        """Re-match every stored result made with another database version; how many changed."""
-        changed = 0
-        digests = await self.scanned_digests()
+    async def last_rematch(self) -> RematchPass | None:
+        """The last completed re-matching pass (None: none since results were first stored)."""
+        try:
+            raw = await self.driver.read(layout.job_state(REMATCH_STATE_JOB, "rematched"))
+            return msgspec.json.decode(raw, type=RematchPass)
+        except (PathNotFound, msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    def matched_against(self, report: ScanReport, last: RematchPass | None) -> tuple[str, float]:
+        """``(database version, time)`` *report*'s findings stand for.
+
+        A pass leaves unchanged reports as they were: one stored before the last
+        completed pass started was checked by it, so it stands for that pass's version.
+        """
+        if last is not None and report.matched_at < last.started:
+            return last.version, last.finished
+        return report.db_version, report.matched_at
+
+    async def _rematch_from(self, digests: Iterator[Digest], state: DatabaseState) -> int:
+        """One of the pass's concurrent workers: re-match digests from a shared iterator."""
+        return sum([await self.rematch(digest, state=state) for digest in digests])
+
+    async def rematch_all(
+        self, check: Callable[[], Any] | None = None, *, concurrency: int = REMATCH_CONCURRENCY
+    ) -> int:
+        """Re-match every stored result made with another database version; how many changed.
+
+        Reads run *concurrency* at a time; *check* (the lease's fencing) runs before every
+        :data:`REMATCH_BATCH` results. A completed pass is recorded (:meth:`last_rematch`).
+        """
+        started = self.clock()
         state = await self.database.state(fresh=True)
-        for start in range(0, len(digests), 32):
+        digests = await self.scanned_digests()
+        changed = 0
+        for start in range(0, len(digests), REMATCH_BATCH):
             if check is not None:
                 await check()
-            results = await asyncio.gather(
-                *(self.rematch(d, state=state) for d in digests[start : start + 32])
-            )
-            changed += sum(results)
+            pending = iter(digests[start : start + REMATCH_BATCH])
+            workers = (self._rematch_from(pending, state) for _ in range(concurrency))
+            changed += sum(await asyncio.gather(*workers))
+        done = RematchPass(version=state.version, started=started, finished=self.clock())
+        await self.driver.write(
+            layout.job_state(REMATCH_STATE_JOB, "rematched"), msgspec.json.encode(done)
+        )
         return changed

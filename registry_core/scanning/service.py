@@ -23,8 +23,6 @@ import urllib.request
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from .. import mediatypes as mt
 from ..digest import Digest
 from ..storage import layout
@@ -41,10 +39,6 @@ log = logging.getLogger(__name__)
 JOB = "scan"
 REFRESH_JOB = "vulndb-refresh"
 _SCANNABLE = mt.MANIFEST_TYPES | {""}
-
-
-class _Rematched(msgspec.Struct, kw_only=True):
-    version: str
 
 
 class ScanRetryLater(Exception):
@@ -167,18 +161,12 @@ class ScanService:
         await self.rematch_if_changed(guard)
 
     async def rematch_if_changed(self, guard: LeaseGuard | None = None) -> int:
-        """Re-match stored SBOMs once per database version (the version seen is kept)."""
+        """Re-match stored SBOMs once per database version (the last pass is recorded)."""
         state = await self.scanner.database.state(fresh=True)
-        path = layout.job_state(JOB, "rematched")
-        with contextlib.suppress(PathNotFound, msgspec.DecodeError, msgspec.ValidationError):
-            seen = msgspec.json.decode(await self.registry.driver.read(path), type=_Rematched)
-            if seen.version == state.version:
-                return 0
-        changed = await self.scanner.rematch_all(guard.check if guard is not None else None)
-        await self.registry.driver.write(
-            path, msgspec.json.encode(_Rematched(version=state.version))
-        )
-        return changed
+        last = await self.scanner.last_rematch()
+        if last is not None and last.version == state.version:
+            return 0
+        return await self.scanner.rematch_all(guard.check if guard is not None else None)
 
     async def refresh(self, guard: LeaseGuard) -> None:
         """Re-import the configured URLs when the last refresh is older than the interval."""
