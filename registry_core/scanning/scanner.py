@@ -2,9 +2,10 @@
 
 Everything is keyed by manifest digest (content-addressed): one scan serves every
 tenant, repository and tag that shares the digest. A scan *claims* its attempt
-with a create-if-absent object (``layout.scan_claim``) holding an expiry, so two
-replicas never scan the same digest at once and a crashed attempt is taken over
-once its claim expires; state moves queued -> running -> done | failed (with the
+with a create-if-absent object (``layout.scan_claim``) holding an expiry that the
+scan renews while it runs, so two processes never scan the same digest at once
+(any number scan different digests) and a crashed attempt is taken over once its
+claim expires; state moves queued -> running -> done | failed (with the
 reason and a time to retry, with backoff). The inventory is written as a
 CycloneDX SBOM blob and attached to the manifest as an OCI referrer in each
 repository that holds it; re-matching after a database update reads the SBOMs
@@ -176,7 +177,7 @@ class Scanner:
         database: VulnDatabase | None = None,
         *,
         observer: ScanObserver | None = None,
-        claim_ttl: float = 600.0,
+        claim_ttl: float = 120.0,
         holder: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -236,11 +237,7 @@ class Scanner:
 
     async def _claim(self, digest: Digest) -> int:
         """Take the next attempt of *digest*'s scan, or raise ScanBusy."""
-        try:
-            names = await self.driver.list(layout.scan_claims_dir(digest))
-        except PathNotFound:
-            names = []
-        attempts = sorted(int(n) for n in names if n.isdigit())
+        attempts = await self._attempts(digest)
         latest = attempts[-1] if attempts else 0
         if latest:
             try:
@@ -256,11 +253,36 @@ class Scanner:
         )
         if not created:
             raise ScanBusy(str(digest))
+        # A taker that listed just before a release may have re-created a lower attempt
+        # next to a newer one: the lower steps back, so one attempt runs at a time.
+        if any(attempt > latest + 1 for attempt in await self._attempts(digest)):
+            await self._release(digest, latest + 1)
+            raise ScanBusy(str(digest))
         return latest + 1
 
-    async def _release(self, digest: Digest) -> None:
+    async def _attempts(self, digest: Digest) -> list[int]:
+        try:
+            names = await self.driver.list(layout.scan_claims_dir(digest))
+        except PathNotFound:
+            return []
+        return sorted(int(n) for n in names if n.isdigit())
+
+    async def _keep_claim(self, digest: Digest, attempt: int) -> None:
+        """Renew our claim while the scan runs (only its holder writes an attempt's object)."""
+        while True:
+            await asyncio.sleep(self.claim_ttl / 3)
+            claim = _Claim(holder=self.holder, expires=self.clock() + self.claim_ttl)
+            try:
+                await self.driver.write(
+                    layout.scan_claim(digest, attempt), msgspec.json.encode(claim)
+                )
+            except Exception:
+                log.warning("renewing the scan claim of %s failed", digest, exc_info=True)
+
+    async def _release(self, digest: Digest, attempt: int) -> None:
+        """Delete our own attempt only: a newer one (taken after ours expired) stays."""
         with contextlib.suppress(PathNotFound):
-            await self.driver.delete(layout.scan_claims_dir(digest))
+            await self.driver.delete(layout.scan_claim(digest, attempt))
 
     # -- scanning ----------------------------------------------------------------------
 
@@ -277,7 +299,8 @@ class Scanner:
         artifact = await self._artifact_report(digest)
         if artifact is not None:
             return artifact
-        await self._claim(digest)
+        attempt = await self._claim(digest)
+        keeper = asyncio.create_task(self._keep_claim(digest, attempt))
         try:
             previous = await self.status(digest)
             if not force and previous is not None and previous.status == "done":
@@ -319,7 +342,10 @@ class Scanner:
                 self.observer.scan_finished(time.monotonic() - started, True, report.counts())
             return report
         finally:
-            await self._release(digest)
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await self._release(digest, attempt)
 
     async def _artifact_report(self, digest: Digest) -> ScanReport | None:
         """For a manifest with no filesystem (an artifact, a cosign signature): its report.
