@@ -338,8 +338,10 @@ class Scanner:
                 digest, ScanStatus(status="done", updated=self.clock(), attempts=attempts)
             )
             self.scans_run += 1
+            seconds = time.monotonic() - started
+            log.info("scanned %s in %.2f s (%s)", digest, seconds, self.holder)
             if self.observer is not None:
-                self.observer.scan_finished(time.monotonic() - started, True, report.counts())
+                self.observer.scan_finished(seconds, True, report.counts())
             return report
         finally:
             keeper.cancel()

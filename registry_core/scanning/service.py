@@ -247,7 +247,7 @@ class ScanService:
                 if status.retry_at is None:
                     await self._drop(entries.values())
                     return 0  # gave up after MAX_ATTEMPTS; an on-demand scan can try again
-                if status.retry_at > time.time():
+                if status.retry_at > self.scanner.clock():
                     await self._requeue(item, entries)
                     return 0
         try:
