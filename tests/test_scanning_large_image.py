@@ -36,7 +36,7 @@ FILLER_PER_LAYER = 40 * MiB
 FILLER_FILE = 8 * MiB
 PEAK_LIMIT = 32 * MiB
 """Less than one layer: a streaming scan holds a few chunks and the files it keeps (~9 MiB
-seen), a scan that held a whole layer (or file) would pass it."""
+seen); a scan that held a whole layer (40 MiB) would pass it."""
 
 pytestmark = pytest.mark.skipif(
     not Path("/var/lib/dpkg/status").exists(), reason="needs a Debian machine's dpkg database"
