@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -180,23 +180,15 @@ class ScanService:
 
         Runs in every process with no lease: ``concurrency`` scans at a time here, and
         the per-digest claims keep two processes from scanning one digest, so servers
-        and ``cargohold worker`` processes share a long queue.
+        and ``cargohold worker`` processes share a long queue. A push nudged while the
+        queue is worked goes before the rest of the queue.
         """
-        forced, self.forced = list(self.forced), {}
-        pending, self.pending = list(self.pending), {}
-        items = [_Work(digest, repository, force=True) for repository, digest in forced]
-        items += [_Work(digest, repository) for repository, digest in pending]
-        for _repository, digest in pending:
-            await self.scanner.mark_queued(digest)
-        mine = {item.digest for item in items}
-        queue = await self.shared_queue()
-        items += [_Work(d, entries=tuple(names)) for d, names in queue.items() if d not in mine]
+        queue = iter((await self.shared_queue()).items())
         done = 0
-        remaining = iter(items)
 
         async def worker() -> None:
             nonlocal done
-            for item in remaining:
+            while (item := self._next(queue)) is not None:
                 try:
                     done += await self._process(item)
                 except Exception:
@@ -204,6 +196,17 @@ class ScanService:
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
         return done
+
+    def _next(self, queue: Iterator[tuple[Digest, list[str]]]) -> _Work | None:
+        """On-demand requests first, then this process's nudges, then the shared queue."""
+        for noted, force in ((self.forced, True), (self.pending, False)):
+            if noted:
+                repository, digest = next(iter(noted))
+                del noted[(repository, digest)]
+                return _Work(digest, repository, force=force)
+        for digest, names in queue:
+            return _Work(digest, entries=tuple(names))
+        return None
 
     async def shared_queue(self) -> dict[Digest, list[str]]:
         """The shared queue: digest -> its entries' names, shuffled so processes spread out."""
