@@ -100,6 +100,18 @@ class ScanReport(msgspec.Struct, kw_only=True, omit_defaults=True):
         ]
 
 
+class _StoredPlatformFindings(msgspec.Struct, kw_only=True):
+    sbom: str | None = None
+    findings: msgspec.Raw = msgspec.Raw(b"[]")
+
+
+class _StoredFindings(msgspec.Struct, kw_only=True):
+    """What re-matching reads of a stored report: findings stay raw until they changed."""
+
+    db_version: str = ""
+    platforms: list[_StoredPlatformFindings] = []
+
+
 class ScanObserver(Protocol):
     """Metrics hooks (the server's Prometheus counters); every method optional in spirit."""
 
@@ -538,15 +550,17 @@ class Scanner:
         The report is rewritten only when a finding changed (True); an unchanged one
         keeps its bytes, and :meth:`last_rematch` tells which version it now stands for.
         """
-        report = await self.report(digest)
-        if report is None:
+        try:
+            raw = await self.driver.read(layout.scan_report(digest))
+            stored = msgspec.json.decode(raw, type=_StoredFindings)
+        except (PathNotFound, msgspec.DecodeError, msgspec.ValidationError):
             return False
         state = state or await self.database.state(fresh=True)
-        if report.db_version == state.version and not force:
+        if stored.db_version == state.version and not force:
             return False
         matcher = self.matcher(state)
-        changed = False
-        for result in report.platforms:
+        changed: dict[int, list[Finding]] = {}
+        for index, result in enumerate(stored.platforms):
             if not result.sbom:
                 continue
             try:
@@ -555,11 +569,14 @@ class Scanner:
             except (RegistryError, SbomUnreadable) as exc:
                 log.warning("re-matching %s: SBOM %s unreadable: %s", digest, result.sbom, exc)
                 continue
-            if findings != result.findings:
-                result.findings = findings
-                changed = True
+            # Stored findings were encoded by this encoder: equal bytes mean equal findings.
+            if msgspec.json.encode(findings) != bytes(result.findings):
+                changed[index] = findings
         if not changed:
             return False
+        report = msgspec.json.decode(raw, type=ScanReport)
+        for index, findings in changed.items():
+            report.platforms[index].findings = findings
         report.db_version = state.version
         report.matched_at = self.clock()
         await self.driver.write(layout.scan_report(digest), msgspec.json.encode(report))
