@@ -78,7 +78,7 @@ _Keyed = tuple[tuple[str, str, str], Finding]
 
 _T = TypeVar("_T")
 _FETCH_CONCURRENCY = 32
-MAX_ENTRIES = 50_000
+MAX_ENTRIES = 20_000
 """Packages (and version lookups) one matcher remembers; the scanner starts a fresh one past it."""
 
 
@@ -92,6 +92,7 @@ class Matcher:
         self._advisories: dict[tuple[str, str], list[Advisory]] = {}
         self._versions: dict[tuple[str, str, str], list[tuple[Advisory, str | None]]] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[list[Advisory]]] = {}
+        self._gate = asyncio.Semaphore(_FETCH_CONCURRENCY)
         self._findings: dict[tuple[str, ...], dict[Hashable, tuple[_Keyed, ...]]] = {}
         """Per operating system's ecosystems: package (or SBOM component) -> its findings."""
         self._size = 0
@@ -148,13 +149,12 @@ class Matcher:
     async def _fetch(self, wanted: Iterable[tuple[str, str]]) -> None:
         """Load the advisories of every (ecosystem, package key) not loaded yet, concurrently.
 
-        Concurrent calls share a load in flight, so a pass that starts many SBOMs at
-        once asks for each package once.
+        Concurrent calls share a load in flight (and one bound on reads), so a pass that
+        starts many SBOMs at once asks for each package once.
         """
-        gate = asyncio.Semaphore(_FETCH_CONCURRENCY)
 
         async def load(ecosystem: str, key: str) -> list[Advisory]:
-            async with gate:
+            async with self._gate:
                 found = await self.database.advisories(self.state, ecosystem, key)
             self._advisories[(ecosystem, key)] = found
             return found
