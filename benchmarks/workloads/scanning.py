@@ -73,9 +73,16 @@ def _layer(index: int, size: int) -> bytes:
 def _osv(count: int, seed: str, changed: int = 0) -> list[dict[str, Any]]:
     """One record per source package; a quarter of the image's sources are affected.
 
-    *changed* records (spread over the range) get a later fix, as a daily update does.
+    About *changed* of the affecting records (spread over the range) get a later fix, as
+    a daily update does.
     """
-    step = count // changed if changed else 0
+    step = max(1, count // 4 // changed) if changed else 0
+
+    def fixed(i: int) -> str:
+        if i % 4:
+            return "1.0-1"  # fixed before the installed version: not affected
+        return f"1.{i}-{3 if step and (i // 4) % step == 0 else 2}"
+
     return [
         {
             "id": f"BENCH-{seed}-{i}",
@@ -86,12 +93,7 @@ def _osv(count: int, seed: str, changed: int = 0) -> list[dict[str, Any]]:
                     "ranges": [
                         {
                             "type": "ECOSYSTEM",
-                            "events": [
-                                {"introduced": "0"},
-                                {"fixed": f"1.{i}-{3 if step and i % step == 0 else 2}"}
-                                if i % 4 == 0
-                                else {"fixed": "1.0-1"},
-                            ],
+                            "events": [{"introduced": "0"}, {"fixed": fixed(i)}],
                         }
                     ],
                 }
