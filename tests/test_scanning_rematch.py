@@ -7,6 +7,7 @@ database version it stands for.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from drivers.local import LocalDriver
 from registry_core import Registry
 from registry_core.digest import Digest
 from registry_core.scanning import Scanner, ScanService
+from registry_core.scanning import matcher as matcher_module
+from registry_core.scanning.matcher import Matcher
+from registry_core.scanning.sbom import read_sbom
 from registry_core.scanning.vulndb import import_sources
 from registry_core.storage import layout
 from tests import scanning_support as fx
@@ -128,3 +132,19 @@ async def test_an_unreadable_sbom_is_skipped_and_the_others_rematched(
     assert await scanner.rematch_all() == 3  # Alpine, Python, npm; not the broken Debian one
     kept = await scanner.report(digests["debian"])
     assert kept is not None and kept.platforms[0].findings == report.platforms[0].findings
+
+
+async def test_concurrent_matches_of_one_sbom_count_its_packages_once(
+    scanned: tuple[Scanner, dict[str, Digest]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pass matches many SBOMs at once; a matcher that counted each concurrent miss
+    # would think itself full and be replaced again and again, losing what it learned.
+    scanner, digests = scanned
+    body = await scanner.sbom(digests["debian"])
+    assert body is not None
+    sbom = read_sbom(body)
+    monkeypatch.setattr(matcher_module, "MAX_ENTRIES", len(sbom.components))
+    matcher = Matcher(scanner.database, await scanner.database.state(fresh=True))
+    results = await asyncio.gather(*(matcher.match_sbom(sbom) for _ in range(16)))
+    assert all(r == results[0] for r in results) and results[0]
+    assert not matcher.full

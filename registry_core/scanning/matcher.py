@@ -131,10 +131,10 @@ class Matcher:
                 for ecosystem in ecosystems_for(package, os_ecosystems)
             )
             for index, package in packages.items():
-                found[index] = known[keyed[index][0]] = self._package_findings(
-                    package, os_ecosystems
-                )
-            self._size += len(misses)
+                key = keyed[index][0]
+                if key not in known:  # (a concurrent match may have just added it)
+                    self._size += 1
+                found[index] = known[key] = self._package_findings(package, os_ecosystems)
         findings: dict[tuple[str, str, str], Finding] = {}
         for hits in found:
             if hits:
