@@ -24,6 +24,7 @@ from .storage.blobs import BlobStore, RepositoryBlobs
 from .storage.cache import DEFAULT_CACHE_BYTES, ContentCache, LinkCache
 from .storage.driver import PathNotFound, StorageDriver, StorageError
 from .storage.manifests import ManifestStore
+from .storage.repo_index import RepositoryIndex
 
 if TYPE_CHECKING:
     from .jobs import LeaseGuard
@@ -63,6 +64,7 @@ class Repository:
             max_size=registry.max_manifest_size,
             policy=registry.policy,
             on_stored=registry.feed.publish,
+            repo_index=registry.repo_index,
         )
         self.tags = Tags(self.manifests)
 
@@ -92,6 +94,8 @@ class Registry:
         self.policy = LifecyclePolicy(driver, self.settings, self.usage)
         # New image manifests for background consumers (signing, scanning).
         self.feed = ManifestFeed(self)
+        # Every registry's image names, sorted and sharded (the website's listings).
+        self.repo_index = RepositoryIndex(driver)
 
     def repository(self, name: str | RepositoryName) -> Repository:
         parsed = name if isinstance(name, RepositoryName) else RepositoryName.parse(name)

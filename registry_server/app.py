@@ -29,6 +29,7 @@ from registry_core.errors import NotFound, TooLarge, Unavailable, Unsupported
 from registry_core.jobs import Leases, Scheduler
 from registry_core.lifecycle.maintenance import add_maintenance_jobs
 from registry_core.lifecycle.periodic import add_policy_jobs
+from registry_core.names import Tenant
 from registry_core.scanning import Scanner, ScanService
 from registry_core.storage.blobs import UploadLimits
 from registry_core.tenancy import Conflict, TenancyStore
@@ -40,13 +41,14 @@ from .http.lifecycle_api import LifecycleApi
 from .http.management import Management
 from .http.openapi import add_to as add_openapi
 from .http.scanning_api import PullGate, ScanMetrics, ScanningApi, tag_counts
-from .http.signatures import add_signing
+from .http.signatures import add_signing, build_signer, make_registry_keys
 from .http.v2 import API_VERSION_HEADER, V2Routes
 from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
 from .proxying import apply_configured_upstreams, build_pull_through, check_key, secret_box
 from .state import new_request_id, state_of
 from .usage_metrics import UsageMetrics
 from .web import WebSessions, Website
+from .web.manifest_sections import plug_into_website
 
 LOGGER = logging.getLogger("cargohold.server")
 REGISTRY_KEY = web.AppKey("registry", Registry)
@@ -206,22 +208,30 @@ def state_dir(config: Config) -> Path:
     return Path("var") / "state"
 
 
-async def bootstrap_admin(tenancy: TenancyStore, directory: Path) -> None:
+async def bootstrap_admin(
+    tenancy: TenancyStore,
+    directory: Path,
+    registry_created: Callable[[Tenant], Awaitable[object]] | None = None,
+) -> None:
     """First start with no user: a superuser ``admin`` with a random password.
 
     Create-if-absent, so of several replicas only one wins; the winner writes
     the password to a 0600 file and prints only that file's path. It also
-    makes the registry ``admin/default``, so a newcomer can push at once.
+    makes the registry ``admin/default``, so a newcomer can push at once, and
+    awaits *registry_created* for it (its signing keys) like any new registry.
     """
     password = secrets.token_urlsafe(18)
     if not await tenancy.create_first_user("admin", password):
         return
-    for create in (
-        lambda: tenancy.create_owner("admin", "user"),
-        lambda: tenancy.create_registry("admin", "default"),
-    ):
-        with contextlib.suppress(Conflict):
-            await create()
+    with contextlib.suppress(Conflict):
+        await tenancy.create_owner("admin", "user")
+    try:
+        record = await tenancy.create_registry("admin", "default")
+    except Conflict:
+        pass
+    else:
+        if registry_created is not None:
+            await registry_created(record.tenant)
 
     def write() -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -275,10 +285,14 @@ async def first_start(config: Config) -> None:
     driver = open_driver(
         config.storage.url, settings=config.storage.driver_settings(), **config.storage.options
     )
+    registry = Registry(driver, settings_ttl=0.0)
+    signer = build_signer(config, registry, secret_box(config, state_dir(config)))
     try:
-        await bootstrap_admin(TenancyStore(driver), state_dir(config))
+        await bootstrap_admin(
+            TenancyStore(driver), state_dir(config), functools.partial(make_registry_keys, signer)
+        )
     finally:
-        await driver.close()
+        await registry.close()
 
 
 def build_app(config: Config, registry: Registry | None = None) -> web.Application:
@@ -360,19 +374,21 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
     )
     if sessions is not None:
         sessions.add_purge_job(scheduler)
+    registry.repo_index.add_job(scheduler)
     signer = add_signing(app, registry, config, box, guard, domains, scheduler)
-    management.on_registry_created = signer.prepare
+    management.on_registry_created = functools.partial(make_registry_keys, signer)
     scanning = add_scanning(app, config, registry, scheduler, guard, metrics.registry)
     ScanningApi(management, scanning).add_to(app)
     if scanning is not None:
         v2.pull_gate = PullGate(registry, scanning, guard)
         management.tag_vulnerabilities = functools.partial(tag_counts, scanning)
+    plug_into_website(website, signer, scanning)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         await check_key(registry.driver, box)
         await apply_configured_upstreams(config, proxy.upstreams, tenancy)
         if guard is not None and config.auth.bootstrap_admin:
-            await bootstrap_admin(tenancy, state_dir(config))
+            await bootstrap_admin(tenancy, state_dir(config), management.registry_created)
         task = asyncio.create_task(
             _purge_loop(registry, config.uploads.purge_after, config.uploads.purge_interval)
         )

@@ -179,8 +179,10 @@ def test_registries_create_list_update_delete(store: Seeder) -> None:
     created = cli(store, "registries", "create", "acme/prod")
     public = cli(store, "registries", "create", "acme/pub", "--public")
 
-    assert created.stdout.strip() == "created registry acme/prod (private)"
-    assert public.stdout.strip() == "created registry acme/pub (public)"
+    # The first line; signing is on with tenancy, so the new keys follow (signing tests).
+    assert created.stdout.splitlines()[0] == "created registry acme/prod (private)"
+    assert public.stdout.splitlines()[0] == "created registry acme/pub (public)"
+    assert "signing key cosign-1 (ecdsa-p256," in created.stdout
     assert [row[:2] for row in table(cli(store, "registries", "list"))] == [
         ["acme/prod", "private"],
         ["acme/pub", "public"],

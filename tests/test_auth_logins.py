@@ -564,7 +564,13 @@ def test_no_secret_appears_in_logs(registry_factory, tmp_path: Path, log_format:
 
 
 def _bootstrap_config(tmp_path: Path) -> Path:
-    return write_config(tmp_path / "bootstrap.toml", auth={"bootstrap_admin": True})
+    # Replicas share the secrets key, as they must: the bootstrap registry's signing keys
+    # are sealed at the first start, so a replica with a key of its own refuses to start.
+    return write_config(
+        tmp_path / "bootstrap.toml",
+        auth={"bootstrap_admin": True},
+        secrets={"key": "the replicas' shared secrets key"},
+    )
 
 
 def _empty_store(tmp_path: Path) -> Seeder:

@@ -132,3 +132,11 @@ def test_a_bad_import_is_refused_with_a_message(store: Seeder, config: Path) -> 
 def test_an_unknown_registry_is_refused(store: Seeder, config: Path) -> None:
     result = cli(store, config, "signing-keys", "rotate", "nobody/here", check=False)
     assert result.returncode == 1 and "does not exist" in result.stderr
+
+
+def test_a_registry_s_rsa_bits_setting_sizes_its_next_key(store: Seeder, config: Path) -> None:
+    shown = cli(store, config, "signing-keys", "settings", TENANT, "--rsa-bits", "4096")
+    assert "rsa_bits 4096" in shown.stdout
+    cli(store, config, "signing-keys", "rotate", TENANT, "--kind", "gpg")
+    listed = json.loads(cli(store, config, "signing-keys", "list", TENANT, "--json").stdout)
+    assert [(k["id"], k["algorithm"]) for k in listed["keys"]] == [("gpg-1", "rsa4096")]

@@ -13,6 +13,7 @@ from drivers.local import LocalDriver
 from registry_core import Digest, Registry
 from registry_core import mediatypes as mt
 from registry_core.jobs import Leases
+from registry_core.lifecycle.counting import CountingDriver
 
 REPO = "acme/prod/app"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -138,7 +139,7 @@ async def test_a_catch_up_only_walks_past_its_stored_cursor(tmp_path: Path) -> N
     assert recorder.handled == [(REPO, new)]
 
 
-async def test_a_failed_handler_leaves_the_cursor_so_the_next_walk_retries(
+async def test_a_failed_manifest_is_retried_by_every_later_pass_until_it_succeeds(
     registry: Registry,
 ) -> None:
     digest = await push_image(registry)
@@ -147,11 +148,16 @@ async def test_a_failed_handler_leaves_the_cursor_so_the_next_walk_retries(
         raise RuntimeError("signing backend down")
 
     report = await registry.feed.catch_up("sign", failing)
-    assert report.failed == 1
-    assert await registry.feed.cursor("sign") is None
+    assert report.failed == 1 and report.complete  # the round goes on without it ...
+    again = await registry.feed.catch_up("sign", failing)
+    assert again.failed == 1  # ... and every pass tries it again
     recorder = Recorder()
     await registry.feed.catch_up("sign", recorder.handle)
     assert recorder.handled == [(REPO, digest)]
+    quiet = Recorder()
+    registry.feed.overlap = 0.0
+    await registry.feed.catch_up("sign", quiet.handle)
+    assert quiet.handled == []  # handled once: no longer retried
 
 
 async def test_a_full_catch_up_ignores_the_cursor(registry: Registry) -> None:
@@ -173,3 +179,98 @@ async def test_a_catch_up_under_a_lost_lease_stops(registry: Registry) -> None:
         with pytest.raises(LeaseLost):
             await registry.feed.catch_up("sign", recorder.handle, guard)
         assert recorder.handled == []
+
+
+async def _many_repositories(tmp_path: Path, count: int) -> list[tuple[str, Digest]]:
+    """*count* repositories with one tagged image each, their links made old."""
+    registry = Registry(LocalDriver(str(tmp_path / "store")))
+    pushed = [
+        (f"acme/r{n % 3}/image{n:03d}", await push_image(registry, f"acme/r{n % 3}/image{n:03d}"))
+        for n in range(count)
+    ]
+    old = os.stat(tmp_path).st_mtime - 3600
+    for path in (tmp_path / "store" / "docker").rglob("link"):
+        os.utime(path, (old, old))
+    return sorted(pushed)
+
+
+async def _round(registry: Registry, name: str, handle: Any, budget: int) -> list[Any]:
+    """Passes until one completes a round; their reports."""
+    reports = []
+    while not reports or not reports[-1].complete:
+        reports.append(await registry.feed.catch_up(name, handle, budget=budget))
+        assert len(reports) < 100
+    return reports
+
+
+@pytest.mark.parametrize("count", [12, 48])
+async def test_a_pass_over_unchanged_repositories_costs_a_bounded_number_of_storage_calls(
+    tmp_path: Path, count: int
+) -> None:
+    await _many_repositories(tmp_path, count)
+    driver = CountingDriver(LocalDriver(str(tmp_path / "store")))
+    registry = Registry(driver)
+    registry.feed.overlap = 0.0
+    first = Recorder()
+    await _round(registry, "sign", first.handle, budget=10_000)  # the first round: everything
+    assert len(first.handled) == count
+    budget, passes = 8, 0
+    while True:
+        before = driver.counts.copy()
+        report = await registry.feed.catch_up("sign", Recorder().handle, budget=budget)
+        used = driver.counts - before
+        passes += 1
+        assert report.handled == 0 and report.repositories <= budget // 2
+        # The budget's listings, the way back to the position (owner, registry, image),
+        # the cursor's read and write, and for a new round one more write and a stat:
+        assert used["list"] + used["walk"] <= budget + 3
+        assert used["read"] == 1 and used["write"] <= 2 and used["stat"] <= 1
+        assert used["read_stream"] == used["write_if_absent"] == 0
+        if report.complete:
+            break
+    assert passes >= count * 2 // budget
+
+
+async def test_a_round_split_over_passes_finds_what_was_pushed_anywhere_meanwhile(
+    tmp_path: Path,
+) -> None:
+    pushed = await _many_repositories(tmp_path, 24)
+    registry = Registry(LocalDriver(str(tmp_path / "store")))
+    await _round(registry, "sign", Recorder().handle, budget=10_000)
+    recorder = Recorder()
+    first = await registry.feed.catch_up("sign", recorder.handle, budget=10)
+    assert not first.complete and recorder.handled == []
+    # Pushed behind the round's position and ahead of it, as by another process.
+    behind = await push_image(registry, pushed[0][0], tag="2.0", seed="behind")
+    ahead = await push_image(registry, pushed[-1][0], tag="2.0", seed="ahead")
+    await _round(registry, "sign", recorder.handle, budget=10)
+    await _round(registry, "sign", recorder.handle, budget=10)
+    assert set(recorder.handled) == {(pushed[0][0], behind), (pushed[-1][0], ahead)}
+
+
+async def test_a_crash_between_store_and_sign_is_repaired_by_budgeted_passes(
+    tmp_path: Path,
+) -> None:
+    from registry_core.secrets import SecretBox
+    from registry_core.signing import KeyStore, Signer, SigningDefaults, cosign
+
+    pushed = await _many_repositories(tmp_path, 18)
+    registry = Registry(LocalDriver(str(tmp_path / "store")))
+    keys = KeyStore(registry.driver, SecretBox("test secrets key, long enough"))
+    signer = Signer(
+        registry, keys, SigningDefaults(enabled=True, simple=False, public_hosts=("h",))
+    )
+    await _round(registry, "signing", Recorder().handle, budget=10_000)  # as a running server
+    repo = pushed[len(pushed) // 2][0]
+    crashed = await push_image(registry, repo, tag="3.0", seed="crash")  # nobody was nudged
+    signed = []
+    for _ in range(2):  # at most two rounds: the one in progress and the next
+        while True:
+            report = await registry.feed.catch_up(
+                "signing", lambda r, d: signer.sign_manifest(r, d), budget=10
+            )
+            signed.append(report.handled)
+            if report.complete:
+                break
+    found = await cosign.read_attachment(registry.repository(repo), crashed)
+    assert [s.key_id for s in found] == ["cosign-1"] and sum(signed) >= 1

@@ -77,7 +77,7 @@ async def test_a_registered_section_appears_on_the_manifest_page_escaped(
         facts = [("Status", "verified"), ("Key", PAYLOAD), ("Digest", view.digest)]
         return "section_facts.html", {"id": "signatures", "title": "Signatures", "facts": facts}
 
-    app[WEBSITE_KEY].manifest_sections.append(signatures)
+    app[WEBSITE_KEY].manifest_sections[:] = [signatures]  # in place of the real ones
     text = await page(base, f"/ui/r/acme/prod/manifests/{digest}/app")
     assert '<section aria-labelledby="signatures-title" id="signatures">' in text
     assert "<dd>verified</dd>" in text and f"<dd>{digest}</dd>" in text
@@ -92,7 +92,7 @@ async def test_a_section_that_has_nothing_to_say_is_left_out(
     async def nothing(repo: Repository, view: ManifestView) -> None:
         return None
 
-    app[WEBSITE_KEY].manifest_sections.append(nothing)
+    app[WEBSITE_KEY].manifest_sections[:] = [nothing]
     text = await page(base, f"/ui/r/acme/prod/manifests/{digest}/app")
     assert "facts-list" in text  # the page itself
     assert 'id="signatures"' not in text

@@ -1,10 +1,15 @@
 """What signing costs a push: manifest PUT throughput with signing off, cosign only, and both.
 
 Cargohold only (Distribution does not sign). Signing runs after the manifest is
-stored, through the manifest feed's nudge and a worker task in the same process,
-so the PUT rate measures what the request path pays (the worker competes for the
-same CPU); ``signed_s`` is the rate at which every pushed tag carries its
-signatures, from the first PUT until the last signature is visible.
+stored, through the manifest feed's nudge and a worker task in the same process:
+the worker waits for a pause in the pushes but never more than a second, so over
+a stream of pushes longer than that it competes with the PUTs for the same CPU,
+and ``manifests_s`` shows it. ``signed_s`` is the rate at which every pushed tag
+carries its signatures, from the first PUT until the last signature is visible,
+and ``lag_s`` how long after the last PUT that was: signing deferred is not
+free, so all three count. The setup signs one manifest first, so the keys exist
+(a registry made with tenancy gets them at creation; this open-mode server
+would make them on first use) and the runs measure signing alone.
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ class SigningManifestPush(Workload):
     metrics = (
         Metric("manifests_s", "manifests pushed", "manifests/s", True),
         Metric("signed_s", "manifests pushed and signed", "manifests/s", True),
+        Metric("lag_s", "last signature after the last PUT", "s", False, digits=2),
         Metric("cpu_ms_per_manifest", "server CPU per manifest", "ms", False, digits=2),
     )
     repo = "bench/signing/push"
 
     def cases(self, ctx: Context) -> list[Case]:
-        count = max(20, ctx.manifest_push_count // 2)
+        # Long enough (several seconds of PUTs) for the worker to sign while pushes go on.
+        count = max(100, ctx.manifest_push_count * 2)
         return [Case(mode, {"mode": mode, "count": count}) for mode in MODES]
 
     def server_options(self, ctx: Context, kind: str, case: Case) -> dict[str, Any]:
@@ -57,6 +64,12 @@ class SigningManifestPush(Workload):
         image = SmallImage.make()
         async with session(4) as http:
             await image.push_blobs(http, server.url, self.repo)
+            if case.params["mode"] != "off":
+                warm = image.manifest(run="setup", index="warm")
+                digest = await put_manifest(http, server.url, self.repo, "warm", warm)
+                await _wait_signed(
+                    http, server.url, self.repo, [digest], case.params["mode"] == "both"
+                )
         return image
 
     async def run(
@@ -77,7 +90,12 @@ class SigningManifestPush(Workload):
             if mode != "off":
                 await _wait_signed(http, server.url, self.repo, digests, mode == "both")
             signed = time.perf_counter() - start
-        return {"manifests_s": count / seconds, "signed_s": count / signed, "seconds": seconds}
+        return {
+            "manifests_s": count / seconds,
+            "signed_s": count / signed,
+            "lag_s": signed - seconds,
+            "seconds": seconds,
+        }
 
     def derive(self, case: Case, values: dict[str, float]) -> None:
         values["cpu_ms_per_manifest"] = 1000 * values["server_cpu_s"] / case.params["count"]
@@ -89,10 +107,13 @@ class SigningManifestPush(Workload):
 async def _wait_signed(
     http: Any, base_url: str, repo: str, digests: list[str], simple: bool
 ) -> None:
-    """Until every manifest has its cosign attachment (and a simple signature)."""
-    deadline = time.monotonic() + 300
+    """Until every manifest has its cosign attachment (and a simple signature); a run
+    whose signatures never all appear fails rather than report a rate."""
+    deadline = time.monotonic() + 600
     for digest in digests:
-        while time.monotonic() < deadline:
+        while True:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{digest} was not signed within 600 s")
             tag = "sha256-" + digest.split(":", 1)[1] + ".sig"
             async with http.head(f"{base_url}/v2/{repo}/manifests/{tag}") as resp:
                 ok = resp.status == 200

@@ -77,6 +77,7 @@ import attrs
 from ..digest import Digest
 from ..storage import layout
 from ..storage.driver import PathNotFound, StorageDriver
+from ..storage.repo_index import RepositoryIndex
 from .counting import CountingDriver
 from .marks import (
     Reachability,
@@ -339,6 +340,12 @@ class GarbageCollector:
             await _bounded(
                 driver.delete(layout.simple_signatures_dir(stored_name(r), d)) for r, d in batch
             )
+        # A repository left without a manifest leaves the website's repository index.
+        index = RepositoryIndex(driver)
+        for repo in sorted({r for r, _ in plan.revisions}):
+            name = stored_name(repo)
+            if not await index.has_manifests(name):
+                await index.emptied(name)
         for batch in _batches(plan.layers):
             await self.fence()
             await driver.delete_many([layout.layer_link(stored_name(r), d) for r, d in batch])

@@ -12,6 +12,7 @@ a storage path.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -85,19 +86,29 @@ async def _put_blob(repo: Repository, data: bytes) -> Digest:
 
 
 async def add_signatures(
-    repo: Repository, subject: Digest, signed: list[tuple[bytes, str, str]]
+    repo: Repository,
+    subject: Digest,
+    signed: list[tuple[bytes, str, str]],
+    existing: list[CosignSignature] | None = None,
 ) -> None:
-    """Append ``(payload, signature, key id)`` layers to *subject*'s attachment."""
+    """Append ``(payload, signature, key id)`` layers to *subject*'s attachment.
+
+    *existing*: the attachment's signatures as the caller just read them (so they are
+    not read twice); None reads them here. The new blobs are stored side by side, then
+    the manifest: two steps however many signatures are added.
+    """
     if not signed:
         return
-    existing = await read_attachment(repo, subject)
+    if existing is None:
+        existing = await read_attachment(repo, subject)
     layers = [s.descriptor for s in existing]
+    blobs = []
     for payload, signature, key_id in signed:
-        digest = await _put_blob(repo, payload)
+        blobs.append(payload)
         layers.append(
             {
                 "mediaType": SIMPLESIGNING,
-                "digest": str(digest),
+                "digest": str(Digest.of(payload)),
                 "size": len(payload),
                 "annotations": {SIGNATURE_ANNOTATION: signature, KEY_ANNOTATION: key_id},
             }
@@ -111,12 +122,17 @@ async def add_signatures(
         },
         separators=(",", ":"),
     ).encode()
-    config_digest = await _put_blob(repo, config)
+    blobs.append(config)
+    await asyncio.gather(*(_put_blob(repo, data) for data in blobs))
     manifest = json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": str(config_digest), "size": len(config)},
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": str(Digest.of(config)),
+                "size": len(config),
+            },
             "layers": layers,
         },
         separators=(",", ":"),

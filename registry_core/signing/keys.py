@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import RegistryError
 from ..names import Tenant
-from ..secrets import SecretBox
+from ..secrets import SecretBox, check_canary
 from ..storage import layout
 from ..storage.driver import PathNotFound, StorageDriver
 from . import openpgp
@@ -147,8 +147,11 @@ class KeyStore:
         active = [r for r in await self.list(tenant) if r.kind == kind and r.status == "active"]
         return active[-1] if active else None
 
-    async def signing_key(self, tenant: Tenant, kind: KeyKind) -> SigningKey:
-        """The key that signs for *tenant* now, made on first use."""
+    async def signing_key(
+        self, tenant: Tenant, kind: KeyKind, *, rsa_bits: int | None = None
+    ) -> SigningKey:
+        """The key that signs for *tenant* now, made on first use (an RSA key of
+        *rsa_bits*, the registry's setting; None: the server's)."""
         cached = self._signing.get((tenant, kind))
         if cached is not None and cached[0] > time.monotonic():
             return self._open(tenant, cached[1])
@@ -156,7 +159,7 @@ class KeyStore:
         async with lock:
             record = await self.current(tenant, kind)
             if record is None:
-                record = await self._create(tenant, kind)
+                record = await self._create(tenant, kind, rsa_bits=rsa_bits)
         self._signing[(tenant, kind)] = (time.monotonic() + self.ttl, record)
         return self._open(tenant, record)
 
@@ -187,24 +190,34 @@ class KeyStore:
     def _context(tenant: Tenant, key_id: str) -> str:
         return layout.signing_key_record(tenant, key_id)
 
-    async def _generate(self, tenant: Tenant, kind: KeyKind) -> tuple[str, str, str, str]:
+    async def _generate(
+        self, tenant: Tenant, kind: KeyKind, rsa_bits: int | None = None
+    ) -> tuple[str, str, str, str]:
         """(algorithm, fingerprint, public, private) of a new key."""
         if kind == "cosign":
             private, public = _cosign_pem(ec.generate_private_key(ec.SECP256R1()))
             return "ecdsa-p256", cosign_fingerprint(public), public, private
         uid = f"Cargohold {tenant} <signing@{tenant.owner}.{tenant.registry}.cargohold.invalid>"
-        made = await asyncio.to_thread(openpgp.generate, uid, self.rsa_bits)
-        return f"rsa{self.rsa_bits}", made.fingerprint, made.public, made.secret
+        bits = rsa_bits or self.rsa_bits
+        made = await asyncio.to_thread(openpgp.generate, uid, bits)
+        return f"rsa{bits}", made.fingerprint, made.public, made.secret
 
     async def _create(
         self,
         tenant: Tenant,
         kind: KeyKind,
         material: tuple[str, str, str, str] | None = None,
+        *,
+        rsa_bits: int | None = None,
     ) -> KeyRecord:
         """Store a new key as the next of its kind; on a lost race, the winner's key."""
         box = self._box()
-        algorithm, fingerprint, public, private = material or await self._generate(tenant, kind)
+        # The first secret sealed on this storage leaves the canary, so that a process
+        # holding another key refuses to start rather than seal keys nobody else can open.
+        await check_canary(self.driver, box, create=True)
+        algorithm, fingerprint, public, private = material or await self._generate(
+            tenant, kind, rsa_bits
+        )
         existing = [r for r in await self.list(tenant) if r.kind == kind]
         key_id = f"{kind}-{(_seq(existing[-1].id) if existing else 0) + 1}"
         record = KeyRecord(
@@ -236,9 +249,11 @@ class KeyStore:
         )
         self._opened.pop((tenant, record.id), None)
 
-    async def rotate(self, tenant: Tenant, kind: KeyKind) -> KeyRecord:
+    async def rotate(
+        self, tenant: Tenant, kind: KeyKind, *, rsa_bits: int | None = None
+    ) -> KeyRecord:
         """A new key of *kind* signs from now on; the old one stays published, retired."""
-        return await self._create(tenant, kind)
+        return await self._create(tenant, kind, rsa_bits=rsa_bits)
 
     async def import_key(self, tenant: Tenant, text: str) -> KeyRecord:
         """Import a PEM ECDSA P-256 private key (cosign) or an armored OpenPGP secret key."""

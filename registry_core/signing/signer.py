@@ -20,6 +20,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Iterable
+from typing import Literal
 
 import attrs
 import msgspec
@@ -33,7 +34,7 @@ from ..manifest_feed import CatchUpReport
 from ..names import RepositoryName, Tenant
 from ..registry import Registry, Repository
 from . import cosign, openpgp, payloads
-from .keys import KeyStore, sign_cosign
+from .keys import KeyKind, KeyRecord, KeyStore, sign_cosign
 from .simple import SimpleSignatures
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class SigningSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
     simple: bool | None = None
     referrers: bool | None = None
     """Also store cosign signatures in the OCI 1.1 referrers form."""
+    rsa_bits: Literal[3072, 4096] | None = None
+    """Size of the registry's next RSA (simple signing) key: made at creation, on first
+    use or by a rotation."""
 
 
 class _Hosts(msgspec.Struct, kw_only=True):
@@ -71,6 +75,7 @@ class SigningDefaults:
     cosign: bool = True
     simple: bool = True
     referrers: bool = False
+    rsa_bits: int = 3072
     public_hosts: tuple[str, ...] = ()
     domains: tuple[tuple[str, str], ...] = ()
     """``(host, OWNER or OWNER/REGISTRY prefix)`` of ``[domains]``."""
@@ -82,6 +87,7 @@ class Effective:
     cosign: bool
     simple: bool
     referrers: bool = False
+    rsa_bits: int = 3072
 
 
 @attrs.define
@@ -109,7 +115,12 @@ class Signer:
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._known_hosts: dict[Tenant, set[str]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # One read-merge-write of an attachment at a time in this process (two indexes
+        # sharing a platform manifest are signed side by side).
+        self._merging: dict[tuple[str, Digest], asyncio.Lock] = {}
+        self.batch = 8
+        """Manifests the worker signs side by side: their storage requests share round
+        trips (and the local driver's thread hops) instead of queueing one by one."""
         self.quiet = 0.1
         self.max_delay = 1.0
 
@@ -132,27 +143,35 @@ class Signer:
             cosign=d.cosign if own.cosign is None else own.cosign,
             simple=d.simple if own.simple is None else own.simple,
             referrers=d.referrers if own.referrers is None else own.referrers,
+            rsa_bits=d.rsa_bits if own.rsa_bits is None else own.rsa_bits,
         )
 
     # -- a new registry's keys -------------------------------------------------------
 
-    def prepare(self, tenant: Tenant) -> None:
-        """Make a new registry's keys soon, in the background (its creation does not wait)."""
-        task = asyncio.get_running_loop().create_task(self._prepare(tenant))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def make_keys(self, tenant: Tenant) -> list[KeyRecord]:
+        """Make a new registry's keys now, as part of its creation, when it signs.
 
-    async def _prepare(self, tenant: Tenant) -> None:
-        try:
-            settings = await self.effective(tenant)
-            if settings.enabled and settings.cosign:
-                await self.keys.signing_key(tenant, "cosign")
-            if settings.enabled and settings.simple:
-                await self.keys.signing_key(tenant, "gpg")
-        except Exception:
-            log.exception(
-                "making the signing keys of %s failed; they are made on first use", tenant
-            )
+        Every way a registry is made (``cargohold registries create``, the API, the
+        website, the bootstrap ``admin/default``) awaits this, so its public keys are
+        published (and their private halves sealed in storage) before anything is
+        pushed; registries that existed before signing get theirs on first use
+        (:meth:`KeyStore.signing_key`). Idempotent: existing keys are returned.
+        """
+        settings = await self.effective(tenant)
+        made: list[KeyRecord] = []
+        if not settings.enabled:
+            return made
+        if settings.cosign:
+            made.append((await self.keys.signing_key(tenant, "cosign")).record)
+        if settings.simple:
+            key = await self.keys.signing_key(tenant, "gpg", rsa_bits=settings.rsa_bits)
+            made.append(key.record)
+        return made
+
+    async def rotate(self, tenant: Tenant, kind: KeyKind) -> KeyRecord:
+        """A new key of *kind* (an RSA one of the registry's ``rsa_bits``) signs from now."""
+        settings = await self.effective(tenant)
+        return await self.keys.rotate(tenant, kind, rsa_bits=settings.rsa_bits)
 
     # -- the nudge and its worker -----------------------------------------------------
 
@@ -198,16 +217,29 @@ class Signer:
             await self.drain()
 
     async def drain(self) -> None:
-        """Sign everything noted so far (a failure is left to the catch-up pass)."""
+        """Sign everything noted so far, ``batch`` manifests at a time (a failure is left
+        to the catch-up pass)."""
         while self._pending:
-            (repository, digest), (hosts, tags) = next(iter(self._pending.items()))
-            del self._pending[(repository, digest)]
-            try:
-                await self.sign_manifest(repository, digest, hosts, tags)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("signing %s@%s failed; the catch-up pass retries", repository, digest)
+            batch = []
+            while self._pending and len(batch) < self.batch:
+                key = next(iter(self._pending))
+                batch.append((key, self._pending.pop(key)))
+            await asyncio.gather(
+                *(
+                    self._sign_noted(repo, digest, hosts, tags)
+                    for (repo, digest), (hosts, tags) in batch
+                )
+            )
+
+    async def _sign_noted(
+        self, repository: str, digest: Digest, hosts: set[str], tags: set[str]
+    ) -> None:
+        try:
+            await self.sign_manifest(repository, digest, hosts, tags)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("signing %s@%s failed; the catch-up pass retries", repository, digest)
 
     async def idle(self) -> None:
         """Wait until the worker has signed everything noted (tests, benchmarks)."""
@@ -330,7 +362,7 @@ class Signer:
         if parsed.subject is not None:
             return report
         if tags is None:
-            found = await repo.manifests.tags_pointing_at(digest)
+            found = await self._tags_naming(repo, digest)
         else:
             found = [t for t in sorted(set(tags)) if await self._points_at(repo, t, digest)]
         tags = [t for t in found if not is_attachment_tag(t)]
@@ -356,8 +388,19 @@ class Signer:
                 if settings.referrers and added:
                     await self._referrer(repo, target)
             if settings.simple:
-                report.simple_added += await self._sign_simple(repo, target, identities)
+                report.simple_added += await self._sign_simple(
+                    repo, target, identities, settings.rsa_bits
+                )
         return report
+
+    async def _tags_naming(self, repo: Repository, digest: Digest) -> list[str]:
+        """The tags naming *digest*: the tag index's candidates, each checked by its link
+        (every link is read only when some tag predates the index)."""
+        names = await repo.manifests.tags()
+        candidates = await repo.manifests.tag_index.candidates(digest, names)
+        if candidates is None:
+            return await repo.manifests.tags_pointing_at(digest)
+        return [t for t in candidates if await self._points_at(repo, t, digest)]
 
     @staticmethod
     async def _points_at(repo: Repository, tag: str, digest: Digest) -> bool:
@@ -368,19 +411,26 @@ class Signer:
 
     async def _sign_cosign(self, repo: Repository, digest: Digest, identities: list[str]) -> int:
         key = await self.keys.signing_key(repo.name.tenant, "cosign")
-        have = set()
-        for existing in await cosign.read_attachment(repo, digest):
-            if existing.key_id == key.id:
-                claim = payloads.read_claim(existing.payload)
-                if claim is not None and claim.digest == str(digest):
-                    have.add(claim.reference)
-        signed = []
-        for identity in identities:
-            if identity in have:
-                continue
-            payload = payloads.cosign_payload(identity, str(digest))
-            signed.append((payload, sign_cosign(key, payload), key.id))
-        await cosign.add_signatures(repo, digest, signed)
+        lock = self._merging.setdefault((repo.name.value, digest), asyncio.Lock())
+        try:
+            async with lock:
+                existing = await cosign.read_attachment(repo, digest)
+                have = set()
+                for signature in existing:
+                    if signature.key_id == key.id:
+                        claim = payloads.read_claim(signature.payload)
+                        if claim is not None and claim.digest == str(digest):
+                            have.add(claim.reference)
+                signed = []
+                for identity in identities:
+                    if identity in have:
+                        continue
+                    payload = payloads.cosign_payload(identity, str(digest))
+                    signed.append((payload, sign_cosign(key, payload), key.id))
+                await cosign.add_signatures(repo, digest, signed, existing)
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._merging.pop((repo.name.value, digest), None)
         return len(signed)
 
     async def _referrer(self, repo: Repository, digest: Digest) -> None:
@@ -388,8 +438,10 @@ class Signer:
         stored = await repo.manifests.get_by_digest(digest)
         await cosign.put_referrer(repo, digest, stored.media_type, stored.size, key.id)
 
-    async def _sign_simple(self, repo: Repository, digest: Digest, identities: list[str]) -> int:
-        key = await self.keys.signing_key(repo.name.tenant, "gpg")
+    async def _sign_simple(
+        self, repo: Repository, digest: Digest, identities: list[str], rsa_bits: int
+    ) -> int:
+        key = await self.keys.signing_key(repo.name.tenant, "gpg", rsa_bits=rsa_bits)
         assert key.gpg is not None
         store = SimpleSignatures(self.registry.driver, repo.name)
         have = {r.identity for _, r in await store.records(digest) if r.key == key.id}

@@ -10,6 +10,7 @@ than its own) and the top-level ``cargohold/`` prefix.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Final
 
 from ..digest import Digest
@@ -118,6 +119,23 @@ def upload_markers_dir(tenant: Tenant) -> str:
 
 def upload_marker(tenant: Tenant, marker: str) -> str:
     return f"{upload_markers_dir(tenant)}/{marker}"
+
+
+def repository_tree(parts: Sequence[str]) -> str:
+    """A folder of the repositories tree by its name components (``()``: the tree's root).
+
+    The manifest feed walks the tree one folder at a time, in name order, to resume
+    where its last pass stopped; a repository is a folder holding ``_manifests``.
+    """
+    return "/".join((REPOSITORIES, *parts))
+
+
+def repository_tree_manifests(parts: Sequence[str]) -> str:
+    """The ``_manifests`` folder of the repository at *parts* (see :func:`repository_tree`)."""
+    return f"{repository_tree(parts)}/{MANIFESTS_DIR}"
+
+
+MANIFESTS_DIR: Final = "_manifests"
 
 
 def is_repository_internal(directory: str) -> bool:
@@ -530,3 +548,40 @@ def simple_signatures_dir(name: RepositoryName, digest: Digest) -> str:
 
 def simple_signature(name: RepositoryName, digest: Digest, signature_id: str) -> str:
     return f"{simple_signatures_dir(name, digest)}/{signature_id}"
+
+
+# -- The website's per-registry repository index (registry_core/storage/repo_index.py) ------
+
+REPO_INDEX: Final = f"{EXTRA}/repo-index"
+
+
+def repo_index_dir(tenant: Tenant) -> str:
+    return f"{REPO_INDEX}/{tenant.owner}/{tenant.registry}"
+
+
+def repo_index_summary(tenant: Tenant) -> str:
+    """The registry's index: its shards (name ranges and counts), rewritten by the job only."""
+    return f"{repo_index_dir(tenant)}/summary"
+
+
+def repo_index_shard(tenant: Tenant, shard: str) -> str:
+    """One shard of sorted image names, named by its content's hash (immutable)."""
+    return f"{repo_index_dir(tenant)}/shards/{shard}"
+
+
+def repo_index_hints(tenant: Tenant) -> str:
+    """One empty object per repository created or emptied since the last compaction."""
+    return f"{repo_index_dir(tenant)}/hints"
+
+
+def repo_index_hint(tenant: Tenant, hint: str) -> str:
+    return f"{repo_index_hints(tenant)}/{hint}"
+
+
+def repo_index_dirty_dir() -> str:
+    """Registries whose index has hints to compact (``OWNER@REGISTRY``, one object each)."""
+    return f"{REPO_INDEX}/_dirty"
+
+
+def repo_index_dirty(tenant: Tenant) -> str:
+    return f"{repo_index_dirty_dir()}/{tenant.owner}@{tenant.registry}"

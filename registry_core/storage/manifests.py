@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import msgspec
 
+from ..attachments import is_attachment_tag
 from ..digest import Digest
 from ..errors import DigestInvalid, ManifestBlobUnknown, ManifestUnknown
 from ..manifest import ParsedManifest, detect_media_type, parse_manifest
@@ -29,6 +30,7 @@ from .blobs import BlobStore, RepositoryBlobs
 from .cache import ContentCache, LinkCache
 from .driver import PathNotFound, StorageDriver
 from .policy import RepositoryPolicy, WritePolicy
+from .repo_index import RepositoryIndex
 from .tag_index import TagIndex, total_size
 
 
@@ -67,6 +69,7 @@ class ManifestStore:
         max_size: int = MAX_MANIFEST_SIZE,
         policy: WritePolicy | None = None,
         on_stored: Callable[[str, Digest, str, str | None], None] | None = None,
+        repo_index: RepositoryIndex | None = None,
     ) -> None:
         self.driver = driver
         self.store = store
@@ -81,6 +84,9 @@ class ManifestStore:
         self.tag_index = TagIndex(driver, name)
         # The manifest feed's nudge (registry_core.manifest_feed): in-process, no storage write.
         self.on_stored = on_stored
+        # The registry's repository index (website listings): told of a repository's first
+        # manifest and of its last one's deletion; free once this process knows the name.
+        self.repo_index = repo_index
 
     # -- reading ------------------------------------------------------------------
 
@@ -179,6 +185,8 @@ class ManifestStore:
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.revision_dir(self.name, parsed.digest))
             raise
+        if self.repo_index is not None:  # the revision is visible: the index may look
+            await self.repo_index.written(self.name)
         self.cache.put(parsed.digest, body, parsed.media_type)
         self.links.generation += 1
         if parsed.subject is not None:
@@ -266,7 +274,8 @@ class ManifestStore:
             self.driver.write(layout.tag_current_link(self.name, tag), link),
         )
         self.links.put(self._key, tag, digest)
-        await self._index_tag(tag, digest)
+        if not is_attachment_tag(tag):  # never listed by tag (DESIGN, "Attachments")
+            await self._index_tag(tag, digest)
 
     async def _index_tag(self, tag: str, digest: Digest) -> None:
         """Keep the tag index (push time, total size) in step with the tag just written."""
@@ -318,14 +327,36 @@ class ManifestStore:
         # Its signatures go with it: simple ones and the cosign attachment's tag.
         with contextlib.suppress(PathNotFound):
             await self.driver.delete(layout.simple_signatures_dir(self.name, digest))
+        signatures = f"{digest.algorithm}-{digest.hex}.sig"
+        try:
+            attachment = await self._current(signatures)
+        except DigestInvalid:
+            attachment = None
         with contextlib.suppress(PathNotFound):
-            await self.driver.delete(
-                layout.tag_dir(self.name, f"{digest.algorithm}-{digest.hex}.sig")
-            )
+            await self.driver.delete(layout.tag_dir(self.name, signatures))
         subject = _subject_of(stored.body)
         if subject is not None:
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.referrer_entry(self.name, subject, digest))
+        if self.repo_index is not None:
+            # Its attachments (signatures, SBOMs) stay for GC to collect with it, but a
+            # repository that holds nothing else holds no image any more.
+            left = set(await self.revisions()) - await self._attachments_of(digest, attachment)
+            if not left:
+                await self.repo_index.emptied(self.name)
+
+    async def _attachments_of(self, subject: Digest, signatures: Digest | None) -> set[Digest]:
+        """The manifests attached to *subject*: its cosign attachment and its referrers."""
+        found = {signatures} if signatures is not None else set()
+        try:
+            entries = await self.driver.list(layout.referrers_dir(self.name, subject))
+        except PathNotFound:
+            return found
+        for entry in entries:
+            algorithm, _, hex_part = entry.partition("-")
+            with contextlib.suppress(DigestInvalid):
+                found.add(Digest.parse(f"{algorithm}:{hex_part}"))
+        return found
 
     # -- tags and referrers ----------------------------------------------------------
 

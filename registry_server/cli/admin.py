@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from drivers import open_driver
-from registry_core import ConfigError, RegistryError
+from registry_core import ConfigError, Registry, RegistryError
+from registry_core.signing import Signer
 from registry_core.tenancy import ROLES, TenancyStore, parse_duration
 
 from .common import config_from_args
@@ -109,9 +110,31 @@ async def owners_delete(store: TenancyStore, args: argparse.Namespace) -> int:
 async def registries_create(store: TenancyStore, args: argparse.Namespace) -> int:
     owner, registry = _split_tenant(args.registry, registry_required=True)
     assert registry is not None
+    signer = await _signer(store, args)  # checked before anything is created
     record = await store.create_registry(owner, registry, "public" if args.public else "private")
     print(f"created registry {owner}/{registry} ({record.visibility})")
+    if signer is not None:
+        for key in await signer.make_keys(record.tenant):
+            print(f"signing key {key.id} ({key.algorithm}, {key.fingerprint})")
     return 0
+
+
+async def _signer(store: TenancyStore, args: argparse.Namespace) -> Signer | None:
+    """The signer that makes a new registry's keys, or None when new registries do not sign.
+
+    Raises ConfigError (a ValueError) when this process's secrets key is not the one the
+    storage knows, before the registry is created, so a refused key leaves nothing behind.
+    """
+    from ..app import state_dir
+    from ..http.signatures import build_signer
+    from ..proxying import check_key, secret_box
+
+    config = config_from_args(args)
+    if not config.signing.is_enabled(config.auth.enabled):
+        return None
+    box = secret_box(config, state_dir(config))
+    await check_key(store.driver, box)
+    return build_signer(config, Registry(store.driver, settings_ttl=0.0), box)
 
 
 async def registries_list(store: TenancyStore, args: argparse.Namespace) -> int:

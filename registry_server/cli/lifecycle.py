@@ -207,6 +207,7 @@ def worker_command(args: argparse.Namespace) -> int:
         if not scheduler.jobs:
             print("cargohold: no job is scheduled (set [gc] interval, ...)", file=sys.stderr)
             return 2
+        registry.repo_index.add_job(scheduler)  # the website's listings, beside the others
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -120,7 +120,7 @@ async def show_key(signer: Signer, args: argparse.Namespace) -> int:
     else:
         settings = await signer.effective(tenant)
         if settings.enabled:
-            await signer.keys.signing_key(tenant, args.kind)
+            await signer.keys.signing_key(tenant, args.kind, rsa_bits=settings.rsa_bits)
         record = await signer.keys.current(tenant, args.kind)
         if record is None:
             raise ValueError(f"{tenant} has no active {args.kind} key (signing is off)")
@@ -132,7 +132,7 @@ async def rotate_keys(signer: Signer, args: argparse.Namespace) -> int:
     tenant = _tenant(args.registry)
     kinds = ("cosign", "gpg") if args.kind == "all" else (args.kind,)
     for kind in kinds:
-        record = await signer.keys.rotate(tenant, kind)  # type: ignore[arg-type]
+        record = await signer.rotate(tenant, kind)  # type: ignore[arg-type]
         print(f"{tenant}: new {kind} key {record.id} ({record.fingerprint}); older ones retired")
     return 0
 
@@ -157,24 +157,28 @@ async def sign_missing(signer: Signer, args: argparse.Namespace) -> int:
                 added[1] += report.simple_added
     else:
         async with Leases(signer.registry.driver).hold(JOB, 120.0) as guard:
-            await signer.catch_up(guard, full=True)
-    suffix = (
-        f": {added[0]} cosign and {added[1]} simple signature(s) added" if args.registry else ""
-    )
-    print(f"sign-missing done{suffix}")
+            report = await signer.catch_up(guard, full=True)
+        print(
+            f"sign-missing done: {report.handled} manifest(s) in {report.repositories} "
+            f"repositories checked" + (f", {report.failed} failed" if report.failed else "")
+        )
+        return 1 if report.failed else 0
+    print(f"sign-missing done: {added[0]} cosign and {added[1]} simple signature(s) added")
     return 0
 
 
 async def settings(signer: Signer, args: argparse.Namespace) -> int:
     tenant = _tenant(args.registry)
     current = await signer.settings(tenant)
-    changes: dict[str, bool | None] = {}
+    changes: dict[str, bool | int | None] = {}
     if args.enabled is not None:
         changes["enabled"] = {"on": True, "off": False, "default": None}[args.enabled]
     for kind in ("cosign", "simple", "referrers"):
         value = getattr(args, kind)
         if value is not None:
             changes[kind] = {"on": True, "off": False, "default": None}[value]
+    if args.rsa_bits is not None:
+        changes["rsa_bits"] = None if args.rsa_bits == "default" else int(args.rsa_bits)
     if changes:
         current = msgspec.structs.replace(current, **changes)
         await signer.set_settings(tenant, current)
@@ -183,7 +187,8 @@ async def settings(signer: Signer, args: argparse.Namespace) -> int:
         f"{tenant}: signing {'on' if effective.enabled else 'off'}, "
         f"cosign {'on' if effective.cosign else 'off'}, "
         f"simple {'on' if effective.simple else 'off'}, "
-        f"referrers {'on' if effective.referrers else 'off'}"
+        f"referrers {'on' if effective.referrers else 'off'}, "
+        f"rsa_bits {effective.rsa_bits}"
     )
     return 0
 
@@ -253,6 +258,11 @@ def add_signing_commands(commands: Any) -> None:
     p.add_argument("--cosign", choices=choices, help="cosign signatures")
     p.add_argument("--simple", choices=choices, help="simple (OpenPGP) signatures")
     p.add_argument("--referrers", choices=choices, help="cosign also in OCI 1.1 referrers form")
+    p.add_argument(
+        "--rsa-bits",
+        choices=["3072", "4096", "default"],
+        help="size of the next RSA (simple signing) key: at a rotation, or first use",
+    )
     leaf(
         "sign-missing",
         "sign every tagged manifest that lacks a signature (one registry, or all)",

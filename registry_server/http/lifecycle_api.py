@@ -145,13 +145,17 @@ class LifecycleApi:
 
     async def put_retention(self, request: web.Request, caller: Identity) -> web.Response:
         tenant = await self._admin(request, caller)
-        spec = await _body(request, RetentionSpec)
+        await self.apply_retention(tenant, await _body(request, RetentionSpec))
+        return _json(_retention(*await self._rules(tenant)))
+
+    async def apply_retention(self, tenant: Tenant, spec: RetentionSpec) -> None:
+        """Store *spec* as the registry's rules (the caller checked the admin role);
+        the website's form calls this too."""
         try:
             rules = spec.rules()
         except ValueError as exc:
             raise InvalidRequest(f"invalid request body: {exc}") from None
         await set_retention(self.registry.settings, tenant, rules)
-        return _json(_retention(*await self._rules(tenant)))
 
     async def delete_retention(self, request: web.Request, caller: Identity) -> web.Response:
         tenant = await self._admin(request, caller)
@@ -191,7 +195,14 @@ class LifecycleApi:
         self, request: web.Request, caller: Identity, owner: str, name: str | None
     ) -> web.Response:
         self.management._superuser(caller, "setting quotas")
-        body = await _body(request, QuotaChange)
+        return _json(await self.apply_quota(caller, owner, name, await _body(request, QuotaChange)))
+
+    async def apply_quota(
+        self, caller: Identity, owner: str, name: str | None, body: QuotaChange
+    ) -> Usage:
+        """Set a quota (superusers only) and recompute the usage it covers; the website's
+        form calls this too."""
+        self.management._superuser(caller, "setting quotas")
         try:
             max_bytes = (
                 None
@@ -224,7 +235,7 @@ class LifecycleApi:
             # A compaction that will not end soon (a crashed holder): the quota holds
             # already; the next GC run measures the usage exactly.
             log.warning("usage of %s not recomputed: the usage lease is held", owner)
-        return _json(await self.management._usage(owner, name))
+        return await self.management._usage(owner, name)
 
     async def _clear_quota(self, caller: Identity, owner: str, name: str | None) -> web.Response:
         self.management._superuser(caller, "removing quotas")

@@ -503,8 +503,8 @@ class Management:
         self.guard = guard
         self.upstreams = upstreams
         self.tag_vulnerabilities: Callable[[Digest], Awaitable[dict[str, int] | None]] | None = None
-        # Signing makes a new registry's keys, in the background (registry_core.signing).
-        self.on_registry_created: Callable[[Tenant], None] | None = None
+        # Signing makes a new registry's keys as part of its creation (registry_core.signing).
+        self.on_registry_created: Callable[[Tenant], Awaitable[object]] | None = None
         """Counts by severity for the tag listing, when scanning is on (scanning_api)."""
 
     def routes(self) -> list[tuple[str, str, Handler]]:
@@ -815,9 +815,13 @@ class Management:
         body = await _body(request, NewRegistry)
         record = await self.tenancy.create_registry(owner, body.name, body.visibility)
         self._access_changed()  # a cached "no such registry" must not linger
-        if self.on_registry_created is not None:
-            self.on_registry_created(record.tenant)
+        await self.registry_created(record.tenant)
         return _json(_registry(record), status=201)
+
+    async def registry_created(self, tenant: Tenant) -> None:
+        """What a new registry gets at once, whichever route made it (its signing keys)."""
+        if self.on_registry_created is not None:
+            await self.on_registry_created(tenant)
 
     async def get_registry(self, request: web.Request, caller: Identity) -> web.Response:
         view = _registry(await self._visible_registry(request, caller))

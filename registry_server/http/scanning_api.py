@@ -247,22 +247,28 @@ class ScanningApi:
 
     async def put_policy(self, request: web.Request, caller: Identity) -> web.Response:
         tenant = (await self.management._registry_admin(request, caller)).tenant
-        body = await _body(request, PolicyBody)
-        try:
-            policy = ScanPolicy(
-                block_severity=body.block_severity,
-                block_unscanned=body.block_unscanned,
-                allowlist=body.allowlist,
-            ).validate()
-        except ValueError as exc:
-            raise InvalidRequest(f"invalid request body: {exc}") from None
-        await self.registry.settings.put(tenant.owner, tenant.registry, POLICY_KIND, policy)
+        policy = await store_policy(self.registry, tenant, await _body(request, PolicyBody))
         return _json(_policy_body(policy))
 
     async def delete_policy(self, request: web.Request, caller: Identity) -> web.Response:
         tenant = (await self.management._registry_admin(request, caller)).tenant
         await self.registry.settings.delete(tenant.owner, tenant.registry, POLICY_KIND)
         return _no_content()
+
+
+async def store_policy(registry: Registry, tenant: Tenant, body: PolicyBody) -> ScanPolicy:
+    """Check and store a registry's pull policy (the caller checked the admin role); the
+    API and the website's form both come here."""
+    try:
+        policy = ScanPolicy(
+            block_severity=body.block_severity,
+            block_unscanned=body.block_unscanned,
+            allowlist=body.allowlist,
+        ).validate()
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid request body: {exc}") from None
+    await registry.settings.put(tenant.owner, tenant.registry, POLICY_KIND, policy)
+    return policy
 
 
 async def _policy(registry: Registry, tenant: Tenant) -> ScanPolicy | None:

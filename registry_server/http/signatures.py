@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Literal
@@ -53,6 +54,7 @@ EXTENSION_PATH = "/extensions/v2/{name:.+}/signatures/{digest}"
 KEYS_PATH = f"{API_PREFIX}/registries/{{owner}}/{{registry}}/signing-keys"
 SETTINGS_PATH = f"{API_PREFIX}/registries/{{owner}}/{{registry}}/signing"
 _NAME = re.compile(NAME_PATTERN)
+LOGGER = logging.getLogger("cargohold.signing")
 
 
 class SigningKeyView(msgspec.Struct, kw_only=True):
@@ -76,6 +78,8 @@ class SigningChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cosign: bool | None = None
     simple: bool | None = None
     referrers: bool | None = None
+    rsa_bits: Literal[3072, 4096] | None = None
+    """Size of the registry's next RSA key (at a rotation; or first use)."""
 
 
 class SigningKeys(msgspec.Struct, kw_only=True):
@@ -84,6 +88,8 @@ class SigningKeys(msgspec.Struct, kw_only=True):
     cosign: bool
     simple: bool
     referrers: bool
+    rsa_bits: int
+    """Size of the registry's next RSA key (the current one shows in its ``algorithm``)."""
     keys: list[SigningKeyView]
 
 
@@ -100,6 +106,7 @@ def build_signer(config: Config, registry: Registry, box: SecretBox | None) -> S
         cosign=config.signing.cosign,
         simple=config.signing.simple,
         referrers=config.signing.referrers,
+        rsa_bits=config.signing.rsa_bits,
         public_hosts=public_hosts(config),
         domains=tuple(sorted(config.domains.items())),
     )
@@ -107,6 +114,23 @@ def build_signer(config: Config, registry: Registry, box: SecretBox | None) -> S
         registry.driver, box, rsa_bits=config.signing.rsa_bits, ttl=config.auth.cache_ttl
     )
     return Signer(registry, keys, defaults)
+
+
+async def make_registry_keys(signer: Signer, tenant: Tenant) -> None:
+    """A new registry's signing keys, made while it is created (when it signs).
+
+    A failure (gpg missing, storage down) never undoes the registry: it is logged and
+    the keys are made on first use instead.
+    """
+    try:
+        made = await signer.make_keys(tenant)
+    except Exception:
+        LOGGER.exception("making the signing keys of %s failed; they are made on first use", tenant)
+        return
+    for record in made:
+        LOGGER.info(
+            "registry %s: %s key %s (%s)", tenant, record.kind, record.id, record.fingerprint
+        )
 
 
 def add_signing_job(scheduler: Scheduler, signer: Signer, interval: float) -> None:
@@ -195,6 +219,7 @@ class SignatureRoutes:
                 cosign=change.cosign,
                 simple=change.simple,
                 referrers=change.referrers,
+                rsa_bits=change.rsa_bits,
             ),
         )
         return await self.signing_keys(request)
@@ -215,7 +240,7 @@ class SignatureRoutes:
             if settings.cosign:
                 await self.signer.keys.signing_key(tenant, "cosign")
             if settings.simple:
-                await self.signer.keys.signing_key(tenant, "gpg")
+                await self.signer.keys.signing_key(tenant, "gpg", rsa_bits=settings.rsa_bits)
         views = [
             SigningKeyView(
                 id=r.id,
@@ -235,6 +260,7 @@ class SignatureRoutes:
             cosign=settings.cosign,
             simple=settings.simple,
             referrers=settings.referrers,
+            rsa_bits=settings.rsa_bits,
             keys=views,
         )
         return web.Response(body=msgspec.json.encode(body), content_type="application/json")

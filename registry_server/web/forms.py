@@ -31,6 +31,14 @@ DONE_MESSAGES: Final = {
     "owner-deleted": "Owner deleted.",
     "registry": "Registry created.",
     "deleted": "Manifest deleted.",
+    "retention": "Retention rules saved.",
+    "immutable": "Immutable tag patterns saved.",
+    "quota": "Quota saved; usage recounted.",
+    "upstream": "Upstream added.",
+    "upstream-removed": "Upstream removed.",
+    "scan-policy": "Pull policy saved.",
+    "signing": "Signing settings saved.",
+    "rotated": "A new key signs from now on; the old one stays published, retired.",
 }
 """Messages a redirect may ask for by key (never text taken from the request)."""
 

@@ -23,7 +23,6 @@ from registry_core.errors import BlobUnknown, ManifestUnknown
 from registry_core.lifecycle.retention import delete_with_attachments
 from registry_core.manifest import descriptors_of
 from registry_core.mediatypes import IMAGE_MANIFESTS, MANIFEST_TYPES
-from registry_core.names import Tenant
 from registry_core.registry import Registry, Repository
 from registry_core.storage.driver import PathNotFound
 from registry_core.storage.tag_index import IndexedTag, SortKey, total_size
@@ -173,9 +172,9 @@ async def tag_row(repo: Repository, tag: IndexedTag) -> TagRow | None:
 class Listings:
     """The large listings pages sort and slice, cached per process for a few seconds.
 
-    A registry's image names (a walk of its folder) and an image's sorted tags (two
-    listings) cost tens of milliseconds at thousands of entries; paging through them
-    should not pay that on every click. Entries expire after *ttl* seconds, and every
+    An image's sorted tags (two listings) cost tens of milliseconds at ten thousand
+    entries; paging through them should not pay that on every click (a registry's images
+    come from its repository index instead). Entries expire after *ttl* seconds, and every
     manifest write or delete made by this process drops them at once (the link cache's
     generation), so changes made through other processes show within *ttl*. Per process
     only: nothing here is shared or persisted.
@@ -204,18 +203,6 @@ class Listings:
             self._entries.clear()
         self._entries[key] = (time.monotonic() + self.ttl, generation, value)
 
-    async def images(self, tenant: Tenant) -> list[str]:
-        """The tenant's image names (``IMAGE[/MORE]``), sorted."""
-        key = ("images", str(tenant))
-        cached = self._get(key)
-        if cached is not None:
-            return cached
-        generation = self.registry.link_cache.generation
-        prefix = f"{tenant}/"
-        names = [name[len(prefix) :] for name in await self.registry.repositories(tenant)]
-        self._put(key, generation, names)
-        return names
-
     async def tags(self, repo: Repository, key: SortKey, descending: bool) -> list[IndexedTag]:
         """The repository's tags (attachments left out) with what the index knows, sorted."""
         cache_key = ("tags", repo.name.value, key, descending)
@@ -227,17 +214,24 @@ class Listings:
         if key == "name":
             # Names alone order the list: the page's rows read their index entries one by one
             # (tag_row), so the index folder is never listed for this order.
-            names = await manifests.tags()
-            tags = [t for t in names if not is_attachment_tag(t)]
-            ordered = [IndexedTag(t, None, None) for t in sorted(tags, reverse=descending)]
+            names = await manifests.tags()  # sorted already
+            make = tuple.__new__  # ten thousand of them: skip the named tuple's own __new__
+            ordered = [make(IndexedTag, (t, None, None, None)) for t in _images(names)]
+            if descending:
+                ordered.reverse()
         else:
             names, known = await asyncio.gather(manifests.tags(), manifests.tag_index.entries())
-            tags = [t for t in names if not is_attachment_tag(t)]
+            tags = _images(names)
             ordered = await manifests.tag_index.sorted_tags(
                 tags, key, descending=descending, known=known
             )
         self._put(cache_key, generation, ordered)
         return ordered
+
+
+def _images(tags: list[str]) -> list[str]:
+    """*tags* without attachments (whose names start with a digest algorithm)."""
+    return [t for t in tags if not (t.startswith("sha") and is_attachment_tag(t))]
 
 
 async def tag_page(
