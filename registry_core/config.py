@@ -312,6 +312,9 @@ class ScanningConfig(_Section):
     """Scan pushed images; unset: on when ``auth.enabled`` (tenancy), off in open mode."""
     interval: str = "30s"
     """How often the scan job looks for manifests the in-process nudges missed."""
+    concurrency: int = 1
+    """Scans one process (server or ``cargohold worker``) runs at once; each digest is
+    claimed, so every process takes different digests from the shared queue."""
     refresh_urls: list[str] | str = msgspec.field(default_factory=list)
     """OSV exports (``.../ECOSYSTEM/all.zip``) re-imported on a schedule; a comma list in env."""
     refresh_interval: str = "1d"
@@ -320,6 +323,8 @@ class ScanningConfig(_Section):
     def __post_init__(self) -> None:
         for key in ("interval", "refresh_interval"):
             _duration(getattr(self, key), f"scanning.{key}")
+        if not 1 <= self.concurrency <= 64:
+            raise ValueError("scanning.concurrency must be between 1 and 64")
 
     def seconds(self, key: str) -> float:
         return _duration(getattr(self, key), f"scanning.{key}") or 0.0

@@ -17,7 +17,10 @@ of different machines: keep their skew well below the time to live.
 :class:`Scheduler` runs periodic jobs in every process that starts it (server
 processes, ``cargohold worker``); only the lease holder works, the others find
 the lease held and wait for the next tick. :meth:`Scheduler.nudge` asks for a
-run soon, in this process, without a storage write.
+run soon, in this process, without a storage write. A *shared* job
+(:meth:`Scheduler.add_shared`) runs in every process at once with no lease: for
+work made of independent items that are claimed one by one in storage (scans
+per manifest digest), so that many processes share the load.
 
 This module never imports a driver or aiohttp, never builds paths itself
 (layout does) and never keeps job state in memory across processes.
@@ -239,15 +242,18 @@ class LeaseGuard:
 
 
 JobFunction = Callable[[LeaseGuard], Awaitable[object]]
+SharedJobFunction = Callable[[], Awaitable[object]]
+"""Work every process does at once, safe without a lease (e.g. per-item claims in storage)."""
 
 
 @attrs.define
 class _Job:
     name: str
     interval: float
-    run: JobFunction
+    run: JobFunction | None
     ttl: float
     nudged: asyncio.Event = attrs.field(factory=asyncio.Event)
+    shared: SharedJobFunction | None = None
 
 
 class Scheduler:
@@ -268,6 +274,16 @@ class Scheduler:
             raise ValueError("a periodic job needs a positive interval")
         self._jobs[_check_job_name(name)] = _Job(name, interval, run, ttl)
 
+    def add_shared(self, name: str, interval: float, run: SharedJobFunction) -> None:
+        """Register work that every process runs, with no lease (its items are claimed).
+
+        For work split into many independent items, each claimed in storage, so
+        several processes share it instead of one lease holder doing it all.
+        """
+        if interval <= 0:
+            raise ValueError("a periodic job needs a positive interval")
+        self._jobs[_check_job_name(name)] = _Job(name, interval, None, 0.0, shared=run)
+
     @property
     def jobs(self) -> list[str]:
         return sorted(self._jobs)
@@ -279,8 +295,12 @@ class Scheduler:
             job.nudged.set()
 
     async def run_once(self, name: str) -> bool:
-        """Run *name* now if its lease can be taken; False when another holder has it."""
+        """Run *name* now if its lease can be taken (shared jobs: always); False when it is held."""
         job = self._jobs[name]
+        if job.shared is not None:
+            await job.shared()
+            return True
+        assert job.run is not None
         try:
             async with self.leases.hold(job.name, job.ttl) as guard:
                 await job.run(guard)

@@ -271,6 +271,7 @@ def add_scanning(
         Scanner(registry, observer=scan_metrics),
         refresh_urls=config.scanning.urls(),
         refresh_interval=config.scanning.seconds("refresh_interval"),
+        concurrency=config.scanning.concurrency,
     )
     scan_metrics.queued.set_function(lambda: service.queued)
     service.install(scheduler, interval=config.scanning.seconds("interval"))

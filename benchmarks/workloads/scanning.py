@@ -6,7 +6,8 @@ folder: a 5-layer image (300 MiB of gzip layers; 40 MiB with ``--quick``) whose
 files compress about 2:1, with a real-sized dpkg database and Python packages in
 it. ``mib_s_per_core`` is compressed MiB scanned per CPU second of this process
 (decompression, tar, analyzers, SBOM, matching); ``rematch_s`` the time to
-re-match 1,000 stored SBOMs after an import; ``scan_rss_mib`` the growth of peak
+re-match 1,000 stored results (each with its own SBOM of ~1,050 packages) after an
+import that changes 2% of the records; ``scan_rss_mib`` the growth of peak
 RSS during the scan (the kernel's high-water mark is reset first). Run it alone with
 ``make bench ARGS="--only scanning [--quick]"``.
 """
@@ -69,8 +70,19 @@ def _layer(index: int, size: int) -> bytes:
     return gzip.compress(raw.getvalue(), compresslevel=1)
 
 
-def _osv(count: int, seed: str) -> list[dict[str, Any]]:
-    """One record per source package; a quarter of the image's sources are affected."""
+def _osv(count: int, seed: str, changed: int = 0) -> list[dict[str, Any]]:
+    """One record per source package; a quarter of the image's sources are affected.
+
+    About *changed* of the affecting records (spread over the range) get a later fix, as
+    a daily update does.
+    """
+    step = max(1, count // 4 // changed) if changed else 0
+
+    def fixed(i: int) -> str:
+        if i % 4:
+            return "1.0-1"  # fixed before the installed version: not affected
+        return f"1.{i}-{3 if step and (i // 4) % step == 0 else 2}"
+
     return [
         {
             "id": f"BENCH-{seed}-{i}",
@@ -81,10 +93,7 @@ def _osv(count: int, seed: str) -> list[dict[str, Any]]:
                     "ranges": [
                         {
                             "type": "ECOSYSTEM",
-                            "events": [
-                                {"introduced": "0"},
-                                {"fixed": f"1.{i}-2" if i % 4 == 0 else "1.0-1"},
-                            ],
+                            "events": [{"introduced": "0"}, {"fixed": fixed(i)}],
                         }
                     ],
                 }
@@ -92,6 +101,44 @@ def _osv(count: int, seed: str) -> list[dict[str, Any]]:
         }
         for i in range(count)
     ]
+
+
+async def _store_results(registry: Any, scanner: Any, report: Any, count: int) -> None:
+    """*count* scanned images, each with its own SBOM: the scanned inventory, a few versions moved.
+
+    Images share most packages (base layers) but not all: in image *i*, one package in
+    thirteen carries one of five rebuilt versions, so SBOMs, queries and findings differ.
+    """
+    import attrs
+    import msgspec
+
+    from registry_core.digest import Digest
+    from registry_core.scanning.sbom import build_sbom, inventory_from_sbom
+    from registry_core.storage import layout
+
+    base = inventory_from_sbom(await scanner.sbom(Digest.parse(report.digest)) or b"")
+    status = b'{"status":"done","updated":0,"attempts":1}'
+    for i in range(count):
+        fake = Digest.of(f"bench-{i}".encode())
+        packages = tuple(
+            attrs.evolve(p, version=f"{p.version}.{i % 5}") if (j + i) % 13 == 0 else p
+            for j, p in enumerate(base.packages)
+        )
+        sbom = build_sbom(attrs.evolve(base, packages=packages), str(fake))
+        sbom_digest = Digest.of(sbom)
+        await registry.blob_store.put_small(sbom, sbom_digest)
+        result = msgspec.structs.replace(
+            report.platforms[0],
+            manifest=str(fake),
+            sbom=str(sbom_digest),
+            sbom_size=len(sbom),
+            findings=[],
+        )
+        stored = msgspec.structs.replace(
+            report, digest=str(fake), platforms=[result], db_version=""
+        )
+        await registry.driver.write(layout.scan_report(fake), msgspec.json.encode(stored))
+        await registry.driver.write(layout.scan_status(fake), status)
 
 
 def _reset_peak_rss() -> None:
@@ -112,7 +159,6 @@ def _peak_rss_mib() -> float:
 
 async def measure(total_mib: int, workdir: str) -> dict[str, float]:
     """Scan a 5-layer image of *total_mib* compressed MiB, then re-match 1,000 SBOMs."""
-    import msgspec
 
     from drivers.local import LocalDriver
     from registry_core import Registry
@@ -120,7 +166,6 @@ async def measure(total_mib: int, workdir: str) -> dict[str, float]:
     from registry_core.digest import Digest
     from registry_core.scanning import Scanner
     from registry_core.scanning.vulndb import import_sources
-    from registry_core.storage import layout
 
     registry = Registry(LocalDriver(os.path.join(workdir, "store")))
     layers = [_layer(i, total_mib * MiB // 5 // 2) for i in range(5)]
@@ -168,14 +213,9 @@ async def measure(total_mib: int, workdir: str) -> dict[str, float]:
     scan_wall = time.perf_counter() - wall
     rss = _peak_rss_mib() - rss_before
 
-    # 1,000 stored results sharing one SBOM (re-matching reads each one's SBOM and report).
-    stored = msgspec.json.encode(report)
-    status = b'{"status":"done","updated":0,"attempts":1}'
-    for i in range(SBOMS):
-        fake = Digest.of(f"bench-{i}".encode())
-        await registry.driver.write(layout.scan_report(fake), stored)
-        await registry.driver.write(layout.scan_status(fake), status)
-    Path(osv_file).write_text(json.dumps(_osv(2000, "b")))
+    await _store_results(registry, scanner, report, SBOMS)
+    await scanner.rematch_all()  # every stored result matched against the first data set
+    Path(osv_file).write_text(json.dumps(_osv(2000, "a", changed=40)))
     await import_sources(registry.driver, [("bench", [osv_file])])
     start, cpu = time.perf_counter(), time.process_time()
     changed = await scanner.rematch_all()

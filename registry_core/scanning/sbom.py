@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
+import attrs
 import msgspec
 
 from .inventory import Inventory, OperatingSystem, Package
@@ -126,12 +127,40 @@ class _Property(msgspec.Struct):
     value: str = ""
 
 
-class _Component(msgspec.Struct):
+class SbomComponent(msgspec.Struct):
+    """One component as stored; ``properties`` stays raw JSON until a package needs it.
+
+    Re-matching reads every component of every SBOM, and most of them are packages it
+    has seen in other SBOMs already: their raw properties are the cache key
+    (:meth:`identity`), so only new packages pay for decoding them.
+    """
+
     type: str = ""
     name: str = ""
     version: str = ""
     description: str = ""
-    properties: list[_Property] = []
+    properties: msgspec.Raw = msgspec.Raw(b"[]")
+
+    def identity(self) -> tuple[str, str, bytes]:
+        """What makes two components the same package (name, version, raw properties)."""
+        return (self.name, self.version, bytes(self.properties))
+
+    def package(self) -> Package:
+        """The :class:`Package` this component records."""
+        try:
+            decoded = msgspec.json.decode(self.properties, type=list[_Property])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise SbomUnreadable(str(exc)) from None
+        props = {p.name: p.value for p in decoded}
+        return Package(
+            kind=props.get(f"{_PREFIX}kind", "unknown"),
+            name=self.name,
+            version=self.version,
+            path=props.get(f"{_PREFIX}path", ""),
+            arch=props.get(f"{_PREFIX}arch", ""),
+            source_name=props.get(_SOURCE_NAME, ""),
+            source_version=props.get(_SOURCE_VERSION, ""),
+        )
 
 
 class _Metadata(msgspec.Struct):
@@ -140,15 +169,24 @@ class _Metadata(msgspec.Struct):
 
 class _Bom(msgspec.Struct):
     bomFormat: str = ""
-    components: list[_Component] = []
+    components: list[SbomComponent] = []
     metadata: _Metadata = msgspec.field(default_factory=_Metadata)
 
 
 _SOURCE_NAME, _SOURCE_VERSION = f"{_PREFIX}source-name", f"{_PREFIX}source-version"
 
 
-def inventory_from_sbom(body: bytes) -> Inventory:
-    """The inventory an SBOM written by :func:`build_sbom` describes (for re-matching)."""
+@attrs.frozen
+class SbomPackages:
+    """An SBOM read for matching: its operating system and package components, undecoded."""
+
+    os: OperatingSystem | None
+    components: list[SbomComponent]
+    platform: str
+
+
+def read_sbom(body: bytes) -> SbomPackages:
+    """The operating system and package components of an SBOM written by :func:`build_sbom`."""
     try:
         doc = msgspec.json.decode(body, type=_Bom)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -162,20 +200,16 @@ def inventory_from_sbom(body: bytes) -> Inventory:
             os_info = OperatingSystem(
                 id=component.name, version_id=component.version, pretty_name=component.description
             )
-            continue
-        props = {p.name: p.value for p in component.properties}
-        packages.append(
-            Package(
-                kind=props.get(f"{_PREFIX}kind", "unknown"),
-                name=component.name,
-                version=component.version,
-                path=props.get(f"{_PREFIX}path", ""),
-                arch=props.get(f"{_PREFIX}arch", ""),
-                source_name=props.get(_SOURCE_NAME, ""),
-                source_version=props.get(_SOURCE_VERSION, ""),
-            )
-        )
+        else:
+            packages.append(component)
     platform = next(
         (p.value for p in doc.metadata.properties if p.name == f"{_PREFIX}platform"), ""
     )
-    return Inventory(os=os_info, packages=tuple(packages), platform=platform)
+    return SbomPackages(os=os_info, components=packages, platform=platform)
+
+
+def inventory_from_sbom(body: bytes) -> Inventory:
+    """The inventory an SBOM written by :func:`build_sbom` describes."""
+    read = read_sbom(body)
+    packages = tuple(component.package() for component in read.components)
+    return Inventory(os=read.os, packages=packages, platform=read.platform)

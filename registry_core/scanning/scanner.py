@@ -2,9 +2,10 @@
 
 Everything is keyed by manifest digest (content-addressed): one scan serves every
 tenant, repository and tag that shares the digest. A scan *claims* its attempt
-with a create-if-absent object (``layout.scan_claim``) holding an expiry, so two
-replicas never scan the same digest at once and a crashed attempt is taken over
-once its claim expires; state moves queued -> running -> done | failed (with the
+with a create-if-absent object (``layout.scan_claim``) holding an expiry that the
+scan renews while it runs, so two processes never scan the same digest at once
+(any number scan different digests) and a crashed attempt is taken over once its
+claim expires; state moves queued -> running -> done | failed (with the
 reason and a time to retry, with backoff). The inventory is written as a
 CycloneDX SBOM blob and attached to the manifest as an OCI referrer in each
 repository that holds it; re-matching after a database update reads the SBOMs
@@ -18,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -29,9 +30,9 @@ from ..errors import RegistryError
 from ..jobs import default_holder_id
 from ..storage import layout
 from ..storage.driver import PathNotFound
-from .matcher import Finding, match
+from .matcher import Finding, Matcher
 from .osv import SEVERITIES
-from .sbom import SBOM_ARTIFACT_TYPE, SBOM_MEDIA_TYPE, build_sbom, inventory_from_sbom
+from .sbom import SBOM_ARTIFACT_TYPE, SBOM_MEDIA_TYPE, SbomUnreadable, build_sbom, read_sbom
 from .vulndb import DatabaseState, VulnDatabase
 from .walker import final_files, inventory_of
 
@@ -47,6 +48,10 @@ _IMAGE_CONFIGS = frozenset(
     {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
 )
 _EMPTY_CONFIG = b"{}"
+REMATCH_STATE_JOB = "scan"
+"""The job whose state folder keeps the last re-matching pass (the scan job's)."""
+REMATCH_CONCURRENCY = 16
+REMATCH_BATCH = 256
 
 
 class ScanStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -95,6 +100,18 @@ class ScanReport(msgspec.Struct, kw_only=True, omit_defaults=True):
         ]
 
 
+class _StoredPlatformFindings(msgspec.Struct, kw_only=True):
+    sbom: str | None = None
+    findings: msgspec.Raw = msgspec.Raw(b"[]")
+
+
+class _StoredFindings(msgspec.Struct, kw_only=True):
+    """What re-matching reads of a stored report: findings stay raw until they changed."""
+
+    db_version: str = ""
+    platforms: list[_StoredPlatformFindings] = []
+
+
 class ScanObserver(Protocol):
     """Metrics hooks (the server's Prometheus counters); every method optional in spirit."""
 
@@ -109,6 +126,14 @@ class ScanFailed(Exception):
 
 class ScanBusy(Exception):
     """Another process holds an unexpired claim on this digest."""
+
+
+class RematchPass(msgspec.Struct, kw_only=True):
+    """A completed re-matching pass: every stored result was checked against *version*."""
+
+    version: str
+    started: float = 0.0
+    finished: float = 0.0
 
 
 class _Claim(msgspec.Struct, kw_only=True):
@@ -164,7 +189,7 @@ class Scanner:
         database: VulnDatabase | None = None,
         *,
         observer: ScanObserver | None = None,
-        claim_ttl: float = 600.0,
+        claim_ttl: float = 120.0,
         holder: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -177,6 +202,7 @@ class Scanner:
         self.clock = clock
         self.scans_run = 0
         """Scans this process actually ran (tests prove two replicas scan once)."""
+        self._matcher: Matcher | None = None
 
     # -- reading results -----------------------------------------------------------------
 
@@ -223,11 +249,7 @@ class Scanner:
 
     async def _claim(self, digest: Digest) -> int:
         """Take the next attempt of *digest*'s scan, or raise ScanBusy."""
-        try:
-            names = await self.driver.list(layout.scan_claims_dir(digest))
-        except PathNotFound:
-            names = []
-        attempts = sorted(int(n) for n in names if n.isdigit())
+        attempts = await self._attempts(digest)
         latest = attempts[-1] if attempts else 0
         if latest:
             try:
@@ -243,11 +265,36 @@ class Scanner:
         )
         if not created:
             raise ScanBusy(str(digest))
+        # A taker that listed just before a release may have re-created a lower attempt
+        # next to a newer one: the lower steps back, so one attempt runs at a time.
+        if any(attempt > latest + 1 for attempt in await self._attempts(digest)):
+            await self._release(digest, latest + 1)
+            raise ScanBusy(str(digest))
         return latest + 1
 
-    async def _release(self, digest: Digest) -> None:
+    async def _attempts(self, digest: Digest) -> list[int]:
+        try:
+            names = await self.driver.list(layout.scan_claims_dir(digest))
+        except PathNotFound:
+            return []
+        return sorted(int(n) for n in names if n.isdigit())
+
+    async def _keep_claim(self, digest: Digest, attempt: int) -> None:
+        """Renew our claim while the scan runs (only its holder writes an attempt's object)."""
+        while True:
+            await asyncio.sleep(self.claim_ttl / 3)
+            claim = _Claim(holder=self.holder, expires=self.clock() + self.claim_ttl)
+            try:
+                await self.driver.write(
+                    layout.scan_claim(digest, attempt), msgspec.json.encode(claim)
+                )
+            except Exception:
+                log.warning("renewing the scan claim of %s failed", digest, exc_info=True)
+
+    async def _release(self, digest: Digest, attempt: int) -> None:
+        """Delete our own attempt only: a newer one (taken after ours expired) stays."""
         with contextlib.suppress(PathNotFound):
-            await self.driver.delete(layout.scan_claims_dir(digest))
+            await self.driver.delete(layout.scan_claim(digest, attempt))
 
     # -- scanning ----------------------------------------------------------------------
 
@@ -264,7 +311,8 @@ class Scanner:
         artifact = await self._artifact_report(digest)
         if artifact is not None:
             return artifact
-        await self._claim(digest)
+        attempt = await self._claim(digest)
+        keeper = asyncio.create_task(self._keep_claim(digest, attempt))
         try:
             previous = await self.status(digest)
             if not force and previous is not None and previous.status == "done":
@@ -302,11 +350,16 @@ class Scanner:
                 digest, ScanStatus(status="done", updated=self.clock(), attempts=attempts)
             )
             self.scans_run += 1
+            seconds = time.monotonic() - started
+            log.info("scanned %s in %.2f s (%s)", digest, seconds, self.holder)
             if self.observer is not None:
-                self.observer.scan_finished(time.monotonic() - started, True, report.counts())
+                self.observer.scan_finished(seconds, True, report.counts())
             return report
         finally:
-            await self._release(digest)
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await self._release(digest, attempt)
 
     async def _artifact_report(self, digest: Digest) -> ScanReport | None:
         """For a manifest with no filesystem (an artifact, a cosign signature): its report.
@@ -412,7 +465,7 @@ class Scanner:
         sbom = build_sbom(inventory, str(digest))
         sbom_digest = Digest.of(sbom)
         await self.registry.blob_store.put_small(sbom, sbom_digest)
-        findings = await match(inventory, self.database, state)
+        findings = await self.matcher(state).match(inventory)
         return PlatformResult(
             platform=platform,
             manifest=str(digest),
@@ -478,25 +531,52 @@ class Scanner:
 
     # -- re-matching -------------------------------------------------------------------
 
+    def matcher(self, state: DatabaseState) -> Matcher:
+        """This process's matcher for *state*'s database version (fresh when it changed)."""
+        current = self._matcher
+        if current is None or current.version != state.version or current.full:
+            current = self._matcher = Matcher(self.database, state)
+        return current
+
     async def rematch(
-        self, digest: Digest, *, force: bool = False, state: DatabaseState | None = None
+        self,
+        digest: Digest,
+        *,
+        force: bool = False,
+        state: DatabaseState | None = None,
     ) -> bool:
-        """Recompute *digest*'s findings from its stored SBOMs when the database changed."""
-        report = await self.report(digest)
-        if report is None:
+        """Recompute *digest*'s findings from its stored SBOMs when the database changed.
+
+        The report is rewritten only when a finding changed (True); an unchanged one
+        keeps its bytes, and :meth:`last_rematch` tells which version it now stands for.
+        """
+        try:
+            raw = await self.driver.read(layout.scan_report(digest))
+            stored = msgspec.json.decode(raw, type=_StoredFindings)
+        except (PathNotFound, msgspec.DecodeError, msgspec.ValidationError):
             return False
         state = state or await self.database.state(fresh=True)
-        if report.db_version == state.version and not force:
+        if stored.db_version == state.version and not force:
             return False
-        for result in report.platforms:
+        matcher = self.matcher(state)
+        changed: dict[int, list[Finding]] = {}
+        for index, result in enumerate(stored.platforms):
             if not result.sbom:
                 continue
             try:
                 body = await self.registry.blob_store.read_small(Digest.parse(result.sbom))
-            except RegistryError:
+                findings = await matcher.match_sbom(read_sbom(body))
+            except (RegistryError, SbomUnreadable) as exc:
+                log.warning("re-matching %s: SBOM %s unreadable: %s", digest, result.sbom, exc)
                 continue
-            inventory = inventory_from_sbom(body)
-            result.findings = await match(inventory, self.database, state)
+            # Stored findings were encoded by this encoder: equal bytes mean equal findings.
+            if msgspec.json.encode(findings) != bytes(result.findings):
+                changed[index] = findings
+        if not changed:
+            return False
+        report = msgspec.json.decode(raw, type=ScanReport)
+        for index, findings in changed.items():
+            report.platforms[index].findings = findings
         report.db_version = state.version
         report.matched_at = self.clock()
         await self.driver.write(layout.scan_report(digest), msgspec.json.encode(report))
@@ -519,16 +599,48 @@ class Scanner:
                     found.append(Digest.parse(f"{algorithm}:{entry}"))
         return found
 
-    async def rematch_all(self, check: Callable[[], Any] | None = None) -> int:
-        """Re-match every stored result made with another database version; how many changed."""
-        changed = 0
-        digests = await self.scanned_digests()
+    async def last_rematch(self) -> RematchPass | None:
+        """The last completed re-matching pass (None: none since results were first stored)."""
+        try:
+            raw = await self.driver.read(layout.job_state(REMATCH_STATE_JOB, "rematched"))
+            return msgspec.json.decode(raw, type=RematchPass)
+        except (PathNotFound, msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    def matched_against(self, report: ScanReport, last: RematchPass | None) -> tuple[str, float]:
+        """``(database version, time)`` *report*'s findings stand for.
+
+        A pass leaves unchanged reports as they were: one stored before the last
+        completed pass started was checked by it, so it stands for that pass's version.
+        """
+        if last is not None and report.matched_at < last.started:
+            return last.version, last.finished
+        return report.db_version, report.matched_at
+
+    async def _rematch_from(self, digests: Iterator[Digest], state: DatabaseState) -> int:
+        """One of the pass's concurrent workers: re-match digests from a shared iterator."""
+        return sum([await self.rematch(digest, state=state) for digest in digests])
+
+    async def rematch_all(
+        self, check: Callable[[], Any] | None = None, *, concurrency: int = REMATCH_CONCURRENCY
+    ) -> int:
+        """Re-match every stored result made with another database version; how many changed.
+
+        Reads run *concurrency* at a time; *check* (the lease's fencing) runs before every
+        :data:`REMATCH_BATCH` results. A completed pass is recorded (:meth:`last_rematch`).
+        """
+        started = self.clock()
         state = await self.database.state(fresh=True)
-        for start in range(0, len(digests), 32):
+        digests = await self.scanned_digests()
+        changed = 0
+        for start in range(0, len(digests), REMATCH_BATCH):
             if check is not None:
                 await check()
-            results = await asyncio.gather(
-                *(self.rematch(d, state=state) for d in digests[start : start + 32])
-            )
-            changed += sum(results)
+            pending = iter(digests[start : start + REMATCH_BATCH])
+            workers = (self._rematch_from(pending, state) for _ in range(concurrency))
+            changed += sum(await asyncio.gather(*workers))
+        done = RematchPass(version=state.version, started=started, finished=self.clock())
+        await self.driver.write(
+            layout.job_state(REMATCH_STATE_JOB, "rematched"), msgspec.json.encode(done)
+        )
         return changed

@@ -9,10 +9,12 @@ than its own) and the top-level ``cargohold/`` prefix.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Final
 
 from ..digest import Digest
+from ..errors import DigestInvalid
 from ..names import RepositoryName, Tenant
 
 ROOT: Final = "docker/registry/v2"
@@ -497,6 +499,32 @@ def scan_claims_dir(digest: Digest) -> str:
 
 def scans_algorithm_dir(algorithm: str) -> str:
     return f"{SCANS}/{algorithm}"
+
+
+SCAN_QUEUE: Final = f"{EXTRA}/scan-queue"
+"""Manifests waiting for a scan, for whichever process (server or worker) takes them:
+one flat object per (digest, repository), so one listing shows the whole queue."""
+
+
+def scan_queue_entry(digest: Digest, repository: str) -> str:
+    """``<algorithm>-<hex>.<hash of the repository>``; the repository itself is the body."""
+    key = hashlib.sha256(repository.encode()).hexdigest()[:32]
+    return f"{SCAN_QUEUE}/{digest.algorithm}-{digest.hex}.{key}"
+
+
+def scan_queue_object(name: str) -> str:
+    """The queue entry listed as *name* in :data:`SCAN_QUEUE`."""
+    return f"{SCAN_QUEUE}/{name}"
+
+
+def scan_queue_entry_digest(name: str) -> Digest | None:
+    """The digest a :func:`scan_queue_entry` name (last path component) waits for."""
+    head, _, _key = name.partition(".")
+    algorithm, _, hex_part = head.partition("-")
+    try:
+        return Digest.parse(f"{algorithm}:{hex_part}")
+    except DigestInvalid:
+        return None
 
 
 # -- Signing: per-registry keys (private halves sealed) and simple signatures ---------------

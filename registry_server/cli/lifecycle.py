@@ -190,6 +190,7 @@ def _add_scanning_job(scheduler: Scheduler, registry: Registry, config: Config) 
         registry,
         refresh_urls=config.scanning.urls(),
         refresh_interval=config.scanning.seconds("refresh_interval"),
+        concurrency=config.scanning.concurrency,
     )
     service.install(scheduler, interval=config.scanning.seconds("interval"))
 

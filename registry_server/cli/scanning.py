@@ -5,7 +5,8 @@ like the other admin commands) and is safe while servers run: an import switches
 the database atomically under its lease, a scan claims its digest so no server
 scans it at the same time, and servers re-match their stored results when they
 see the new database. ``scan NAME:TAG`` scans in this process (again, when a
-result exists) and attaches the SBOM; ``scan show`` prints the stored result.
+result exists) and attaches the SBOM; ``scan show`` prints the stored result and
+``scan sbom`` the stored CycloneDX SBOM.
 """
 
 from __future__ import annotations
@@ -130,8 +131,13 @@ def scan_command(args: argparse.Namespace) -> int:
     words: list[str] = args.target
     if words[0] == "show" and len(words) == 2:
         return _show(args, words[1])
+    if words[0] == "sbom" and len(words) == 2:
+        return _sbom(args, words[1])
     if len(words) != 1:
-        print("cargohold: scan NAME:TAG|NAME@DIGEST, or scan show NAME:TAG", file=sys.stderr)
+        print(
+            "cargohold: scan NAME:TAG|NAME@DIGEST, scan show NAME:TAG or scan sbom NAME:TAG",
+            file=sys.stderr,
+        )
         return 2
 
     async def body(config: Config, registry: Registry) -> int:
@@ -179,6 +185,31 @@ def _show(args: argparse.Namespace, reference: str) -> int:
     return _run(args, body)
 
 
+def _sbom(args: argparse.Namespace, reference: str) -> int:
+    """The stored CycloneDX SBOM, to stdout or ``--output`` (of an index: ``--platform``)."""
+
+    async def body(config: Config, registry: Registry) -> int:
+        try:
+            name, digest = await _target(registry, reference)
+        except (RegistryError, ValueError) as exc:
+            print(f"cargohold: {reference}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            return 1
+        document = await Scanner(registry).sbom(digest, args.platform)
+        if document is None:
+            where = f" for {args.platform}" if args.platform else ""
+            print(f"cargohold: {name}@{digest}: no SBOM{where} (not scanned yet?)", file=sys.stderr)
+            return 1
+        if args.output:
+            with open(args.output, "wb") as out:
+                out.write(document)
+        else:
+            sys.stdout.buffer.write(document + b"\n")
+            sys.stdout.flush()
+        return 0
+
+    return _run(args, body)
+
+
 def add_scanning_commands(commands: Any) -> None:
     vulndb = commands.add_parser("vulndb", help="the offline vulnerability database (OSV)")
     actions = vulndb.add_subparsers(dest="vulndb_command", required=True)
@@ -193,7 +224,9 @@ def add_scanning_commands(commands: Any) -> None:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=status_command)
     scan = commands.add_parser(
-        "scan", help="scan an image now (scan NAME:TAG|NAME@DIGEST), or show its result (scan show)"
+        "scan",
+        help="scan an image now (scan NAME:TAG|NAME@DIGEST), show its result (scan show NAME:TAG)"
+        " or print its SBOM (scan sbom NAME:TAG)",
     )
     _common(scan)
     scan.add_argument("target", nargs="+", metavar="NAME:TAG|NAME@DIGEST")
@@ -201,4 +234,6 @@ def add_scanning_commands(commands: Any) -> None:
     scan.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits at most")
     scan.add_argument("--format", choices=["table", "json"], default="table")
     scan.add_argument("--severity", choices=list(SEVERITIES), help="only findings at or above")
+    scan.add_argument("--platform", help="scan sbom: the platform of an index (os/arch[/variant])")
+    scan.add_argument("--output", "-o", help="scan sbom: write it to this file")
     scan.set_defaults(func=scan_command)

@@ -303,6 +303,11 @@ async def describe(service: ScanService, digest: Digest, severity: str | None) -
                 )
             )
     state = status.status if status is not None else "queued"
+    database, matched_at = (
+        scanner.matched_against(report, await scanner.last_rematch())
+        if report is not None
+        else (None, None)
+    )
     if state == "done" and report is None:
         state = "queued"  # a report lost or unreadable: the next walk writes it again
     return Vulnerabilities(
@@ -310,8 +315,8 @@ async def describe(service: ScanService, digest: Digest, severity: str | None) -
         status=state,
         reason=status.reason if status is not None and state == "failed" else None,
         scanned_at=report.scanned_at if report else None,
-        matched_at=report.matched_at if report else None,
-        database=report.db_version if report else None,
+        matched_at=matched_at,
+        database=database,
         counts=report.counts() if report else dict.fromkeys(SEVERITIES, 0),
         platforms=platforms,
     )
