@@ -364,7 +364,15 @@ class ProxyPull(Workload):
         local = result.median("cargohold", "lean_local_ms")
         floor = result.median("cargohold", "lean_floor_ms")
         if cw and dw:
-            ceiling = f"; at most {dw / floor:.2f}x with a free server" if floor else ""
+            ceiling = ""
+            if floor:
+                # What is left once the client's own hashing is taken out: the servers' share.
+                ceiling = f"; at most {dw / floor:.2f}x with a free server"
+                if cw > floor and dw > floor:
+                    ceiling += (
+                        f"; less the client's {floor:.0f} ms: {cw - floor:.0f} vs "
+                        f"{dw - floor:.0f} ms, {(dw - floor) / (cw - floor):.2f}x"
+                    )
             found.append(
                 Target(
                     "lean HTTP client: proxy warm pull >= 1.5x Distribution's proxy",
