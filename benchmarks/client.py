@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import json
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -381,3 +382,83 @@ async def gather_limited(concurrency: int, jobs: list[Callable[[], Awaitable[Any
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return results
+
+
+# -- a lean image puller (what a registry client does, nothing more) --------------------
+
+_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass
+class Pull:
+    """One image pulled by ``pull_image``: wall seconds, bytes of blobs, blob count."""
+
+    seconds: float
+    blob_bytes: int
+    blobs: int
+
+
+async def _bearer(http: aiohttp.ClientSession, resp: aiohttp.ClientResponse) -> str | None:
+    """The ``Authorization`` value a 401's Bearer challenge leads to (an anonymous token
+    from its realm for its service and scope, as Docker clients ask), or None without one."""
+    challenge = resp.headers.get("WWW-Authenticate", "")
+    if resp.status != 401 or not challenge.lower().startswith("bearer "):
+        return None
+    params = dict(_CHALLENGE.findall(challenge))
+    realm = params.pop("realm", "")
+    if not realm:
+        raise BenchError(f"Bearer challenge without a realm: {challenge[:200]!r}")
+    async with http.get(realm, params=params) as answer:
+        body = json.loads(await expect(answer, 200))
+    return "Bearer " + (body.get("token") or body["access_token"])
+
+
+async def _get_blob(
+    http: aiohttp.ClientSession, base_url: str, repo: str, digest: str, headers: dict[str, str]
+) -> int:
+    """GET one blob, hashing it as it arrives and dropping the bytes; checks the digest."""
+    h = hashlib.sha256()
+    total = 0
+    async with http.get(f"{base_url}/v2/{repo}/blobs/{digest}", headers=headers) as resp:
+        if resp.status != 200:
+            await expect(resp, 200)
+        async for chunk in resp.content.iter_chunked(1 << 20):
+            h.update(chunk)
+            total += len(chunk)
+    if "sha256:" + h.hexdigest() != digest:
+        raise BenchError(f"GET blob {digest} of {repo}: body does not match its digest")
+    return total
+
+
+async def pull_image(base_url: str, repo: str, tag: str) -> Pull:
+    """Pull ``repo:tag`` as a registry client does, without writing anything: a fresh
+    connection pool, the manifest by tag with every manifest type in ``Accept`` (the token
+    flow first if the server answers 401 with a Bearer challenge), its digest checked
+    against ``Docker-Content-Digest``, then the config and every layer at once, each hashed
+    while it streams and checked against its digest. The wall time is the server's share
+    of a pull plus the least client work a correct pull needs (receiving and hashing)."""
+    start = time.perf_counter()
+    async with session(16) as http:
+        url = f"{base_url}/v2/{repo}/manifests/{tag}"
+        headers = {"Accept": ACCEPT_MANIFESTS}
+        async with http.get(url, headers=headers) as resp:
+            body = await resp.read()
+            auth = await _bearer(http, resp)
+        if auth is not None:
+            headers["Authorization"] = auth
+            async with http.get(url, headers=headers) as resp:
+                body = await expect(resp, 200)
+        elif resp.status != 200:
+            raise BenchError(f"GET {url[:120]} answered {resp.status}: {body[:300]!r}")
+        said = resp.headers.get("Docker-Content-Digest")
+        if said and sha256(body) != said:
+            raise BenchError(f"manifest of {repo}:{tag} does not match {said}")
+        manifest = json.loads(body)
+        if "config" not in manifest or "layers" not in manifest:
+            raise BenchError(f"{repo}:{tag} is not a single image ({manifest.get('mediaType')})")
+        digests = [manifest["config"]["digest"], *(d["digest"] for d in manifest["layers"])]
+        blob_headers = {k: v for k, v in headers.items() if k == "Authorization"}
+        sizes = await asyncio.gather(
+            *(_get_blob(http, base_url, repo, d, blob_headers) for d in digests)
+        )
+    return Pull(time.perf_counter() - start, sum(sizes), len(digests))
