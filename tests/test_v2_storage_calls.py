@@ -212,5 +212,8 @@ async def test_a_manifest_put_costs_these_storage_calls(
             "read web-tag-pointer",  # the tag's previous entry, if any ...
             "write web-tag-entry",  # ... its new entry (pushed time, size, digest) ...
             "write web-tag-pointer",  # ... and the pointer to it (a new tag: nothing to drop)
+            # The tag written, its revision confirmed still linked (a GC run or a retention rule
+            # may have collected it while it was untagged, gc.py)
+            "stat revision-link",
         ]
     )

@@ -195,20 +195,23 @@ class ManifestStore:
             )
         if tag is not None:
             await self._write_tag(tag, parsed.digest)
+            await self._keep_tagged(tag, parsed, body, check_references)
             if rules is not None:
                 await rules.tag_changed(tag, current, parsed.digest)
         if self.on_stored is not None and parsed.subject is None:
             self.on_stored(self._key, parsed.digest, parsed.media_type, tag)
         return parsed
 
-    async def _check_references(self, parsed: ParsedManifest) -> None:
+    async def _check_references(self, parsed: ParsedManifest, *, children: bool = False) -> None:
+        """Every blob linked here and, with *children* or ``strict_index``, every child of
+        an index a revision here."""
         missing_blobs = await _missing(self.blobs.exists, parsed.blobs)
         if missing_blobs:
             raise ManifestBlobUnknown(
                 f"manifest references {len(missing_blobs)} blob(s) not in {self.name}",
                 detail={"digests": [str(d) for d in missing_blobs]},
             )
-        if self.strict_index and parsed.manifests:
+        if (children or self.strict_index) and parsed.manifests:
             missing = await _missing(self._has_revision, parsed.manifests)
             if missing:
                 raise ManifestBlobUnknown(
@@ -217,16 +220,72 @@ class ManifestStore:
                 )
 
     async def tag(self, tag: str, digest: Digest) -> None:
+        """Point *tag* at a revision already stored here (the archive importer, the proxy).
+
+        Safe against a GC run that collects the revision meanwhile by the same protocol
+        as :meth:`put`: the tag is written, then the revision confirmed (see
+        :meth:`_keep_tagged`); ManifestUnknown or ManifestBlobUnknown when its content
+        is gone, with the tag removed again.
+        """
         validate_tag(tag)
         if not await self._has_revision(digest):
             raise ManifestUnknown(detail={"digest": str(digest)})
         rules, current = await self._check_tag(tag, digest)
         await self._write_tag(tag, digest)
+        await self._keep_tagged(tag, None, None, True, digest=digest)
         if rules is not None:
             await rules.tag_changed(tag, current, digest)
         if self.on_stored is not None:
             cached = self.cache.get(digest)
             self.on_stored(self._key, digest, cached[1] if cached else "", tag)
+
+    async def _keep_tagged(
+        self,
+        tag: str,
+        parsed: ParsedManifest | None,
+        body: bytes | None,
+        check_references: bool,
+        *,
+        digest: Digest | None = None,
+    ) -> None:
+        """Confirm, after writing *tag*, that the revision it names is still linked.
+
+        Between the revision's write (or :meth:`tag`'s check) and the tag's write the
+        manifest is untagged, and a GC run collecting untagged manifests, a retention
+        rule or a client's DELETE may remove the revision. Still linked now: any GC run
+        that removes it later re-reads the repositories after that, sees this tag and
+        keeps everything it reaches (lifecycle/gc.py). Gone: it is linked again as a push
+        links it (bytes and revision, then its blobs and, for an index, its children
+        checked once more); if those are gone too, the tag is removed and the write
+        refused, so no tag is left naming missing content. One stat on the usual path.
+        """
+        digest = parsed.digest if parsed is not None else digest
+        assert digest is not None
+        if await self._has_revision(digest):
+            return
+        try:
+            if body is None:
+                try:
+                    body = await self.driver.read(layout.blob_data(digest))
+                except PathNotFound:
+                    raise ManifestUnknown(detail={"digest": str(digest)}) from None
+            if parsed is None:
+                parsed = parse_manifest(body, detect_media_type(body), max_size=self.max_size)
+            await asyncio.gather(
+                self.store.put_small(body, digest),
+                self.driver.write(layout.revision_link(self.name, digest), str(digest).encode()),
+            )
+            if check_references:
+                await self._check_references(parsed, children=True)
+            await self.store.put_small(body, digest)
+        except (ManifestUnknown, ManifestBlobUnknown):
+            with contextlib.suppress(PathNotFound):
+                await self.driver.delete(layout.revision_dir(self.name, digest))
+            if await self._current(tag) == digest:
+                with contextlib.suppress(PathNotFound):
+                    await self.driver.delete(layout.tag_dir(self.name, tag))
+            self.links.forget_repository(self._key)
+            raise
 
     # -- lifecycle rules (immutable tags, image quotas) -------------------------------
 
