@@ -187,7 +187,8 @@ async def test_tag_refuses_when_gc_took_the_revision_and_its_content(tmp_path: P
     registry = Registry(driver)
     img = image("gone")
     await push_image(registry, REPO, img)
-    manifests = registry.repository(REPO).manifests
+    # A registry that never read the manifest (no cached bytes), as another process is.
+    manifests = Registry(driver).repository(REPO).manifests
     with pytest.raises((ManifestUnknown, ManifestBlobUnknown)):
         await manifests.tag("1.0", Digest.parse(img.digest))
     assert "1.0" not in await manifests.tags()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import attrs
@@ -194,8 +194,9 @@ class ManifestStore:
                 msgspec.json.encode(record),
             )
         if tag is not None:
-            await self._write_tag(tag, parsed.digest)
-            await self._keep_tagged(tag, parsed, body, check_references)
+            await self._write_tag(
+                tag, parsed.digest, self._keep_tagged(tag, parsed, body, check_references)
+            )
             if rules is not None:
                 await rules.tag_changed(tag, current, parsed.digest)
         if self.on_stored is not None and parsed.subject is None:
@@ -231,8 +232,7 @@ class ManifestStore:
         if not await self._has_revision(digest):
             raise ManifestUnknown(detail={"digest": str(digest)})
         rules, current = await self._check_tag(tag, digest)
-        await self._write_tag(tag, digest)
-        await self._keep_tagged(tag, None, None, True, digest=digest)
+        await self._write_tag(tag, digest, self._keep_tagged(tag, None, None, True, digest=digest))
         if rules is not None:
             await rules.tag_changed(tag, current, digest)
         if self.on_stored is not None:
@@ -318,12 +318,20 @@ class ManifestStore:
         if self.policy is not None:
             await self.policy.pulled(self.name, digest)
 
-    async def _write_tag(self, tag: str, digest: Digest) -> None:
+    async def _write_tag(
+        self, tag: str, digest: Digest, confirm: Coroutine[Any, Any, None]
+    ) -> None:
+        """Write the tag's links, *confirm* (:meth:`_keep_tagged`), then index the tag."""
         link = str(digest).encode()
-        await asyncio.gather(
-            self.driver.write(layout.tag_index_link(self.name, tag, digest), link),
-            self.driver.write(layout.tag_current_link(self.name, tag), link),
-        )
+        try:
+            await asyncio.gather(
+                self.driver.write(layout.tag_index_link(self.name, tag, digest), link),
+                self.driver.write(layout.tag_current_link(self.name, tag), link),
+            )
+        except BaseException:
+            confirm.close()  # never awaited: no warning
+            raise
+        await confirm
         self.links.put(self._key, tag, digest)
         await self._index_tag(tag, digest)
 
