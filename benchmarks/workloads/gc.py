@@ -16,7 +16,8 @@ S3 variant (default 1,000 / 5,000) is written the same way through s3fs.
 
 Measured on copies of the store (each backend):
 
-- ``cargohold gc --grace 0s --settle 0s`` as a process: mark and sweep time,
+- ``cargohold gc --grace 0s --settle 0s --nice 0`` as a process (Distribution's
+  priority): mark and sweep time,
   storage requests per reclaimed object, peak RSS (the child's ``ru_maxrss``);
 - Distribution's offline ``docker-registry garbage-collect`` on the same store
   (the time reference);
@@ -181,12 +182,12 @@ def _cargohold(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
-def run_cargohold_gc(backend: Backend, nice: int | None) -> dict[str, Any]:
+def run_cargohold_gc(backend: Backend) -> dict[str, Any]:
+    """One run, timed against Distribution's: at the same CPU priority (``--nice 0``)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    extra = [] if nice is None else ["--nice", str(nice)]
     done = _cargohold(
-        "gc", *backend.cli_args(), "--grace", "0s", "--settle", "0s", "--json", *extra
+        "gc", *backend.cli_args(), "--grace", "0s", "--settle", "0s", "--json", "--nice", "0"
     )
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -418,7 +419,7 @@ def bench_local(shape: StoreShape, work: Path, args: argparse.Namespace) -> dict
         )
 
     log("local: cargohold gc")
-    ours = run_cargohold_gc(backend("cargohold"), args.gc_nice)
+    ours = run_cargohold_gc(backend("cargohold"))
     log("local: docker-registry garbage-collect")
     theirs = run_distribution_gc(backend("distribution"), work)
     log("local: push/pull throughput without and during GC (on the collected store)")
@@ -484,7 +485,7 @@ def bench_moto(shape: StoreShape, work: Path, args: argparse.Namespace) -> dict[
             )
 
         log("moto: cargohold gc")
-        ours = run_cargohold_gc(backend("cargohold"), args.gc_nice)
+        ours = run_cargohold_gc(backend("cargohold"))
         log("moto: docker-registry garbage-collect")
         theirs = run_distribution_gc(backend("distribution"), work)
         log("moto: push/pull throughput without and during GC (on the collected store)")
