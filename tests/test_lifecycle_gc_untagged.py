@@ -192,3 +192,30 @@ async def test_tag_refuses_when_gc_took_the_revision_and_its_content(tmp_path: P
     with pytest.raises((ManifestUnknown, ManifestBlobUnknown)):
         await manifests.tag("1.0", Digest.parse(img.digest))
     assert "1.0" not in await manifests.tags()
+
+
+class GcAfterUntag(CountingDriver):
+    """Runs one GC pass collecting untagged manifests right after a tag folder is deleted."""
+
+    def __init__(self, inner: LocalDriver) -> None:
+        super().__init__(inner)
+        self.armed = False
+
+    async def delete(self, path: str) -> None:
+        await super().delete(path)
+        if self.armed and "/_manifests/tags/" in path:
+            self.armed = False
+            await collect_garbage(self.inner, grace=0.0, settle=0.0, **EVERY_UNTAGGED)
+
+
+async def test_a_delete_by_digest_racing_gcs_collection_of_the_manifest_succeeds(
+    tmp_path: Path,
+) -> None:
+    driver = GcAfterUntag(LocalDriver(str(tmp_path)))
+    registry = Registry(driver)
+    img = image("deleted")
+    await push_image(registry, REPO, img, tag="1.0")
+    driver.armed = True  # its tag goes first, then GC takes the untagged manifest
+    await registry.repository(REPO).manifests.delete(img.digest)
+    assert not driver.armed, "the GC pass ran between the tag's and the revision's delete"
+    assert await registry.repository(REPO).manifests.revisions() == []

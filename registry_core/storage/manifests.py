@@ -376,12 +376,16 @@ class ManifestStore:
         if rules is not None:  # every tag is checked before any goes
             for tag in tags:
                 await rules.check_tag(tag, digest, None)
+        # Gone meanwhile (GC collected the manifest once its tags went, or another DELETE):
+        # the outcome this request asked for, not an error.
         for tag in tags:
-            await self.driver.delete(layout.tag_dir(self.name, tag))
+            with contextlib.suppress(PathNotFound):
+                await self.driver.delete(layout.tag_dir(self.name, tag))
             await self.tag_index.forget(tag)
             if rules is not None:
                 await rules.tag_changed(tag, digest, None)
-        await self.driver.delete(layout.revision_dir(self.name, digest))
+        with contextlib.suppress(PathNotFound):
+            await self.driver.delete(layout.revision_dir(self.name, digest))
         # Its signatures go with it: simple ones and the cosign attachment's tag.
         with contextlib.suppress(PathNotFound):
             await self.driver.delete(layout.simple_signatures_dir(self.name, digest))
