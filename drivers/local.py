@@ -100,7 +100,8 @@ def _move(source: str, destination: str) -> None:
         raise PathNotFound(source) from None  # a parent of the source is an object
 
 
-FOLDER_DELETE_ATTEMPTS = 5
+FOLDER_DELETE_ATTEMPTS = 20
+"""Bounded: a writer adds at most a few links to a folder being deleted."""
 
 
 def _ignore_missing(function: Any, name: str, exc_info: Any) -> None:
