@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import functools
 import itertools
@@ -142,20 +143,45 @@ def _append_to(handle: Any, path: str, expected: int, parts: list[bytes]) -> Non
         fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 
+FOLDER_DELETE_ATTEMPTS = 20
+"""Bounded: a writer adds at most a few links to a folder being deleted."""
+
+
+def _ignore_missing(function: Any, name: str, exc_info: Any) -> None:
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
+
+
+def _rmtree(path: str) -> None:
+    """``shutil.rmtree`` that two removers can run at once (entries another one removed
+    are skipped) and that a concurrent writer cannot fail (a file added while the folder
+    was being emptied: the folder is emptied again). Either order of a delete and a write
+    racing on one folder is a valid outcome; a storage error is not."""
+    for attempt in range(FOLDER_DELETE_ATTEMPTS):
+        try:
+            shutil.rmtree(path, onerror=_ignore_missing)
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY or attempt == FOLDER_DELETE_ATTEMPTS - 1:
+                raise
+
+
 def _remove_folder(path: str) -> None:
     """Remove a folder; the common case (a few files, no subfolders) without rmtree's walk."""
     with os.scandir(path) as entries:
         names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
     if any(is_dir for _, is_dir in names):
-        shutil.rmtree(path)
+        _rmtree(path)
         return
     for name, _ in names:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(path, name))
     try:
         os.rmdir(path)
+    except FileNotFoundError:
+        return  # another remover finished first
     except OSError:
-        shutil.rmtree(path)  # something was added meanwhile
+        _rmtree(path)  # something was added meanwhile
 
 
 def _delete(path: str) -> None:

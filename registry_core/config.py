@@ -191,6 +191,9 @@ class GcConfig(_Section):
     flight finish; bounds library re-tags, see ``registry_core/lifecycle/gc.py``)."""
     lease_ttl: str = "60s"
     """Time to live of the ``gc`` lease; a killed run's lease is taken over after it."""
+    nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
+    """CPU priority decrease of ``cargohold gc`` and ``cargohold worker`` processes (0: none):
+    batch work yields the CPU to serving processes on the same machine."""
 
     def __post_init__(self) -> None:
         _duration(self.interval, "gc.interval", off=True)

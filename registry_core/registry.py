@@ -157,7 +157,6 @@ class Registry:
         settle: float = 30.0,
         dry_run: bool = False,
         collect_untagged: UntaggedPolicy | None = None,
-        untagged_min_age: float = 600.0,
         lease_ttl: float = 60.0,
         wait: float = 0.0,
         recompute_usage: bool = True,
@@ -169,7 +168,7 @@ class Registry:
         end (then ``jobs.LeaseBusy``); a dry run only reads and takes no lease.
         *collect_untagged* is the retention hook: untagged manifests it answers
         True for are collected (by default every one is kept), never one younger than
-        *untagged_min_age* (see ``lifecycle.gc.UNTAGGED_MIN_AGE``). A caller that already
+        *grace* (the protection of pushes in flight, see ``lifecycle.gc``). A caller that already
         holds the ``gc`` lease (the scheduler) passes its *guard*.
         """
         from .jobs import LeaseBusy, Leases
@@ -181,7 +180,6 @@ class Registry:
                 grace=grace,
                 dry_run=True,
                 collect_untagged=collect_untagged,
-                untagged_min_age=untagged_min_age,
             )
         leases = Leases(self.driver)
         deadline = time.monotonic() + wait
@@ -193,7 +191,6 @@ class Registry:
                         grace=grace,
                         settle=settle,
                         collect_untagged=collect_untagged,
-                        untagged_min_age=untagged_min_age,
                         fence=held.check,
                     )
                     break
@@ -207,7 +204,6 @@ class Registry:
                 grace=grace,
                 settle=settle,
                 collect_untagged=collect_untagged,
-                untagged_min_age=untagged_min_age,
                 fence=guard.check,
             )
         if recompute_usage:

@@ -316,6 +316,7 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
             settings_ttl=config.auth.cache_ttl,
         )
     registry.policy.configured_retention = config.retention.configured()
+    registry.policy.untagged_grace = config.gc.seconds("grace") or 0.0
     app = web.Application(middlewares=[request_context], client_max_size=1 << 20)
     app.on_response_prepare.append(common_headers)
     app[REGISTRY_KEY] = registry

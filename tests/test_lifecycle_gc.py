@@ -38,7 +38,6 @@ def registry(tmp_path: Path) -> Registry:
 async def collect(registry: Registry, **options: object) -> object:
     options.setdefault("grace", 0.0)
     options.setdefault("settle", 0.0)
-    options.setdefault("untagged_min_age", 0.0)  # nothing pushes concurrently here
     return await registry.collect_garbage(**options)  # type: ignore[arg-type]
 
 
@@ -290,14 +289,14 @@ async def test_a_manifest_push_whose_own_bytes_are_set_aside_stores_them_again(
     assert await image_complete(fresh, REPO, "1.0")
 
 
-async def test_untagged_manifests_under_the_age_floor_are_kept_whatever_the_policy(
+async def test_untagged_manifests_younger_than_the_grace_are_kept_whatever_the_policy(
     registry: Registry,
 ) -> None:
-    """A push writes its revision before its tag: a run in between must not take it."""
+    """The grace is the push window: an index's children wait untagged for their index."""
     img = image("just-pushed")
     await push_image(registry, REPO, img)
     report = await registry.collect_garbage(
-        grace=0.0, settle=0.0, collect_untagged=lambda repo, digest, mtime: True
+        grace=60.0, settle=0.0, collect_untagged=lambda repo, digest, mtime: True
     )
     assert report.revisions_removed == 0
     assert await image_complete(registry, REPO, img.digest)

@@ -188,7 +188,9 @@ def test_scrub_finds_a_corrupt_blob_and_repair_makes_it_a_clean_404(tmp_path: Pa
     assert clean.returncode == 0 and "0 problem(s)" in clean.stdout
 
 
-def test_worker_runs_the_scheduled_gc_and_stops_on_sigterm(tmp_path: Path) -> None:
+def test_worker_runs_the_scheduled_gc_at_lower_priority_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
     store = tmp_path / "store"
     tags, strays = populate(store, stray=3)
     worker = subprocess.Popen(
@@ -205,6 +207,9 @@ def test_worker_runs_the_scheduled_gc_and_stops_on_sigterm(tmp_path: Path) -> No
             assert worker.poll() is None, worker.communicate()
             assert time.monotonic() < deadline, "the worker never collected"
             time.sleep(0.2)
+        # [gc] nice (10): batch work yields the CPU to serving processes.
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(19, own + 10)
     finally:
         worker.send_signal(signal.SIGTERM)
         _, err = worker.communicate(timeout=30)

@@ -1,12 +1,13 @@
 """GC in a loop (grace 0s, settle 0s) while 16 HTTP clients push, mount, tag, untag, delete
 manifests and pull; afterwards every tag resolves to a complete image. On local storage
-and on moto S3.
+and on moto S3. Every other run also collects every untagged manifest, so pushes race
+the collection of their own revision between its write and their tag's.
 
-Settle 0s on local storage on purpose: a manifest push's second blob check, not a
-pause, is what keeps its tag complete (registry_core/lifecycle/gc.py).
+Settle 0s on local storage on purpose: a manifest push's second blob check and its tag's
+confirmation, not a pause, are what keep its tag complete (registry_core/lifecycle/gc.py).
 
-The CI variant runs for ``CARGOHOLD_GC_SOAK_SECONDS`` (default 8 s);
-``make test-gc-soak`` runs it for 60 s on both backends.
+Each backend runs for ``CARGOHOLD_GC_SOAK_SECONDS`` (default 60 s, the issue's proof, in
+CI too); ``make test-gc-soak`` runs it for 180 s.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ CLIENTS = 16
 PUSH_ATTEMPTS = 6
 PAUSE = 0.2
 """Seconds between GC runs: back to back, the loop alone would starve the clients on 2 cores."""
-SOAK_SECONDS = float(os.environ.get("CARGOHOLD_GC_SOAK_SECONDS", "8"))
+SOAK_SECONDS = float(os.environ.get("CARGOHOLD_GC_SOAK_SECONDS", "60"))
 COMMON_LAYERS = [make_random_layer(1024 + n, seed=f"common-{n}") for n in range(12)]
 
 
@@ -238,13 +239,15 @@ async def soak(server: RegistryServer, registry: Registry, settle: float) -> dic
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + SOAK_SECONDS
-    runs, deleted, rescued = 0, 0, 0
+    runs, deleted, rescued, untagged = 0, 0, 0, 0
     try:
         while time.monotonic() < deadline:
-            report = await registry.collect_garbage(grace=0.0, settle=settle)
+            policy = {"collect_untagged": lambda repo, digest, mtime: True} if runs % 2 else {}
+            report = await registry.collect_garbage(grace=0.0, settle=settle, **policy)  # type: ignore[arg-type]
             runs += 1
             deleted += report.blobs_deleted
             rescued += report.blobs_rescued
+            untagged += report.revisions_removed if policy else 0
             await asyncio.sleep(PAUSE)
     finally:
         clients.stop.set()
@@ -258,6 +261,7 @@ async def soak(server: RegistryServer, registry: Registry, settle: float) -> dic
         "gc_runs": runs,
         "blobs_deleted": deleted,
         "blobs_rescued": rescued,
+        "untagged_revisions_collected": untagged,
         "tags_checked": checked,
         **clients.events,
     }

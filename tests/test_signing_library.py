@@ -296,7 +296,6 @@ async def test_gc_keeps_signatures_of_kept_manifests_and_drops_those_of_collecte
         grace=0.0,
         settle=0.0,
         collect_untagged=lambda repo, digest, mtime: True,
-        untagged_min_age=0.0,  # the test's manifest is seconds old
     )
     name = registry.repository(REPO).name
     assert await SimpleSignatures(registry.driver, name).records(old) == []

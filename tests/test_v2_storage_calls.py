@@ -217,5 +217,8 @@ async def test_a_manifest_put_costs_these_storage_calls(
             # manifests), all together: the tag's new entry (pushed time, size, digest) ...
             "write web-tag-entry",
             "write web-tag-pointer",  # ... and the pointer to it (a new tag: nothing to drop)
+            # The tag written, its revision confirmed still linked (a GC run or a retention rule
+            # may have collected it while it was untagged, gc.py)
+            "stat revision-link",
         ]
     )

@@ -3,19 +3,32 @@
 Not a Cargohold-vs-Distribution HTTP workload like the others (it is not in
 ``WORKLOADS``): run it on its own,
 
-    .venv/bin/python -m benchmarks.workloads.gc --manifests 10000 --blobs 50000   # the issue's size
-    .venv/bin/python -m benchmarks.workloads.gc --small                           # 400 / 2000
+    .venv/bin/python -m benchmarks.workloads.gc                 # the issue's size, local + moto
+    .venv/bin/python -m benchmarks.workloads.gc --small         # 400 / 2,000, for a quick look
 
-It builds the store through the library (each manifest has ``blobs/manifests``
-layers of its own; half the manifests are then deleted by digest, as a client's
-DELETE does), copies it, and measures on the copies:
+The store is written straight into the Distribution layout (what a registry
+leaves behind after clients pushed and then deleted half the manifests by
+digest): each image is a manifest, a config and ``blobs/manifests - 2`` layers
+of its own, in 50 repositories; kept images have a revision link and a tag,
+deleted ones only their blobs and layer links. So ``--manifests 10000 --blobs
+50000`` (the default) has 50,000 blobs, 25,000 of them unreferenced. The moto
+S3 variant (default 1,000 / 5,000) is written the same way through s3fs.
 
-- ``cargohold gc --grace 0s --settle 0s`` as a process: mark and sweep time,
+Measured on copies of the store (each backend):
+
+- ``cargohold gc --grace 0s --settle 0s --nice 0`` as a process (Distribution's
+  priority): mark and sweep time,
   storage requests per reclaimed object, peak RSS (the child's ``ru_maxrss``);
 - Distribution's offline ``docker-registry garbage-collect`` on the same store
   (the time reference);
-- push+pull throughput of 8 HTTP clients against a Cargohold server on the
-  store, without GC and while ``cargohold gc`` runs in a loop (goal: >= 80%).
+- push/pull/delete throughput of 8 HTTP clients against a Cargohold server
+  on the store, without GC (half before, half after) and while ``cargohold
+  gc`` runs back to back (goal: >= 80%), plus the server's CPU per client
+  operation in both phases. GC processes run at the CLI's default priority
+  (``[gc] nice``, 10), or ``--gc-nice N`` (0: none). The load runs on the
+  store the first GC already collected (one copy less to write; every run
+  still marks the whole store, and the clients' deletes give the runs
+  garbage to sweep).
 
 Results are printed as JSON and written to ``benchmarks/results/gc.json``.
 """
@@ -23,25 +36,27 @@ Results are printed as JSON and written to ``benchmarks/results/gc.json``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
 import random
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..harness import REPO_ROOT, find_executable, log
+import attrs
 
-LAYERS_PER_IMAGE_MAX = 16
+from ..harness import REPO_ROOT, Moto, client_env, find_executable, log, moto_available
+
+REPOSITORIES = 50
+LOAD_CLIENTS = 8
 
 
 def _sha(data: bytes) -> str:
@@ -62,45 +77,100 @@ def _manifest(config: bytes, layers: list[bytes]) -> bytes:
     ).encode()
 
 
-async def build_store(root: Path, manifests: int, blobs: int, seed: int = 7) -> dict[str, int]:
-    """Push *manifests* images with *blobs* blobs in all; delete half the manifests."""
+@attrs.frozen
+class StoreShape:
+    manifests: int
+    blobs: int
+
+    @property
+    def layers_per_image(self) -> int:
+        return max(1, self.blobs // self.manifests - 2)
+
+
+def store_objects(shape: StoreShape, seed: int = 7) -> Iterator[tuple[str, bytes]]:
+    """``(path, bytes)`` of every object of the store, in Distribution's layout; every odd
+    image is left as a client's DELETE by digest leaves it (blobs and layer links only)."""
     sys.path.insert(0, str(REPO_ROOT))
-    from drivers.local import LocalDriver
-    from registry_core import Digest, Registry
+    from registry_core import Digest
+    from registry_core.names import RepositoryName
+    from registry_core.storage import layout
 
-    registry = Registry(LocalDriver(str(root)))
     rng = random.Random(seed)
-    per_image = max(1, min(LAYERS_PER_IMAGE_MAX, blobs // manifests - 1))
-    semaphore = asyncio.Semaphore(32)
-    deleted = 0
-
-    async def one(number: int) -> None:
-        nonlocal deleted
-        repo = registry.repository(f"bench/gc/img{number % 50}")
-        layers = [rng.randbytes(512) + f"{number}-{n}".encode() for n in range(per_image)]
+    for number in range(shape.manifests):
+        name = RepositoryName(f"bench/gc/img{number % REPOSITORIES}")
+        layers = [
+            rng.randbytes(512) + f"{number}-{n}".encode() for n in range(shape.layers_per_image)
+        ]
         config = json.dumps({"architecture": "amd64", "os": "linux", "n": number}).encode()
-        async with semaphore:
-            for data in [config, *layers]:
-                async with repo.blobs.upload() as upload:
-                    await upload.write(data)
-                    await upload.commit(Digest.parse(_sha(data)))
-            body = _manifest(config, layers)
-            await repo.manifests.put(body, None, tag=f"t{number}")
-            if number % 2:
-                await repo.manifests.delete(_sha(body))
-                deleted += 1
+        body = _manifest(config, layers)
+        manifest = Digest.parse(_sha(body))
+        link = str(manifest).encode()
+        yield layout.blob_data(manifest), body
+        for data in [config, *layers]:
+            digest = Digest.parse(_sha(data))
+            yield layout.blob_data(digest), data
+            yield layout.layer_link(name, digest), str(digest).encode()
+        if number % 2 == 0:
+            tag = f"t{number}"
+            yield layout.revision_link(name, manifest), link
+            yield layout.tag_index_link(name, tag, manifest), link
+            yield layout.tag_current_link(name, tag), link
 
-    await asyncio.gather(*(one(n) for n in range(manifests)))
-    await registry.close()
+
+def build_local(root: Path, shape: StoreShape) -> None:
+    made: set[str] = set()
+    for path, data in store_objects(shape):
+        target = root / path
+        parent = str(target.parent)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        target.write_bytes(data)
+
+
+def build_s3(filesystem: Any, base: str, shape: StoreShape, batch: int = 500) -> None:
+    pending: dict[str, bytes] = {}
+    for path, data in store_objects(shape):
+        pending[f"{base}/{path}"] = data
+        if len(pending) >= batch:
+            filesystem.pipe(pending)
+            pending = {}
+    if pending:
+        filesystem.pipe(pending)
+
+
+def summarize(shape: StoreShape) -> dict[str, int]:
+    kept = (shape.manifests + 1) // 2
+    per_image = shape.layers_per_image + 2
     return {
-        "manifests": manifests,
-        "blobs": manifests * (per_image + 2),
-        "manifests_deleted": deleted,
+        "manifests": shape.manifests,
+        "blobs": shape.manifests * per_image,
+        "unreferenced_blobs": (shape.manifests - kept) * per_image,
+        "repositories": min(REPOSITORIES, shape.manifests),
     }
 
 
+# -- one backend: where the store is and how each program reaches it -------------------------
+
+
+@attrs.define
+class Backend:
+    name: str
+    storage_url: str
+    cargohold_config: Path | None = None
+    distribution_storage: str = ""
+    env: dict[str, str] = attrs.field(factory=dict)
+    count_blobs: Any = None
+
+    def cli_args(self) -> list[str]:
+        args = ["--storage", self.storage_url]
+        if self.cargohold_config is not None:
+            args += ["--config", str(self.cargohold_config)]
+        return args
+
+
 def _cargohold(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CARGOHOLD_")}
+    full_env = {k: v for k, v in client_env().items() if not k.startswith("CARGOHOLD_")}
     full_env["PYTHONPATH"] = str(REPO_ROOT)
     full_env.update(env or {})
     return subprocess.run(
@@ -112,17 +182,22 @@ def _cargohold(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
-def run_cargohold_gc(store: Path) -> dict[str, Any]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def run_cargohold_gc(backend: Backend) -> dict[str, Any]:
+    """One run, timed against Distribution's: at the same CPU priority (``--nice 0``)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = _cargohold("gc", "--storage", str(store), "--grace", "0s", "--settle", "0s", "--json")
+    done = _cargohold(
+        "gc", *backend.cli_args(), "--grace", "0s", "--settle", "0s", "--json", "--nice", "0"
+    )
     wall = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     report = json.loads(done.stdout)
     return {
         "wall_s": round(wall, 3),
+        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
         "mark_s": round(report["mark_seconds"], 3),
         "sweep_s": round(report["sweep_seconds"], 3),
+        "blobs_total": report["blobs_total"],
         "blobs_deleted": report["blobs_deleted"],
         "bytes_deleted": report["bytes_deleted"],
         "objects_reclaimed": report["objects_reclaimed"],
@@ -131,70 +206,124 @@ def run_cargohold_gc(store: Path) -> dict[str, Any]:
             report["storage_requests"] / max(1, report["objects_reclaimed"]), 3
         ),
         "requests_by_operation": report["requests_by_operation"],
-        "peak_rss_mib": round(max(peak, before) / 1024, 1),
+        # ru_maxrss of children is the largest child so far: the GC process (builds ran
+        # in this process, the server afterwards).
+        "peak_rss_mib": round(after.ru_maxrss / 1024, 1),
     }
 
 
-def run_distribution_gc(store: Path, workdir: Path) -> dict[str, Any]:
+def run_distribution_gc(backend: Backend, workdir: Path) -> dict[str, Any]:
     binary = find_executable("docker-registry")
     if binary is None:
         return {"error": "docker-registry is not installed"}
-    config = workdir / "distribution.yml"
+    config = workdir / f"distribution-{backend.name}.yml"
     config.write_text(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-        f'    rootdirectory: "{store}"\n  delete:\n    enabled: true\n'
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n"
+        f"{backend.distribution_storage}\n  delete:\n    enabled: true\n"
         "http:\n  addr: 127.0.0.1:0\n"
     )
+    env = client_env()
+    env.pop("AWS_CA_BUNDLE", None)  # its AWS SDK fails on plain-http moto with the CA bundle
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
-        [binary, "garbage-collect", str(config)], capture_output=True, text=True, check=False
+        [binary, "garbage-collect", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     wall = time.perf_counter() - started
-    blobs_left = sum(1 for _ in (store / "docker/registry/v2/blobs").rglob("data"))
-    return {"wall_s": round(wall, 3), "exit": done.returncode, "blobs_left": blobs_left}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result: dict[str, Any] = {
+        "wall_s": round(wall, 3),
+        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
+        "exit": done.returncode,
+        "blobs_left": backend.count_blobs(),
+    }
+    if done.returncode:
+        result["stderr"] = done.stderr[-400:]
+    return result
 
 
-def _client_loop(base: str, number: int, stop: threading.Event, counts: list[int]) -> None:
+def _client_loop(
+    base: str, number: int, stop: threading.Event, counts: list[int], errors: list[int]
+) -> None:
     import requests
 
     http = requests.Session()
     http.trust_env = False
     rng = random.Random(number)
     pushed: list[str] = []
+    serial = 0
     while not stop.is_set():
-        repo = f"bench/load/c{number}"
-        if not pushed or rng.random() < 0.5:
-            layer = rng.randbytes(2048)
-            config = json.dumps({"n": rng.random()}).encode()
-            for data in (config, layer):
-                start = http.post(f"{base}/v2/{repo}/blobs/uploads/")
-                location = urllib.parse.urljoin(base + "/", start.headers["Location"])
-                sep = "&" if "?" in location else "?"
-                http.put(f"{location}{sep}digest={urllib.parse.quote(_sha(data))}", data=data)
-            tag = f"t{len(pushed)}"
-            answer = http.put(
-                f"{base}/v2/{repo}/manifests/{tag}",
-                data=_manifest(config, [layer]),
-                headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
-            )
-            if answer.status_code == 201:
-                pushed.append(tag)
-        else:
-            tag = rng.choice(pushed)
-            got = http.get(
-                f"{base}/v2/{repo}/manifests/{tag}",
-                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-            )
-            for layer in json.loads(got.content)["layers"]:
-                http.get(f"{base}/v2/{repo}/blobs/{layer['digest']}")
-        counts[number] += 1
+        try:
+            serial += 1
+            _client_step(http, base, f"bench/load/c{number}", rng, pushed, serial)
+            counts[number] += 1
+        except (requests.RequestException, ValueError, KeyError):
+            errors[number] += 1
 
 
-def throughput(base: str, seconds: float, clients: int = 8) -> float:
+def _client_step(
+    http: Any, base: str, repo: str, rng: random.Random, pushed: list[str], serial: int
+) -> None:
+    """One client operation: push a small image, pull one, or delete one by digest."""
+    choice = rng.random()
+    if pushed and choice < 0.1:
+        # Delete an image by digest, as a client does: its blobs become garbage that
+        # the GC runs of the "during" phase sweep.
+        tag = pushed.pop(rng.randrange(len(pushed)))
+        got = http.head(
+            f"{base}/v2/{repo}/manifests/{tag}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        digest = got.headers.get("Docker-Content-Digest")
+        if digest:
+            http.delete(f"{base}/v2/{repo}/manifests/{digest}")
+    elif not pushed or choice < 0.55:
+        layer = rng.randbytes(2048)
+        config = json.dumps({"n": rng.random()}).encode()
+        for data in (config, layer):
+            start = http.post(f"{base}/v2/{repo}/blobs/uploads/")
+            location = urllib.parse.urljoin(base + "/", start.headers["Location"])
+            sep = "&" if "?" in location else "?"
+            http.put(f"{location}{sep}digest={urllib.parse.quote(_sha(data))}", data=data)
+        tag = f"t{serial}"
+        answer = http.put(
+            f"{base}/v2/{repo}/manifests/{tag}",
+            data=_manifest(config, [layer]),
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        if answer.status_code == 201:
+            pushed.append(tag)
+    else:
+        tag = rng.choice(pushed)
+        got = http.get(
+            f"{base}/v2/{repo}/manifests/{tag}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        got.raise_for_status()
+        for layer in json.loads(got.content)["layers"]:
+            blob = http.get(f"{base}/v2/{repo}/blobs/{layer['digest']}")
+            blob.raise_for_status()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(base: str, seconds: float, clients: int = LOAD_CLIENTS) -> float:
+    """Client operations per second (a push of two blobs and a manifest, a pull, or a
+    delete) of *clients* threads during *seconds*; an operation that failed is not counted
+    (and is logged)."""
     stop = threading.Event()
     counts = [0] * clients
+    errors = [0] * clients
     threads = [
-        threading.Thread(target=_client_loop, args=(base, n, stop, counts), daemon=True)
+        threading.Thread(target=_client_loop, args=(base, n, stop, counts, errors), daemon=True)
         for n in range(clients)
     ]
     for thread in threads:
@@ -203,43 +332,171 @@ def throughput(base: str, seconds: float, clients: int = 8) -> float:
     stop.set()
     for thread in threads:
         thread.join(30)
+    if sum(errors):
+        log(f"{sum(errors)} client operation(s) failed")
     return sum(counts) / seconds
 
 
-def run_concurrent(store: Path, workdir: Path, seconds: float) -> dict[str, Any]:
+def run_concurrent(
+    backend: Backend, workdir: Path, seconds: float, nice: int | None
+) -> dict[str, Any]:
+    """Ops/s of the clients alone, then while ``cargohold gc`` runs back to back."""
     sys.path.insert(0, str(REPO_ROOT))
     from tests.helpers.server import RegistryServer
 
-    with RegistryServer(f"file://{store}", workdir=workdir / "server") as server:
-        alone = throughput(server.url, seconds)
+    server = RegistryServer(
+        backend.storage_url,
+        config=backend.cargohold_config,
+        env=dict(backend.env),
+        workdir=workdir / f"server-{backend.name}",
+    )
+    with server:
+        throughput(server.url, min(3.0, seconds))  # warm-up: connections, caches
+        cpu0 = _cpu_seconds(server.pid)
+        alone = throughput(server.url, seconds / 2)
+        cpu1 = _cpu_seconds(server.pid)
         stop = threading.Event()
         runs = [0]
+        extra = [] if nice is None else ["--nice", str(nice)]
 
         def gc_loop() -> None:
             while not stop.is_set():
                 _cargohold(
                     "gc",
-                    "--storage",
-                    str(store),
+                    *backend.cli_args(),
                     "--grace",
                     "0s",
                     "--settle",
                     "2s",
                     "--wait",
-                    "10s",
+                    "30s",
+                    *extra,
                 )
                 runs[0] += 1
 
         collector = threading.Thread(target=gc_loop, daemon=True)
         collector.start()
         during = throughput(server.url, seconds)
+        cpu2 = _cpu_seconds(server.pid)
         stop.set()
-        collector.join(120)
+        collector.join(600)
+        cpu3 = _cpu_seconds(server.pid)
+        # Alone again (before and after, averaged: the store and the machine drift).
+        after = throughput(server.url, seconds / 2)
+        cpu4 = _cpu_seconds(server.pid)
+    baseline = (alone + after) / 2
+    ops_alone = (alone + after) * seconds / 2
     return {
-        "ops_per_s_without_gc": round(alone, 1),
-        "ops_per_s_during_gc": round(during, 1),
-        "ratio": round(during / alone, 3) if alone else None,
+        "ops_per_s_without_gc": round(baseline, 2),
+        "ops_per_s_during_gc": round(during, 2),
+        "ratio": round(during / baseline, 3) if baseline else None,
+        "server_cpu_ms_per_op_without_gc": round(
+            1000 * ((cpu1 - cpu0) + (cpu4 - cpu3)) / max(1.0, ops_alone), 2
+        ),
+        "server_cpu_ms_per_op_during_gc": round(
+            1000 * (cpu2 - cpu1) / max(1.0, during * seconds), 2
+        ),
         "gc_runs_during": runs[0],
+        "load_seconds": seconds,
+    }
+
+
+def bench_local(shape: StoreShape, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    copies = {name: work / f"local-{name}" for name in ("cargohold", "distribution")}
+    log(f"local: writing {shape.manifests} manifests / {shape.blobs} blobs, twice")
+    started = time.perf_counter()
+    for copy in copies.values():
+        build_local(copy, shape)
+    built = round((time.perf_counter() - started) / len(copies), 1)
+
+    def backend(name: str) -> Backend:
+        root = copies[name]
+        return Backend(
+            name=f"local-{name}",
+            storage_url=f"file://{root}",
+            distribution_storage=f'  filesystem:\n    rootdirectory: "{root}"',
+            count_blobs=lambda: sum(1 for _ in (root / "docker/registry/v2/blobs").rglob("data")),
+        )
+
+    log("local: cargohold gc")
+    ours = run_cargohold_gc(backend("cargohold"))
+    log("local: docker-registry garbage-collect")
+    theirs = run_distribution_gc(backend("distribution"), work)
+    log("local: push/pull throughput without and during GC (on the collected store)")
+    load = run_concurrent(backend("cargohold"), work, args.load_seconds, args.gc_nice)
+    return {
+        "store": {**summarize(shape), "build_s": built},
+        "cargohold_gc": ours,
+        "distribution_gc": theirs,
+        "load": load,
+    }
+
+
+def bench_moto(shape: StoreShape, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    if not moto_available():
+        return {"error": "moto_server is not installed"}
+    import s3fs
+
+    moto = Moto(work / "moto")
+    moto.start()
+    try:
+        options = {
+            "endpoint_url": moto.url,
+            "key": moto.key,
+            "secret": moto.secret,
+            "client_kwargs": {"region_name": moto.region},
+        }
+        filesystem = s3fs.S3FileSystem(**options)
+        names = ("cargohold", "distribution")
+        for name in names:
+            moto.create_bucket(f"gc-{name}")
+        log(f"moto: writing {shape.manifests} manifests / {shape.blobs} blobs, two buckets")
+        started = time.perf_counter()
+        for name in names:
+            build_s3(filesystem, f"gc-{name}/store", shape)
+        built = round(time.perf_counter() - started, 1)
+        config = work / "moto-cargohold.toml"
+        config.write_text(
+            "[storage.options]\n"
+            f'endpoint_url = "{moto.url}"\nkey = "{moto.key}"\nsecret = "{moto.secret}"\n'
+            "[storage.options.client_kwargs]\n"
+            f'region_name = "{moto.region}"\n'
+        )
+
+        def backend(name: str) -> Backend:
+            bucket = f"gc-{name}"
+
+            def count() -> int:
+                filesystem.invalidate_cache()
+                found = filesystem.find(f"{bucket}/store/docker/registry/v2/blobs")
+                return sum(1 for key in found if key.endswith("/data"))
+
+            return Backend(
+                name=f"moto-{name}",
+                storage_url=f"s3://{bucket}/store",
+                cargohold_config=config,
+                distribution_storage=(
+                    f"  s3:\n    accesskey: {moto.key}\n    secretkey: {moto.secret}\n"
+                    f"    region: {moto.region}\n    regionendpoint: {moto.url}\n"
+                    f"    bucket: {bucket}\n    rootdirectory: /store\n"
+                    "    secure: false\n    v4auth: true"
+                ),
+                count_blobs=count,
+            )
+
+        log("moto: cargohold gc")
+        ours = run_cargohold_gc(backend("cargohold"))
+        log("moto: docker-registry garbage-collect")
+        theirs = run_distribution_gc(backend("distribution"), work)
+        log("moto: push/pull throughput without and during GC (on the collected store)")
+        load = run_concurrent(backend("cargohold"), work, args.load_seconds, args.gc_nice)
+    finally:
+        moto.stop()
+    return {
+        "store": {**summarize(shape), "build_s": built},
+        "cargohold_gc": ours,
+        "distribution_gc": theirs,
+        "load": load,
     }
 
 
@@ -247,30 +504,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--manifests", type=int, default=10_000)
     parser.add_argument("--blobs", type=int, default=50_000)
-    parser.add_argument("--small", action="store_true", help="400 manifests, 2000 blobs")
-    parser.add_argument("--load-seconds", type=float, default=10.0)
+    parser.add_argument("--moto-manifests", type=int, default=1_000)
+    parser.add_argument("--moto-blobs", type=int, default=5_000)
+    parser.add_argument("--small", action="store_true", help="400 / 2,000 (moto: 100 / 500)")
+    parser.add_argument("--backends", default="local,moto", help="comma-separated: local, moto")
+    parser.add_argument("--load-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--gc-nice", type=int, default=None, help="the GC processes' --nice (default: [gc] nice)"
+    )
     parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks/results/gc.json"))
     args = parser.parse_args(argv)
     if args.small:
         args.manifests, args.blobs = 400, 2000
+        args.moto_manifests, args.moto_blobs = 100, 500
+    wanted = {b.strip() for b in args.backends.split(",") if b.strip()}
+    result: dict[str, Any] = {"load_average": list(os.getloadavg()), "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="gc-bench-") as scratch:
         work = Path(scratch)
-        original = work / "store"
-        log(f"building a store of {args.manifests} manifests / ~{args.blobs} blobs")
-        started = time.perf_counter()
-        shape = asyncio.run(build_store(original, args.manifests, args.blobs))
-        shape["build_s"] = round(time.perf_counter() - started, 1)
-        copies = {name: work / name for name in ("cargohold", "distribution", "load")}
-        for copy in copies.values():
-            shutil.copytree(original, copy, symlinks=True)
-        log("cargohold gc")
-        ours = run_cargohold_gc(copies["cargohold"])
-        log("docker-registry garbage-collect")
-        theirs = run_distribution_gc(copies["distribution"], work)
-        log("push/pull throughput without and during GC")
-        load = run_concurrent(copies["load"], work, args.load_seconds)
-    result = {"store": shape, "cargohold_gc": ours, "distribution_gc": theirs, "load": load}
+        if "local" in wanted:
+            result["local"] = bench_local(StoreShape(args.manifests, args.blobs), work, args)
+        if "moto" in wanted:
+            shape = StoreShape(args.moto_manifests, args.moto_blobs)
+            result["moto"] = bench_moto(shape, work, args)
+    result["load_average_after"] = list(os.getloadavg())
     print(json.dumps(result, indent=2))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

@@ -27,7 +27,7 @@ import attrs
 
 from .. import mediatypes as mt
 from ..digest import Digest, Hasher
-from ..errors import NameInvalid
+from ..errors import ManifestBlobUnknown, ManifestUnknown, NameInvalid
 from ..names import RepositoryName, Tenant
 from ..registry import Registry, Repository
 from .compression import (
@@ -48,6 +48,8 @@ from .tarfile_index import CHUNK, ArchiveFile
 
 GiB: Final = 1 << 30
 UNKNOWN_PLATFORM: Final = "unknown/unknown"
+STORE_ATTEMPTS: Final = 3
+"""Times an image is stored (and tagged) when a GC run collects its content meanwhile."""
 
 
 @attrs.frozen
@@ -613,23 +615,47 @@ async def _import(
 
     # Everything is verified: now storage. Blobs and manifests of every image first...
     blobs_stored = blobs_existing = bytes_stored = 0
-    for outcome, pairs in zip(stored, names, strict=True):
-        for repository in dict.fromkeys(name for name, _ in pairs):
-            repo = registry.repository(repository)
+
+    async def store_image(repository: RepositoryName, outcome: _Stored) -> None:
+        """Blobs, then manifests; again when GC set a blob aside meanwhile (the manifest
+        PUT refuses then, as it refuses a client: lifecycle/gc.py)."""
+        nonlocal blobs_stored, blobs_existing, bytes_stored
+        repo = registry.repository(repository)
+        for attempt in range(STORE_ATTEMPTS):
             for digest, size, data in _all_blobs(outcome):
                 if await _store_blob(repo, archive, digest, size, data):
                     blobs_stored += 1
                     bytes_stored += size
                 else:
                     blobs_existing += 1
-            for manifest in _manifests_children_first(outcome):
-                await repo.manifests.put(manifest.body, manifest.media_type)
-    # ...and only then the tags.
+            try:
+                for manifest in _manifests_children_first(outcome):
+                    await repo.manifests.put(manifest.body, manifest.media_type)
+                return
+            except ManifestBlobUnknown:
+                if attempt == STORE_ATTEMPTS - 1:
+                    raise
+
+    for outcome, pairs in zip(stored, names, strict=True):
+        for repository in dict.fromkeys(name for name, _ in pairs):
+            await store_image(repository, outcome)
+    # ...and only then the tags. Until then the manifests are untagged: a GC run may
+    # collect them (a policy collecting untagged manifests with a short grace). tag()
+    # confirms after writing, as a push does, and refuses rather than leave a tag naming
+    # missing content; the image is then stored again from the archive and tagged again.
     images = []
     for target, outcome, pairs in zip(targets, stored, names, strict=True):
         by_repository: dict[RepositoryName, list[str]] = {}
         for repository, tag in pairs:
-            await registry.repository(repository).manifests.tag(tag, outcome.digest)
+            manifests = registry.repository(repository).manifests
+            for attempt in range(STORE_ATTEMPTS):
+                try:
+                    await manifests.tag(tag, outcome.digest)
+                    break
+                except (ManifestUnknown, ManifestBlobUnknown):
+                    if attempt == STORE_ATTEMPTS - 1:
+                        raise
+                    await store_image(repository, outcome)
             by_repository.setdefault(repository, []).append(tag)
         size = len(outcome.body) + sum(size for _, size, _ in _all_blobs(outcome))
         size += sum(len(m.body) for m in _manifests_children_first(outcome)) - len(outcome.body)

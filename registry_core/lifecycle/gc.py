@@ -10,10 +10,9 @@ The protocol, and why no push ever ends with a tag pointing at missing content:
 3. *Mark.* Walk every repository (layer links, revisions, tags, referrers,
    each with its mtime), read each tag link and each distinct manifest body
    once, then walk the blob tree. Kept: tagged manifests, linked revisions
-   (untagged ones unless ``collect_untagged`` says otherwise, and never one
-   younger than ``UNTAGGED_MIN_AGE``), index children, attachments whose
-   subject is kept, the blobs all of them reference, and every blob, link
-   and revision younger than ``grace``.
+   (untagged ones unless ``collect_untagged`` says otherwise), index children,
+   attachments whose subject is kept, the blobs all of them reference, and
+   every blob, link and revision younger than ``grace``.
 4. *Unlink.* Remove what the mark did not keep: attachment tags whose subject
    is gone, tags naming missing manifests, collected revisions with their
    referrer entries, and layer links to blobs no kept manifest of that
@@ -44,13 +43,26 @@ GCS and Azure all give it). Upload commits and mounts need none either: if
 they race a set-aside, the link they write names missing data, and the
 manifest PUT that would use it is refused (the client pushes the blob again).
 
-Two writers do rely on time. ``ManifestStore.tag`` (re-tagging an existing
-revision from the library: the archive importer) does not re-check, so its
-check and its write must be less than ``settle`` apart; ``settle`` also lets
-pulls that started before the set-aside finish. And a policy may collect an
-untagged manifest only once it is older than ``UNTAGGED_MIN_AGE`` (10
-minutes), because between a push's revision and its tag a manifest is
-untagged for a moment.
+The same holds for the one moment a manifest is untagged inside a single push,
+between its revision and its tag (a policy collecting untagged manifests, or a
+retention rule, may remove the revision then): the manifest store writes the tag,
+*then* confirms the revision is still linked. If it is, any run that unlinks it
+later re-reads the repositories after that, sees the tag as new, and re-links and
+rescues what it names. If it is not, the store links it again and checks its blobs
+(and an index's children) as in the PUT above, or removes its tag and refuses the
+write. ``ManifestStore.tag`` (re-tagging a stored revision: the archive importer,
+the proxy) follows the same protocol. So no request's safety depends on
+``settle``; it only lets pulls that started before the set-aside finish.
+
+What no single request can protect is a push made of several requests: a client
+uploads blobs, then an index's child manifests (untagged, referenced by nothing
+yet), then the index. That is what ``grace`` is for, and the one protection of
+untagged manifests: nothing younger than ``grace`` is collected, whatever the
+policy, so ``grace`` must exceed the longest push a client makes (default 1 h;
+``0s`` for tests, or in an emergency with no push in flight). Retention's
+untagged rule honours the same grace. A push slower than ``grace`` fails
+cleanly (a manifest PUT naming a collected blob is refused; an index naming a
+collected child is not, unless the registry checks indexes strictly).
 
 A kill at any step leaves storage consistent: links are removed only for
 unkept content, data is only ever moved into the trash (restored by the next
@@ -97,11 +109,6 @@ JOB = "gc"
 BATCH = 1000
 """Objects per destructive batch (S3's DeleteObjects limit); fenced before each."""
 CONCURRENCY = 32
-UNTAGGED_MIN_AGE = 600.0
-"""Untagged manifests younger than this are never collected, whatever the policy and the
-grace: a manifest push writes its revision before its tag, and a run that removed the
-revision in between would leave the tag naming content it then deletes. (The floor must
-exceed a push's gap between those two writes; retention rules count in days.)"""
 MTIME_SLACK = 2.0
 """Seconds around the mark's start within which the re-check treats any link as new
 (whole-second mtimes, small clock skew between this process and the store)."""
@@ -230,7 +237,6 @@ class GarbageCollector:
         settle: float = 30.0,
         dry_run: bool = False,
         collect_untagged: UntaggedPolicy | None = None,
-        untagged_min_age: float = UNTAGGED_MIN_AGE,
         fence: LeaseCheck = _no_fence,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -239,7 +245,6 @@ class GarbageCollector:
         self.settle = settle
         self.dry_run = dry_run
         self.collect_untagged = collect_untagged
-        self.untagged_min_age = untagged_min_age
         self.fence = fence
         self.clock = clock
         self.run_id = f"{int(clock())}-{uuid.uuid4().hex[:8]}"
@@ -257,7 +262,7 @@ class GarbageCollector:
             self.driver,
             snapshot,
             young_after=young_after,
-            collect_untagged=self._untagged_policy(),
+            collect_untagged=self.collect_untagged,
         )
         # Pure CPU over the whole snapshot: off the event loop (GC may run inside a server).
         plan = await asyncio.to_thread(_plan, snapshot, reach, young_after)
@@ -281,18 +286,6 @@ class GarbageCollector:
         report.requests_by_operation = dict(self.driver.counts)
         report.storage_requests = self.driver.total
         return report
-
-    def _untagged_policy(self) -> UntaggedPolicy | None:
-        """The caller's policy, never answering True for a manifest under the age floor."""
-        policy = self.collect_untagged
-        if policy is None:
-            return None
-        floor = self.mark_started - max(self.grace, self.untagged_min_age)
-
-        def collectable(repo: str, digest: Digest, linked_at: float) -> bool:
-            return linked_at <= floor and policy(repo, digest, linked_at)
-
-        return collectable
 
     # -- recovery of a killed run ------------------------------------------------------------
 
@@ -463,7 +456,6 @@ async def collect_garbage(
     settle: float = 30.0,
     dry_run: bool = False,
     collect_untagged: UntaggedPolicy | None = None,
-    untagged_min_age: float = UNTAGGED_MIN_AGE,
     fence: LeaseCheck = _no_fence,
 ) -> GcReport:
     """Run one GC pass (the caller holds the ``gc`` lease, and passes its check as *fence*)."""
@@ -473,7 +465,6 @@ async def collect_garbage(
         settle=settle,
         dry_run=dry_run,
         collect_untagged=collect_untagged,
-        untagged_min_age=untagged_min_age,
         fence=fence,
     )
     report = await collector.run()

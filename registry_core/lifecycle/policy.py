@@ -134,6 +134,9 @@ class LifecyclePolicy:
         self._pulls: dict[tuple[str, str], float] = {}
         self.configured_retention: dict[str, RetentionRules] = {}
         """Rules from the TOML file, for registries with none stored."""
+        self.untagged_grace: float = 3600.0
+        """``[gc] grace``: retention's untagged rule never deletes a younger manifest (it may
+        be a child of an index whose push is in flight; see ``lifecycle/gc.py``)."""
 
     async def of(self, name: RepositoryName) -> _Rules | None:
         tenant = name.tenant

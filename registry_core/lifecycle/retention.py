@@ -180,8 +180,12 @@ async def plan_repository(
     rules: RetentionRules,
     now: float,
     immutable: ImmutableTags | None = None,
+    grace: float = 0.0,
 ) -> tuple[list[str], list[Digest]]:
-    """(tags to delete alone, manifests to delete by digest) in one repository."""
+    """(tags to delete alone, manifests to delete by digest) in one repository.
+
+    An untagged manifest goes only once older than both the rule and *grace* (GC's push
+    window: it may be an index's child whose index is not pushed yet)."""
     all_tags = await manifests.tags()
     infos = [
         i
@@ -241,7 +245,8 @@ async def plan_repository(
             if digest in tagged or digest in children or fact is None or fact[0]:
                 continue
             written = await _revision_written(manifests, digest)
-            if written is not None and written < now - rules.delete_untagged_after:
+            age = max(rules.delete_untagged_after, grace)
+            if written is not None and written < now - age:
                 doomed_digests.add(digest)
     tags_alone = sorted(i.tag for i in infos if i.tag in doomed and i.digest not in doomed_digests)
     return tags_alone, sorted(doomed_digests, key=str)
@@ -282,14 +287,19 @@ async def run_retention(
     dry_run: bool = False,
     now: float | None = None,
     guard: LeaseGuard | None = None,
+    grace: float | None = None,
 ) -> RetentionReport:
-    """Apply *rules* to every repository of *tenant*; in a dry run only list what would go."""
+    """Apply *rules* to every repository of *tenant*; in a dry run only list what would go.
+
+    *grace* protects young untagged manifests (default: ``registry.policy.untagged_grace``,
+    the server's ``[gc] grace``)."""
     moment = time.time() if now is None else now
+    grace = registry.policy.untagged_grace if grace is None else grace
     immutable = await get_immutable(registry.settings, tenant)
     report = RetentionReport(registry=str(tenant), dry_run=dry_run)
     for name in await registry.repositories(tenant):
         manifests = registry.repository(RepositoryName(name)).manifests
-        tags, digests = await plan_repository(manifests, rules, moment, immutable)
+        tags, digests = await plan_repository(manifests, rules, moment, immutable, grace)
         if dry_run:
             report.tags.extend(f"{name}:{t}" for t in tags)
             for digest in digests:

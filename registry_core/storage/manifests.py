@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import attrs
@@ -216,21 +216,28 @@ class ManifestStore:
                 msgspec.json.encode(record),
             )
         if tag is not None:
-            await self._write_tag(tag, parsed.digest, previous)
+            await self._write_tag(
+                tag,
+                parsed.digest,
+                self._keep_tagged(tag, parsed, body, check_references),
+                previous,
+            )
             if rules is not None:
                 await rules.tag_changed(tag, current, parsed.digest)
         if self.on_stored is not None and parsed.subject is None:
             self.on_stored(self._key, parsed.digest, parsed.media_type, tag)
         return parsed
 
-    async def _check_references(self, parsed: ParsedManifest) -> None:
+    async def _check_references(self, parsed: ParsedManifest, *, children: bool = False) -> None:
+        """Every blob linked here and, with *children* or ``strict_index``, every child of
+        an index a revision here."""
         missing_blobs = await _missing(self.blobs.exists, parsed.blobs)
         if missing_blobs:
             raise ManifestBlobUnknown(
                 f"manifest references {len(missing_blobs)} blob(s) not in {self.name}",
                 detail={"digests": [str(d) for d in missing_blobs]},
             )
-        if self.strict_index and parsed.manifests:
+        if (children or self.strict_index) and parsed.manifests:
             missing = await _missing(self._has_revision, parsed.manifests)
             if missing:
                 raise ManifestBlobUnknown(
@@ -239,16 +246,71 @@ class ManifestStore:
                 )
 
     async def tag(self, tag: str, digest: Digest) -> None:
+        """Point *tag* at a revision already stored here (the archive importer, the proxy).
+
+        Safe against a GC run that collects the revision meanwhile by the same protocol
+        as :meth:`put`: the tag is written, then the revision confirmed (see
+        :meth:`_keep_tagged`); ManifestUnknown or ManifestBlobUnknown when its content
+        is gone, with the tag removed again.
+        """
         validate_tag(tag)
         if not await self._has_revision(digest):
             raise ManifestUnknown(detail={"digest": str(digest)})
         rules, current = await self._check_tag(tag, digest)
-        await self._write_tag(tag, digest)
+        await self._write_tag(tag, digest, self._keep_tagged(tag, None, None, True, digest=digest))
         if rules is not None:
             await rules.tag_changed(tag, current, digest)
         if self.on_stored is not None:
             cached = self.cache.get(digest)
             self.on_stored(self._key, digest, cached[1] if cached else "", tag)
+
+    async def _keep_tagged(
+        self,
+        tag: str,
+        parsed: ParsedManifest | None,
+        body: bytes | None,
+        check_references: bool,
+        *,
+        digest: Digest | None = None,
+    ) -> None:
+        """Confirm, after writing *tag*, that the revision it names is still linked.
+
+        Between the revision's write (or :meth:`tag`'s check) and the tag's write the
+        manifest is untagged, and a GC run collecting untagged manifests, a retention
+        rule or a client's DELETE may remove the revision. Still linked now: any GC run
+        that removes it later re-reads the repositories after that, sees this tag and
+        keeps everything it reaches (lifecycle/gc.py). Gone: it is linked again as a push
+        links it (bytes and revision, then its blobs and, for an index, its children
+        checked once more); if those are gone too, the tag is removed and the write
+        refused, so no tag is left naming missing content. One stat on the usual path.
+        """
+        digest = parsed.digest if parsed is not None else digest
+        assert digest is not None
+        if await self._has_revision(digest):
+            return
+        try:
+            if body is None:
+                try:
+                    body = await self.driver.read(layout.blob_data(digest))
+                except PathNotFound:
+                    raise ManifestUnknown(detail={"digest": str(digest)}) from None
+            if parsed is None:
+                parsed = parse_manifest(body, detect_media_type(body), max_size=self.max_size)
+            await asyncio.gather(
+                self.store.put_small(body, digest),
+                self.driver.write(layout.revision_link(self.name, digest), str(digest).encode()),
+            )
+            if check_references:
+                await self._check_references(parsed, children=True)
+            await self.store.put_small(body, digest)
+        except (ManifestUnknown, ManifestBlobUnknown):
+            with contextlib.suppress(PathNotFound):
+                await self.driver.delete(layout.revision_dir(self.name, digest))
+            if await self._current(tag) == digest:
+                with contextlib.suppress(PathNotFound):
+                    await self.driver.delete(layout.tag_dir(self.name, tag))
+            self.links.forget_repository(self._key)
+            raise
 
     # -- lifecycle rules (immutable tags, image quotas) -------------------------------
 
@@ -282,14 +344,21 @@ class ManifestStore:
             await self.policy.pulled(self.name, digest)
 
     async def _write_tag(
-        self, tag: str, digest: Digest, previous: str | bool | None = False
+        self,
+        tag: str,
+        digest: Digest,
+        confirm: Coroutine[Any, Any, None],
+        previous: str | bool | None = False,
     ) -> None:
-        """Point *tag* at *digest*, with the tag index (push time, total size) in step.
+        """Point *tag* at *digest*, *confirm* it (:meth:`_keep_tagged`), index it in step.
 
-        The tag's two links and its index entry and pointer are written together (one hop
-        on the local driver): the index never decides what a tag names, and a failure
-        between them leaves it out of step as a crash always could (readers cope).
-        *previous* is the index pointer read beforehand (False: not read yet).
+        The tag's two links and its tag-index entry are written together (one hop on the
+        local driver): the index never decides what a tag names, and a failure between
+        them, or a confirmation that removes the tag again, leaves it out of step as a
+        crash always could (readers check the tag link). The confirmation runs only once
+        the tag is visible: that order is what the GC protocol relies on. *previous* is
+        the index pointer read beforehand (False: not read yet); attachment tags are
+        never indexed (DESIGN, "Attachments").
         """
 
         async def load(child: Digest) -> tuple[str, bytes]:
@@ -299,25 +368,33 @@ class ManifestStore:
             return stored.media_type, stored.body
 
         link = str(digest).encode()
-        if is_attachment_tag(tag):  # never listed by tag (DESIGN, "Attachments")
-            await asyncio.gather(
-                self.driver.write(layout.tag_index_link(self.name, tag, digest), link),
-                self.driver.write(layout.tag_current_link(self.name, tag), link),
-            )
-            self.links.put(self._key, tag, digest)
-            return
-        if previous is False:
-            previous = await self.tag_index.pointer(tag)
-        stored = await self.get_by_digest(digest)
-        size = await total_size(digest, stored.media_type, stored.body, load)
-        entry = self.tag_index.entry_for(tag, digest, size)
-        await asyncio.gather(
+        writes = [
             self.driver.write(layout.tag_index_link(self.name, tag, digest), link),
             self.driver.write(layout.tag_current_link(self.name, tag), link),
-            self.tag_index.record_entry(tag, entry),
-        )
+        ]
+        entry = None
+        started = False
+        try:
+            if not is_attachment_tag(tag):
+                if previous is False:
+                    previous = await self.tag_index.pointer(tag)
+                stored = await self.get_by_digest(digest)
+                size = await total_size(digest, stored.media_type, stored.body, load)
+                entry = self.tag_index.entry_for(tag, digest, size)
+                writes.append(self.tag_index.record_entry(tag, entry))
+            started = True
+            await asyncio.gather(*writes)
+        except BaseException:
+            for pending in writes if not started else ():
+                pending.close()  # never awaited: no warning
+            confirm.close()
+            raise
+        await confirm
         self.links.put(self._key, tag, digest)
-        await self.tag_index.drop_replaced(entry, previous if isinstance(previous, str) else None)
+        if entry is not None:
+            await self.tag_index.drop_replaced(
+                entry, previous if isinstance(previous, str) else None
+            )
 
     async def delete(self, reference: str) -> None:
         """By digest: the revision, its tags and its referrer entry. By tag: only the tag."""
@@ -347,12 +424,16 @@ class ManifestStore:
         if rules is not None:  # every tag is checked before any goes
             for tag in tags:
                 await rules.check_tag(tag, digest, None)
+        # Gone meanwhile (GC collected the manifest once its tags went, or another DELETE):
+        # the outcome this request asked for, not an error.
         for tag in tags:
-            await self.driver.delete(layout.tag_dir(self.name, tag))
+            with contextlib.suppress(PathNotFound):
+                await self.driver.delete(layout.tag_dir(self.name, tag))
             await self.tag_index.forget(tag)
             if rules is not None:
                 await rules.tag_changed(tag, digest, None)
-        await self.driver.delete(layout.revision_dir(self.name, digest))
+        with contextlib.suppress(PathNotFound):
+            await self.driver.delete(layout.revision_dir(self.name, digest))
         # Its signatures go with it: simple ones and the cosign attachment's tag.
         with contextlib.suppress(PathNotFound):
             await self.driver.delete(layout.simple_signatures_dir(self.name, digest))

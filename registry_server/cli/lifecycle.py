@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -42,7 +44,9 @@ def _registry(config: Config) -> Registry:
     driver = open_driver(
         config.storage.url, settings=config.storage.driver_settings(), **config.storage.options
     )
-    return Registry(driver)
+    registry = Registry(driver)
+    registry.policy.untagged_grace = config.gc.seconds("grace") or 0.0
+    return registry
 
 
 def _size(count: int) -> str:
@@ -54,9 +58,24 @@ def _size(count: int) -> str:
     return f"{count} B"
 
 
+def _lower_priority(args: argparse.Namespace, config: Config) -> None:
+    """Lower this process's CPU priority before any thread starts (threads inherit it).
+
+    GC and the other jobs are batch work on the same machines as the servers; at the
+    default ``[gc] nice`` (10) the kernel gives serving processes the CPU first, which is
+    what keeps pushes and pulls at full speed while a run walks a large store.
+    """
+    nice = getattr(args, "nice", None)
+    wanted = config.gc.nice if nice is None else nice
+    if wanted > 0 and hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(wanted)
+
+
 def _run(args: argparse.Namespace, body: Any) -> int:
     try:
         config = _config(args)
+        _lower_priority(args, config)
         registry = _registry(config)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"cargohold: {exc}", file=sys.stderr)
@@ -234,6 +253,9 @@ def add_lifecycle_commands(commands: Any) -> None:
     gc.add_argument("--settle", help="wait between set-aside and re-check (default [gc] settle)")
     gc.add_argument("--wait", default="0s", help="wait this long for a run elsewhere to end")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.add_argument(
+        "--nice", type=int, help="lower this process's CPU priority by N (default [gc] nice, 10)"
+    )
     gc.add_argument("--last", action="store_true", help="show the last completed run's report")
     gc.set_defaults(func=gc_command)
     scrub = commands.add_parser("scrub", help="re-read blobs and links, report (and repair)")
@@ -247,4 +269,7 @@ def add_lifecycle_commands(commands: Any) -> None:
     scrub.set_defaults(func=scrub_command)
     worker = commands.add_parser("worker", help="run only the scheduled background jobs")
     _common(worker)
+    worker.add_argument(
+        "--nice", type=int, help="lower this process's CPU priority by N (default [gc] nice, 10)"
+    )
     worker.set_defaults(func=worker_command)

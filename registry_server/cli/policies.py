@@ -107,7 +107,8 @@ async def retention_run(registry: Registry, config: Config, args: argparse.Names
     rules = await get_retention(registry.settings, tenant, _configured_rules(config))
     if rules is None:
         raise ValueError(f"{tenant} has no retention rules")
-    report = await run_retention(registry, tenant, rules, dry_run=args.dry_run)
+    grace = parse_duration(args.grace) if args.grace else (config.gc.seconds("grace") or 0.0)
+    report = await run_retention(registry, tenant, rules, dry_run=args.dry_run, grace=grace)
     verb = "would delete" if args.dry_run else "deleted"
     for tag in report.tags:
         print(f"{verb} tag {tag}")
@@ -269,6 +270,9 @@ def add_policy_commands(commands: Any) -> None:
     p = _leaf(retention, "run", "apply a registry's retention rules now", retention_run)
     p.add_argument("registry", metavar="OWNER/REGISTRY")
     p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    p.add_argument(
+        "--grace", help="keep untagged manifests younger than this (default [gc] grace, 1h)"
+    )
 
     immutable = _group(commands, "immutable", "tags that cannot be moved or deleted once set")
     p = _leaf(immutable, "set", "make tags matching the patterns immutable", immutable_set)
