@@ -303,6 +303,8 @@ class ManifestStore:
             if check_references:
                 await self._check_references(parsed, children=True)
             await self.store.put_small(body, digest)
+            if self.repo_index is not None:
+                await self.repo_index.relinked(self.name)
         except (ManifestUnknown, ManifestBlobUnknown):
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.revision_dir(self.name, digest))

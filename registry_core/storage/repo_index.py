@@ -245,6 +245,12 @@ class RepositoryIndex:
         while len(self._known) > self._known_max:
             self._known.popitem(last=False)
 
+    async def relinked(self, name: RepositoryName) -> None:
+        """A manifest of *name* was linked again after GC took it (ManifestStore's tag
+        confirmation): GC may have dropped the repository meanwhile, so always hint."""
+        self._known.pop(name.value, None)
+        await self.written(name)
+
     async def emptied(self, name: RepositoryName) -> None:
         """The last manifest of *name* was just deleted."""
         self._known.pop(name.value, None)
