@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from .. import mediatypes as mt
+from ..bounded import BoundedDict
 from ..digest import Digest
 from ..storage import layout
 from ..storage.driver import PathNotFound
@@ -41,6 +42,13 @@ log = logging.getLogger(__name__)
 JOB = "scan"
 REFRESH_JOB = "vulndb-refresh"
 _SCANNABLE = mt.MANIFEST_TYPES | {""}
+MAX_QUEUED = 10_000
+"""Manifests noted for scanning in one process. A process that rarely gets the ``scan``
+lease keeps noting them; beyond this the oldest are left to the catch-up walk."""
+
+
+def _queue() -> BoundedDict[tuple[str, Digest], None]:
+    return BoundedDict(MAX_QUEUED)
 
 
 class _Rematched(msgspec.Struct, kw_only=True):
@@ -94,8 +102,8 @@ class ScanService:
         self.scanner = scanner or Scanner(registry)
         self.refresh_urls = list(refresh_urls)
         self.refresh_interval = refresh_interval
-        self.pending: dict[tuple[str, Digest], None] = {}
-        self.forced: dict[tuple[str, Digest], None] = {}
+        self.pending = _queue()
+        self.forced = _queue()
         self._scheduler: Scheduler | None = None
 
     def install(self, scheduler: Scheduler, interval: float = 30.0, ttl: float = 120.0) -> None:
@@ -142,7 +150,7 @@ class ScanService:
         await self.scanner.attach(repository, digest)
 
     async def run(self, guard: LeaseGuard) -> None:
-        forced, self.forced = list(self.forced), {}
+        forced, self.forced = list(self.forced), _queue()
         for repository, digest in forced:
             await guard.check()
             try:
@@ -152,7 +160,7 @@ class ScanService:
                 pass  # the failure is stored with its reason; a busy scan is someone else's
             except Exception:
                 log.exception("scan of %s@%s failed", repository, digest)
-        pending, self.pending = list(self.pending), {}
+        pending, self.pending = list(self.pending), _queue()
         for _repository, digest in pending:
             await self.scanner.mark_queued(digest)
         for repository, digest in pending:
