@@ -156,6 +156,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"cargohold: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from ..memory import limit_arenas
+
+    limit_arenas()  # before any thread (and before --workers fork: the children inherit it)
     from ..app import build_app
     from ..proxying import check_proxy_settings
 
