@@ -35,7 +35,7 @@ from registry_core.signing import openpgp
 from registry_core.signing import signer as signer_module
 from registry_core.signing.keys import KeyStore
 from registry_core.signing.signer import Signer, SigningDefaults, request_host
-from registry_core.storage.cache import LinkCache
+from registry_core.storage.cache import ENTRY_OVERHEAD, ContentCache, LinkCache
 from registry_core.tenancy import TenancyStore
 from registry_server.domains import Domains
 from registry_server.http.guard import Guard
@@ -84,6 +84,14 @@ def test_bounded_dict_drops_expired_entries_from_its_front() -> None:
 
 
 # -- caches of the request path -----------------------------------------------------------------
+
+
+def test_manifest_cache_counts_each_entry_so_tiny_manifests_cannot_exceed_its_cap() -> None:
+    cache = ContentCache(max_bytes=1 << 20)
+    for n in range(100_000):
+        cache.put(digest(n), b"{}", "application/vnd.oci.image.manifest.v1+json")
+    assert len(cache._items) <= (1 << 20) // ENTRY_OVERHEAD
+    assert cache.get(digest(99_999)) is not None
 
 
 def test_link_cache_is_capped_under_a_stream_of_new_digests() -> None:

@@ -13,7 +13,11 @@ from collections import OrderedDict
 from ..bounded import BoundedDict
 from ..digest import Digest
 
-DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+DEFAULT_CACHE_BYTES = 8 * 1024 * 1024
+"""About 8,000 typical manifests per process; every worker has its own."""
+ENTRY_OVERHEAD = 400
+"""Bytes one entry costs beyond its body (digest object, tuple, dict slot), counted so
+that the cap bounds the memory the cache really takes, even for tiny manifests."""
 
 
 class ContentCache:
@@ -35,10 +39,10 @@ class ContentCache:
         if len(body) > self.max_bytes // 8 or digest in self._items:
             return item
         self._items[digest] = item
-        self._bytes += len(body)
+        self._bytes += len(body) + ENTRY_OVERHEAD
         while self._bytes > self.max_bytes:
             _, (old, _) = self._items.popitem(last=False)
-            self._bytes -= len(old)
+            self._bytes -= len(old) + ENTRY_OVERHEAD
         return item
 
 
