@@ -17,6 +17,7 @@ from collections import OrderedDict
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from drivers import local as local_driver
 from drivers import open_driver
 from registry_core import auth as auth_module
 from registry_core import settings as settings_module
@@ -199,6 +200,30 @@ def test_metrics_label_sets_stay_bounded_under_invented_methods() -> None:
         if "method" in sample.labels
     }
     assert samples == {"OTHER"}
+
+
+async def test_local_walk_holds_one_batch_of_entries_at_a_time(tmp_path, monkeypatch) -> None:
+    for a in range(40):
+        for b in range(10):
+            (tmp_path / "r" / f"a{a}" / f"b{b}").mkdir(parents=True)
+            (tmp_path / "r" / f"a{a}" / f"b{b}" / "link").write_bytes(b"x")
+    driver = open_driver(f"file://{tmp_path}")
+    batches: list[int] = []
+    hop = driver._call
+
+    async def counted(*args):
+        found = await hop(*args)
+        batches.append(len(found))
+        return found
+
+    monkeypatch.setattr(driver, "_call", counted)
+    monkeypatch.setattr(local_driver, "WALK_BATCH", 50)
+    walked = [entry.path async for entry in driver.walk("r")]
+    assert len(walked) == 40 + 40 * 10 * 2
+    assert len(batches) > 10
+    assert max(batches) <= 50 + 10 * 2  # the batch, plus the rest of one folder
+    monkeypatch.setattr(local_driver, "WALK_BATCH", 1_000_000)
+    assert [entry.path async for entry in driver.walk("r")] == walked
 
 
 # -- background work ----------------------------------------------------------------------------
