@@ -163,10 +163,11 @@ class Worker(threading.Thread):
         # Random content does not compress: stored blocks cost the client no CPU.
         return gzip.compress(tar, compresslevel=0, mtime=0)
 
-    def acknowledge_blob(self, digest: str, size: int) -> None:
+    def acknowledge_blob(self, digest: str, size: int, *, layer: bool = True) -> None:
         with self.ledger.lock:
             self.ledger.blobs[(self.repo, digest)] = size
-        self.blobs.append(digest)
+        if layer:  # image configs are JSON: never reused as a layer
+            self.blobs.append(digest)
 
     def push_small(self) -> None:
         data = self.payload(*self.profile.small)
@@ -210,7 +211,7 @@ class Worker(threading.Thread):
         url = f"{self.base}/v2/{self.repo}/blobs/uploads/?digest={config_digest}"
         if not self.expect(self.call("POST", url, data=config), 201, "config push"):
             return
-        self.acknowledge_blob(config_digest, len(config))
+        self.acknowledge_blob(config_digest, len(config), layer=False)
         layers = self.random.sample(self.blobs, min(len(self.blobs), 2))
         with self.ledger.lock:
             sizes = [self.ledger.blobs[(self.repo, d)] for d in layers]
