@@ -67,8 +67,9 @@ def test_freed_buffers_leave_the_resident_set_after_a_trim() -> None:
 
 
 @glibc_only
-def test_arena_limit_leaves_an_operator_setting_alone(monkeypatch) -> None:
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+def test_malloc_tuning_leaves_an_operator_setting_alone(monkeypatch) -> None:
+    for variable in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.setenv(variable, "4")
     assert memory.limit_arenas() is False
 
 
