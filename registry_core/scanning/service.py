@@ -42,9 +42,10 @@ log = logging.getLogger(__name__)
 JOB = "scan"
 REFRESH_JOB = "vulndb-refresh"
 _SCANNABLE = mt.MANIFEST_TYPES | {""}
-MAX_QUEUED = 10_000
+MAX_QUEUED = 1000
 """Manifests noted for scanning in one process. A process that rarely gets the ``scan``
-lease keeps noting them; beyond this the oldest are left to the catch-up walk."""
+lease keeps noting them; beyond this the oldest are left to the catch-up walk (which
+finds everything since its cursor), so the queue never grows with the push rate."""
 
 
 def _queue() -> BoundedDict[tuple[str, Digest], None]:
