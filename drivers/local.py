@@ -196,11 +196,20 @@ def _delete(path: str) -> None:
         raise PathNotFound(path) from None
 
 
-def _scan(top: str, root: str, prune: WalkFilter | None) -> list[FileInfo]:
+WALK_BATCH = 2048
+"""Entries one thread hop of a walk gathers. A walk of the whole repository tree (the
+feed's catch-up passes) must not hold every link of the registry at once: that peak
+grows with the data stored and, once freed, leaves the heap fragmented."""
+
+
+def _scan(stack: list[str], root: str, prune: WalkFilter | None, limit: int) -> list[FileInfo]:
+    """Walk on from the folders in *stack* until about *limit* entries are found.
+
+    *stack* is left holding the folders still to visit (empty: the walk is done).
+    """
     found: list[FileInfo] = []
-    stack = [top]
     cut = len(root) + 1
-    while stack:
+    while stack and len(found) < limit:
         directory = stack.pop()
         try:
             entries = list(os.scandir(directory))
@@ -479,8 +488,11 @@ class LocalDriver(FsspecDriver):
         return await self._call(listdir)
 
     async def walk(self, path: str, prune: WalkFilter | None = None) -> AsyncIterator[FileInfo]:
-        for entry in await self._call(_scan, self._dir(path), self.root, prune):
-            yield entry
+        stack = [self._dir(path)]
+        while stack:
+            # One batch per hop; the stack is only touched by the thread while we await it.
+            for entry in await self._call(_scan, stack, self.root, prune, WALK_BATCH):
+                yield entry
 
     async def move(self, source: str, destination: str) -> None:
         await self._small(_move, self._full(source), self._full(destination))

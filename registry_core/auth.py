@@ -23,6 +23,7 @@ from typing import Literal
 import attrs
 import msgspec
 
+from .bounded import BoundedDict
 from .errors import NameInvalid, TooManyRequests
 from .names import RepositoryName, Tenant
 from .storage import layout
@@ -57,6 +58,11 @@ class Identity:
 
 
 ANONYMOUS = Identity("anonymous")
+MAX_CACHED_LOGINS = 10_000
+"""Verified (or refused) credentials cached per process; the oldest are verified again."""
+MAX_CACHED_ACCESS = 50_000
+"""Registry records and (user, registry) roles cached per process."""
+_SECRET_PREFIXES = frozenset({API_KEY_PREFIX, TOKEN_PREFIX})
 
 
 @attrs.frozen
@@ -230,9 +236,14 @@ class Authenticator:
         self.tenancy = tenancy
         self.cache_ttl = cache_ttl
         self._logins: OrderedDict[str, tuple[float, Identity | None]] = OrderedDict()
-        self._by_secret_id: dict[str, set[str]] = {}
-        self._tenants: dict[Tenant, tuple[float, object]] = {}
-        self._roles: dict[tuple[str, Tenant], tuple[float, str | None]] = {}
+        # Which cached logins used an API key or token (to forget them when it is revoked).
+        # Each login rewrites its id (moving it to the newest end), so with at least as many
+        # entries as _logins, no id whose login is still cached is ever dropped.
+        self._by_secret_id: BoundedDict[str, set[str]] = BoundedDict(2 * MAX_CACHED_LOGINS)
+        self._tenants: BoundedDict[Tenant, tuple[float, object]] = BoundedDict(MAX_CACHED_ACCESS)
+        self._roles: BoundedDict[tuple[str, Tenant], tuple[float, str | None]] = BoundedDict(
+            MAX_CACHED_ACCESS
+        )
         self.logins_generation = 0
         """Bumped whenever cached logins are dropped, so caches built on them can tell."""
 
@@ -249,11 +260,14 @@ class Authenticator:
             return cached[1]
         identity = await self._verify(username, secret)
         self._logins[key] = (now + self.cache_ttl, identity)
-        for prefix in (API_KEY_PREFIX, TOKEN_PREFIX):
-            parts = secret.split("_", 2)
-            if len(parts) == 3 and parts[0] == prefix:
-                self._by_secret_id.setdefault(parts[1], set()).add(key)
-        while len(self._logins) > 10_000:
+        parts = secret.split("_", 2)
+        # Only a login that worked needs forgetting on revocation: wrong secrets sprayed
+        # under one id must not grow its set.
+        if identity is not None and len(parts) == 3 and parts[0] in _SECRET_PREFIXES:
+            keys = self._by_secret_id.pop(parts[1], set())
+            keys.add(key)
+            self._by_secret_id[parts[1]] = keys
+        while len(self._logins) > MAX_CACHED_LOGINS:
             self._logins.popitem(last=False)
         return identity
 
@@ -303,6 +317,7 @@ class Authenticator:
             return cached[1]
         record = await self.tenancy.get_registry(tenant.owner, tenant.registry)
         self._tenants[tenant] = (now + self.cache_ttl, record)
+        self._tenants.drop_expired(lambda hit: hit[0] <= now)
         return record
 
     async def _role(self, user: str, tenant: Tenant) -> str | None:
@@ -312,6 +327,7 @@ class Authenticator:
             return cached[1]
         role = await self.tenancy.role_of(user, tenant)
         self._roles[(user, tenant)] = (now + self.cache_ttl, role)
+        self._roles.drop_expired(lambda hit: hit[0] <= now)
         return role
 
     async def api_key_login(self, secret: str) -> Identity | None:

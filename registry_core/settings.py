@@ -21,12 +21,15 @@ from typing import TypeVar
 
 import msgspec
 
+from .bounded import BoundedDict
 from .errors import RegistryError
 from .storage import layout
 from .storage.driver import PathNotFound, StorageDriver
 
 S = TypeVar("S", bound=msgspec.Struct)
 _KIND = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+MAX_CACHED = 10_000
+"""Settings objects cached per process (tenants x kinds); the oldest are read again."""
 
 
 class SettingsInvalid(RegistryError):
@@ -41,7 +44,7 @@ class SettingsStore:
     def __init__(self, driver: StorageDriver, ttl: float = 10.0) -> None:
         self.driver = driver
         self.ttl = ttl
-        self._cache: dict[str, tuple[float, object | None]] = {}
+        self._cache: BoundedDict[str, tuple[float, object | None]] = BoundedDict(MAX_CACHED)
 
     @staticmethod
     def _path(owner: str, registry: str | None, kind: str) -> str:
@@ -67,6 +70,7 @@ class SettingsStore:
             except msgspec.DecodeError as exc:
                 raise SettingsInvalid(f"settings {kind} of {owner}/{registry}: {exc}") from None
         self._cache[path] = (now + self.ttl, value)
+        self._cache.drop_expired(lambda hit: hit[0] <= now)
         return value
 
     async def put(self, owner: str, registry: str | None, kind: str, value: msgspec.Struct) -> None:

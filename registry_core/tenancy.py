@@ -51,6 +51,12 @@ class Conflict(RegistryError):
     code, status, default_message = "CONFLICT", 409, "already exists"
 
 
+class LastSuperuser(Conflict):
+    """Deleting or demoting the only superuser: nobody could create users or repair tenants."""
+
+    default_message = "the last superuser cannot be removed"
+
+
 class NotFoundRecord(RegistryError):
     code, status, default_message = "NOT_FOUND", 404, "not found"
 
@@ -367,9 +373,12 @@ class TenancyStore:
     async def update_user(
         self, name: str, *, password: str | None = None, superuser: bool | None = None
     ) -> UserRecord:
+        """Change a password or the superuser flag; LastSuperuser for the only superuser."""
         user = await self.require_user(name)
         if password == "":
             raise InvalidRequest("a password is required")
+        if superuser is False:
+            await self.keep_a_superuser(name, "demote")
         if password is not None:
             user.password_hash = await asyncio.to_thread(hash_password, password)
         if superuser is not None:
@@ -377,9 +386,26 @@ class TenancyStore:
         await self._save(layout.user_record(name), user)
         return user
 
+    async def keep_a_superuser(self, name: str, action: str) -> None:
+        """Raise LastSuperuser when *name* is the only superuser (every caller: API, CLI).
+
+        Without one, nobody could create users or repair tenants through the API. Storage
+        has no transactions, so two concurrent demotions of the last two superusers can
+        still both pass; ``cargohold users create --superuser`` can always make a new one.
+        """
+        record = await self.get_user(name)
+        if record is None or not record.superuser:
+            return
+        if not any(user.superuser and user.name != name for user in await self.list_users()):
+            raise LastSuperuser(f"cannot {action} {name!r}: it is the last superuser")
+
     async def delete_user(self, name: str) -> list[str]:
-        """Delete *name*, revoke its API keys and drop its memberships; the revoked key ids."""
+        """Delete *name*, revoke its API keys and drop its memberships; the revoked key ids.
+
+        LastSuperuser (nothing changed) when *name* is the only superuser.
+        """
         await self.require_user(name)
+        await self.keep_a_superuser(name, "delete")
         revoked = []
         for key in await self.list_api_keys(name):
             if not key.revoked:

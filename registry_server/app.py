@@ -43,6 +43,7 @@ from .http.openapi import add_to as add_openapi
 from .http.scanning_api import PullGate, ScanMetrics, ScanningApi, tag_counts
 from .http.signatures import add_signing, build_signer, make_registry_keys
 from .http.v2 import API_VERSION_HEADER, V2Routes
+from .memory import trim_forever
 from .observability import LOG_FORMAT_KEY, METRICS_KEY, Metrics
 from .proxying import apply_configured_upstreams, build_pull_through, check_key, secret_box
 from .state import new_request_id, state_of
@@ -402,9 +403,10 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
         usage_task = asyncio.create_task(
             usage_metrics.run(registry, max(config.quotas.usage_interval, 1.0))
         )
+        trim_task = asyncio.create_task(trim_forever())
         yield
         await scheduler.stop()
-        for running in (task, usage_task):
+        for running in (task, usage_task, trim_task):
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running

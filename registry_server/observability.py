@@ -22,6 +22,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .state import state_of
 
 ACCESS_LOGGER = logging.getLogger("cargohold.access")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods that get a label of their own; any other (the client's choice) counts as OTHER."""
 
 
 class Metrics:
@@ -140,11 +142,13 @@ class Metrics:
         self, request: web.BaseRequest, response: web.StreamResponse, seconds: float
     ) -> None:
         state = state_of(request)
-        key = (state.route, request.method, response.status)
+        method = request.method if request.method in METHODS else "OTHER"
+        key = (state.route, method, response.status)
         children = self._children.get(key)
         if children is None:
             # prometheus_client's labels() locks and converts on every call; the labelled
             # series of one route, method and status never change, so look them up once.
+            # Every label set lives in prometheus_client forever: each label is bounded.
             route, method, status = key
             children = (
                 self.requests.labels(route, method, str(status)),

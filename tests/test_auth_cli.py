@@ -151,6 +151,47 @@ def test_users_delete_revokes_api_keys(store: Seeder) -> None:
     assert "user 'alice' does not exist" in fails(store, "users", "delete", "alice")
 
 
+def superusers(store: Seeder) -> list[str]:
+    return [
+        row[0] for row in table(cli(store, "users", "list")) if len(row) > 1 and row[1] == "yes"
+    ]
+
+
+def test_users_delete_refuses_the_last_superuser(store: Seeder) -> None:
+    store.user("root", superuser=True)
+    store.user("alice")
+
+    message = fails(store, "users", "delete", "root")
+
+    assert message == "cargohold: cannot delete 'root': it is the last superuser"
+    assert superusers(store) == ["root"]
+
+
+def test_users_update_refuses_to_demote_the_last_superuser(store: Seeder) -> None:
+    store.user("root", superuser=True)
+
+    message = fails(store, "users", "update", "root", "--no-superuser")
+
+    assert message == "cargohold: cannot demote 'root': it is the last superuser"
+    assert superusers(store) == ["root"]
+
+
+def test_users_update_promotes_and_demotes_while_another_superuser_remains(
+    store: Seeder,
+) -> None:
+    store.user("root", superuser=True)
+    store.user("alice")
+
+    promoted = cli(store, "users", "update", "alice", "--superuser")
+    demoted = cli(store, "users", "update", "root", "--no-superuser")
+
+    assert promoted.stdout.strip() == "alice is now a superuser"
+    assert demoted.stdout.strip() == "root is no longer a superuser"
+    assert superusers(store) == ["alice"]
+    assert cli(store, "users", "delete", "root").returncode == 0
+    assert "last superuser" in fails(store, "users", "delete", "alice")
+
+
 # -- owners and registries ----------------------------------------------------------------------------
 
 

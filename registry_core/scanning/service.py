@@ -36,6 +36,7 @@ import attrs
 import msgspec
 
 from .. import mediatypes as mt
+from ..bounded import BoundedDict
 from ..digest import Digest
 from ..storage import layout
 from ..storage.driver import PathNotFound
@@ -52,6 +53,14 @@ JOB = "scan"
 WORK_JOB = "scan-work"
 REFRESH_JOB = "vulndb-refresh"
 _SCANNABLE = mt.MANIFEST_TYPES | {""}
+MAX_QUEUED = 1000
+"""Manifests noted for scanning in one process. A process that rarely gets the ``scan``
+lease keeps noting them; beyond this the oldest are left to the catch-up walk (which
+finds everything since its cursor), so the queue never grows with the push rate."""
+
+
+def _queue() -> BoundedDict[tuple[str, Digest], None]:
+    return BoundedDict(MAX_QUEUED)
 
 
 class _QueueEntry(msgspec.Struct, kw_only=True):
@@ -112,8 +121,8 @@ class ScanService:
         self.refresh_urls = list(refresh_urls)
         self.refresh_interval = refresh_interval
         self.concurrency = max(1, concurrency)
-        self.pending: dict[tuple[str, Digest], None] = {}
-        self.forced: dict[tuple[str, Digest], None] = {}
+        self.pending = _queue()
+        self.forced = _queue()
         self._scheduler: Scheduler | None = None
 
     def install(self, scheduler: Scheduler, interval: float = 30.0, ttl: float = 120.0) -> None:

@@ -19,6 +19,7 @@ import base64
 import contextlib
 import hashlib
 import time
+import weakref
 from typing import Literal
 
 import attrs
@@ -26,6 +27,7 @@ import msgspec
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ..bounded import BoundedDict
 from ..errors import RegistryError
 from ..names import Tenant
 from ..secrets import SecretBox, check_canary
@@ -34,6 +36,8 @@ from ..storage.driver import PathNotFound, StorageDriver
 from . import openpgp
 
 KeyKind = Literal["cosign", "gpg"]
+MAX_KEYS_CACHED = 4096
+"""Registries whose signing key one process keeps (the record and the opened key)."""
 KINDS: tuple[KeyKind, ...] = ("cosign", "gpg")
 
 
@@ -115,9 +119,16 @@ class KeyStore:
         # Which key signs, per process for ttl seconds (auth.cache_ttl): a rotation made
         # elsewhere is picked up within it, one made here at once.
         self.ttl = ttl
-        self._signing: dict[tuple[Tenant, str], tuple[float, KeyRecord]] = {}
-        self._opened: dict[tuple[Tenant, str], SigningKey] = {}
-        self._making: dict[tuple[Tenant, str], asyncio.Lock] = {}
+        # Bounded: a process serving many registries keeps the busiest ones' keys open.
+        self._signing: BoundedDict[tuple[Tenant, str], tuple[float, KeyRecord]] = BoundedDict(
+            MAX_KEYS_CACHED
+        )
+        self._opened: BoundedDict[tuple[Tenant, str], SigningKey] = BoundedDict(
+            MAX_KEYS_CACHED, lru=True
+        )
+        self._making: weakref.WeakValueDictionary[tuple[Tenant, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def list(self, tenant: Tenant) -> list[KeyRecord]:
         """Every key of *tenant*, by kind then age."""

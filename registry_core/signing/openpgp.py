@@ -16,6 +16,7 @@ import io
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -97,7 +98,9 @@ def public_fingerprint(armored: str) -> str:
         return str(result.fingerprints[0]).upper()
 
 
-_keyrings: dict[str, str] = {}
+MAX_KEYRINGS = 256
+"""Keyrings (temporary folders) one process keeps; the least recently used is removed."""
+_keyrings: OrderedDict[str, str] = OrderedDict()
 _lock = threading.Lock()
 
 
@@ -105,13 +108,19 @@ def _keyring_for(key: OpenPgpKey) -> str:
     # One keyring per process and key: the import costs more than the signature.
     with _lock:
         directory = _keyrings.get(key.fingerprint)
-        if directory is None:
-            directory = tempfile.mkdtemp(prefix="cargohold-gpg-")
-            result = gnupg.GPG(gnupghome=directory).import_keys(key.secret)
-            if not result.fingerprints:
-                shutil.rmtree(directory, ignore_errors=True)
-                raise OpenPgpError("gpg did not take the signing key")
-            _keyrings[key.fingerprint] = directory
+        if directory is not None:
+            _keyrings.move_to_end(key.fingerprint)
+            return directory
+        directory = tempfile.mkdtemp(prefix="cargohold-gpg-")
+        result = gnupg.GPG(gnupghome=directory).import_keys(key.secret)
+        if not result.fingerprints:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise OpenPgpError("gpg did not take the signing key")
+        _keyrings[key.fingerprint] = directory
+        while len(_keyrings) > MAX_KEYRINGS:
+            # A signature still running in it fails and is retried by the catch-up pass.
+            _, oldest = _keyrings.popitem(last=False)
+            shutil.rmtree(oldest, ignore_errors=True)
         return directory
 
 

@@ -26,6 +26,7 @@ import attrs
 import msgspec
 
 from ..attachments import is_attachment_tag
+from ..bounded import BoundedDict
 from ..digest import Digest
 from ..errors import RegistryError
 from ..jobs import LeaseGuard
@@ -43,6 +44,9 @@ JOB = "signing"
 SETTINGS_KIND = "signing"
 HOSTS_KIND = "signing-hosts"
 MAX_REMEMBERED_HOSTS = 32
+MAX_PENDING = 10_000
+"""Manifests noted for signing in one process; beyond it the oldest wait for catch-up."""
+MAX_TENANTS_CACHED = 4096
 
 request_host: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "cargohold_request_host", default=None
@@ -111,10 +115,12 @@ class Signer:
         self.keys = keys
         self.defaults = defaults
         # (repository, digest) -> (hosts, tags) noted by nudges, signed by the worker.
-        self._pending: dict[tuple[str, Digest], tuple[set[str], set[str]]] = {}
+        self._pending: BoundedDict[tuple[str, Digest], tuple[set[str], set[str]]] = BoundedDict(
+            MAX_PENDING
+        )
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
-        self._known_hosts: dict[Tenant, set[str]] = {}
+        self._known_hosts: BoundedDict[Tenant, set[str]] = BoundedDict(MAX_TENANTS_CACHED, lru=True)
         # One read-merge-write of an attachment at a time in this process (two indexes
         # sharing a platform manifest are signed side by side).
         self._merging: dict[tuple[str, Digest], asyncio.Lock] = {}

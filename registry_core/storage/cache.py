@@ -10,9 +10,14 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
+from ..bounded import BoundedDict
 from ..digest import Digest
 
-DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+DEFAULT_CACHE_BYTES = 8 * 1024 * 1024
+"""About 8,000 typical manifests per process; every worker has its own."""
+ENTRY_OVERHEAD = 400
+"""Bytes one entry costs beyond its body (digest object, tuple, dict slot), counted so
+that the cap bounds the memory the cache really takes, even for tiny manifests."""
 
 
 class ContentCache:
@@ -34,10 +39,10 @@ class ContentCache:
         if len(body) > self.max_bytes // 8 or digest in self._items:
             return item
         self._items[digest] = item
-        self._bytes += len(body)
+        self._bytes += len(body) + ENTRY_OVERHEAD
         while self._bytes > self.max_bytes:
             _, (old, _) = self._items.popitem(last=False)
-            self._bytes -= len(old)
+            self._bytes -= len(old) + ENTRY_OVERHEAD
         return item
 
 
@@ -52,7 +57,9 @@ class LinkCache:
     def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
-        self._entries: dict[tuple[str, str], tuple[float, Digest]] = {}
+        # One TTL for all: write order is expiry order, so expired entries leave from the
+        # front as new ones come (a stream of new digests must not pile up until the cap).
+        self._entries: BoundedDict[tuple[str, str], tuple[float, Digest]] = BoundedDict(max_entries)
         self.generation = 0
         """Bumped by every manifest write or delete in this process (catalog freshness)."""
         self._catalog: tuple[float, int, list[str]] | None = None
@@ -71,9 +78,9 @@ class LinkCache:
     def put(self, repository: str, key: str, digest: Digest) -> None:
         if self.ttl <= 0:
             return
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[(repository, key)] = (time.monotonic() + self.ttl, digest)
+        now = time.monotonic()
+        self._entries[(repository, key)] = (now + self.ttl, digest)
+        self._entries.drop_expired(lambda entry: entry[0] < now)
 
     def catalog(self) -> list[str] | None:
         """The cached repository list, if fresh and nothing was written since."""

@@ -83,7 +83,15 @@ async def users_password(store: TenancyStore, args: argparse.Namespace) -> int:
     return 0
 
 
+async def users_update(store: TenancyStore, args: argparse.Namespace) -> int:
+    # The library refuses to demote the last superuser, as it does for the API.
+    user = await store.update_user(args.name, superuser=args.superuser)
+    print(f"{user.name} is {'now' if user.superuser else 'no longer'} a superuser")
+    return 0
+
+
 async def users_delete(store: TenancyStore, args: argparse.Namespace) -> int:
+    # The library refuses to delete the last superuser, as it does for the API.
     await store.delete_user(args.name)
     print(f"deleted user {args.name} and revoked its API keys")
     return 0
@@ -314,7 +322,20 @@ def add_admin_commands(commands: Any) -> None:
     p = _leaf(users, "set-password", "change a user's password", users_password)
     p.add_argument("name")
     p.add_argument("--password-stdin", action="store_true")
-    p = _leaf(users, "delete", "delete a user (revokes its API keys)", users_delete)
+    p = _leaf(users, "update", "make a user a superuser or no longer one", users_update)
+    p.add_argument("name")
+    p.add_argument(
+        "--superuser",
+        action=argparse.BooleanOptionalAction,
+        required=True,
+        help="--no-superuser demotes (refused for the last superuser)",
+    )
+    p = _leaf(
+        users,
+        "delete",
+        "delete a user (revokes its API keys; never the last superuser)",
+        users_delete,
+    )
     p.add_argument("name")
 
     owners = _group(commands, "owners", "manage owners (organisations and user accounts)")

@@ -171,6 +171,9 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     _lighter_log_records()
+    from ..memory import limit_arenas
+
+    limit_arenas()  # before any thread (and before --workers fork: the children inherit it)
     from ..app import build_app
     from ..proxying import check_proxy_settings
 

@@ -17,8 +17,8 @@ import asyncio
 import contextlib
 import secrets
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
 
 import attrs
 from aiohttp import web
@@ -36,6 +36,7 @@ from registry_core.auth import (
     parse_basic,
     parse_scopes,
 )
+from registry_core.bounded import BoundedDict
 from registry_core.config import AuthConfig
 from registry_core.errors import Denied, NameInvalid, Unauthorized
 from registry_core.names import RepositoryName
@@ -63,6 +64,8 @@ ROUTE_NEEDS: dict[tuple[str, str], frozenset[str]] = {
 
 API_CHALLENGE = {"WWW-Authenticate": 'Basic realm="cargohold"'}
 API_KEY_HEADER = "X-Api-Key"
+MAX_REMEMBERED = 10_000
+"""Verified Authorization headers, and bearer tokens, remembered per process."""
 MAX_CREDENTIALS = 4
 """Credentials one request may present (all of them must name one identity)."""
 """The challenge of the management API (a 401 must carry one)."""
@@ -142,9 +145,14 @@ class Guard:
         self.throttle = LoginThrottle(
             config.max_failures, config.failure_window, config.slowdown_after
         )
-        self._pull_locks: dict[str, asyncio.Lock] = {}
-        self._headers: dict[str, tuple[float, Identity, int]] = {}
-        self._tokens: dict[tuple[str, str], Claims] = {}
+        # Held only while a pull is counted: a lock nobody holds or waits for goes away.
+        self._pull_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        # Verified headers and bearer tokens, until they expire (a client fetching a new
+        # token per pull must not pile them up until the cap).
+        self._headers: BoundedDict[str, tuple[float, Identity, int]] = BoundedDict(MAX_REMEMBERED)
+        self._tokens: BoundedDict[tuple[str, str], Claims] = BoundedDict(MAX_REMEMBERED)
 
     # -- identities ---------------------------------------------------------------------
 
@@ -239,8 +247,9 @@ class Guard:
             )
         generation = self.authenticator.logins_generation
         identity = await self._basic(request, *basic)
-        expires = time.monotonic() + self.config.cache_ttl
-        self._remember(self._headers, header, (expires, identity, generation))
+        now = time.monotonic()
+        self._headers[header] = (now + self.config.cache_ttl, identity, generation)
+        self._headers.drop_expired(lambda entry: entry[0] <= now)
         return identity, None
 
     async def _api_key(self, request: web.BaseRequest, key: str) -> Identity:
@@ -268,14 +277,10 @@ class Guard:
                     headers=self.challenge(request, error="invalid_token"),
                 ) from None
             # A verified signature stays verified: cache the claims until they expire.
-            self._remember(self._tokens, (token, audience), claims)
+            self._tokens[(token, audience)] = claims
+            now = time.time()
+            self._tokens.drop_expired(lambda known: known.exp <= now)
         return Identity(claims.kind, claims.sub), claims  # type: ignore[arg-type]
-
-    @staticmethod
-    def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
-        if len(cache) >= 10_000:
-            cache.clear()
-        cache[key] = value
 
     async def granted(
         self, identity: Identity, claims: Claims | None, name: RepositoryName, mapper: NameMapper

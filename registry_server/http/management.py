@@ -53,7 +53,6 @@ from registry_core.registry import Repository, paginate
 from registry_core.storage.manifests import StoredManifest
 from registry_core.tenancy import (
     ApiKeyRecord,
-    Conflict,
     InvalidRequest,
     MemberRecord,
     NotFoundRecord,
@@ -674,8 +673,6 @@ class Management:
         body = await _body(request, UserChange)
         if body.superuser is not None:
             self._superuser(caller, "changing the superuser flag")
-            if body.superuser is False:
-                await self._keep_a_superuser(name, "demote")
         if body.password is not None and caller.name == name:
             await self._check_current_password(request, name, body.current_password)
         record = await self.tenancy.update_user(
@@ -698,24 +695,10 @@ class Management:
             guard.throttle.failed([f"user:{name}", f"addr:{guard.domains.client_address(request)}"])
             raise Denied("current_password is not the user's password")
 
-    async def _keep_a_superuser(self, name: str, action: str) -> None:
-        """Refuse to remove the last superuser: nobody could create or repair accounts.
-
-        Storage has no transactions, so two concurrent demotions of the last two
-        superusers can still both pass; the command line can always create a new one.
-        """
-        record = await self.tenancy.get_user(name)
-        if record is None or not record.superuser:
-            return
-        users = await self.tenancy.list_users()
-        if not any(user.superuser and user.name != name for user in users):
-            raise Conflict(f"cannot {action} {name!r}: it is the last superuser")
-
     async def delete_user(self, request: web.Request, caller: Identity) -> web.Response:
         name = request.match_info["name"]
         await self._visible_user(caller, name)
         self._superuser(caller, "deleting users")
-        await self._keep_a_superuser(name, "delete")
         revoked = await self.tenancy.delete_user(name)
         self._guard.forget(revoked)
         self._guard.authenticator.forget_all()
