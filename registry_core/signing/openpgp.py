@@ -12,8 +12,11 @@ module never writes to registry storage and never logs key material.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
+import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from collections import OrderedDict
@@ -43,13 +46,68 @@ class Verified:
     fingerprint: str
 
 
+HOME_PREFIX = "cargohold-gpg-"
+"""Temporary GNUPGHOMEs are named ``cargohold-gpg-PID-…`` so that a later process can
+tell which ones a dead process left behind (see :func:`remove_stale_homes`)."""
+
+
+def _new_home() -> str:
+    return tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-")
+
+
+def _remove_home(directory: str) -> None:
+    """Stop the home's gpg-agent, then delete the folder.
+
+    gpg starts a gpg-agent daemon per GNUPGHOME for secret-key work, and the daemon does
+    not end when its folder is deleted: without ``gpgconf --kill`` every generated,
+    imported or evicted key would leave a process behind for the life of the machine.
+    """
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            ["gpgconf", "--homedir", directory, "--kill", "gpg-agent"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+            check=False,
+        )
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def remove_stale_homes(tmp: str | None = None) -> int:
+    """Remove the homes (and stop the agents) of processes that died without cleaning up
+    (kill -9, a crash): a server calls this once at start. Returns how many it removed."""
+    removed = 0
+    base = tmp or tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(base):
+            pid_text = entry.name[len(HOME_PREFIX) :].partition("-")[0]
+            if not entry.name.startswith(HOME_PREFIX) or not pid_text.isdigit():
+                continue
+            if _alive(int(pid_text)):
+                continue
+            _remove_home(entry.path)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def _home() -> Iterator[gnupg.GPG]:
-    directory = tempfile.mkdtemp(prefix="cargohold-gpg-")
+    directory = _new_home()
     try:
         yield gnupg.GPG(gnupghome=directory)
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        _remove_home(directory)
 
 
 def generate(uid: str, bits: int = 3072) -> OpenPgpKey:
@@ -111,16 +169,16 @@ def _keyring_for(key: OpenPgpKey) -> str:
         if directory is not None:
             _keyrings.move_to_end(key.fingerprint)
             return directory
-        directory = tempfile.mkdtemp(prefix="cargohold-gpg-")
+        directory = _new_home()
         result = gnupg.GPG(gnupghome=directory).import_keys(key.secret)
         if not result.fingerprints:
-            shutil.rmtree(directory, ignore_errors=True)
+            _remove_home(directory)
             raise OpenPgpError("gpg did not take the signing key")
         _keyrings[key.fingerprint] = directory
         while len(_keyrings) > MAX_KEYRINGS:
             # A signature still running in it fails and is retried by the catch-up pass.
             _, oldest = _keyrings.popitem(last=False)
-            shutil.rmtree(oldest, ignore_errors=True)
+            _remove_home(oldest)
         return directory
 
 
@@ -128,7 +186,7 @@ def _keyring_for(key: OpenPgpKey) -> str:
 def _remove_keyrings() -> None:
     with _lock:
         for directory in _keyrings.values():
-            shutil.rmtree(directory, ignore_errors=True)
+            _remove_home(directory)
         _keyrings.clear()
 
 

@@ -42,6 +42,7 @@ from registry_core.signing import (
     SigningSettings,
     request_host,
 )
+from registry_core.signing.openpgp import remove_stale_homes
 from registry_core.signing.simple import SimpleSignatures
 
 from ..domains import Domains
@@ -290,6 +291,8 @@ def add_signing(
         add_signing_job(scheduler, signer, config.signing.interval)
 
     async def worker(app: web.Application) -> AsyncIterator[None]:
+        # gpg homes (and their agents) that a killed process of this machine left behind.
+        await asyncio.to_thread(remove_stale_homes)
         task = asyncio.create_task(signer.run_forever(), name="signing-worker")
         yield
         task.cancel()
