@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 from fsspec.implementations.memory import MemoryFileSystem
 
-from registry_core.storage.driver import FileWriter, PathNotFound
+from registry_core.storage.driver import FileWriter, ObjectChanged, PathNotFound
 
 from .fsspec_driver import READ_CHUNK, FsspecDriver
 
@@ -92,6 +92,18 @@ class MemoryDriver(FsspecDriver):
         target = self._full(destination)
         self.fs.store[target] = self.fs.store.pop(full)
         self.fs.store[target].path = target
+
+    async def move_exact(self, source: str, destination: str, size: int) -> None:
+        """``move``, once *source* is seen to hold *size* bytes (one process owns this
+        store, and nothing awaits between the check and the move: one step)."""
+        full = self._full(source)
+        entry = self.fs.store.get(full)
+        if entry is None:
+            raise PathNotFound(source)
+        held = len(entry.getbuffer())
+        if held != size:
+            raise ObjectChanged(f"{source} holds {held} bytes, not {size}")
+        await self.move(source, destination)
 
 
 def open_memory(url: str, **options: object) -> MemoryDriver:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import gnupg
@@ -43,7 +44,13 @@ def test_generating_a_key_leaves_no_agent_or_home(monkeypatch) -> None:
     assert _agents_for(made[0]) == []  # ... and so is the agent gpg started for it
 
 
-def test_a_dead_processs_home_and_agent_are_removed(tmp_path: Path) -> None:
+def test_a_dead_processs_home_and_agent_are_removed() -> None:
+    # A short base folder: gpg-agent's socket path must fit a unix socket's 108 bytes.
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="gh") as base:
+        _remove_a_dead_processs_home(Path(base))
+
+
+def _remove_a_dead_processs_home(tmp_path: Path) -> None:
     key = openpgp.generate("Test <test@example.invalid>", bits=2048)
     stale = tmp_path / f"{openpgp.HOME_PREFIX}{_dead_pid()}-abcd"
     stale.mkdir(mode=0o700)

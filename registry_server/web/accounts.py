@@ -2,7 +2,7 @@
 for superusers.
 
 The checks are the management API's (``_visible_user``, ``_superuser``,
-``_check_current_password``, ``_keep_a_superuser``) and the changes its library calls;
+``_check_current_password``) and the changes its library calls;
 a changed password invalidates every older session through the session's password
 fingerprint. A new API key's secret is rendered once, on the page that creates it.
 """
@@ -148,7 +148,6 @@ class AccountPages:
         self.site.management._superuser(visitor.identity, "deleting users")
         name = request.match_info["name"]
         await self.site.management._visible_user(visitor.identity, name)
-        await self.site.management._keep_a_superuser(name, "delete")
         revoked = await self.site.tenancy.delete_user(name)
         self.site.management._guard.forget(revoked)
         self.site.management._guard.authenticator.forget_all()
