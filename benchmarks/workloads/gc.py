@@ -261,8 +261,10 @@ def _client_loop(
             serial += 1
             _client_step(http, base, f"bench/load/c{number}", rng, pushed, serial)
             counts[number] += 1
-        except (requests.RequestException, ValueError, KeyError):
+        except (requests.RequestException, ValueError, KeyError) as exc:
             errors[number] += 1
+            if errors[number] <= 3:  # what failed, for the report's reader
+                log(f"client {number}: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def _client_step(
