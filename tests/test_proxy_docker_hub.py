@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from tests.helpers.containerd import ContainerdDaemon
 from tests.helpers.images import Image
 from tests.helpers.registry_api import MANIFEST_ACCEPT, new_session, push_image
 from tests.helpers.server import DistributionServer
-from tests.helpers.upstreams import PullThrough, Upstream, start_pull_through
+from tests.helpers.upstreams import PullThrough, Upstream, start_pull_through, wait_for_v2
 
 pytestmark = pytest.mark.clients
 
@@ -106,21 +105,9 @@ class TlsDistribution(DistributionServer):
         )
 
     def _wait_ready(self) -> None:
-        assert self.proc is not None
         session = new_session()
         session.verify = str(self.ca)
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited during start-up\n{self.log_text()}")
-            try:
-                if session.get(self.url + "/v2/", timeout=2).status_code == 200:
-                    return
-            except OSError:  # requests' connection errors: not listening yet
-                pass
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"{self.name} not ready\n{self.log_text()}")
-            time.sleep(0.05)
+        wait_for_v2(self, session)
 
 
 class Hub:

@@ -103,20 +103,25 @@ class HtpasswdDistribution(DistributionServer):
 
     def _wait_ready(self) -> None:
         # The base probe wants 200 from /v2/ without credentials: ask with them.
-        assert self.proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        session = new_session(self.auth)
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited during start-up\n{self.log_text()}")
-            try:
-                if session.get(self.url + "/v2/", timeout=2).status_code == 200:
-                    return
-            except OSError:  # requests' connection errors: not listening yet
-                pass
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"{self.name} not ready\n{self.log_text()}")
-            time.sleep(0.05)
+        wait_for_v2(self, new_session(self.auth))
+
+
+def wait_for_v2(server: DistributionServer, session: Any) -> None:
+    """Wait until *server* answers 200 on /v2/ through *session* (credentials, a CA): for
+    Distribution set-ups that the base probe, anonymous plain HTTP, cannot reach."""
+    assert server.proc is not None
+    deadline = time.monotonic() + server.startup_timeout
+    while True:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited during start-up\n{server.log_text()}")
+        try:
+            if session.get(server.url + "/v2/", timeout=2).status_code == 200:
+                return
+        except OSError:  # requests' connection errors: not listening yet
+            pass
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{server.name} not ready\n{server.log_text()}")
+        time.sleep(0.05)
 
 
 @dataclass(frozen=True)
