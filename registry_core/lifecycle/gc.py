@@ -34,10 +34,12 @@ Why a manifest PUT can never end with a tag naming missing content: the
 manifest store writes the revision link, *then* checks the referenced blobs
 (links and data) once more and stores its own bytes again if they are gone,
 and only then writes the tag. GC sets data aside (5) *before* it re-reads the
-repositories (6). Either the PUT's second check comes after the set-aside,
-sees the blob missing and refuses the push (removing its revision), or it came
-before, so the revision was already visible when GC re-read, and GC kept and
-re-linked everything it references. No timing assumption is needed for this,
+repositories (6). Either the PUT's second check comes after the set-aside and
+sees the blob missing: with its link gone (unlinked in 4) it refuses the push
+(removing its revision), with its link there (written after the mark) it moves
+the data back from the trash and goes on (``BlobStore.recover_set_aside``); or
+the check came before, so the revision was already visible when GC re-read, and
+GC kept and re-linked everything it references. No timing assumption is needed for this,
 only read-after-write and list-after-write consistency (local folders, S3,
 GCS and Azure all give it). Upload commits and mounts need none either: if
 they race a set-aside, the link they write names missing data, and the
@@ -66,9 +68,13 @@ collected child is not, unless the registry checks indexes strictly).
 
 A kill at any step leaves storage consistent: links are removed only for
 unkept content, data is only ever moved into the trash (restored by the next
-run) or deleted after the re-check. The worst a racing client sees is a
-failed push it retries (a blob it skipped uploading was set aside) or, inside
-the settle window, a pull of a just-pushed image missing a blob for seconds.
+run) or deleted after the re-check. Readers that find a link next to missing
+data move the data back from the trash at once (``BlobStore.recover_set_aside``:
+a revision's bytes, a linked layer), so a manifest pushed during the mark reads
+and deletes by digest inside the settle window. The worst a racing client sees
+is a failed push it retries (a blob it skipped uploading was unlinked and set
+aside) or, inside the settle window, a pull of a just-pushed image missing a
+layer whose link this run removed, for seconds, until the re-check rewrites it.
 
 This module never imports a driver or aiohttp, never builds a storage path
 itself (layout does) and never deletes anything during a dry run.
@@ -306,7 +312,9 @@ class GarbageCollector:
         try:
             await self.driver.stat(target)
         except PathNotFound:
-            await self.driver.move(trash_path, target)
+            # A reader may have moved it back already (BlobStore.recover_set_aside).
+            with contextlib.suppress(PathNotFound):
+                await self.driver.move(trash_path, target)
             return
         await self.driver.delete_many([trash_path])
 
