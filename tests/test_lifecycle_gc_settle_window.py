@@ -10,7 +10,7 @@ runs the client's step at the worst moment of the GC run it wraps.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from drivers.local import LocalDriver
@@ -18,7 +18,8 @@ from registry_core import Digest, Registry
 from registry_core.lifecycle.counting import CountingDriver
 from registry_core.lifecycle.gc import collect_garbage
 from registry_core.storage import layout
-from tests.gc_support import image, push_blob, push_image, readable_in
+from registry_core.storage.driver import FileInfo, WalkFilter
+from tests.gc_support import image, image_complete, push_blob, push_image, readable_in
 
 REPO = "acme/prod/app"
 Step = Callable[[], Awaitable[None]]
@@ -26,7 +27,8 @@ Step = Callable[[], Awaitable[None]]
 
 class GcWithHooks(CountingDriver):
     """GC's driver: *before_first_destruction* runs before the run's first unlink (after
-    its mark); *after_set_aside* runs once the data of *watched* has moved to the trash."""
+    its mark, and before it lists a repository's revisions again to spare those pushed
+    to); *after_set_aside* runs once the data of *watched* has moved to the trash."""
 
     def __init__(
         self,
@@ -50,6 +52,16 @@ class GcWithHooks(CountingDriver):
     async def delete(self, path: str) -> None:
         await self._first()
         await super().delete(path)
+
+    async def _walk_after(self, path: str, prune: WalkFilter | None) -> AsyncIterator[FileInfo]:
+        await self._first()
+        async for entry in super().walk(path, prune):
+            yield entry
+
+    def walk(self, path: str, prune: WalkFilter | None = None) -> AsyncIterator[FileInfo]:
+        if path.endswith("/_manifests/revisions"):  # the sweep's look before unlinking
+            return self._walk_after(path, prune)
+        return super().walk(path, prune)
 
     async def delete_many(self, paths: Sequence[str]) -> None:
         await self._first()
@@ -88,7 +100,8 @@ async def test_a_manifest_pushed_during_the_mark_reads_in_the_settle_window(
     report = await collect_garbage(driver, grace=0.0, settle=0.0)
     assert driver.destroyed and driver.observed
     assert seen == [img.manifest]  # served from where the run had set it aside
-    assert report.layer_links_removed == len(img.blobs())
+    assert report.layer_links_removed == 0  # spared: the repository was pushed to
+    assert report.blobs_deleted == 0  # the manifest's bytes were moved back by the pull
     # Deleted by digest in the window: gone with its tag, and the next run reclaims all.
     assert "1.0" not in await client.repository(REPO).manifests.tags()
     await collect_garbage(LocalDriver(str(tmp_path)), grace=0.0, settle=0.0)
@@ -125,3 +138,30 @@ async def test_a_blob_linked_again_during_the_sweep_reads_in_the_settle_window(
     assert await readable_in(client, REPO, layer.digest)
     trash = tmp_path / layout.gc_trash_dir()
     assert not trash.exists() or not any(p.is_file() for p in trash.rglob("*"))
+
+
+async def test_a_repository_pushed_to_after_the_mark_keeps_its_layer_links(
+    tmp_path: Path,
+) -> None:
+    client = Registry(LocalDriver(str(tmp_path)))
+    garbage = image("garbage", layers=1).blobs()[-1]
+    await push_blob(client, "acme/prod/old", garbage)
+    await client.repository("acme/prod/old").blobs.delete(Digest.parse(garbage.digest))
+    img = image("uploaded-before-the-mark")
+    for blob in img.blobs():  # links with no manifest yet: garbage at the mark (grace 0s)
+        await push_blob(client, REPO, blob)
+    complete: list[bool] = []
+
+    async def push_manifest() -> None:
+        await client.repository(REPO).manifests.put(img.manifest, img.media_type, tag="1.0")
+
+    async def pull() -> None:  # links are unlinked and data set aside by now, or spared
+        complete.append(await image_complete(Registry(LocalDriver(str(tmp_path))), REPO, "1.0"))
+
+    watched = Digest.parse(garbage.digest).hex
+    driver = GcWithHooks(LocalDriver(str(tmp_path)), watched, push_manifest, pull)
+    report = await collect_garbage(driver, grace=0.0, settle=0.0)
+    assert driver.observed and complete == [True]
+    assert report.layer_links_removed == 0
+    assert report.blobs_deleted == 1  # the garbage; the new image's blobs were spared
+    assert await image_complete(client, REPO, "1.0")
