@@ -12,12 +12,18 @@ to another (``floor_s``): the client's own share of a pull, which bounds the war
 any server can reach. First bytes are timed to the first ``recv`` of the body.
 
 Because skopeo's own work dominates a warm pull, each run then pulls the warm image again
-``lean_pulls`` times with a lean HTTP client (``client.pull_image``: manifest by tag, then
-config and layers at once, hashed and dropped, nothing written), alternating on Cargohold
-between the cached and the local copy; the ``lean_*`` figures are the median per run, and
-show the servers' own speed. ``lean_floor_ms`` is that client's own share: hashing the
-same blobs, already in memory, in the same 1 MiB steps on one thread. This module never measures against anything but 127.0.0.1
-and never leaves a server running (the runner stops services on any exit).
+with a lean HTTP client (``client.pull_image``: manifest by tag, then config and layers
+at once, each on its own connection and thread, hashed and dropped, nothing written):
+``lean_pulls`` times one at a time, alternating on Cargohold between the cached and the
+local copy (``lean_*``: median per run, and the server's, upstream's and client's CPU per
+warm pull), then as ``PULLERS`` concurrent pullers (``conc_*``: warm pulls per second and
+CPU per pull). ``lean_floor_ms`` is that client's own share: hashing the same blobs,
+already in memory, each on its own thread. The warm goal is judged on ``conc_pulls_s``
+(targets named ``GOAL:``): a wall-clock rate of verified pulls with every core busy, so a
+server's cost per pull shows instead of hiding behind one client's waits, while the
+client's hashing, the same for both servers, keeps the ratio conservative. This module
+never measures against anything but 127.0.0.1 and never leaves a server running (the
+runner stops services on any exit).
 """
 
 from __future__ import annotations
@@ -95,7 +101,8 @@ class ProxyPull(Workload):
         "another (no server: the client's own share of a pull); time to first byte of a cold "
         "big blob, through the server and straight from the upstream; then the warm (and "
         "local) image pulled again several times by a lean HTTP client (hash and drop, "
-        "nothing written): the servers' own speed without skopeo's cost."
+        "nothing written): the servers' own speed without skopeo's cost; one pull at a time and as "
+        f"{PULLERS} concurrent pullers, with each server's CPU per pull."
     )
     metrics = (
         Metric("cold_s", "skopeo: cold pull (5 layers)", "s", False, digits=2),
