@@ -53,6 +53,8 @@ class _Watchdog:
         self._handle = self._loop.call_at(self.since + timeout, self._check)
 
     def _check(self) -> None:
+        if self._content.is_eof():  # all arrived: no silence left to watch for
+            return
         now = self._loop.time()
         if self.waiting and now - self.since >= self._timeout:
             self._content.set_exception(_Silent())
