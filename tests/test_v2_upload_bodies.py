@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.helpers import unique_repo_name
 from tests.helpers.server import RegistryServer
@@ -108,3 +109,16 @@ def test_a_chunked_body_in_many_pieces_is_stored_whole(server: RegistryServer) -
         stored = session.get(f"{server.url}{headers['location']}", timeout=10)
     assert stored.status_code == 200
     assert stored.content == blob
+
+
+def test_empty_patches_on_one_connection_are_all_answered(server: RegistryServer) -> None:
+    """aiohttp shares one empty-body reader between requests; after the first read it
+    reports a chunk end, never the end: a second empty PATCH must not wait for ever."""
+    with requests.Session() as session:  # keep-alive: one connection, one process
+        for _ in range(4):
+            location = session.post(
+                f"{server.url}/v2/{unique_repo_name()}/blobs/uploads/", timeout=10
+            ).headers["Location"]
+            patched = session.patch(f"{server.url}{location}", data=b"", timeout=10)
+            assert patched.status_code == 202, patched.text
+            assert patched.headers["Range"] == "0-0"

@@ -97,7 +97,9 @@ async def request_chunks(request: web.Request, timeout: float | None) -> AsyncIt
             if watchdog is not None:
                 watchdog.waiting = False
             if not chunk:
-                if boundary:  # the end of one chunk of a chunked body, more may follow
+                # The end of one chunk of a chunked body: more may follow. (aiohttp's
+                # shared empty-body reader answers (b"", True) once anyone read it: at_eof.)
+                if boundary and not content.at_eof():
                     continue
                 return
             state.bytes_in += len(chunk)
