@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import hashlib
 import time
 import uuid
@@ -581,13 +582,22 @@ async def _pump(source: AsyncIterator[bytes], writer: FileWriter, hasher: Hasher
     parts: list[bytes] = []
     gathered = 0
 
+    write_parts = getattr(writer, "write_parts", None)
+
     async def step(batch: list[bytes], size: int) -> None:
         if size <= INLINE_HASH:
             # Hashing a few KiB takes less time than the hop to a thread would.
             _hash_all(hasher, batch)
             await _write_all(writer, batch)
-            return
-        await asyncio.gather(_write_all(writer, batch), asyncio.to_thread(_hash_all, hasher, batch))
+        elif write_parts is not None:
+            # The local driver's writer hashes on its own thread, in the hop that writes:
+            # one wake-up per batch; on two cores shared with the client, running hash
+            # and write side by side on two threads saved no time and cost CPU.
+            await write_parts(batch, functools.partial(_hash_all, hasher, batch))
+        else:
+            await asyncio.gather(
+                _write_all(writer, batch), asyncio.to_thread(_hash_all, hasher, batch)
+            )
 
     try:
         async for chunk in source:
