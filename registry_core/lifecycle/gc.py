@@ -70,6 +70,12 @@ run) or deleted after the re-check. The worst a racing client sees is a
 failed push it retries (a blob it skipped uploading was set aside) or, inside
 the settle window, a pull of a just-pushed image missing a blob for seconds.
 
+Pacing: every storage request of a run goes through one
+:class:`~.pacing.RequestPacer` (``[gc] rate`` and ``[gc] concurrency``): on an
+object store a run keeps at most a few requests in flight (by default
+:data:`OBJECT_STORE_CONCURRENCY`), so the clients sharing the bucket keep most of
+what it answers. Pacing only delays requests; nothing above depends on timing.
+
 This module never imports a driver or aiohttp, never builds a storage path
 itself (layout does) and never deletes anything during a dry run.
 """
@@ -102,6 +108,7 @@ from .marks import (
     take_snapshot,
     walk_repositories,
 )
+from .pacing import RequestPacer
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +116,10 @@ JOB = "gc"
 BATCH = 1000
 """Objects per destructive batch (S3's DeleteObjects limit); fenced before each."""
 CONCURRENCY = 32
+"""Requests in flight on a local folder (the default there; tasks started per batch too)."""
+OBJECT_STORE_CONCURRENCY = 2
+"""Requests in flight on an object store by default: a bucket (and its emulators) answers
+requests about in arrival order, so this bounds the run's share against the clients'."""
 MTIME_SLACK = 2.0
 """Seconds around the mark's start within which the re-check treats any link as new
 (whole-second mtimes, small clock skew between this process and the store)."""
@@ -239,8 +250,14 @@ class GarbageCollector:
         collect_untagged: UntaggedPolicy | None = None,
         fence: LeaseCheck = _no_fence,
         clock: Callable[[], float] = time.time,
+        rate: float | None = None,
+        concurrency: int | None = None,
     ) -> None:
-        self.driver = driver if isinstance(driver, CountingDriver) else CountingDriver(driver)
+        if isinstance(driver, CountingDriver):
+            self.driver = driver
+        else:
+            pacer = RequestPacer(rate, concurrency or default_concurrency(driver))
+            self.driver = CountingDriver(driver, pacer)
         self.grace = grace
         self.settle = settle
         self.dry_run = dry_run
@@ -449,6 +466,12 @@ class GarbageCollector:
         return rescued
 
 
+def default_concurrency(driver: StorageDriver) -> int:
+    """Requests in flight when ``[gc] concurrency`` is 0 (auto): many on a local folder,
+    few on an object store (see the module docstring, "Pacing")."""
+    return CONCURRENCY if driver.local_path(layout.BLOBS) is not None else OBJECT_STORE_CONCURRENCY
+
+
 async def collect_garbage(
     driver: StorageDriver,
     *,
@@ -457,8 +480,12 @@ async def collect_garbage(
     dry_run: bool = False,
     collect_untagged: UntaggedPolicy | None = None,
     fence: LeaseCheck = _no_fence,
+    rate: float | None = None,
+    concurrency: int | None = None,
 ) -> GcReport:
-    """Run one GC pass (the caller holds the ``gc`` lease, and passes its check as *fence*)."""
+    """Run one GC pass (the caller holds the ``gc`` lease, and passes its check as *fence*);
+    *rate* (requests per second) and *concurrency* pace its storage requests (None or 0:
+    unlimited rate, :func:`default_concurrency`)."""
     collector = GarbageCollector(
         driver,
         grace=grace,
@@ -466,6 +493,8 @@ async def collect_garbage(
         dry_run=dry_run,
         collect_untagged=collect_untagged,
         fence=fence,
+        rate=rate,
+        concurrency=concurrency,
     )
     report = await collector.run()
     log.info(
@@ -483,4 +512,4 @@ async def collect_garbage(
     return report
 
 
-__all__ = ["JOB", "GarbageCollector", "GcReport", "collect_garbage"]
+__all__ = ["JOB", "GarbageCollector", "GcReport", "collect_garbage", "default_concurrency"]
