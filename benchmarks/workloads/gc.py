@@ -468,6 +468,7 @@ def run_concurrent(
         "server_cpu_ms_per_op_during_gc": round(
             1000 * (cpu2 - cpu1) / max(1.0, during * seconds), 2
         ),
+        **_store_shares(store_alone, store_during, alone * seconds / 2, during * seconds, seconds),
         "gc_runs_during": runs[0],
         "gc_run_seconds": gc_seconds,
         "load_seconds": seconds,
@@ -475,6 +476,22 @@ def run_concurrent(
         **({"store_alone": store_alone} if store_alone else {}),
         **({"store_during_gc": store_during} if store_during else {}),
         **({"store_after": store_after} if store_after else {}),
+    }
+
+
+def _store_shares(
+    alone: dict[str, float], during: dict[str, float], ops_alone: float, ops: float, seconds: float
+) -> dict[str, float]:
+    """The store's requests per second during GC split between clients and GC: the clients'
+    estimated from their requests per operation without GC (their mix is the same)."""
+    if not alone or not during or not ops_alone:
+        return {}
+    per_op = alone["store_requests"] / ops_alone
+    clients = per_op * ops / seconds
+    return {
+        "store_requests_per_client_op": round(per_op, 1),
+        "clients_store_requests_per_s_during_gc": round(clients, 1),
+        "gc_store_requests_per_s_during_gc": round(during["store_requests_per_s"] - clients, 1),
     }
 
 
