@@ -149,6 +149,7 @@ async def test_the_default_concurrency_is_high_on_a_folder_and_low_on_an_object_
     tmp_path: Path, moto_server: CloudEmulator
 ) -> None:
     assert default_concurrency(LocalDriver(str(tmp_path))) == CONCURRENCY
+    assert default_concurrency(open_driver("memory://")) == CONCURRENCY
     bucket = moto_server.create_bucket(f"gc-{secrets.token_hex(4)}")
     driver = open_driver(moto_server.storage_url(bucket, "p"), **moto_server.storage_options())
     try:

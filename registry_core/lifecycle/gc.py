@@ -466,10 +466,16 @@ class GarbageCollector:
         return rescued
 
 
+IN_PROCESS_DRIVERS = frozenset({"memory"})
+"""Drivers whose requests never leave this process: nobody shares them, no pacing needed."""
+
+
 def default_concurrency(driver: StorageDriver) -> int:
-    """Requests in flight when ``[gc] concurrency`` is 0 (auto): many on a local folder,
-    few on an object store (see the module docstring, "Pacing")."""
-    return CONCURRENCY if driver.local_path(layout.BLOBS) is not None else OBJECT_STORE_CONCURRENCY
+    """Requests in flight when ``[gc] concurrency`` is 0 (auto): many on a local folder (or
+    in memory), few on a remote store (see the module docstring, "Pacing")."""
+    if driver.local_path(layout.BLOBS) is not None or driver.name in IN_PROCESS_DRIVERS:
+        return CONCURRENCY
+    return OBJECT_STORE_CONCURRENCY
 
 
 async def collect_garbage(
