@@ -30,6 +30,12 @@ Measured on copies of the store (each backend):
   still marks the whole store, and the clients' deletes give the runs
   garbage to sweep).
 
+On moto each phase also records moto's CPU share and the requests it answered
+(its access log). ``--gc-pacing=-/-,0/32`` compares GC request pacings
+(``RATE/CONCURRENCY``, ``-`` the ``[gc]`` default, rate 0 unlimited): one fresh
+moto store and one timed GC per pacing, and ``--load-runs N`` load comparisons
+each; ``--skip-distribution`` leaves out Distribution's (slow on moto) run.
+
 Results are printed as JSON and written to ``benchmarks/results/gc.json``.
 """
 
@@ -468,7 +474,6 @@ def run_concurrent(
         "server_cpu_ms_per_op_during_gc": round(
             1000 * (cpu2 - cpu1) / max(1.0, during * seconds), 2
         ),
-        **_store_shares(store_alone, store_during, alone * seconds / 2, during * seconds, seconds),
         "gc_runs_during": runs[0],
         "gc_run_seconds": gc_seconds,
         "load_seconds": seconds,
@@ -476,22 +481,6 @@ def run_concurrent(
         **({"store_alone": store_alone} if store_alone else {}),
         **({"store_during_gc": store_during} if store_during else {}),
         **({"store_after": store_after} if store_after else {}),
-    }
-
-
-def _store_shares(
-    alone: dict[str, float], during: dict[str, float], ops_alone: float, ops: float, seconds: float
-) -> dict[str, float]:
-    """The store's requests per second during GC split between clients and GC: the clients'
-    estimated from their requests per operation without GC (their mix is the same)."""
-    if not alone or not during or not ops_alone:
-        return {}
-    per_op = alone["store_requests"] / ops_alone
-    clients = per_op * ops / seconds
-    return {
-        "store_requests_per_client_op": round(per_op, 1),
-        "clients_store_requests_per_s_during_gc": round(clients, 1),
-        "gc_store_requests_per_s_during_gc": round(during["store_requests_per_s"] - clients, 1),
     }
 
 
@@ -652,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         "--gc-pacing",
         default="",
         help="GC request pacing(s) to compare, RATE/CONCURRENCY,... ('-': [gc] default; "
-        "rate 0: unlimited), e.g. '0/32,-/-'; moto writes one fresh store per pacing",
+        "rate 0: unlimited), e.g. --gc-pacing=-/-,0/32 (with '='); moto writes one fresh store per pacing",
     )
     parser.add_argument(
         "--skip-distribution", action="store_true", help="skip Distribution's garbage-collect"
