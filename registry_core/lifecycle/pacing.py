@@ -3,9 +3,10 @@
 A GC run left unpaced keeps dozens of requests in flight for its whole mark and
 sweep. On a local disk that costs clients nothing measurable, but an object store
 (or its emulator, or a bucket's request-rate limit) answers requests roughly in
-arrival order: a job with 32 requests in flight against 8 clients with one each
-takes about four fifths of what the store can answer, and the clients' pushes and
-pulls slow down by as much. CPU priority (``[gc] nice``) cannot help there, since
+arrival order: once it is busy, a job with 32 requests in flight against 8 clients
+with one each can take about four fifths of what it answers, and the clients'
+pushes and pulls slow down by as much (on moto: 0.75 of the clients' throughput
+unpaced, 1.00 at 2 in flight; ``benchmarks/RESULTS.md``). CPU priority (``[gc] nice``) cannot help there, since
 the store does the work. A :class:`RequestPacer` bounds both what a job has in
 flight (*concurrency*) and how many requests it starts per second (*rate*, a
 token bucket with a burst of a tenth of a second's worth, at least one), so the
