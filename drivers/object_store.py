@@ -708,7 +708,10 @@ class ObjectStoreDriver:
             raise ObjectChanged(f"{source} holds {layout.size} bytes, not {size}")
         self._forget_parts(source_key)
         if layout.plain is not None:
-            await self._copy(source_key, destination_key, layout.plain.size)
+            try:
+                await self._copy(source_key, destination_key, layout.plain.size)
+            except KeyMissing:  # moved or deleted by another writer since the listing
+                raise PathNotFound(source) from None
             await self._call("delete", self.store.delete, source_key)
         elif layout.exists:
             await self._join(source_key, layout, destination_key)

@@ -578,6 +578,23 @@ class StorageDriverContract:
         with pytest.raises(PathNotFound):
             await driver.move("contract/missing", "contract/to")
 
+    async def test_racing_moves_of_one_source_end_in_one_move_and_path_not_found(
+        self, driver: StorageDriver
+    ) -> None:
+        # GC's rescue and a reader's recovery may move the same set-aside blob at once.
+        for round_ in range(5):
+            await driver.write(f"contract/race{round_}", b"set aside")
+            outcomes = await asyncio.gather(
+                *(
+                    driver.move(f"contract/race{round_}", f"contract/back{round_}")
+                    for _ in range(4)
+                ),
+                return_exceptions=True,
+            )
+            assert all(o is None or isinstance(o, PathNotFound) for o in outcomes), outcomes
+            assert any(o is None for o in outcomes)
+            assert await driver.read(f"contract/back{round_}") == b"set aside"
+
     # -- move_exact (optional: an upload commit's size check folded into its move) -----
 
     async def test_move_exact_moves_an_object_of_that_size(self, driver: StorageDriver) -> None:

@@ -260,15 +260,44 @@ class _SetAsideOnRevisionWrite(LocalDriver):
             raise AssertionError(f"{blob} never appeared")
 
 
-async def test_a_manifest_push_racing_a_set_aside_is_refused_and_leaves_no_revision(
+async def test_a_manifest_push_racing_a_set_aside_of_a_linked_blob_moves_it_back(
     tmp_path: Path,
 ) -> None:
+    # The layer's link is younger than the run's mark (a run unlinks before it sets data
+    # aside), so the PUT's second check moves the data back instead of refusing.
     driver = _SetAsideOnRevisionWrite(str(tmp_path / "store"))
     registry = Registry(driver)
     img = image("racing")
     for blob in img.blobs():
         await push_blob(registry, REPO, blob)
-    driver.blob = Digest.parse(img.layers[0].digest)
+    layer = Digest.parse(img.layers[0].digest)
+    driver.blob = layer
+    await registry.repository(REPO).manifests.put(img.manifest, img.media_type, tag="1.0")
+    fresh = Registry(LocalDriver(str(tmp_path / "store")))
+    assert await image_complete(fresh, REPO, "1.0")
+    assert not (tmp_path / "store" / layout.gc_trash("racing-run", layer)).exists()
+
+
+async def test_a_manifest_push_racing_a_set_aside_of_an_unlinked_blob_is_refused(
+    tmp_path: Path,
+) -> None:
+    # A run that unlinked the layer (it was garbage at the mark) then set it aside: the
+    # PUT's second check finds neither, refuses, and leaves no revision behind.
+    driver = _SetAsideOnRevisionWrite(str(tmp_path / "store"))
+    registry = Registry(driver)
+    img = image("racing-unlinked")
+    for blob in img.blobs():
+        await push_blob(registry, REPO, blob)
+    layer = Digest.parse(img.layers[0].digest)
+    original = driver.move
+
+    async def unlink_then_move(source: str, destination: str) -> None:
+        if destination == layout.gc_trash("racing-run", layer):
+            await driver.delete(layout.layer_link_dir(registry.repository(REPO).name, layer))
+        await original(source, destination)
+
+    driver.move = unlink_then_move  # type: ignore[method-assign]
+    driver.blob = layer
     with pytest.raises(ManifestBlobUnknown):
         await registry.repository(REPO).manifests.put(img.manifest, img.media_type, tag="1.0")
     assert "1.0" not in await registry.repository(REPO).manifests.tags()

@@ -34,10 +34,12 @@ Why a manifest PUT can never end with a tag naming missing content: the
 manifest store writes the revision link, *then* checks the referenced blobs
 (links and data) once more and stores its own bytes again if they are gone,
 and only then writes the tag. GC sets data aside (5) *before* it re-reads the
-repositories (6). Either the PUT's second check comes after the set-aside,
-sees the blob missing and refuses the push (removing its revision), or it came
-before, so the revision was already visible when GC re-read, and GC kept and
-re-linked everything it references. No timing assumption is needed for this,
+repositories (6). Either the PUT's second check comes after the set-aside and
+sees the blob missing: with its link gone (unlinked in 4) it refuses the push
+(removing its revision), with its link there (written after the mark) it moves
+the data back from the trash and goes on (``BlobStore.recover_set_aside``); or
+the check came before, so the revision was already visible when GC re-read, and
+GC kept and re-linked everything it references. No timing assumption is needed for this,
 only read-after-write and list-after-write consistency (local folders, S3,
 GCS and Azure all give it). Upload commits and mounts need none either: if
 they race a set-aside, the link they write names missing data, and the
@@ -66,9 +68,13 @@ collected child is not, unless the registry checks indexes strictly).
 
 A kill at any step leaves storage consistent: links are removed only for
 unkept content, data is only ever moved into the trash (restored by the next
-run) or deleted after the re-check. The worst a racing client sees is a
-failed push it retries (a blob it skipped uploading was set aside) or, inside
-the settle window, a pull of a just-pushed image missing a blob for seconds.
+run) or deleted after the re-check. Readers that find a link next to missing
+data move the data back from the trash at once (``BlobStore.recover_set_aside``:
+a revision's bytes, a linked layer), so a manifest pushed during the mark reads
+and deletes by digest inside the settle window. The worst a racing client sees
+is a failed push it retries (a blob it skipped uploading was unlinked and set
+aside) or, inside the settle window, a pull of a just-pushed image missing a
+layer whose link this run removed, for seconds, until the re-check rewrites it.
 
 Pacing: every storage request of a run goes through one
 :class:`~.pacing.RequestPacer` (``[gc] rate`` and ``[gc] concurrency``): on an
@@ -323,7 +329,9 @@ class GarbageCollector:
         try:
             await self.driver.stat(target)
         except PathNotFound:
-            await self.driver.move(trash_path, target)
+            # A reader may have moved it back already (BlobStore.recover_set_aside).
+            with contextlib.suppress(PathNotFound):
+                await self.driver.move(trash_path, target)
             return
         await self.driver.delete_many([trash_path])
 
@@ -356,6 +364,7 @@ class GarbageCollector:
             name = stored_name(repo)
             if not await index.has_manifests(name):
                 await index.emptied(name)
+        await self._spare_repositories_pushed_to(snapshot, plan, report)
         for batch in _batches(plan.layers):
             await self.fence()
             await driver.delete_many([layout.layer_link(stored_name(r), d) for r, d in batch])
@@ -375,11 +384,58 @@ class GarbageCollector:
         await asyncio.sleep(self.settle)
         rescued = await self._recheck(snapshot, plan, trashed)
         report.blobs_rescued = len(rescued)
-        doomed = [d for d in trashed if d not in rescued]
+        # What readers moved back meanwhile (BlobStore.recover_set_aside) is not deleted,
+        # nor counted: one listing of this run's trash says what is still in it.
+        still = {e.path async for e in driver.walk(layout.gc_trash_run(self.run_id))}
+        doomed = [d for d in trashed if d not in rescued and trashed[d] in still]
         for batch in _batches(doomed):
             await self.fence()
             await driver.delete_many([trashed[d] for d in batch])
         return doomed
+
+    async def _spare_repositories_pushed_to(
+        self, snapshot: Snapshot, plan: _Plan, report: GcReport
+    ) -> None:
+        """Keep this run's hands off the layer links (and their blobs) of a repository that
+        gained a manifest since the mark.
+
+        Such a manifest passed its blob checks while the links were still there; unlinking
+        them now would leave it unpullable until the re-check rewrites them, ``settle``
+        seconds later. One listing of revisions per repository that has links to remove;
+        what is spared stays garbage for the next run. A manifest written between this
+        listing and the unlink is still protected by the re-check (module docstring).
+        """
+        if not plan.layers:
+            return
+        removed = set(plan.revisions)
+
+        async def pushed_to(repo: str) -> bool:
+            known = snapshot.repositories[repo].revisions
+            async for entry in self.driver.walk(layout.revisions_root(stored_name(repo))):
+                found = None if entry.is_dir else layout.classify_repository_object(entry.path)
+                if found is None or found[1] != "revision":
+                    continue
+                digest = Digest(found[2][0], found[2][1])
+                if digest not in known or (repo, digest) in removed:
+                    return True
+            return False
+
+        semaphore = asyncio.Semaphore(CONCURRENCY)
+
+        async def bounded(repo: str) -> bool:
+            async with semaphore:
+                return await pushed_to(repo)
+
+        repos = sorted({r for r, _ in plan.layers})
+        changed = await asyncio.gather(*(bounded(r) for r in repos))
+        spared = {r for r, hit in zip(repos, changed, strict=True) if hit}
+        if not spared:
+            return
+        kept_links = {d for r, d in plan.layers if r in spared}
+        plan.layers = [(r, d) for r, d in plan.layers if r not in spared]
+        plan.blobs = [d for d in plan.blobs if d not in kept_links]
+        report.layer_links_removed = len(plan.layers)
+        log.info("gc: %d repositories pushed to since the mark keep their layer links", len(spared))
 
     async def _set_aside(self, digest: Digest) -> str | None:
         path = layout.gc_trash(self.run_id, digest)

@@ -110,6 +110,31 @@ class BlobStore:
         """Store a small payload whose digest the caller has computed (manifests)."""
         await self.driver.write_if_absent(layout.blob_data(digest), data)
 
+    async def recover_set_aside(self, digest: Digest) -> bool:
+        """Move a blob's data back from a running GC's trash; True if it is in place now.
+
+        Called only when a repository links content whose data is missing. A GC run
+        removes the links it does not keep *before* it sets data aside
+        (``registry_core.lifecycle.gc``), so a link next to set-aside data was written
+        after the run's mark: its re-check would rescue the data after ``settle``, and
+        this does the same at once, so that reads of a just-pushed or just re-tagged
+        image do not answer 404 in between. The run's own rescue and its final delete
+        of the trash both tolerate the data having moved back. Costs one listing of the
+        trash (runs in progress, usually none) plus a move per run, on this rare path only.
+        """
+        try:
+            runs = await self.driver.list(layout.gc_trash_dir())
+        except PathNotFound:
+            return False
+        target = layout.blob_data(digest)
+        for run in runs:
+            try:
+                await self.driver.move(layout.gc_trash(run, digest), target)
+            except PathNotFound:
+                continue
+            return True
+        return False
+
     # -- hash states of in-flight uploads -------------------------------------
 
     def _take_hash_state(self, key: str, size: int) -> Hasher | None:
@@ -169,11 +194,19 @@ class RepositoryBlobs:
         """Size of a blob this repository links; BLOB_UNKNOWN otherwise."""
         if not await self._linked(digest):
             raise BlobUnknown(detail={"digest": str(digest)})
+        try:
+            return await self.store.stat(digest)
+        except BlobUnknown:
+            if not await self.store.recover_set_aside(digest):
+                raise
         return await self.store.stat(digest)
 
     async def exists(self, digest: Digest) -> bool:
-        """True when this repository links the blob and its data is there (checked together)."""
+        """True when this repository links the blob and its data is there (checked together;
+        data a running GC set aside after this link was written is moved back)."""
         linked, present = await asyncio.gather(self._linked(digest), self.store.exists(digest))
+        if linked and not present:
+            present = await self.store.recover_set_aside(digest)
         return linked and present
 
     def read(

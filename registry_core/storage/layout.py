@@ -329,8 +329,12 @@ def gc_trash_dir() -> str:
     return f"{job_dir('gc')}/trash"
 
 
+def gc_trash_run(run: str) -> str:
+    return f"{gc_trash_dir()}/{run}"
+
+
 def gc_trash(run: str, digest: Digest) -> str:
-    return f"{gc_trash_dir()}/{run}/{digest.algorithm}/{digest.hex}"
+    return f"{gc_trash_run(run)}/{digest.algorithm}/{digest.hex}"
 
 
 def digest_from_blob_data(path: str) -> tuple[str, str] | None:

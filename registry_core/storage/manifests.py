@@ -124,13 +124,23 @@ class ManifestStore:
         """A revision's content; the caller has checked it belongs to this repository."""
         cached = self.cache.get(digest)
         if cached is None:
-            try:
-                body = await self.driver.read(layout.blob_data(digest))
-            except PathNotFound:
-                raise ManifestUnknown(detail={"digest": str(digest)}) from None
+            body = await self._read_body(digest)
             cached = self.cache.put(digest, body, detect_media_type(body))
         body, media_type = cached
         return StoredManifest(digest, media_type, body)
+
+    async def _read_body(self, digest: Digest) -> bytes:
+        """A linked revision's bytes, moved back first if a running GC set them aside
+        after the revision was written (``BlobStore.recover_set_aside``)."""
+        try:
+            return await self.driver.read(layout.blob_data(digest))
+        except PathNotFound:
+            if not await self.store.recover_set_aside(digest):
+                raise ManifestUnknown(detail={"digest": str(digest)}) from None
+        try:
+            return await self.driver.read(layout.blob_data(digest))
+        except PathNotFound:
+            raise ManifestUnknown(detail={"digest": str(digest)}) from None
 
     # -- writing ------------------------------------------------------------------
 
@@ -290,10 +300,7 @@ class ManifestStore:
             return
         try:
             if body is None:
-                try:
-                    body = await self.driver.read(layout.blob_data(digest))
-                except PathNotFound:
-                    raise ManifestUnknown(detail={"digest": str(digest)}) from None
+                body = await self._read_body(digest)
             if parsed is None:
                 parsed = parse_manifest(body, detect_media_type(body), max_size=self.max_size)
             await asyncio.gather(
