@@ -194,6 +194,12 @@ class GcConfig(_Section):
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
     """CPU priority decrease of ``cargohold gc`` and ``cargohold worker`` processes (0: none):
     batch work yields the CPU to serving processes on the same machine."""
+    rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Storage requests per second a run may start (0: unlimited); with ``concurrency``, how
+    much of a shared bucket GC may take from the clients (``nice`` only covers CPU)."""
+    concurrency: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    """Storage requests a run keeps in flight (0: auto, 32 on a local folder, 2 on an
+    object store)."""
 
     def __post_init__(self) -> None:
         _duration(self.interval, "gc.interval", off=True)

@@ -161,6 +161,8 @@ class Registry:
         wait: float = 0.0,
         recompute_usage: bool = True,
         guard: LeaseGuard | None = None,
+        rate: float | None = None,
+        concurrency: int | None = None,
     ) -> GcReport:
         """One online GC run (see ``registry_core.lifecycle.gc``); safe while clients push.
 
@@ -169,7 +171,9 @@ class Registry:
         *collect_untagged* is the retention hook: untagged manifests it answers
         True for are collected (by default every one is kept), never one younger than
         *grace* (the protection of pushes in flight, see ``lifecycle.gc``). A caller that already
-        holds the ``gc`` lease (the scheduler) passes its *guard*.
+        holds the ``gc`` lease (the scheduler) passes its *guard*. *rate* and *concurrency*
+        pace its storage requests (``[gc] rate``, ``[gc] concurrency``; None: unlimited rate,
+        the driver's default concurrency).
         """
         from .jobs import LeaseBusy, Leases
         from .lifecycle.gc import collect_garbage
@@ -180,6 +184,8 @@ class Registry:
                 grace=grace,
                 dry_run=True,
                 collect_untagged=collect_untagged,
+                rate=rate,
+                concurrency=concurrency,
             )
         leases = Leases(self.driver)
         deadline = time.monotonic() + wait
@@ -192,6 +198,8 @@ class Registry:
                         settle=settle,
                         collect_untagged=collect_untagged,
                         fence=held.check,
+                        rate=rate,
+                        concurrency=concurrency,
                     )
                     break
             except LeaseBusy:
@@ -205,6 +213,8 @@ class Registry:
                 settle=settle,
                 collect_untagged=collect_untagged,
                 fence=guard.check,
+                rate=rate,
+                concurrency=concurrency,
             )
         if recompute_usage:
             await self._recompute_usage_after_gc()

@@ -30,6 +30,12 @@ Measured on copies of the store (each backend):
   still marks the whole store, and the clients' deletes give the runs
   garbage to sweep).
 
+On moto each phase also records moto's CPU share and the requests it answered
+(its access log). ``--gc-pacing=-/-,0/32`` compares GC request pacings
+(``RATE/CONCURRENCY``, ``-`` the ``[gc]`` default, rate 0 unlimited): one fresh
+moto store and one timed GC per pacing, and ``--load-runs N`` load comparisons
+each; ``--skip-distribution`` leaves out Distribution's (slow on moto) run.
+
 Results are printed as JSON and written to ``benchmarks/results/gc.json``.
 """
 
@@ -161,6 +167,8 @@ class Backend:
     distribution_storage: str = ""
     env: dict[str, str] = attrs.field(factory=dict)
     count_blobs: Any = None
+    store_server: Moto | None = None
+    """The emulator behind the storage, when there is one: its CPU and requests are probed."""
 
     def cli_args(self) -> list[str]:
         args = ["--storage", self.storage_url]
@@ -182,17 +190,75 @@ def _cargohold(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
-def run_cargohold_gc(backend: Backend) -> dict[str, Any]:
-    """One run, timed against Distribution's: at the same CPU priority (``--nice 0``)."""
+@attrs.define
+class StoreProbe:
+    """CPU seconds and requests answered of a storage emulator (moto), between two reads."""
+
+    server: Moto | None
+    wall: float = 0.0
+    cpu: float = 0.0
+    requests: int = 0
+
+    @classmethod
+    def start(cls, server: Moto | None) -> StoreProbe:
+        probe = cls(server)
+        probe.wall, probe.cpu, probe.requests = probe._read()
+        return probe
+
+    def _read(self) -> tuple[float, float, int]:
+        if self.server is None or self.server.tree is None:
+            return time.perf_counter(), 0.0, 0
+        return (
+            time.perf_counter(),
+            self.server.tree.cpu_seconds(),
+            self.server.requests_logged(),
+        )
+
+    def since(self) -> dict[str, float]:
+        """What the emulator did since the last read (then read again)."""
+        wall, cpu, requests = self._read()
+        elapsed = max(wall - self.wall, 1e-9)
+        found = {
+            "store_requests": requests - self.requests,
+            "store_requests_per_s": round((requests - self.requests) / elapsed, 1),
+            "store_cpu_share": round((cpu - self.cpu) / elapsed, 3),
+        }
+        self.wall, self.cpu, self.requests = wall, cpu, requests
+        return found if self.server is not None else {}
+
+
+def _pacing_args(rate: float | None, concurrency: int | None) -> list[str]:
+    extra = [] if rate is None else ["--rate", str(rate)]
+    return extra + ([] if concurrency is None else ["--concurrency", str(concurrency)])
+
+
+def run_cargohold_gc(
+    backend: Backend, rate: float | None = None, concurrency: int | None = None
+) -> dict[str, Any]:
+    """One run, timed against Distribution's: at the same CPU priority (``--nice 0``), with
+    the given request pacing (None: the configuration's)."""
+    probe = StoreProbe.start(backend.store_server)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = _cargohold(
-        "gc", *backend.cli_args(), "--grace", "0s", "--settle", "0s", "--json", "--nice", "0"
+        "gc",
+        *backend.cli_args(),
+        "--grace",
+        "0s",
+        "--settle",
+        "0s",
+        "--json",
+        "--nice",
+        "0",
+        *_pacing_args(rate, concurrency),
     )
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     report = json.loads(done.stdout)
     return {
+        "rate": rate,
+        "concurrency": concurrency,
+        **probe.since(),
         "wall_s": round(wall, 3),
         "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
         "mark_s": round(report["mark_seconds"], 3),
@@ -340,9 +406,11 @@ def throughput(base: str, seconds: float, clients: int = LOAD_CLIENTS) -> float:
 
 
 def run_concurrent(
-    backend: Backend, workdir: Path, seconds: float, nice: int | None
+    backend: Backend, workdir: Path, seconds: float, nice: int | None, pacing: list[str]
 ) -> dict[str, Any]:
-    """Ops/s of the clients alone, then while ``cargohold gc`` runs back to back."""
+    """Ops/s of the clients alone, then while ``cargohold gc`` runs back to back (with the
+    extra *pacing* arguments), then alone again; with the storage emulator's CPU share and
+    request rate in each phase (the GC's share of the store is the difference)."""
     sys.path.insert(0, str(REPO_ROOT))
     from tests.helpers.server import RegistryServer
 
@@ -354,15 +422,19 @@ def run_concurrent(
     )
     with server:
         throughput(server.url, min(3.0, seconds))  # warm-up: connections, caches
+        probe = StoreProbe.start(backend.store_server)
         cpu0 = _cpu_seconds(server.pid)
         alone = throughput(server.url, seconds / 2)
         cpu1 = _cpu_seconds(server.pid)
+        store_alone = probe.since()
         stop = threading.Event()
         runs = [0]
-        extra = [] if nice is None else ["--nice", str(nice)]
+        extra = ([] if nice is None else ["--nice", str(nice)]) + pacing
+        gc_seconds: list[float] = []
 
         def gc_loop() -> None:
             while not stop.is_set():
+                started = time.perf_counter()
                 _cargohold(
                     "gc",
                     *backend.cli_args(),
@@ -374,18 +446,22 @@ def run_concurrent(
                     "30s",
                     *extra,
                 )
+                gc_seconds.append(round(time.perf_counter() - started, 1))
                 runs[0] += 1
 
         collector = threading.Thread(target=gc_loop, daemon=True)
         collector.start()
         during = throughput(server.url, seconds)
         cpu2 = _cpu_seconds(server.pid)
+        store_during = probe.since()
         stop.set()
         collector.join(600)
         cpu3 = _cpu_seconds(server.pid)
+        probe.since()
         # Alone again (before and after, averaged: the store and the machine drift).
         after = throughput(server.url, seconds / 2)
         cpu4 = _cpu_seconds(server.pid)
+        store_after = probe.since()
     baseline = (alone + after) / 2
     ops_alone = (alone + after) * seconds / 2
     return {
@@ -399,8 +475,43 @@ def run_concurrent(
             1000 * (cpu2 - cpu1) / max(1.0, during * seconds), 2
         ),
         "gc_runs_during": runs[0],
+        "gc_run_seconds": gc_seconds,
         "load_seconds": seconds,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        **({"store_alone": store_alone} if store_alone else {}),
+        **({"store_during_gc": store_during} if store_during else {}),
+        **({"store_after": store_after} if store_after else {}),
     }
+
+
+def run_loads(backend: Backend, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The load comparison *args.load_runs* times, for each pacing asked."""
+    results = []
+    for rate, concurrency in _pacings(args):
+        for number in range(args.load_runs):
+            log(f"{backend.name}: load run {number + 1}, rate {rate}, concurrency {concurrency}")
+            found = run_concurrent(
+                backend, work, args.load_seconds, args.gc_nice, _pacing_args(rate, concurrency)
+            )
+            results.append({"rate": rate, "concurrency": concurrency, **found})
+    return results
+
+
+def _pacings(args: argparse.Namespace) -> list[tuple[float | None, int | None]]:
+    """``--gc-pacing RATE/CONCURRENCY,...`` (``-`` for the configuration's value), else one
+    run with the configuration's pacing."""
+    if not args.gc_pacing:
+        return [(None, None)]
+    found: list[tuple[float | None, int | None]] = []
+    for item in args.gc_pacing.split(","):
+        rate, _, concurrency = item.strip().partition("/")
+        found.append(
+            (
+                None if rate in ("", "-") else float(rate),
+                None if concurrency in ("", "-") else int(concurrency),
+            )
+        )
+    return found
 
 
 def bench_local(shape: StoreShape, work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -421,11 +532,13 @@ def bench_local(shape: StoreShape, work: Path, args: argparse.Namespace) -> dict
         )
 
     log("local: cargohold gc")
-    ours = run_cargohold_gc(backend("cargohold"))
-    log("local: docker-registry garbage-collect")
-    theirs = run_distribution_gc(backend("distribution"), work)
+    ours = run_cargohold_gc(backend("cargohold"), *_pacings(args)[0])
+    theirs: dict[str, Any] = {"skipped": True}
+    if not args.skip_distribution:
+        log("local: docker-registry garbage-collect")
+        theirs = run_distribution_gc(backend("distribution"), work)
     log("local: push/pull throughput without and during GC (on the collected store)")
-    load = run_concurrent(backend("cargohold"), work, args.load_seconds, args.gc_nice)
+    load = run_loads(backend("cargohold"), work, args)
     return {
         "store": {**summarize(shape), "build_s": built},
         "cargohold_gc": ours,
@@ -449,10 +562,15 @@ def bench_moto(shape: StoreShape, work: Path, args: argparse.Namespace) -> dict[
             "client_kwargs": {"region_name": moto.region},
         }
         filesystem = s3fs.S3FileSystem(**options)
-        names = ("cargohold", "distribution")
+        # One fresh store per GC pacing compared (each run sweeps the same garbage).
+        pacings = _pacings(args)
+        names = [f"cargohold{n}" for n in range(len(pacings))]
+        names += [] if args.skip_distribution else ["distribution"]
         for name in names:
             moto.create_bucket(f"gc-{name}")
-        log(f"moto: writing {shape.manifests} manifests / {shape.blobs} blobs, two buckets")
+        log(
+            f"moto: writing {shape.manifests} manifests / {shape.blobs} blobs, {len(names)} buckets"
+        )
         started = time.perf_counter()
         for name in names:
             build_s3(filesystem, f"gc-{name}/store", shape)
@@ -484,14 +602,19 @@ def bench_moto(shape: StoreShape, work: Path, args: argparse.Namespace) -> dict[
                     "    secure: false\n    v4auth: true"
                 ),
                 count_blobs=count,
+                store_server=moto,
             )
 
-        log("moto: cargohold gc")
-        ours = run_cargohold_gc(backend("cargohold"))
-        log("moto: docker-registry garbage-collect")
-        theirs = run_distribution_gc(backend("distribution"), work)
+        ours = []
+        for number, (rate, concurrency) in enumerate(pacings):
+            log(f"moto: cargohold gc, rate {rate}, concurrency {concurrency}")
+            ours.append(run_cargohold_gc(backend(f"cargohold{number}"), rate, concurrency))
+        theirs: dict[str, Any] = {"skipped": True}
+        if not args.skip_distribution:
+            log("moto: docker-registry garbage-collect")
+            theirs = run_distribution_gc(backend("distribution"), work)
         log("moto: push/pull throughput without and during GC (on the collected store)")
-        load = run_concurrent(backend("cargohold"), work, args.load_seconds, args.gc_nice)
+        load = run_loads(backend("cargohold0"), work, args)
     finally:
         moto.stop()
     return {
@@ -511,6 +634,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="400 / 2,000 (moto: 100 / 500)")
     parser.add_argument("--backends", default="local,moto", help="comma-separated: local, moto")
     parser.add_argument("--load-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--load-runs", type=int, default=1, help="repeat the load comparison (per pacing)"
+    )
+    parser.add_argument(
+        "--gc-pacing",
+        default="",
+        help="GC request pacing(s) to compare, RATE/CONCURRENCY,... ('-': [gc] default; "
+        "rate 0: unlimited), e.g. --gc-pacing=-/-,0/32 (with '='); moto writes one fresh store per pacing",
+    )
+    parser.add_argument(
+        "--skip-distribution", action="store_true", help="skip Distribution's garbage-collect"
+    )
     parser.add_argument(
         "--gc-nice", type=int, default=None, help="the GC processes' --nice (default: [gc] nice)"
     )

@@ -3,7 +3,9 @@
 Background jobs (GC, scrub) report their storage cost; wrapping the driver
 once is cheaper and more honest than counting at every call site. It
 forwards everything unchanged, never alters results and holds no state but
-the counters of the one job that created it.
+the counters of the one job that created it, and its optional
+:class:`~.pacing.RequestPacer` (the same wrapper is where a job's requests
+are paced, so no call site can forget it).
 """
 
 from __future__ import annotations
@@ -14,15 +16,22 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ..storage.driver import FileInfo, FileWriter, PathNotFound, StorageDriver, WalkFilter
+from .pacing import RequestPacer
+
+WALK_PAGE = 1000
+"""Walked entries counted as one more listing request when pacing (S3 lists 1000 keys a
+page; the driver hides its pages)."""
 
 
 class CountingDriver:
-    """Forwards to *inner*, counting each operation (a walk counts once, plus its entries)."""
+    """Forwards to *inner*, counting each operation (a walk counts once, plus its entries),
+    each paced by *pacer* when given (a walk takes a token per :data:`WALK_PAGE` entries)."""
 
-    def __init__(self, inner: StorageDriver) -> None:
+    def __init__(self, inner: StorageDriver, pacer: RequestPacer | None = None) -> None:
         self.inner = inner
         self.name = inner.name
         self.counts: Counter[str] = Counter()
+        self.pacer = pacer if pacer is not None else RequestPacer()
 
     @property
     def total(self) -> int:
@@ -34,55 +43,68 @@ class CountingDriver:
 
             async def move_exact(source: str, destination: str, size: int) -> None:
                 self.counts["move"] += 1
-                await found(source, destination, size)
+                async with self.pacer.request():
+                    await found(source, destination, size)
 
             return move_exact
         return found
 
     async def read(self, path: str) -> bytes:
         self.counts["read"] += 1
-        return await self.inner.read(path)
+        async with self.pacer.request():
+            return await self.inner.read(path)
 
     async def write(self, path: str, data: bytes) -> None:
         self.counts["write"] += 1
-        await self.inner.write(path, data)
+        async with self.pacer.request():
+            await self.inner.write(path, data)
 
     async def write_if_absent(self, path: str, data: bytes) -> bool:
         self.counts["write_if_absent"] += 1
-        return await self.inner.write_if_absent(path, data)
+        async with self.pacer.request():
+            return await self.inner.write_if_absent(path, data)
 
     async def read_stream(
         self, path: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
         self.counts["read_stream"] += 1
+        await self.pacer.tick()
         async for chunk in self.inner.read_stream(path, offset, length):
             yield chunk
 
     async def open_writer(self, path: str, *, append: bool = False) -> FileWriter:
         self.counts["open_writer"] += 1
-        return await self.inner.open_writer(path, append=append)
+        async with self.pacer.request():
+            return await self.inner.open_writer(path, append=append)
 
     async def stat(self, path: str) -> FileInfo:
         self.counts["stat"] += 1
-        return await self.inner.stat(path)
+        async with self.pacer.request():
+            return await self.inner.stat(path)
 
     async def list(self, path: str) -> list[str]:
         self.counts["list"] += 1
-        return await self.inner.list(path)
+        async with self.pacer.request():
+            return await self.inner.list(path)
 
     async def walk(self, path: str, prune: WalkFilter | None = None) -> AsyncIterator[FileInfo]:
         self.counts["walk"] += 1
+        await self.pacer.tick()
         async for entry in self.inner.walk(path, prune):
             self.counts["walk-entries"] += 1
+            if self.counts["walk-entries"] % WALK_PAGE == 0:
+                await self.pacer.tick()
             yield entry
 
     async def move(self, source: str, destination: str) -> None:
         self.counts["move"] += 1
-        await self.inner.move(source, destination)
+        async with self.pacer.request():
+            await self.inner.move(source, destination)
 
     async def delete(self, path: str) -> None:
         self.counts["delete"] += 1
-        await self.inner.delete(path)
+        async with self.pacer.request():
+            await self.inner.delete(path)
 
     def has_delete_many(self) -> bool:
         return callable(getattr(self.inner, "delete_many", None))
@@ -92,11 +114,13 @@ class CountingDriver:
         batched = getattr(self.inner, "delete_many", None)
         if callable(batched):
             self.counts["delete_many"] += 1
-            await batched(list(paths))
+            async with self.pacer.request():
+                await batched(list(paths))
             return
         for path in paths:
             self.counts["delete"] += 1
-            await _delete_quietly(self.inner, path)
+            async with self.pacer.request():
+                await _delete_quietly(self.inner, path)
 
     def local_path(self, path: str) -> str | None:
         return self.inner.local_path(path)

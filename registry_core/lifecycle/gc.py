@@ -76,6 +76,12 @@ is a failed push it retries (a blob it skipped uploading was unlinked and set
 aside) or, inside the settle window, a pull of a just-pushed image missing a
 layer whose link this run removed, for seconds, until the re-check rewrites it.
 
+Pacing: every storage request of a run goes through one
+:class:`~.pacing.RequestPacer` (``[gc] rate`` and ``[gc] concurrency``): on an
+object store a run keeps at most a few requests in flight (by default
+:data:`OBJECT_STORE_CONCURRENCY`), so the clients sharing the bucket keep most of
+what it answers. Pacing only delays requests; nothing above depends on timing.
+
 This module never imports a driver or aiohttp, never builds a storage path
 itself (layout does) and never deletes anything during a dry run.
 """
@@ -108,6 +114,7 @@ from .marks import (
     take_snapshot,
     walk_repositories,
 )
+from .pacing import RequestPacer
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +122,10 @@ JOB = "gc"
 BATCH = 1000
 """Objects per destructive batch (S3's DeleteObjects limit); fenced before each."""
 CONCURRENCY = 32
+"""Requests in flight on a local folder (the default there; tasks started per batch too)."""
+OBJECT_STORE_CONCURRENCY = 2
+"""Requests in flight on an object store by default: a bucket (and its emulators) answers
+requests about in arrival order, so this bounds the run's share against the clients'."""
 MTIME_SLACK = 2.0
 """Seconds around the mark's start within which the re-check treats any link as new
 (whole-second mtimes, small clock skew between this process and the store)."""
@@ -245,8 +256,14 @@ class GarbageCollector:
         collect_untagged: UntaggedPolicy | None = None,
         fence: LeaseCheck = _no_fence,
         clock: Callable[[], float] = time.time,
+        rate: float | None = None,
+        concurrency: int | None = None,
     ) -> None:
-        self.driver = driver if isinstance(driver, CountingDriver) else CountingDriver(driver)
+        if isinstance(driver, CountingDriver):
+            self.driver = driver
+        else:
+            pacer = RequestPacer(rate, concurrency or default_concurrency(driver))
+            self.driver = CountingDriver(driver, pacer)
         self.grace = grace
         self.settle = settle
         self.dry_run = dry_run
@@ -505,6 +522,18 @@ class GarbageCollector:
         return rescued
 
 
+IN_PROCESS_DRIVERS = frozenset({"memory"})
+"""Drivers whose requests never leave this process: nobody shares them, no pacing needed."""
+
+
+def default_concurrency(driver: StorageDriver) -> int:
+    """Requests in flight when ``[gc] concurrency`` is 0 (auto): many on a local folder (or
+    in memory), few on a remote store (see the module docstring, "Pacing")."""
+    if driver.local_path(layout.BLOBS) is not None or driver.name in IN_PROCESS_DRIVERS:
+        return CONCURRENCY
+    return OBJECT_STORE_CONCURRENCY
+
+
 async def collect_garbage(
     driver: StorageDriver,
     *,
@@ -513,8 +542,12 @@ async def collect_garbage(
     dry_run: bool = False,
     collect_untagged: UntaggedPolicy | None = None,
     fence: LeaseCheck = _no_fence,
+    rate: float | None = None,
+    concurrency: int | None = None,
 ) -> GcReport:
-    """Run one GC pass (the caller holds the ``gc`` lease, and passes its check as *fence*)."""
+    """Run one GC pass (the caller holds the ``gc`` lease, and passes its check as *fence*);
+    *rate* (requests per second) and *concurrency* pace its storage requests (None or 0:
+    unlimited rate, :func:`default_concurrency`)."""
     collector = GarbageCollector(
         driver,
         grace=grace,
@@ -522,6 +555,8 @@ async def collect_garbage(
         dry_run=dry_run,
         collect_untagged=collect_untagged,
         fence=fence,
+        rate=rate,
+        concurrency=concurrency,
     )
     report = await collector.run()
     log.info(
@@ -539,4 +574,4 @@ async def collect_garbage(
     return report
 
 
-__all__ = ["JOB", "GarbageCollector", "GcReport", "collect_garbage"]
+__all__ = ["JOB", "GarbageCollector", "GcReport", "collect_garbage", "default_concurrency"]

@@ -68,7 +68,13 @@ def add_maintenance_jobs(
         ttl = gc.seconds("lease_ttl") or 60.0
 
         async def run_gc(guard: LeaseGuard) -> None:
-            report = await registry.collect_garbage(grace=grace, settle=settle, guard=guard)
+            report = await registry.collect_garbage(
+                grace=grace,
+                settle=settle,
+                guard=guard,
+                rate=gc.rate or None,
+                concurrency=gc.concurrency or None,
+            )
             await store_gc_report(registry, report)
             if on_gc is not None:
                 on_gc(report)

@@ -114,6 +114,9 @@ def gc_command(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             lease_ttl=config.gc.seconds("lease_ttl") or 60.0,
             wait=parse_duration(args.wait),
+            rate=(config.gc.rate if args.rate is None else args.rate) or None,
+            concurrency=(config.gc.concurrency if args.concurrency is None else args.concurrency)
+            or None,
         )
         if not args.dry_run:
             await store_gc_report(registry, report)
@@ -240,6 +243,25 @@ def worker_command(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
+def _non_negative(text: str) -> float:
+    """An argparse type: a number >= 0 (else a clean usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    value = _non_negative(text)
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(value)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML configuration file (as for serve)")
     parser.add_argument("--storage", help="storage URL (as for serve)")
@@ -255,6 +277,16 @@ def add_lifecycle_commands(commands: Any) -> None:
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     gc.add_argument(
         "--nice", type=int, help="lower this process's CPU priority by N (default [gc] nice, 10)"
+    )
+    gc.add_argument(
+        "--rate",
+        type=_non_negative,
+        help="storage requests per second the run may start (default [gc] rate; 0: unlimited)",
+    )
+    gc.add_argument(
+        "--concurrency",
+        type=_count,
+        help="storage requests in flight (default [gc] concurrency; 0: auto by driver)",
     )
     gc.add_argument("--last", action="store_true", help="show the last completed run's report")
     gc.set_defaults(func=gc_command)
