@@ -129,6 +129,15 @@ class Signer:
         trips (and the local driver's thread hops) instead of queueing one by one."""
         self.quiet = 0.1
         self.max_delay = 1.0
+        self.busy_share = 0.1
+        """While this process serves requests, the worker rests between batches so that
+        signing takes at most this share of the time: signing runs below the requests'
+        priority (a push burst is not slowed much) yet never stops."""
+        self.rest_poll = 0.01
+        # Requests of this process in flight and started so far (the server's middleware
+        # counts them, :meth:`request_started`): the worker's measure of "busy".
+        self._in_flight = 0
+        self._started = 0
 
     # -- settings ---------------------------------------------------------------------
 
@@ -224,18 +233,59 @@ class Signer:
 
     async def drain(self) -> None:
         """Sign everything noted so far, ``batch`` manifests at a time (a failure is left
-        to the catch-up pass)."""
+        to the catch-up pass), resting between batches while requests are served."""
+        loop = asyncio.get_running_loop()
         while self._pending:
             batch = []
             while self._pending and len(batch) < self.batch:
                 key = next(iter(self._pending))
                 batch.append((key, self._pending.pop(key)))
+            started, seen = loop.time(), self._started
             await asyncio.gather(
                 *(
                     self._sign_noted(repo, digest, hosts, tags)
                     for (repo, digest), (hosts, tags) in batch
                 )
             )
+            if self._pending:
+                await self._yield_to_requests(loop.time() - started, seen)
+
+    # -- below the requests' priority -------------------------------------------------
+
+    def request_started(self) -> None:
+        """A request of this process began (the server's middleware calls this)."""
+        self._in_flight += 1
+        self._started += 1
+
+    def request_finished(self) -> None:
+        self._in_flight -= 1
+
+    def _busy(self, seen: int) -> bool:
+        return self._in_flight > 0 or self._started != seen
+
+    async def _yield_to_requests(self, spent: float, seen: int) -> None:
+        """Rest after a batch that took *spent* seconds, as long as requests keep coming
+        (*seen*: the count of started requests when the batch began): at most
+        ``busy_share`` of a busy process's time goes to signing, all of an idle one's.
+
+        Signing and requests share one event loop (and, on a small machine, the CPU):
+        a batch of signatures costs about what as many manifest PUTs do, so without a
+        rest a worker signing during a push burst takes a like share of the burst's
+        throughput. The rest ends as soon as the process has been idle for
+        ``rest_poll`` seconds, so a quiet server signs at full speed.
+        """
+        if not self._busy(seen) or self.busy_share >= 1:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + spent * (1 - self.busy_share) / max(self.busy_share, 0.01)
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            seen = self._started
+            await asyncio.sleep(min(self.rest_poll, left))
+            if not self._busy(seen):
+                return
 
     async def _sign_noted(
         self, repository: str, digest: Digest, hosts: set[str], tags: set[str]
