@@ -30,7 +30,6 @@ from ..bounded import BoundedDict
 from ..digest import Digest
 from ..errors import RegistryError
 from ..jobs import LeaseGuard
-from ..manifest import parse_manifest
 from ..manifest_feed import CatchUpReport
 from ..names import RepositoryName, Tenant
 from ..registry import Registry, Repository
@@ -65,6 +64,17 @@ class SigningSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
     rsa_bits: Literal[3072, 4096] | None = None
     """Size of the registry's next RSA (simple signing) key: made at creation, on first
     use or by a rotation."""
+
+
+class _Child(msgspec.Struct):
+    digest: str
+
+
+class _Shape(msgspec.Struct):
+    """The two fields of a stored manifest that signing reads (unknown fields ignored)."""
+
+    subject: dict[str, object] | None = None
+    manifests: list[_Child] | None = None
 
 
 class _Hosts(msgspec.Struct, kw_only=True):
@@ -131,9 +141,10 @@ class Signer:
         self.max_delay = 1.0
         self.busy_share = 0.1
         """While this process serves requests, the worker rests between batches so that
-        signing takes at most this share of the time: signing runs below the requests'
-        priority (a push burst is not slowed much) yet never stops."""
+        signing takes about this share of its work (see :meth:`_yield_to_requests`):
+        signing runs below the requests' priority, yet never stops."""
         self.rest_poll = 0.01
+        self.max_rest = 0.25
         # Requests of this process in flight and started so far (the server's middleware
         # counts them, :meth:`request_started`): the worker's measure of "busy".
         self._in_flight = 0
@@ -210,8 +221,9 @@ class Signer:
 
         A push is a burst of requests (blobs, platform manifests, the index): the worker
         waits until nudges pause for ``quiet`` seconds, but never longer than
-        ``max_delay`` after the first, so signing does not compete with the burst for
-        this process's CPU and still shows well within 2 s on an idle server.
+        ``max_delay`` after the first, so signing does not compete with a short burst
+        for this process's CPU and still shows well within 2 s on an idle server; a
+        longer burst is signed meanwhile, below the requests' priority (:meth:`drain`).
         """
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -234,13 +246,12 @@ class Signer:
     async def drain(self) -> None:
         """Sign everything noted so far, ``batch`` manifests at a time (a failure is left
         to the catch-up pass), resting between batches while requests are served."""
-        loop = asyncio.get_running_loop()
         while self._pending:
             batch = []
             while self._pending and len(batch) < self.batch:
                 key = next(iter(self._pending))
                 batch.append((key, self._pending.pop(key)))
-            started, seen = loop.time(), self._started
+            seen = self._started
             await asyncio.gather(
                 *(
                     self._sign_noted(repo, digest, hosts, tags)
@@ -248,7 +259,7 @@ class Signer:
                 )
             )
             if self._pending:
-                await self._yield_to_requests(loop.time() - started, seen)
+                await self._yield_to_requests(len(batch), seen)
 
     # -- below the requests' priority -------------------------------------------------
 
@@ -263,28 +274,28 @@ class Signer:
     def _busy(self, seen: int) -> bool:
         return self._in_flight > 0 or self._started != seen
 
-    async def _yield_to_requests(self, spent: float, seen: int) -> None:
-        """Rest after a batch that took *spent* seconds, as long as requests keep coming
-        (*seen*: the count of started requests when the batch began): at most
-        ``busy_share`` of a busy process's time goes to signing, all of an idle one's.
+    async def _yield_to_requests(self, signed: int, seen: int) -> None:
+        """Rest after a batch of *signed* manifests while requests keep coming (*seen*:
+        the count of started requests when the batch began).
 
-        Signing and requests share one event loop (and, on a small machine, the CPU):
-        a batch of signatures costs about what as many manifest PUTs do, so without a
-        rest a worker signing during a push burst takes a like share of the burst's
-        throughput. The rest ends as soon as the process has been idle for
-        ``rest_poll`` seconds, so a quiet server signs at full speed.
+        Signing and requests share one event loop and, on a small machine, the CPU; one
+        manifest's signature costs about what its PUT did. So while the process is busy,
+        the worker signs one manifest per ``(1 - busy_share) / busy_share`` requests
+        started (9 for the default 0.1): at most about that share of a push burst's CPU
+        goes to signing, however loaded the machine is (a count of requests, not a
+        clock). The rest ends as soon as the process has been idle for ``rest_poll``
+        seconds, so a quiet server signs at full speed, and after ``max_rest`` seconds
+        at the latest, so signing progresses beside a few long requests (an upload).
         """
         if not self._busy(seen) or self.busy_share >= 1:
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + spent * (1 - self.busy_share) / max(self.busy_share, 0.01)
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                return
-            seen = self._started
-            await asyncio.sleep(min(self.rest_poll, left))
-            if not self._busy(seen):
+        wanted = seen + signed * (1 - self.busy_share) / max(self.busy_share, 0.01)
+        deadline = loop.time() + self.max_rest
+        while self._started < wanted and loop.time() < deadline:
+            before = self._started
+            await asyncio.sleep(self.rest_poll)
+            if not self._busy(before):
                 return
 
     async def _sign_noted(
@@ -409,13 +420,14 @@ class Signer:
             return report
         repo = self.registry.repository(name)
         try:
+            # The bytes were validated when they were stored (and a nudge finds them in
+            # the manifest cache): only whether it has a subject and its children matter.
             stored = await repo.manifests.get_by_digest(digest)
-            parsed = parse_manifest(
-                stored.body, stored.media_type, max_size=self.registry.max_manifest_size
-            )
-        except (RegistryError, ValueError):
+            shape = msgspec.json.decode(stored.body, type=_Shape)
+            children = [Digest.parse(child.digest) for child in shape.manifests or ()]
+        except (RegistryError, ValueError, msgspec.DecodeError, msgspec.ValidationError):
             return report  # deleted meanwhile, or nothing we can read: nothing to sign
-        if parsed.subject is not None:
+        if shape.subject is not None:
             return report
         if tags is None:
             found = await self._tags_naming(repo, digest)
@@ -431,12 +443,9 @@ class Signer:
             return report
         report.identities = identities
         targets = [digest]
-        if parsed.manifests:
-            children = []
-            for child in parsed.manifests:
-                if child not in children and child != digest:
-                    children.append(child)
-            targets.extend(children)
+        for child in children:
+            if child not in targets:
+                targets.append(child)
         for target in targets:
             if settings.cosign:
                 added = await self._sign_cosign(repo, target, identities)
