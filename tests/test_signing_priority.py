@@ -97,6 +97,27 @@ async def test_an_idle_process_signs_everything_without_resting(tmp_path: Path) 
     assert await _signed(registry, digests) == 10
 
 
+async def test_sparse_short_requests_do_not_slow_signing(tmp_path: Path) -> None:
+    registry = Registry(LocalDriver(str(tmp_path / "store")))
+    signer = _signer(registry)
+    digests = await _push(registry, 10)
+    signer.batch, signer.busy_share, signer.max_rest = 2, 0.01, 3600.0
+
+    async def poller() -> None:  # a client polling now and then: each request is short
+        while True:
+            signer.request_started()
+            await asyncio.sleep(0)
+            signer.request_finished()
+            await asyncio.sleep(0.003)
+
+    polling = asyncio.create_task(poller())
+    try:
+        await asyncio.wait_for(signer.drain(), 60)  # an hour per batch if it rested
+    finally:
+        polling.cancel()
+    assert await _signed(registry, digests) == 10
+
+
 async def test_one_long_request_alone_does_not_stop_signing(tmp_path: Path) -> None:
     registry = Registry(LocalDriver(str(tmp_path / "store")))
     signer = _signer(registry)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Iterable
 from typing import Literal
 
@@ -149,6 +150,8 @@ class Signer:
         # counts them, :meth:`request_started`): the worker's measure of "busy".
         self._in_flight = 0
         self._started = 0
+        self._busy_since = 0.0
+        self._busy_total = 0.0
 
     # -- settings ---------------------------------------------------------------------
 
@@ -265,27 +268,38 @@ class Signer:
 
     def request_started(self) -> None:
         """A request of this process began (the server's middleware calls this)."""
+        if self._in_flight == 0:
+            self._busy_since = time.monotonic()
         self._in_flight += 1
         self._started += 1
 
     def request_finished(self) -> None:
         self._in_flight -= 1
+        if self._in_flight == 0:
+            self._busy_total += time.monotonic() - self._busy_since
 
     def _busy(self, seen: int) -> bool:
         return self._in_flight > 0 or self._started != seen
 
+    def _busy_seconds(self) -> float:
+        """Seconds so far during which this process had a request in flight."""
+        if self._in_flight:
+            return self._busy_total + time.monotonic() - self._busy_since
+        return self._busy_total
+
     async def _yield_to_requests(self, signed: int, seen: int) -> None:
-        """Rest after a batch of *signed* manifests while requests keep coming (*seen*:
-        the count of started requests when the batch began).
+        """Rest after a batch of *signed* manifests while requests keep the process busy
+        (*seen*: the count of started requests when the batch began).
 
         Signing and requests share one event loop and, on a small machine, the CPU; one
         manifest's signature costs about what its PUT did. So while the process is busy,
         the worker signs one manifest per ``(1 - busy_share) / busy_share`` requests
         started (9 for the default 0.1): at most about that share of a push burst's CPU
         goes to signing, however loaded the machine is (a count of requests, not a
-        clock). The rest ends as soon as the process has been idle for ``rest_poll``
-        seconds, so a quiet server signs at full speed, and after ``max_rest`` seconds
-        at the latest, so signing progresses beside a few long requests (an upload).
+        clock). The rest ends as soon as requests were in flight less than half of the
+        last ``rest_poll`` seconds, so a quiet server (or one answering a poller now and
+        then) signs at full speed, and after ``max_rest`` seconds at the latest, so
+        signing progresses beside a few long requests (an upload).
         """
         if not self._busy(seen) or self.busy_share >= 1:
             return
@@ -293,9 +307,9 @@ class Signer:
         wanted = seen + signed * (1 - self.busy_share) / max(self.busy_share, 0.01)
         deadline = loop.time() + self.max_rest
         while self._started < wanted and loop.time() < deadline:
-            before = self._started
+            began, busy = time.monotonic(), self._busy_seconds()
             await asyncio.sleep(self.rest_poll)
-            if not self._busy(before):
+            if self._busy_seconds() - busy < 0.5 * (time.monotonic() - began):
                 return
 
     async def _sign_noted(
