@@ -7,7 +7,10 @@ a stream of pushes longer than that it competes with the PUTs for the same CPU,
 and ``manifests_s`` shows it. ``signed_s`` is the rate at which every pushed tag
 carries its signatures, from the first PUT until the last signature is visible,
 and ``lag_s`` how long after the last PUT that was: signing deferred is not
-free, so all three count. The setup signs one manifest first, so the keys exist
+free, so all three count. ``put_cpu_ms`` is the server's CPU per manifest while the
+PUTs run (``cpu_ms_per_manifest`` adds the signing after them): beside the off case it
+shows what signing took from the burst itself, which a loaded machine's throughput
+figures hide. The setup signs one manifest first, so the keys exist
 (a registry made with tenancy gets them at creation; this open-mode server
 would make them on first use) and the runs measure signing alone.
 """
