@@ -196,3 +196,36 @@ async def test_the_server_tells_the_signer_of_every_request(
         assert signer._in_flight == 0
     finally:
         await server.close()
+
+
+async def test_the_worker_signs_once_pushes_pause(tmp_path: Path) -> None:
+    registry = Registry(LocalDriver(str(tmp_path / "store")))
+    signer = _signer(registry)
+    signer.quiet, signer.max_delay = 0.05, 3600.0
+    worker = asyncio.create_task(signer.run_forever())
+    try:
+        digests = await _push(registry, 3)
+        await asyncio.wait_for(signer.idle(), 30)
+        assert await _signed(registry, digests) == 3
+    finally:
+        worker.cancel()
+
+
+async def test_a_stream_of_pushes_without_a_pause_is_signed_after_max_delay(
+    tmp_path: Path,
+) -> None:
+    registry = Registry(LocalDriver(str(tmp_path / "store")))
+    signer = _signer(registry)
+    signer.quiet, signer.max_delay = 3600.0, 0.2  # no pause is ever long enough
+    worker = asyncio.create_task(signer.run_forever())
+    try:
+        first = await push_image(registry, tag="first", seed="first")
+        deadline = asyncio.get_running_loop().time() + 30
+        pushed = 0
+        while not await _signed(registry, [first]):
+            assert asyncio.get_running_loop().time() < deadline, "never signed"
+            await push_image(registry, tag=f"s{pushed}", seed=f"s{pushed}")
+            pushed += 1
+            await asyncio.sleep(0.01)
+    finally:
+        worker.cancel()

@@ -130,6 +130,7 @@ class Signer:
             MAX_PENDING
         )
         self._wake: asyncio.Event | None = None
+        self._last_nudge = 0.0
         self._idle: asyncio.Event | None = None
         self._known_hosts: BoundedDict[Tenant, set[str]] = BoundedDict(MAX_TENANTS_CACHED, lru=True)
         # One read-merge-write of an attachment at a time in this process (two indexes
@@ -216,7 +217,10 @@ class Signer:
         host = request_host.get()
         if host:
             hosts.add(host)
-        if self._wake is not None:
+        # O(1) on the request path: a time stamp, and a wake-up only for an idle worker
+        # (a waiting worker reads the stamp when its sleep ends: no timer re-armed per PUT).
+        self._last_nudge = time.monotonic()
+        if self._wake is not None and not self._wake.is_set():
             self._wake.set()
 
     async def run_forever(self) -> None:
@@ -230,19 +234,18 @@ class Signer:
         """
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
-        loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
                 self._idle.set()
                 await self._wake.wait()
             self._idle.clear()
-            first = loop.time()
-            while loop.time() - first < self.max_delay:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.quiet)
-                except TimeoutError:
+            first = time.monotonic()
+            while True:
+                now = time.monotonic()
+                until = min(self._last_nudge + self.quiet, first + self.max_delay)
+                if until <= now:
                     break
+                await asyncio.sleep(until - now)
             self._wake.clear()
             await self.drain()
 
