@@ -68,24 +68,33 @@ async def test_the_worker_rests_after_a_batch_while_requests_keep_coming(tmp_pat
     registry = Registry(LocalDriver(str(tmp_path / "store")))
     signer = _signer(registry)
     digests = await _push(registry, 12)
-    signer.batch, signer.busy_share, signer.max_rest = 4, 0.5, 3600.0  # one request a manifest
+    signer.batch, signer.busy_share, signer.max_rest = 4, 0.001, 3600.0
     signer.request_started()  # a request in flight: the process is busy
     drain = asyncio.create_task(signer.drain())
     try:
         await _until(lambda: len(signer._pending) == 8)
         while await _signed(registry, digests) < 4:
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # busy and no new request: the rest goes on
+        await asyncio.sleep(0.3)  # still busy: the rest (999 times the batch) goes on
         assert len(signer._pending) == 8 and await _signed(registry, digests) == 4
-        for _ in range(4):  # as many requests as manifests signed: the next batch goes
-            signer.request_started()
-        await _until(lambda: len(signer._pending) == 4)
-        for _ in range(5):
-            signer.request_finished()
+        signer.request_finished()
         await asyncio.wait_for(drain, 30)  # idle again: the rest ends at once
     finally:
         drain.cancel()
     assert await _signed(registry, digests) == 12
+
+
+async def test_a_busy_process_still_signs_its_share(tmp_path: Path) -> None:
+    registry = Registry(LocalDriver(str(tmp_path / "store")))
+    signer = _signer(registry)
+    digests = await _push(registry, 6)
+    signer.batch, signer.busy_share, signer.max_rest = 2, 0.5, 3600.0  # rest = batch time
+    signer.request_started()  # busy all along, e.g. an upload that lasts
+    try:
+        await asyncio.wait_for(signer.drain(), 60)
+    finally:
+        signer.request_finished()
+    assert await _signed(registry, digests) == 6
 
 
 async def test_an_idle_process_signs_everything_without_resting(tmp_path: Path) -> None:
@@ -118,13 +127,16 @@ async def test_sparse_short_requests_do_not_slow_signing(tmp_path: Path) -> None
     assert await _signed(registry, digests) == 10
 
 
-async def test_one_long_request_alone_does_not_stop_signing(tmp_path: Path) -> None:
+async def test_the_longest_rest_is_max_rest(tmp_path: Path) -> None:
     registry = Registry(LocalDriver(str(tmp_path / "store")))
     signer = _signer(registry)
     digests = await _push(registry, 6)
-    signer.batch, signer.busy_share, signer.max_rest = 2, 0.01, 0.05
-    signer.request_started()  # an upload that lasts: busy, but no request is started
-    await asyncio.wait_for(signer.drain(), 60)
+    signer.batch, signer.busy_share, signer.max_rest = 2, 0.001, 0.05
+    signer.request_started()
+    try:
+        await asyncio.wait_for(signer.drain(), 60)  # 999 times the batch, were it not capped
+    finally:
+        signer.request_finished()
     assert await _signed(registry, digests) == 6
 
 

@@ -143,10 +143,10 @@ class Signer:
         self.max_delay = 1.0
         self.busy_share = 0.1
         """While this process serves requests, the worker rests between batches so that
-        signing takes about this share of its work (see :meth:`_yield_to_requests`):
+        signing takes about this share of its time (see :meth:`_yield_to_requests`):
         signing runs below the requests' priority, yet never stops."""
         self.rest_poll = 0.01
-        self.max_rest = 0.25
+        self.max_rest = 1.0
         # Requests of this process in flight and started so far (the server's middleware
         # counts them, :meth:`request_started`): the worker's measure of "busy".
         self._in_flight = 0
@@ -257,7 +257,7 @@ class Signer:
             while self._pending and len(batch) < self.batch:
                 key = next(iter(self._pending))
                 batch.append((key, self._pending.pop(key)))
-            seen = self._started
+            began, seen = time.monotonic(), self._started
             await asyncio.gather(
                 *(
                     self._sign_noted(repo, digest, hosts, tags)
@@ -265,7 +265,7 @@ class Signer:
                 )
             )
             if self._pending:
-                await self._yield_to_requests(len(batch), seen)
+                await self._yield_to_requests(time.monotonic() - began, seen)
 
     # -- below the requests' priority -------------------------------------------------
 
@@ -290,26 +290,26 @@ class Signer:
             return self._busy_total + time.monotonic() - self._busy_since
         return self._busy_total
 
-    async def _yield_to_requests(self, signed: int, seen: int) -> None:
-        """Rest after a batch of *signed* manifests while requests keep the process busy
-        (*seen*: the count of started requests when the batch began).
+    async def _yield_to_requests(self, spent: float, seen: int) -> None:
+        """Rest after a batch that took *spent* seconds while requests keep the process
+        busy (*seen*: the count of started requests when the batch began).
 
-        Signing and requests share one event loop and, on a small machine, the CPU; one
-        manifest's signature costs about what its PUT did. So while the process is busy,
-        the worker signs one manifest per ``(1 - busy_share) / busy_share`` requests
-        started (9 for the default 0.1): at most about that share of a push burst's CPU
-        goes to signing, however loaded the machine is (a count of requests, not a
-        clock). The rest ends as soon as requests were in flight less than half of the
-        last ``rest_poll`` seconds, so a quiet server (or one answering a poller now and
-        then) signs at full speed, and after ``max_rest`` seconds at the latest, so
-        signing progresses beside a few long requests (an upload).
+        Signing and requests share one event loop and, on a small machine, the CPU: one
+        manifest's cosign signature costs about what its PUT did, a simple signature
+        several times that. So while requests are in flight, the worker rests until they
+        have been served for ``(1 - busy_share) / busy_share`` times the batch's time (9
+        for the default 0.1): at most about that share of a busy process's time goes to
+        signing, and the rest stretches with the batch when the machine is loaded. The
+        rest ends as soon as requests were in flight less than half of the last
+        ``rest_poll`` seconds, so a quiet server (or one answering a poller now and then)
+        signs at full speed, and after ``max_rest`` seconds at the latest.
         """
         if not self._busy(seen) or self.busy_share >= 1:
             return
-        loop = asyncio.get_running_loop()
-        wanted = seen + signed * (1 - self.busy_share) / max(self.busy_share, 0.01)
-        deadline = loop.time() + self.max_rest
-        while self._started < wanted and loop.time() < deadline:
+        share = max(self.busy_share, 0.001)
+        wanted = self._busy_seconds() + spent * (1 - share) / share
+        deadline = time.monotonic() + self.max_rest
+        while self._busy_seconds() < wanted and time.monotonic() < deadline:
             began, busy = time.monotonic(), self._busy_seconds()
             await asyncio.sleep(self.rest_poll)
             if self._busy_seconds() - busy < 0.5 * (time.monotonic() - began):
