@@ -13,9 +13,11 @@ from aiohttp.test_utils import TestServer
 from drivers.local import LocalDriver
 from registry_core import Registry, load_config
 from registry_core import mediatypes as mt
+from registry_core.digest import Digest
 from registry_core.lifecycle.counting import CountingDriver
 from registry_core.secrets import SecretBox
 from registry_core.signing import KeyStore, Signer, SigningDefaults, cosign, request_host
+from registry_core.storage import layout
 from registry_server.app import WEBSITE_KEY, build_app
 
 from .test_signing_feed import push_image
@@ -241,3 +243,18 @@ async def test_a_stream_of_pushes_without_a_pause_is_signed_after_max_delay(
             await asyncio.sleep(0.01)
     finally:
         worker.cancel()
+
+
+async def test_a_schema1_manifest_a_distribution_bucket_holds_is_not_signed(
+    tmp_path: Path,
+) -> None:
+    registry = Registry(LocalDriver(str(tmp_path / "store")))
+    signer = _signer(registry)
+    repo = registry.repository(REPO)
+    body = b'{"schemaVersion": 1, "name": "acme/prod/app", "tag": "old", "fsLayers": []}'
+    digest = Digest.of(body)
+    await repo.blobs.store.put_small(body, digest)  # as Distribution stored it, then tagged
+    await registry.driver.write(layout.revision_link(repo.name, digest), str(digest).encode())
+    await registry.driver.write(layout.tag_current_link(repo.name, "old"), str(digest).encode())
+    report = await signer.sign_manifest(REPO, digest, tags=["old"])
+    assert report.identities == [] and report.cosign_added == 0

@@ -26,6 +26,7 @@ from typing import Literal
 import attrs
 import msgspec
 
+from .. import mediatypes as mt
 from ..attachments import is_attachment_tag
 from ..bounded import BoundedDict
 from ..digest import Digest
@@ -440,6 +441,8 @@ class Signer:
             # The bytes were validated when they were stored (and a nudge finds them in
             # the manifest cache): only whether it has a subject and its children matter.
             stored = await repo.manifests.get_by_digest(digest)
+            if stored.media_type not in mt.MANIFEST_TYPES:
+                return report  # e.g. a schema 1 manifest a Distribution bucket holds
             shape = msgspec.json.decode(stored.body, type=_Shape)
             children = [Digest.parse(child.digest) for child in shape.manifests or ()]
         except (RegistryError, ValueError, msgspec.DecodeError, msgspec.ValidationError):
