@@ -19,18 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Iterable
 from typing import Literal
 
 import attrs
 import msgspec
 
+from .. import mediatypes as mt
 from ..attachments import is_attachment_tag
 from ..bounded import BoundedDict
 from ..digest import Digest
 from ..errors import RegistryError
 from ..jobs import LeaseGuard
-from ..manifest import parse_manifest
 from ..manifest_feed import CatchUpReport
 from ..names import RepositoryName, Tenant
 from ..registry import Registry, Repository
@@ -65,6 +66,17 @@ class SigningSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
     rsa_bits: Literal[3072, 4096] | None = None
     """Size of the registry's next RSA (simple signing) key: made at creation, on first
     use or by a rotation."""
+
+
+class _Child(msgspec.Struct):
+    digest: str
+
+
+class _Shape(msgspec.Struct):
+    """The two fields of a stored manifest that signing reads (unknown fields ignored)."""
+
+    subject: dict[str, object] | None = None
+    manifests: list[_Child] | None = None
 
 
 class _Hosts(msgspec.Struct, kw_only=True):
@@ -119,6 +131,7 @@ class Signer:
             MAX_PENDING
         )
         self._wake: asyncio.Event | None = None
+        self._last_nudge = 0.0
         self._idle: asyncio.Event | None = None
         self._known_hosts: BoundedDict[Tenant, set[str]] = BoundedDict(MAX_TENANTS_CACHED, lru=True)
         # One read-merge-write of an attachment at a time in this process (two indexes
@@ -129,6 +142,18 @@ class Signer:
         trips (and the local driver's thread hops) instead of queueing one by one."""
         self.quiet = 0.1
         self.max_delay = 1.0
+        self.busy_share = 0.1
+        """While this process serves requests, the worker rests between batches so that
+        signing takes about this share of its time (see :meth:`_yield_to_requests`):
+        signing runs below the requests' priority, yet never stops."""
+        self.rest_poll = 0.01
+        self.max_rest = 1.0
+        # Requests of this process in flight and started so far (the server's middleware
+        # counts them, :meth:`request_started`): the worker's measure of "busy".
+        self._in_flight = 0
+        self._started = 0
+        self._busy_since = 0.0
+        self._busy_total = 0.0
 
     # -- settings ---------------------------------------------------------------------
 
@@ -193,7 +218,10 @@ class Signer:
         host = request_host.get()
         if host:
             hosts.add(host)
-        if self._wake is not None:
+        # O(1) on the request path: a time stamp, and a wake-up only for an idle worker
+        # (a waiting worker reads the stamp when its sleep ends: no timer re-armed per PUT).
+        self._last_nudge = time.monotonic()
+        if self._wake is not None and not self._wake.is_set():
             self._wake.set()
 
     async def run_forever(self) -> None:
@@ -201,41 +229,92 @@ class Signer:
 
         A push is a burst of requests (blobs, platform manifests, the index): the worker
         waits until nudges pause for ``quiet`` seconds, but never longer than
-        ``max_delay`` after the first, so signing does not compete with the burst for
-        this process's CPU and still shows well within 2 s on an idle server.
+        ``max_delay`` after the first, so signing does not compete with a short burst
+        for this process's CPU and still shows well within 2 s on an idle server; a
+        longer burst is signed meanwhile, below the requests' priority (:meth:`drain`).
         """
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
-        loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
                 self._idle.set()
                 await self._wake.wait()
             self._idle.clear()
-            first = loop.time()
-            while loop.time() - first < self.max_delay:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.quiet)
-                except TimeoutError:
+            first = time.monotonic()
+            while True:
+                now = time.monotonic()
+                until = min(self._last_nudge + self.quiet, first + self.max_delay)
+                if until <= now:
                     break
+                await asyncio.sleep(until - now)
             self._wake.clear()
             await self.drain()
 
     async def drain(self) -> None:
         """Sign everything noted so far, ``batch`` manifests at a time (a failure is left
-        to the catch-up pass)."""
+        to the catch-up pass), resting between batches while requests are served."""
         while self._pending:
             batch = []
             while self._pending and len(batch) < self.batch:
                 key = next(iter(self._pending))
                 batch.append((key, self._pending.pop(key)))
+            began, seen = time.monotonic(), self._started
             await asyncio.gather(
                 *(
                     self._sign_noted(repo, digest, hosts, tags)
                     for (repo, digest), (hosts, tags) in batch
                 )
             )
+            if self._pending:
+                await self._yield_to_requests(time.monotonic() - began, seen)
+
+    # -- below the requests' priority -------------------------------------------------
+
+    def request_started(self) -> None:
+        """A request of this process began (the server's middleware calls this)."""
+        if self._in_flight == 0:
+            self._busy_since = time.monotonic()
+        self._in_flight += 1
+        self._started += 1
+
+    def request_finished(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._busy_total += time.monotonic() - self._busy_since
+
+    def _busy(self, seen: int) -> bool:
+        return self._in_flight > 0 or self._started != seen
+
+    def _busy_seconds(self) -> float:
+        """Seconds so far during which this process had a request in flight."""
+        if self._in_flight:
+            return self._busy_total + time.monotonic() - self._busy_since
+        return self._busy_total
+
+    async def _yield_to_requests(self, spent: float, seen: int) -> None:
+        """Rest after a batch that took *spent* seconds while requests keep the process
+        busy (*seen*: the count of started requests when the batch began).
+
+        Signing and requests share one event loop and, on a small machine, the CPU: one
+        manifest's cosign signature costs about what its PUT did, a simple signature
+        several times that. So while requests are in flight, the worker rests until they
+        have been served for ``(1 - busy_share) / busy_share`` times the batch's time (9
+        for the default 0.1): at most about that share of a busy process's time goes to
+        signing, and the rest stretches with the batch when the machine is loaded. The
+        rest ends as soon as requests were in flight less than half of the last
+        ``rest_poll`` seconds, so a quiet server (or one answering a poller now and then)
+        signs at full speed, and after ``max_rest`` seconds at the latest.
+        """
+        if not self._busy(seen) or self.busy_share >= 1:
+            return
+        share = max(self.busy_share, 0.001)
+        wanted = self._busy_seconds() + spent * (1 - share) / share
+        deadline = time.monotonic() + self.max_rest
+        while self._busy_seconds() < wanted and time.monotonic() < deadline:
+            began, busy = time.monotonic(), self._busy_seconds()
+            await asyncio.sleep(self.rest_poll)
+            if self._busy_seconds() - busy < 0.5 * (time.monotonic() - began):
+                return
 
     async def _sign_noted(
         self, repository: str, digest: Digest, hosts: set[str], tags: set[str]
@@ -359,13 +438,16 @@ class Signer:
             return report
         repo = self.registry.repository(name)
         try:
+            # The bytes were validated when they were stored (and a nudge finds them in
+            # the manifest cache): only whether it has a subject and its children matter.
             stored = await repo.manifests.get_by_digest(digest)
-            parsed = parse_manifest(
-                stored.body, stored.media_type, max_size=self.registry.max_manifest_size
-            )
-        except (RegistryError, ValueError):
+            if stored.media_type not in mt.MANIFEST_TYPES:
+                return report  # e.g. a schema 1 manifest a Distribution bucket holds
+            shape = msgspec.json.decode(stored.body, type=_Shape)
+            children = [Digest.parse(child.digest) for child in shape.manifests or ()]
+        except (RegistryError, ValueError, msgspec.DecodeError, msgspec.ValidationError):
             return report  # deleted meanwhile, or nothing we can read: nothing to sign
-        if parsed.subject is not None:
+        if shape.subject is not None:
             return report
         if tags is None:
             found = await self._tags_naming(repo, digest)
@@ -381,12 +463,9 @@ class Signer:
             return report
         report.identities = identities
         targets = [digest]
-        if parsed.manifests:
-            children = []
-            for child in parsed.manifests:
-                if child not in children and child != digest:
-                    children.append(child)
-            targets.extend(children)
+        for child in children:
+            if child not in targets:
+                targets.append(child)
         for target in targets:
             if settings.cosign:
                 added = await self._sign_cosign(repo, target, identities)

@@ -162,10 +162,13 @@ class SignatureRoutes:
 
     @web.middleware
     async def host_context(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Also counts the requests in flight: the signing worker rests while there are.
         token = request_host.set(self.domains.origin(request).host)
+        self.signer.request_started()
         try:
             return await handler(request)
         finally:
+            self.signer.request_finished()
             request_host.reset(token)
 
     async def _repository(self, request: web.Request) -> tuple[RepositoryName, Digest]:
