@@ -66,14 +66,20 @@ def _write_file(path: str, data: bytes) -> None:
         handle.write(data)
 
 
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
 def _write_atomic(path: str, data: bytes) -> None:
     if not data:
-        # An empty object has no half-written state a reader could see: create (or empty)
-        # it in place, without a temporary file and a rename (a push's session marker).
-        _with_parent(
-            path, lambda: os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
-        )
-        return
+        # A new empty object has no half-written state a reader could see: created in
+        # place, without a temporary file and a rename (a push's session marker). One
+        # that exists is replaced by the rename below (emptying it in place could cut a
+        # reader of its old bytes short).
+        try:
+            _with_parent(path, lambda: os.close(os.open(path, _CREATE_NEW, 0o666)))
+            return
+        except FileExistsError:
+            pass
     temporary = _temporary(path)
     _with_parent(path, lambda: _write_file(temporary, data))
     os.replace(temporary, path)
