@@ -96,3 +96,15 @@ async def test_calls_finishing_while_the_loop_is_busy_wake_it_once() -> None:
     finally:
         del loop.call_soon_threadsafe
     assert wakeups < 5
+
+
+def test_calls_work_on_uvloop_too() -> None:
+    # server.event_loop = "uvloop" with local storage: the inbox table keys loops weakly.
+    import uvloop
+
+    workers = Workers(2)
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(_square(workers, 5)) == 25
+    finally:
+        loop.close()
