@@ -73,8 +73,16 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 _FRAME = re.compile(r"^(?P<fn>.*) \((?P<file>[^()]*)\)$")
 OWN = ("registry_server/", "registry_core/", "drivers/")
-# Where a pool thread waits for work: py-spy counts it as running, it is not.
-IDLE_LEAVES = {("_worker", "concurrent/futures/thread.py")}
+# Where a thread waits: py-spy counts it as running, it is not. A pool thread waiting for
+# work (asyncio's executor; the local driver's own threads, blocked in the queue's get),
+# and the parent of `--workers` processes waiting for a child to exit. (A builtin that
+# drivers/threads.py's loop calls directly, with no Python frame of its own, would be
+# counted idle too: the local driver's hops run Python functions, except read_stream's.)
+IDLE_LEAVES = {
+    ("_worker", "concurrent/futures/thread.py"),
+    ("_work", "drivers/threads.py"),
+    ("run_workers", "registry_server/workers.py"),
+}
 
 
 def _split(frame: str) -> tuple[str, str]:

@@ -66,7 +66,20 @@ def _write_file(path: str, data: bytes) -> None:
         handle.write(data)
 
 
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
 def _write_atomic(path: str, data: bytes) -> None:
+    if not data:
+        # A new empty object has no half-written state a reader could see: created in
+        # place, without a temporary file and a rename (a push's session marker). One
+        # that exists is replaced by the rename below (emptying it in place could cut a
+        # reader of its old bytes short).
+        try:
+            _with_parent(path, lambda: os.close(os.open(path, _CREATE_NEW, 0o666)))
+            return
+        except FileExistsError:
+            pass
     temporary = _temporary(path)
     _with_parent(path, lambda: _write_file(temporary, data))
     os.replace(temporary, path)
@@ -181,6 +194,50 @@ def _remove_folder(path: str) -> None:
         return  # another remover finished first
     except OSError:
         _rmtree(path)  # something was added meanwhile
+
+
+SMALL_FOLDER = 16
+"""A folder of at most this many files (and no subfolder) is removed in a shared hop."""
+
+
+SMALL_LISTING = 256
+"""A folder listing of fewer names than this runs in a shared hop."""
+
+
+class _NotSmall(Exception):
+    """The object to delete is a folder too big for a shared hop: delete it on its own."""
+
+
+def _delete_small(path: str) -> None:
+    """``_delete`` of a file or of a small flat folder (an upload session's); anything
+    bigger raises :class:`_NotSmall` before touching it, so one large delete never holds
+    up the small operations batched with it."""
+    try:
+        os.unlink(path)
+        return
+    except IsADirectoryError:
+        pass
+    except (FileNotFoundError, NotADirectoryError):
+        raise PathNotFound(path) from None
+    try:
+        with os.scandir(path) as entries:
+            names = [entry.name for entry in itertools.islice(entries, SMALL_FOLDER + 1)]
+    except (FileNotFoundError, NotADirectoryError):
+        raise PathNotFound(path) from None
+    if len(names) > SMALL_FOLDER:
+        raise _NotSmall(path)
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            try:
+                os.unlink(os.path.join(path, name))
+            except IsADirectoryError:
+                raise _NotSmall(path) from None  # a subfolder: rmtree's walk
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return  # another remover finished first
+    except OSError:
+        raise _NotSmall(path) from None  # something was added meanwhile
 
 
 def _delete(path: str) -> None:
@@ -474,7 +531,7 @@ class LocalDriver(FsspecDriver):
     async def open_writer(self, path: str, *, append: bool = False) -> FileWriter:
         full = self._full(path)
         if append:
-            handle, size = await self._call(_open_append, full)
+            handle, size = await self._small(_open_append, full)
             return LocalWriter(self._workers, handle, size, None, None, full)
         temporary = _temporary(full)
 
@@ -500,17 +557,22 @@ class LocalDriver(FsspecDriver):
     async def list(self, path: str) -> list[str]:
         full = self._dir(path)
 
-        def listdir() -> list[str]:
+        def listdir(limit: int | None) -> list[str]:
             try:
-                return [
-                    name
-                    for name in os.listdir(full)
-                    if not (name.startswith(".") and ".tmp-" in name)
-                ]
+                with os.scandir(full) as entries:
+                    names = [entry.name for entry in itertools.islice(entries, limit)]
             except (FileNotFoundError, NotADirectoryError):
                 raise PathNotFound(path) from None
+            if limit is not None and len(names) == limit:
+                raise _NotSmall(path)
+            return [name for name in names if not (name.startswith(".") and ".tmp-" in name)]
 
-        return await self._call(listdir)
+        # Mostly a short folder (a tenant's open upload sessions, a repository's tags):
+        # batched with this loop turn's small operations; a long one takes its own hop.
+        try:
+            return await self._small(listdir, SMALL_LISTING)
+        except _NotSmall:
+            return await self._call(listdir, None)
 
     async def walk(self, path: str, prune: WalkFilter | None = None) -> AsyncIterator[FileInfo]:
         stack = [self._dir(path)]
@@ -527,7 +589,14 @@ class LocalDriver(FsspecDriver):
         await self._small(_move_exact, self._full(source), self._full(destination), size)
 
     async def delete(self, path: str) -> None:
-        await self._call(_delete, self._full(path))
+        # Mostly a link or an upload session (a file, a few files): batched with the
+        # small operations of this loop turn (a commit's marker delete rides with its
+        # link write). A big folder is handed back and removed in a hop of its own.
+        full = self._full(path)
+        try:
+            await self._small(_delete_small, full)
+        except _NotSmall:
+            await self._call(_delete, full)
 
     def local_path(self, path: str) -> str | None:
         return self._full(path)

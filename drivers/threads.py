@@ -17,6 +17,7 @@ import contextlib
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,6 +30,48 @@ Delivery = Callable[[bool, Any], None]
 """Called on the event loop with (True, result) or (False, exception)."""
 
 
+class _Inbox:
+    """Outcomes waiting for one event loop: one wake-up of the loop for a bunch of them.
+
+    Each ``call_soon_threadsafe`` writes to the loop's self-pipe and makes the loop read
+    it back; when several calls finish while the loop is busy (16 pushes at once), one
+    wake-up delivers them all. Holds no reference to its loop (the table of inboxes is
+    keyed weakly by loop, so a closed loop's inbox goes with it).
+    """
+
+    __slots__ = ("_items", "_lock", "_scheduled")
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Delivery, bool, Any]] = []
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def put(self, loop: asyncio.AbstractEventLoop, deliver: Delivery, ok: bool, value: Any) -> None:
+        """From a worker thread: queue an outcome, waking the loop unless a wake-up is due."""
+        with self._lock:
+            self._items.append((deliver, ok, value))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+            loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+            self._scheduled = False
+        for deliver, ok, value in items:
+            try:
+                deliver(ok, value)
+            except Exception as exc:  # one broken delivery must not strand the others
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "delivering a worker-thread outcome failed", "exception": exc}
+                )
+
+
+_Job = tuple[asyncio.AbstractEventLoop, _Inbox, Callable[[], Any], Delivery]
+
+
 class Workers:
     """A fixed set of daemon threads taking (loop, callable, delivery) from one queue.
 
@@ -39,12 +82,12 @@ class Workers:
 
     def __init__(self, count: int = DEFAULT_THREADS) -> None:
         self.count = count
-        self._queue: queue.SimpleQueue[
-            tuple[asyncio.AbstractEventLoop, Callable[[], Any], Delivery]
-        ]
+        self._queue: queue.SimpleQueue[_Job]
         self._queue = queue.SimpleQueue()
         self._started = 0
         self._lock = threading.Lock()
+        self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox]
+        self._inboxes = weakref.WeakKeyDictionary()
         # A forked child (a `--workers` process) has none of the parent's threads.
         os.register_at_fork(after_in_child=self._forked)
 
@@ -52,6 +95,7 @@ class Workers:
         self._queue = queue.SimpleQueue()
         self._started = 0
         self._lock = threading.Lock()
+        self._inboxes = weakref.WeakKeyDictionary()  # their locks may have been held
 
     def _ensure_threads(self) -> None:
         with self._lock:
@@ -63,24 +107,25 @@ class Workers:
                 self._started += 1
 
     @staticmethod
-    def _work(
-        jobs: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, Callable[[], Any], Delivery]],
-    ) -> None:
+    def _work(jobs: queue.SimpleQueue[_Job]) -> None:
         while True:
-            loop, func, deliver = jobs.get()
+            loop, inbox, func, deliver = jobs.get()
             try:
                 outcome: tuple[bool, Any] = (True, func())
             except BaseException as exc:  # delivered to the caller, as to_thread would
                 outcome = (False, exc)
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
-                loop.call_soon_threadsafe(deliver, *outcome)
-            del loop, func, deliver, outcome
+            inbox.put(loop, deliver, *outcome)
+            del loop, inbox, func, deliver, outcome
 
     def submit(self, func: Callable[[], Any], deliver: Delivery) -> None:
         """Run *func* on a worker thread; *deliver* gets its outcome on the calling loop."""
         if self._started < self.count:
             self._ensure_threads()
-        self._queue.put((asyncio.get_running_loop(), func, deliver))
+        loop = asyncio.get_running_loop()
+        inbox = self._inboxes.get(loop)
+        if inbox is None:
+            inbox = self._inboxes[loop] = _Inbox()
+        self._queue.put((loop, inbox, func, deliver))
 
     def run(self, func: Callable[[], T]) -> asyncio.Future[T]:
         """*func* on a worker thread, as a future of the calling loop."""

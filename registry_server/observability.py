@@ -139,9 +139,16 @@ class Metrics:
             self.scrub_problems.labels(problem.kind).inc()
 
     def observe(
-        self, request: web.BaseRequest, response: web.StreamResponse, seconds: float
+        self,
+        request: web.BaseRequest,
+        response: web.StreamResponse,
+        seconds: float,
+        sent: int | None = None,
     ) -> None:
+        """Count one finished request; *sent* is its ``body_bytes`` if already known."""
         state = state_of(request)
+        if sent is None:
+            sent = body_bytes(request, response)
         method = request.method if request.method in METHODS else "OTHER"
         key = (state.route, method, response.status)
         children = self._children.get(key)
@@ -161,8 +168,12 @@ class Metrics:
         requests, latency, bytes_in, bytes_out = children
         requests.inc()
         latency.observe(seconds)
-        bytes_in.inc(state.bytes_in)
-        bytes_out.inc(body_bytes(request, response))
+        # Adding zero changes nothing and each inc takes a lock: most small requests (a
+        # HEAD, a POST, a manifest PUT's answer) have no body one way or the other.
+        if state.bytes_in:
+            bytes_in.inc(state.bytes_in)
+        if sent:
+            bytes_out.inc(sent)
 
     async def handler(self, request: web.Request) -> web.Response:
         state_of(request).route = "metrics"
@@ -191,30 +202,38 @@ class AccessLogger(AbstractAccessLogger):
         # The middleware leaves the app's metrics and log format on the request;
         # a request that never reached it (unparseable HTTP) is logged as text.
         state = state_of(request)
+        sent = body_bytes(request, response)
         metrics = state.metrics
         if metrics is not None:
-            metrics.observe(request, response, time)
+            metrics.observe(request, response, time, sent)
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        record: dict[str, Any] = {
-            "ts": _now(),
-            "request_id": state.request_id,
-            "remote": request.remote or "",
-            "method": request.method,
-            "path": request.path,
-            "route": state.route,
-            "repository": state.repository,
-            "status": response.status,
-            "bytes_in": state.bytes_in,
-            "bytes_out": body_bytes(request, response),
-            "duration_ms": round(time * 1000, 3),
-        }
+        duration = round(time * 1000, 3)
         if state.log_format == "json":
+            record = {
+                "ts": _now(),
+                "request_id": state.request_id,
+                "remote": request.remote or "",
+                "method": request.method,
+                "path": request.path,
+                "route": state.route,
+                "repository": state.repository,
+                "status": response.status,
+                "bytes_in": state.bytes_in,
+                "bytes_out": sent,
+                "duration_ms": duration,
+            }
             self.logger.info(msgspec.json.encode(record).decode())
-        else:
-            self.logger.info(
-                " ".join(f"{key}={value}" for key, value in record.items() if value is not None)
-            )
+            return
+        # The same fields in the same order, as key=value; an absent repository is left out.
+        # One f-string: this line is built for every request.
+        repository = "" if state.repository is None else f" repository={state.repository}"
+        self.logger.info(
+            f"ts={_now()} request_id={state.request_id} remote={request.remote or ''} "
+            f"method={request.method} path={request.path} route={state.route}{repository} "
+            f"status={response.status} bytes_in={state.bytes_in} bytes_out={sent} "
+            f"duration_ms={duration}"
+        )
 
     @property
     def enabled(self) -> bool:

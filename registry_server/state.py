@@ -50,8 +50,8 @@ def new_request_id() -> str:
 
 def state_of(request: web.BaseRequest) -> RequestState:
     """The request's state, created on first use (also for requests no middleware saw)."""
-    state = request.get(STATE_KEY)
-    if state is None:
-        state = RequestState()
-        request[STATE_KEY] = state
-    return state  # type: ignore[no-any-return]
+    try:
+        return request[STATE_KEY]  # type: ignore[no-any-return]
+    except KeyError:  # the first use (several per request: not through Mapping.get)
+        state = request[STATE_KEY] = RequestState()
+        return state

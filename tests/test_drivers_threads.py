@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 
 import pytest
 
@@ -69,3 +70,41 @@ def test_a_forked_child_starts_its_own_threads() -> None:
 
 async def _square(workers: Workers, n: int) -> int:
     return await workers.run(lambda: n * n)
+
+
+async def test_calls_finishing_while_the_loop_is_busy_wake_it_once() -> None:
+    # Each wake-up is a write to the loop's self-pipe and a read back: outcomes that
+    # arrive together are delivered together, each to its own caller.
+    workers = Workers(4)
+    loop = asyncio.get_running_loop()
+    await workers.run(lambda: None)  # threads started
+    wakeups = 0
+    wake = loop.call_soon_threadsafe
+
+    def counted(*args: object) -> object:
+        nonlocal wakeups
+        wakeups += 1
+        return wake(*args)  # type: ignore[arg-type]
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    try:
+        release = threading.Event()
+        calls = [workers.run(lambda i=i: release.wait(5) and i) for i in range(40)]
+        release.set()
+        time.sleep(0.5)  # the loop is busy while every call finishes
+        assert await asyncio.gather(*calls) == list(range(40))
+    finally:
+        del loop.call_soon_threadsafe
+    assert wakeups < 5
+
+
+def test_calls_work_on_uvloop_too() -> None:
+    # server.event_loop = "uvloop" with local storage: the inbox table keys loops weakly.
+    import uvloop
+
+    workers = Workers(2)
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(_square(workers, 5)) == 25
+    finally:
+        loop.close()

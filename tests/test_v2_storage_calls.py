@@ -9,6 +9,7 @@ why each is needed: GC's safety rests on the existence checks).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -222,3 +223,46 @@ async def test_a_manifest_put_costs_these_storage_calls(
             "stat revision-link",
         ]
     )
+
+
+@pytest.fixture
+def hops(server: tuple[str, RecordingDriver], monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The worker-thread hops the local driver makes (each a thread and a loop wake-up)."""
+    workers = server[1].inner._workers
+    made: list[object] = []
+    submit = workers.submit
+
+    def counted(func: Any, deliver: Any) -> None:
+        made.append(func)
+        submit(func, deliver)
+
+    monkeypatch.setattr(workers, "submit", counted)
+    return made
+
+
+async def test_a_small_blob_push_costs_these_thread_hops(
+    server: tuple[str, RecordingDriver], hops: list[object]
+) -> None:
+    # One client, one request at a time: nothing to share a hop with but this request's own
+    # operations started together. HEAD 1; POST 2 (the session count, then marker and
+    # record together); PUT 7 (record, open, write, stat, move, delete, then the link
+    # written and the marker deleted together).
+    url, _ = server
+    async with aiohttp.ClientSession() as http:
+        await push_blob(http, url, b"warm-up: the repository's folders exist")
+        hops.clear()
+        await push_blob(http, url, b"y" * 4096)
+    assert len(hops) == 10
+
+
+async def test_concurrent_small_pushes_share_thread_hops(
+    server: tuple[str, RecordingDriver], hops: list[object]
+) -> None:
+    # Small operations started in the same loop turn by different requests share one hop:
+    # 16 pushes at once make at most half the hops of 16 pushes one after the other.
+    url, _ = server
+    async with aiohttp.ClientSession() as http:
+        await push_blob(http, url, b"warm-up: the repository's folders exist")
+        hops.clear()
+        await asyncio.gather(*(push_blob(http, url, bytes([n]) * 4096) for n in range(16)))
+    assert len(hops) < 16 * 10 // 2

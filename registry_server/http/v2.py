@@ -213,7 +213,7 @@ class V2Routes:
         mapper = state.mapper = self.domains.mapper(request)
         name = None
         if route.name is not None:
-            route = attrs.evolve(route, name=mapper.internal(route.name))
+            route = Route(route.kind, mapper.internal(route.name), route.reference)
             state.repository = route.name
         handler = self._handlers.get((route.kind, request.method))
         if handler is None:

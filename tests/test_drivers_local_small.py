@@ -1,0 +1,76 @@
+"""The local driver's small operations that share a thread hop: same outcomes as alone.
+
+Deletes of files and small flat folders, short listings and new empty objects run in
+the loop turn's shared hop; anything bigger (a folder with subfolders or many files, a
+long listing, an empty object replacing one that exists) takes the full path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from drivers.local import SMALL_FOLDER, SMALL_LISTING, LocalDriver
+from registry_core.storage.driver import PathNotFound
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> LocalDriver:
+    return LocalDriver(str(tmp_path / "store"))
+
+
+async def test_a_new_empty_object_reads_back_empty(driver: LocalDriver) -> None:
+    await driver.write("tenant/markers/one", b"")
+    assert await driver.read("tenant/markers/one") == b""
+
+
+async def test_an_empty_write_replaces_an_object_that_exists(driver: LocalDriver) -> None:
+    await driver.write("tenant/record", b"older bytes")
+    await driver.write("tenant/record", b"")
+    assert await driver.read("tenant/record") == b""
+    leftovers = [n for n in os.listdir(driver._full("tenant")) if n != "record"]
+    assert leftovers == []  # no temporary file left behind
+
+
+async def test_deleting_a_small_folder_removes_it(driver: LocalDriver) -> None:
+    await asyncio.gather(*(driver.write(f"upload/{n}", b"x") for n in range(3)))
+    await driver.delete("upload")
+    assert not os.path.exists(driver._full("upload"))
+
+
+@pytest.mark.parametrize("count", [SMALL_FOLDER, SMALL_FOLDER + 5])
+async def test_deleting_a_flat_folder_of_any_size_removes_it(
+    driver: LocalDriver, count: int
+) -> None:
+    await asyncio.gather(*(driver.write(f"flat/{n}", b"x") for n in range(count)))
+    await driver.delete("flat")
+    assert not os.path.exists(driver._full("flat"))
+
+
+async def test_deleting_a_folder_with_subfolders_removes_the_whole_tree(
+    driver: LocalDriver,
+) -> None:
+    await asyncio.gather(
+        driver.write("repo/a", b"x"), driver.write("repo/sub/b", b"x"), driver.write("repo/z", b"x")
+    )
+    await driver.delete("repo")
+    assert not os.path.exists(driver._full("repo"))
+
+
+async def test_deleting_what_is_not_there_is_path_not_found(driver: LocalDriver) -> None:
+    with pytest.raises(PathNotFound):
+        await driver.delete("nothing/here")
+
+
+@pytest.mark.parametrize("count", [3, SMALL_LISTING - 1, SMALL_LISTING, SMALL_LISTING + 40])
+async def test_a_listing_is_complete_whatever_its_length(driver: LocalDriver, count: int) -> None:
+    await asyncio.gather(*(driver.write(f"tags/t{n:04d}", b"x") for n in range(count)))
+    assert sorted(await driver.list("tags")) == [f"t{n:04d}" for n in range(count)]
+
+
+async def test_a_listing_of_a_missing_folder_is_path_not_found(driver: LocalDriver) -> None:
+    with pytest.raises(PathNotFound):
+        await driver.list("no/such/folder")
