@@ -413,13 +413,13 @@ def sample(pids: list[int], window: float = RSS_WINDOW) -> Sample:
 def fill_manifest_caches(base: str, repo: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> int:
     """Fill every worker's manifest cache to its cap before the load starts; how many went in.
 
-    The cache (8 MiB a process by default, its cap asserted by tests/test_bounded_caches.py)
-    fills at the rate new manifests pass through a worker: under the soak's load that took
-    more than the whole run, so RSS measured from minute 2 grew with the cache's own filling
-    (measured: +24% with it, +9% and +2% for the same run with the cache off). Filled first
-    with 128 KiB manifests (few requests for many bytes), the cache is at its cap all
-    through the run and the soak's small manifests only replace entries: a cache that
-    outgrew its cap would still show as growth.
+    The cache (2 MiB a process by default, its cap asserted by tests/test_bounded_caches.py)
+    fills at the rate new manifests pass through a worker: under the soak's load an 8 MiB
+    one took more than the whole run, so RSS measured from minute 2 grew with the cache's
+    own filling (measured: +24% with it, +9% and +2% for the same run with the cache off).
+    Filled first with 128 KiB manifests (few requests for many bytes), the cache is at its
+    cap all through the run and the soak's small manifests only replace entries: a cache
+    that outgrew its cap would still show as growth.
     """
     with session() as s:
         config = b'{"architecture":"amd64","os":"linux"}'
