@@ -14,12 +14,12 @@ from ..bounded import BoundedDict
 from ..digest import Digest
 
 DEFAULT_CACHE_BYTES = 2 * 1024 * 1024
-"""About 2,000 typical manifests per process; every worker has its own. It was 8 MiB, but
-under issue 14's soak a worker's RSS grew with it by more than its cap (+24% from minute 2
-with 8 MiB against +2% and +9% with the cache off; +15% with 8 MiB filled to its cap
-beforehand, +5% and +9% with 2 MiB): a long-lived cache of many small entries keeps more
-of the allocator's memory than it counts. Raise ``manifests.cache_bytes`` for a worker
-that serves many distinct manifests by digest from slow storage."""
+"""About 2,000 typical manifests per process; every worker has its own. It was 8 MiB, which
+under issue 14's soak was the largest thing still filling after minute 2 (a worker's RSS
++24% from minute 2 with it, +2% and +9% with the cache off; +15% with 8 MiB filled to its
+cap beforehand, +7% and +12% with 2 MiB filled beforehand; on a machine at load 20). Raise
+``manifests.cache_bytes`` for a worker that serves many distinct manifests by digest from
+slow storage."""
 ENTRY_OVERHEAD = 400
 """Bytes one entry costs beyond its body (digest object, tuple, dict slot), counted so
 that the cap bounds the memory the cache really takes, even for tiny manifests."""
