@@ -94,7 +94,7 @@ class ManifestsConfig(_Section):
     strict_index: bool = False
     """Refuse indexes whose child manifests are not in the repository (no sparse indexes)."""
     max_size: int = 4 * 1024 * 1024
-    cache_bytes: int = 8 * 1024 * 1024
+    cache_bytes: int = 2 * 1024 * 1024
     link_cache_ttl: float = 1.0
     """Seconds a tag or revision lookup, and the catalog, are cached per process (0: off).
     This process's own writes update them at once; other processes' writes are seen within

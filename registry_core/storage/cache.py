@@ -13,8 +13,13 @@ from collections import OrderedDict
 from ..bounded import BoundedDict
 from ..digest import Digest
 
-DEFAULT_CACHE_BYTES = 8 * 1024 * 1024
-"""About 8,000 typical manifests per process; every worker has its own."""
+DEFAULT_CACHE_BYTES = 2 * 1024 * 1024
+"""About 2,000 typical manifests per process; every worker has its own. It was 8 MiB, which
+under issue 14's soak was the largest thing still filling after minute 2 (a worker's RSS
++24% from minute 2 with it, +2% and +9% with the cache off; +15% with 8 MiB filled to its
+cap beforehand, +7% and +12% with 2 MiB filled beforehand; on a machine at load 20). Raise
+``manifests.cache_bytes`` for a worker that serves many distinct manifests by digest from
+slow storage."""
 ENTRY_OVERHEAD = 400
 """Bytes one entry costs beyond its body (digest object, tuple, dict slot), counted so
 that the cap bounds the memory the cache really takes, even for tiny manifests."""
