@@ -47,6 +47,17 @@ def _signer(registry: Registry) -> Signer:
     return signer
 
 
+async def _pushed_with_signer(
+    tmp_path: Path, count: int, *, batch: int, busy_share: float, max_rest: float
+) -> tuple[Registry, Signer, list[Any]]:
+    """*count* manifests pushed and noted, and a signer with these priority settings."""
+    registry = Registry(LocalDriver(str(tmp_path / "store")))
+    signer = _signer(registry)
+    digests = await _push(registry, count)
+    signer.batch, signer.busy_share, signer.max_rest = batch, busy_share, max_rest
+    return registry, signer, digests
+
+
 async def _push(registry: Registry, count: int) -> list[Any]:
     return [await push_image(registry, tag=f"t{i}", seed=str(i)) for i in range(count)]
 
@@ -67,10 +78,9 @@ async def _until(check: Any, timeout: float = 30.0) -> None:
 
 
 async def test_the_worker_rests_after_a_batch_while_requests_keep_coming(tmp_path: Path) -> None:
-    registry = Registry(LocalDriver(str(tmp_path / "store")))
-    signer = _signer(registry)
-    digests = await _push(registry, 12)
-    signer.batch, signer.busy_share, signer.max_rest = 4, 0.001, 3600.0
+    registry, signer, digests = await _pushed_with_signer(
+        tmp_path, 12, batch=4, busy_share=0.001, max_rest=3600.0
+    )
     signer.request_started()  # a request in flight: the process is busy
     drain = asyncio.create_task(signer.drain())
     try:
@@ -87,10 +97,9 @@ async def test_the_worker_rests_after_a_batch_while_requests_keep_coming(tmp_pat
 
 
 async def test_a_busy_process_still_signs_its_share(tmp_path: Path) -> None:
-    registry = Registry(LocalDriver(str(tmp_path / "store")))
-    signer = _signer(registry)
-    digests = await _push(registry, 6)
-    signer.batch, signer.busy_share, signer.max_rest = 2, 0.5, 3600.0  # rest = batch time
+    registry, signer, digests = await _pushed_with_signer(
+        tmp_path, 6, batch=2, busy_share=0.5, max_rest=3600.0
+    )  # rest = batch time
     signer.request_started()  # busy all along, e.g. an upload that lasts
     try:
         await asyncio.wait_for(signer.drain(), 60)
@@ -100,19 +109,17 @@ async def test_a_busy_process_still_signs_its_share(tmp_path: Path) -> None:
 
 
 async def test_an_idle_process_signs_everything_without_resting(tmp_path: Path) -> None:
-    registry = Registry(LocalDriver(str(tmp_path / "store")))
-    signer = _signer(registry)
-    digests = await _push(registry, 10)
-    signer.batch, signer.busy_share, signer.max_rest = 2, 0.01, 3600.0
+    registry, signer, digests = await _pushed_with_signer(
+        tmp_path, 10, batch=2, busy_share=0.01, max_rest=3600.0
+    )
     await asyncio.wait_for(signer.drain(), 60)  # would rest an hour per batch if it rested
     assert await _signed(registry, digests) == 10
 
 
 async def test_sparse_short_requests_do_not_slow_signing(tmp_path: Path) -> None:
-    registry = Registry(LocalDriver(str(tmp_path / "store")))
-    signer = _signer(registry)
-    digests = await _push(registry, 10)
-    signer.batch, signer.busy_share, signer.max_rest = 2, 0.01, 3600.0
+    registry, signer, digests = await _pushed_with_signer(
+        tmp_path, 10, batch=2, busy_share=0.01, max_rest=3600.0
+    )
 
     async def poller() -> None:  # a client polling now and then: each request is short
         while True:
@@ -130,10 +137,9 @@ async def test_sparse_short_requests_do_not_slow_signing(tmp_path: Path) -> None
 
 
 async def test_the_longest_rest_is_max_rest(tmp_path: Path) -> None:
-    registry = Registry(LocalDriver(str(tmp_path / "store")))
-    signer = _signer(registry)
-    digests = await _push(registry, 6)
-    signer.batch, signer.busy_share, signer.max_rest = 2, 0.001, 0.05
+    registry, signer, digests = await _pushed_with_signer(
+        tmp_path, 6, batch=2, busy_share=0.001, max_rest=0.05
+    )
     signer.request_started()
     try:
         await asyncio.wait_for(signer.drain(), 60)  # 999 times the batch, were it not capped
