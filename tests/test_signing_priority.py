@@ -58,6 +58,15 @@ async def _pushed_with_signer(
     return registry, signer, digests
 
 
+async def _drain_while_busy(signer: Signer) -> None:
+    """Drain with one request in flight all along."""
+    signer.request_started()
+    try:
+        await asyncio.wait_for(signer.drain(), 60)
+    finally:
+        signer.request_finished()
+
+
 async def _push(registry: Registry, count: int) -> list[Any]:
     return [await push_image(registry, tag=f"t{i}", seed=str(i)) for i in range(count)]
 
@@ -100,11 +109,7 @@ async def test_a_busy_process_still_signs_its_share(tmp_path: Path) -> None:
     registry, signer, digests = await _pushed_with_signer(
         tmp_path, 6, batch=2, busy_share=0.5, max_rest=3600.0
     )  # rest = batch time
-    signer.request_started()  # busy all along, e.g. an upload that lasts
-    try:
-        await asyncio.wait_for(signer.drain(), 60)
-    finally:
-        signer.request_finished()
+    await _drain_while_busy(signer)  # busy all along, e.g. an upload that lasts
     assert await _signed(registry, digests) == 6
 
 
@@ -140,11 +145,7 @@ async def test_the_longest_rest_is_max_rest(tmp_path: Path) -> None:
     registry, signer, digests = await _pushed_with_signer(
         tmp_path, 6, batch=2, busy_share=0.001, max_rest=0.05
     )
-    signer.request_started()
-    try:
-        await asyncio.wait_for(signer.drain(), 60)  # 999 times the batch, were it not capped
-    finally:
-        signer.request_finished()
+    await _drain_while_busy(signer)  # 999 times the batch, were it not capped
     assert await _signed(registry, digests) == 6
 
 
