@@ -10,7 +10,6 @@ started together share one hop). Blobs have a real path, which lets the server u
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import errno
 import fcntl
@@ -18,7 +17,6 @@ import functools
 import itertools
 import os
 import shutil
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -379,18 +377,6 @@ class LocalWriter:
             await self._workers.run(functools.partial(self._write, parts, alongside))
         self._size += size
 
-    def queued(self, depth: int) -> QueuedWrites:
-        """Batches written (each with its *alongside*) in order, up to *depth* waiting."""
-        return QueuedWrites(self, depth)
-
-    def _with_held(self, parts: list[bytes]) -> list[bytes]:
-        """*parts* after whatever small data this writer held back, which they take along."""
-        self._size += sum(len(part) for part in parts)
-        if not self._held:
-            return parts
-        parts, self._held, self._held_bytes = [*self._held, *parts], [], 0
-        return parts
-
     async def commit(self) -> None:
         parts, self._held, self._held_bytes = self._held, [], 0
 
@@ -418,78 +404,6 @@ class LocalWriter:
                 os.unlink(self._temporary)
 
         await self._workers.run(drop)
-
-
-class QueuedWrites:
-    """One writer's batches, written and hashed in order on one worker thread at a time.
-
-    ``write_parts`` hands a batch to a thread and the caller waits for it before
-    handing on the next one, so between two batches the thread sits idle while the
-    event loop wakes, resumes the upload and queues the next hop. Here a batch is
-    queued while the one before it is still being written: the thread that finishes
-    one takes the next from the queue without going back to the loop, and the loop
-    hears back only when it waits for room (at most *depth* batches queued, so memory
-    stays bounded) or for the end. The first failure skips the batches after it
-    (nothing is stored past a gap) and is raised to the caller.
-    """
-
-    def __init__(self, writer: LocalWriter, depth: int) -> None:
-        self._writer = writer
-        self._depth = depth
-        self._loop = asyncio.get_running_loop()
-        self._lock = threading.Lock()
-        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
-        self._draining = False
-        self._room: asyncio.Future[None] | None = None
-        self._drainers: list[asyncio.Future[None]] = []
-        self._error: BaseException | None = None
-
-    async def put(self, parts: list[bytes], alongside: Callable[[], None] | None = None) -> None:
-        """Queue *parts* (and *alongside*, run after they are written); wait while full."""
-        while True:
-            with self._lock:
-                if self._error is not None:
-                    raise self._error
-                if len(self._jobs) < self._depth:
-                    parts = self._writer._with_held(parts)
-                    self._jobs.append(functools.partial(self._writer._write, parts, alongside))
-                    start, self._draining = not self._draining, True
-                    break
-                room = self._room = self._loop.create_future()
-            await room
-        if start:
-            self._drainers = [d for d in self._drainers if not d.done()]
-            self._drainers.append(self._writer._workers.run(self._drain))
-
-    async def finish(self) -> None:
-        """Wait until every queued batch is written; raise the first failure, if any."""
-        while self._drainers:
-            await self._drainers.pop(0)
-        if self._error is not None:
-            raise self._error
-
-    def _drain(self) -> None:  # on a worker thread
-        while True:
-            with self._lock:
-                if not self._jobs:
-                    self._draining = False
-                    return
-                job = self._jobs[0]
-            if self._error is None:
-                try:
-                    job()
-                except BaseException as exc:  # the caller raises it
-                    self._error = exc
-            with self._lock:
-                self._jobs.popleft()
-                room, self._room = self._room, None
-            if room is not None:
-                self._loop.call_soon_threadsafe(_wake, room)
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class _Batches:

@@ -20,7 +20,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any
 
 import attrs
 
@@ -42,11 +41,6 @@ from .policy import RepositoryPolicy, WritePolicy
 
 WRITE_BUFFER = 1 << 20
 """Bytes gathered before one write+hash step: large enough that thread hops are cheap."""
-
-QUEUED_BATCHES = 2
-"""Batches queued for the writing thread (the one it works on included): it never
-waits for the loop between two, and an upload holds at most this many plus the one
-being gathered."""
 
 INLINE_HASH = 32 * 1024
 """Bytes hashed on the event loop itself (about 20 µs of SHA-256; a thread hop costs more)."""
@@ -580,23 +574,26 @@ async def _size_or_zero(driver: StorageDriver, path: str) -> int:
 async def _pump(source: AsyncIterator[bytes], writer: FileWriter, hasher: Hasher) -> None:
     """Copy *source* into *writer* and *hasher* in large steps, overlapping network and disk.
 
-    While earlier batches of chunks are written and hashed (off the event loop),
-    the next one is read from the network. Chunks are handed on as they arrived,
-    never joined into a copy, to writers that take a list.
+    While one batch of chunks is written and hashed (both off the event loop, on
+    separate threads), the next one is read from the network. Chunks are handed
+    on as they arrived, never joined into a copy, to writers that take a list.
     """
-    queued = getattr(writer, "queued", None)
-    if queued is not None:
-        await _pump_queued(source, writer, queued(QUEUED_BATCHES), hasher)
-        return
     pending: asyncio.Future[None] | None = None
     parts: list[bytes] = []
     gathered = 0
+
+    write_parts = getattr(writer, "write_parts", None)
 
     async def step(batch: list[bytes], size: int) -> None:
         if size <= INLINE_HASH:
             # Hashing a few KiB takes less time than the hop to a thread would.
             _hash_all(hasher, batch)
             await _write_all(writer, batch)
+        elif write_parts is not None:
+            # The local driver's writer hashes on its own thread, in the hop that writes:
+            # one wake-up per batch; on two cores shared with the client, running hash
+            # and write side by side on two threads saved no time and cost CPU.
+            await write_parts(batch, functools.partial(_hash_all, hasher, batch))
         else:
             await asyncio.gather(
                 _write_all(writer, batch), asyncio.to_thread(_hash_all, hasher, batch)
@@ -621,41 +618,6 @@ async def _pump(source: AsyncIterator[bytes], writer: FileWriter, hasher: Hasher
             await pending
         if parts:
             await step(parts, gathered)
-
-
-async def _pump_queued(
-    source: AsyncIterator[bytes], writer: FileWriter, queue: Any, hasher: Hasher
-) -> None:
-    """``_pump`` for the local driver, whose writer queues batches for one worker thread.
-
-    Each batch is hashed on that thread in the hop that writes it, once written: one
-    thread for both, since on two cores shared with the client, hashing and writing
-    side by side on two threads saved no time and cost CPU. The thread takes the
-    next batch as soon as it is done with one (see ``QueuedWrites``).
-    """
-    parts: list[bytes] = []
-    gathered = 0
-    try:
-        async for chunk in source:
-            if not chunk:
-                continue
-            parts.append(chunk)
-            gathered += len(chunk)
-            if gathered >= WRITE_BUFFER:
-                batch, parts, gathered = parts, [], 0
-                await queue.put(batch, functools.partial(_hash_all, hasher, batch))
-    finally:
-        # Also when the source fails (a client gone mid-body): every byte that
-        # arrived is stored, so the client can resume from the stored offset.
-        try:
-            if gathered > INLINE_HASH:
-                await queue.put(parts, functools.partial(_hash_all, hasher, parts))
-        finally:
-            await queue.finish()
-        if 0 < gathered <= INLINE_HASH:
-            # A few KiB: hashed here (less time than a hop), held by the writer until commit.
-            _hash_all(hasher, parts)
-            await _write_all(writer, parts)
 
 
 def _hash_all(hasher: Hasher, parts: list[bytes]) -> None:
