@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from registry_core.storage.layout import ROOT
 
-from .client import BlobSource, GiB, MiB
+from .client import Blob, BlobSource, GiB, MiB
 from .harness import ProcTree, loadavg
 from .upload_ab import KINDS, REPO, start
 
@@ -132,12 +132,10 @@ class Row:
         return self.loop + self.pool
 
 
-def measure(
-    url: str, pids: list[int], kind: str, blob_size: int, source: BlobSource, interval: float
-) -> Row:
+def measure(url: str, pids: list[int], kind: str, blob: Blob, interval: float) -> Row:
+    """Upload *blob* the *kind* way while sampling; the stages' figures for it."""
     upload: Callable[..., None] = KINDS[kind]
-    blob = source.blob(blob_size, os.urandom(16))
-    gib = blob_size / GiB
+    gib = blob.size / GiB
     with Sampler(pids, threading.get_native_id(), interval) as sampler:
         began = time.monotonic()
         upload(url, REPO, blob)
@@ -145,13 +143,49 @@ def measure(
     t = sampler.totals
     return Row(
         kind,
-        blob_size / MiB / wall,
+        blob.size / MiB / wall,
         t["loop"] / gib,
         t["pool"] / gib,
         t["client"] / gib,
         t["loop"] / wall,
         t["pool"] / wall,
         sampler.both / wall,
+    )
+
+
+@dataclass
+class Summary:
+    mib_s: float
+    server: float
+    loop: float
+    pool: float
+    client: float
+    hash: float
+    """CPU seconds per GiB that SHA-256 alone takes at the probe's rate (part of ``pool``)."""
+    overlap: float
+    all_cores: float
+    """MiB/s with every core busy on this upload's server and client, nothing else."""
+    own_cores: float
+    """MiB/s with each stage on a core of its own: the slowest one sets the pace."""
+
+
+def summarize(rows: list[Row], sha_mib_s: float, cores: int) -> Summary:
+    """Medians of *rows* and the two bounds they imply."""
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    server, client = med([r.server for r in rows]), med([r.client for r in rows])
+    return Summary(
+        mib_s=med([r.mib_s for r in rows]),
+        server=server,
+        loop=med([r.loop for r in rows]),
+        pool=med([r.pool for r in rows]),
+        client=client,
+        hash=1024 / sha_mib_s,
+        overlap=med([r.overlap for r in rows]),
+        all_cores=cores * 1024 / (server + client),
+        own_cores=1024 / med([max(r.loop, r.pool, r.client) for r in rows]),
     )
 
 
@@ -173,10 +207,11 @@ def main() -> None:
     try:
         pids = ProcTree(served.process.pid).pids()
         # A warm-up upload: the first one pays for imports, the page cache and the pool.
-        measure(served.url, pids, "mono", 64 * MiB, source, args.interval)
+        measure(served.url, pids, "mono", source.blob(64 * MiB, os.urandom(16)), args.interval)
         for run in range(args.runs):
             for kind in args.kinds.split(","):
-                row = measure(served.url, pids, kind, args.size * MiB, source, args.interval)
+                blob = source.blob(args.size * MiB, os.urandom(16))
+                row = measure(served.url, pids, kind, blob, args.interval)
                 rows.append(row)
                 print(
                     f"run {run} {kind:7}: {row.mib_s:.0f} MiB/s ({row.mib_s / sha:.0%} of sha256);"
@@ -192,24 +227,15 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"medians of {args.runs}, {args.size} MiB per upload, sha256 {sha:.0f} MiB/s:")
     for kind in args.kinds.split(","):
-        mine = [r for r in rows if r.kind == kind]
-
-        def med(values: list[float]) -> float:
-            return statistics.median(values)
-
-        rate = med([r.mib_s for r in mine])
-        server, client = med([r.server for r in mine]), med([r.client for r in mine])
-        slowest = med([max(r.loop, r.pool, r.client) for r in mine])
-        all_cores = args.cores * 1024 / (server + client)
-        own_cores = 1024 / slowest
+        m = summarize([r for r in rows if r.kind == kind], sha, args.cores)
         print(
-            f"  {kind:7}: {rate:.0f} MiB/s = {rate / sha:.0%} of sha256; server "
-            f"{server:.2f} CPU s/GiB (loop {med([r.loop for r in mine]):.2f}, pool "
-            f"{med([r.pool for r in mine]):.2f}), client {client:.2f}; both server stages busy "
-            f"{med([r.overlap for r in mine]):.0%} of the time\n"
-            f"           bounds: {args.cores} cores all busy {all_cores:.0f} MiB/s "
-            f"({all_cores / sha:.0%}), each stage on its own core {own_cores:.0f} MiB/s "
-            f"({own_cores / sha:.0%})"
+            f"  {kind:7}: {m.mib_s:.0f} MiB/s = {m.mib_s / sha:.0%} of sha256; server "
+            f"{m.server:.2f} CPU s/GiB (loop {m.loop:.2f}, pool {m.pool:.2f} of which sha256 "
+            f"{m.hash:.2f}), client {m.client:.2f}; both server stages busy {m.overlap:.0%} "
+            f"of the time\n"
+            f"           bounds: {args.cores} cores all busy {m.all_cores:.0f} MiB/s "
+            f"({m.all_cores / sha:.0%}), each stage on its own core {m.own_cores:.0f} MiB/s "
+            f"({m.own_cores / sha:.0%})"
         )
 
 
