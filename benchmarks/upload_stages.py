@@ -12,7 +12,9 @@ time both server stages ran at once (a timeline of ``min(loop, pool)`` per inter
 a pipelined upload has the two overlapping, a serial one has them alternate.
 
 It also prints the bounds that a 2-core machine sets, from the same run:
-``cores / (server + client CPU per GiB)`` (every core busy, nothing else running) and
+``cores / (server + client CPU per GiB)`` (every core busy, nothing else running),
+the same with the machine's other busy time counted (``/proc/stat`` minus these
+threads: loopback softirqs and writeback charged to no thread, and foreign jobs) and
 ``1 / max(stage CPU per GiB)`` (each stage on a core of its own), each as a share of
 one core's SHA-256 rate measured here first, the ratio the issue's gate uses.
 Numbers under foreign load are the scheduler's: report the load average beside them.
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from registry_core.storage.layout import ROOT
 
 from .client import Blob, BlobSource, GiB, MiB
-from .harness import ProcTree, loadavg
+from .harness import ProcTree, loadavg, machine_busy_seconds
 from .upload_ab import KINDS, REPO, start
 
 SHA_BUFFER = 256 * MiB
@@ -126,6 +128,9 @@ class Row:
     busy_loop: float
     busy_pool: float
     overlap: float
+    other: float = 0.0
+    """CPU s/GiB the machine spent beyond these threads (loopback softirqs charged to no
+    thread, writeback; and any foreign job: read it only from a quiet machine)."""
 
     @property
     def server(self) -> float:
@@ -136,11 +141,13 @@ def measure(url: str, pids: list[int], kind: str, blob: Blob, interval: float) -
     """Upload *blob* the *kind* way while sampling; the stages' figures for it."""
     upload: Callable[..., None] = KINDS[kind]
     gib = blob.size / GiB
+    busy = machine_busy_seconds()
     with Sampler(pids, threading.get_native_id(), interval) as sampler:
         began = time.monotonic()
         upload(url, REPO, blob)
         wall = time.monotonic() - began
     t = sampler.totals
+    other = max(0.0, machine_busy_seconds() - busy - sum(t.values()))
     return Row(
         kind,
         blob.size / MiB / wall,
@@ -150,6 +157,7 @@ def measure(url: str, pids: list[int], kind: str, blob: Blob, interval: float) -
         t["loop"] / wall,
         t["pool"] / wall,
         sampler.both / wall,
+        other / gib,
     )
 
 
@@ -160,6 +168,7 @@ class Summary:
     loop: float
     pool: float
     client: float
+    other: float
     hash: float
     """CPU seconds per GiB that SHA-256 alone takes at the probe's rate (part of ``pool``)."""
     overlap: float
@@ -167,6 +176,8 @@ class Summary:
     """MiB/s with every core busy on this upload's server and client, nothing else."""
     own_cores: float
     """MiB/s with each stage on a core of its own: the slowest one sets the pace."""
+    all_cores_other: float
+    """``all_cores`` with the machine's other CPU per GiB counted too (quiet machine only)."""
 
 
 def summarize(rows: list[Row], sha_mib_s: float, cores: int) -> Summary:
@@ -176,16 +187,19 @@ def summarize(rows: list[Row], sha_mib_s: float, cores: int) -> Summary:
         return statistics.median(values)
 
     server, client = med([r.server for r in rows]), med([r.client for r in rows])
+    other = med([r.other for r in rows])
     return Summary(
         mib_s=med([r.mib_s for r in rows]),
         server=server,
         loop=med([r.loop for r in rows]),
         pool=med([r.pool for r in rows]),
         client=client,
+        other=other,
         hash=1024 / sha_mib_s,
         overlap=med([r.overlap for r in rows]),
         all_cores=cores * 1024 / (server + client),
         own_cores=1024 / med([max(r.loop, r.pool, r.client) for r in rows]),
+        all_cores_other=cores * 1024 / (server + client + other),
     )
 
 
@@ -215,7 +229,8 @@ def main() -> None:
                 rows.append(row)
                 print(
                     f"run {run} {kind:7}: {row.mib_s:.0f} MiB/s ({row.mib_s / sha:.0%} of sha256);"
-                    f" CPU s/GiB loop {row.loop:.2f} pool {row.pool:.2f} client {row.client:.2f};"
+                    f" CPU s/GiB loop {row.loop:.2f} pool {row.pool:.2f} client {row.client:.2f}"
+                    f" other {row.other:.2f};"
                     f" busy loop {row.busy_loop:.0%} pool {row.busy_pool:.0%},"
                     f" both {row.overlap:.0%}; load {loadavg()[0]:.1f}",
                     flush=True,
@@ -231,11 +246,13 @@ def main() -> None:
         print(
             f"  {kind:7}: {m.mib_s:.0f} MiB/s = {m.mib_s / sha:.0%} of sha256; server "
             f"{m.server:.2f} CPU s/GiB (loop {m.loop:.2f}, pool {m.pool:.2f} of which sha256 "
-            f"{m.hash:.2f}), client {m.client:.2f}; both server stages busy {m.overlap:.0%} "
+            f"{m.hash:.2f}), client {m.client:.2f}, machine other {m.other:.2f}; both server "
+            f"stages busy {m.overlap:.0%} "
             f"of the time\n"
             f"           bounds: {args.cores} cores all busy {m.all_cores:.0f} MiB/s "
             f"({m.all_cores / sha:.0%}), each stage on its own core {m.own_cores:.0f} MiB/s "
-            f"({m.own_cores / sha:.0%})"
+            f"({m.own_cores / sha:.0%}); all cores busy, other CPU counted "
+            f"{m.all_cores_other:.0f} MiB/s ({m.all_cores_other / sha:.0%})"
         )
 
 

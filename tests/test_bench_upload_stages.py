@@ -53,13 +53,14 @@ def test_each_stage_of_a_real_upload_is_measured(tmp_path: Path, kind: str) -> N
     assert 0.5 * ran <= sampled <= ran + 0.001
     assert 0 <= row.overlap <= min(row.busy_loop, row.busy_pool) + 1e-9
     assert row.mib_s > 0
+    assert row.other >= 0
 
 
 def test_bounds_follow_from_the_stages() -> None:
     rows = [
-        Row("mono", 500, loop=0.6, pool=1.0, client=0.3, busy_loop=0.3, busy_pool=0.5, overlap=0.2),
-        Row("mono", 700, loop=0.8, pool=1.2, client=0.2, busy_loop=0.4, busy_pool=0.6, overlap=0.3),
-        Row("mono", 600, loop=0.7, pool=1.1, client=0.4, busy_loop=0.5, busy_pool=0.7, overlap=0.4),
+        Row("mono", 500, 0.6, 1.0, 0.3, busy_loop=0.3, busy_pool=0.5, overlap=0.2, other=0.3),
+        Row("mono", 700, 0.8, 1.2, 0.2, busy_loop=0.4, busy_pool=0.6, overlap=0.3, other=0.5),
+        Row("mono", 600, 0.7, 1.1, 0.4, busy_loop=0.5, busy_pool=0.7, overlap=0.4, other=0.4),
     ]
     summary = summarize(rows, sha_mib_s=1024, cores=2)
     assert summary.mib_s == 600
@@ -68,5 +69,7 @@ def test_bounds_follow_from_the_stages() -> None:
     assert summary.hash == pytest.approx(1.0)
     # Two cores, 2.1 CPU seconds per GiB in all: at best 2 GiB per 2.1 s.
     assert summary.all_cores == pytest.approx(2048 / 2.1)
+    # With the machine's other CPU (median 0.4 s per GiB) on the same cores too.
+    assert summary.all_cores_other == pytest.approx(2048 / 2.5)
     # The slowest stage (the pool, median 1.1 s per GiB) on a core of its own.
     assert summary.own_cores == pytest.approx(1024 / 1.1)
