@@ -91,3 +91,18 @@ def test_the_counting_wrapper_counts_each_step_as_its_own_call(tmp_path: Path) -
     counted = CountingDriver(LocalDriver(str(tmp_path)))
     asyncio.run(run_steps(counted, [[steps.write("a", b"1"), steps.read("a")], [steps.stat("a")]]))
     assert counted.counts == {"write": 1, "read": 1, "stat": 1}
+
+
+async def test_a_local_driver_subclass_that_overrides_an_operation_sees_every_step(
+    tmp_path: Path,
+) -> None:
+    seen: list[str] = []
+
+    class Watching(LocalDriver):
+        async def write(self, path: str, data: bytes) -> None:
+            seen.append(path)
+            await super().write(path, data)
+
+    driver = Watching(str(tmp_path))
+    await run_steps(driver, [[steps.write("a", b"1")], [steps.write("b", b"2"), steps.read("a")]])
+    assert seen == ["a", "b"]

@@ -190,10 +190,14 @@ class ManifestStore:
         # call (the index entry it names is replaced below). The pull-through cache
         # (no *check_references*) fetches the blobs when first asked for.
         recheck = self._reference_steps(parsed) if check_references else []
-        indexed = tag is not None and not is_attachment_tag(tag)
+        pointer = (
+            self.tag_index.pointer_step(tag)
+            if tag is not None and not is_attachment_tag(tag)
+            else None
+        )
         after = [*recheck, steps.stat(layout.blob_data(digest))]
-        if indexed:
-            after.append(self.tag_index.pointer_step(tag))  # type: ignore[arg-type]
+        if pointer is not None:
+            after.append(pointer)
         try:
             _, outcomes = await run_steps(self.driver, [stored, after])
             if check_references:
@@ -204,7 +208,7 @@ class ManifestStore:
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.revision_dir(self.name, parsed.digest))
             raise
-        previous = self.tag_index.pointer_from(outcomes[-1]) if indexed else None
+        previous = self.tag_index.pointer_from(outcomes[-1]) if pointer is not None else None
         if self.repo_index is not None:  # the revision is visible: the index may look
             await self.repo_index.written(self.name)
         self.cache.put(parsed.digest, body, parsed.media_type)
