@@ -17,6 +17,7 @@ import functools
 import itertools
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from registry_core.storage.driver import (
     StorageError,
     WalkFilter,
 )
+from registry_core.storage.steps import Step
 
 from .fsspec_driver import READ_CHUNK, FsspecDriver
 from .threads import Workers, shared_workers
@@ -153,6 +155,47 @@ def _append_to(handle: Any, path: str, expected: int, parts: list[bytes]) -> Non
         _write_all(handle, parts)
     finally:
         fcntl.flock(descriptor, fcntl.LOCK_UN)
+
+
+def _read_file(full: str, path: str) -> bytes:
+    try:
+        with open(full, "rb") as handle:
+            return handle.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise PathNotFound(path) from None
+
+
+def _stat_file(full: str, path: str) -> FileInfo:
+    try:
+        result = os.stat(full)
+    except (FileNotFoundError, NotADirectoryError):
+        raise PathNotFound(path) from None
+    is_dir = stat.S_ISDIR(result.st_mode)
+    return FileInfo(path, 0 if is_dir else result.st_size, result.st_mtime, is_dir)
+
+
+def _run_steps(groups: list[list[tuple[Step, str]]]) -> list[list[Any]]:
+    """The local driver's ``run_steps``: one step after the other, in the order given."""
+    outcomes: list[list[Any]] = []
+    for group in groups:
+        results: list[Any] = []
+        for step, full in group:
+            operation = step.operation
+            try:
+                if operation == "read":
+                    results.append(_read_file(full, step.path))
+                elif operation == "stat":
+                    results.append(_stat_file(full, step.path))
+                elif operation == "write":
+                    results.append(_write_atomic(full, step.data))
+                elif operation == "write_if_absent":
+                    results.append(_create_if_absent(full, step.data))
+                else:
+                    raise ValueError(f"unknown storage step {operation!r}")
+            except PathNotFound as exc:
+                results.append(exc)
+        outcomes.append(results)
+    return outcomes
 
 
 FOLDER_DELETE_ATTEMPTS = 20
@@ -458,6 +501,9 @@ class _Batches:
         self._workers.submit(run_all, deliver)
 
 
+_STEP_METHODS = ("read", "stat", "write", "write_if_absent")
+
+
 class LocalDriver(FsspecDriver):
     """Objects are files under one folder."""
 
@@ -469,6 +515,14 @@ class LocalDriver(FsspecDriver):
         super().__init__(LocalFileSystem(), root, blocking=True)
         self._workers = shared_workers()
         self._batches = _Batches(self._workers)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass that changes a step's operation (tests inject races that way) and not
+        # run_steps gets every step as a call of its own methods (storage.steps' path for
+        # drivers without run_steps): its override then sees each call, in the same order.
+        super().__init_subclass__(**kwargs)
+        if "run_steps" not in cls.__dict__ and any(name in cls.__dict__ for name in _STEP_METHODS):
+            cls.run_steps = None  # type: ignore[assignment]
 
     async def _call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One blocking call on a worker thread (``drivers.threads``: a light hop)."""
@@ -483,16 +537,7 @@ class LocalDriver(FsspecDriver):
         )
 
     async def read(self, path: str) -> bytes:
-        full = self._full(path)
-
-        def read() -> bytes:
-            try:
-                with open(full, "rb") as handle:
-                    return handle.read()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                raise PathNotFound(path) from None
-
-        return await self._small(read)
+        return await self._small(_read_file, self._full(path), path)
 
     async def write(self, path: str, data: bytes) -> None:
         if len(data) > SMALL_WRITE:
@@ -542,17 +587,22 @@ class LocalDriver(FsspecDriver):
         return LocalWriter(self._workers, await self._call(create), 0, full, temporary)
 
     async def stat(self, path: str) -> FileInfo:
-        full = self._dir(path)
+        return await self._small(_stat_file, self._dir(path), path)
 
-        def stat() -> FileInfo:
-            try:
-                result = os.stat(full)
-            except (FileNotFoundError, NotADirectoryError):
-                raise PathNotFound(path) from None
-            is_dir = os.path.isdir(full)
-            return FileInfo(path, 0 if is_dir else result.st_size, result.st_mtime, is_dir)
-
-        return await self._small(stat)
+    async def run_steps(self, groups: list[list[Step]]) -> list[list[Any]]:
+        """``registry_core.storage.steps.run_steps`` in one hop, every step in the order
+        given (batched with this loop turn's other small operations unless a write is
+        large)."""
+        prepared = [
+            [
+                (step, self._dir(step.path) if step.operation == "stat" else self._full(step.path))
+                for step in group
+            ]
+            for group in groups
+        ]
+        small = all(len(step.data) <= SMALL_WRITE for group in groups for step in group)
+        call = self._small if small else self._call
+        return await call(_run_steps, prepared)
 
     async def list(self, path: str) -> list[str]:
         full = self._dir(path)

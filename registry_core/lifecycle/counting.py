@@ -38,6 +38,10 @@ class CountingDriver:
         return sum(count for name, count in self.counts.items() if name != "walk-entries")
 
     def __getattr__(self, name: str) -> Any:
+        if name == "run_steps":
+            # Not passed on: storage.steps then makes each step an ordinary call of this
+            # wrapper, counted and paced (and seen by the tests' subclasses) one by one.
+            raise AttributeError(name)
         found = getattr(self.inner, name)
         if name == "move_exact":  # an optional ability: counted when the inner driver has it
 

@@ -35,9 +35,10 @@ from ..errors import (
     TooManyRequests,
 )
 from ..names import RepositoryName
-from . import layout
+from . import layout, steps
 from .driver import FileWriter, ObjectChanged, PathNotFound, StorageDriver, StorageError
 from .policy import RepositoryPolicy, WritePolicy
+from .steps import Step
 
 WRITE_BUFFER = 1 << 20
 """Bytes gathered before one write+hash step: large enough that thread hops are cheap."""
@@ -206,6 +207,22 @@ class RepositoryBlobs:
         """True when this repository links the blob and its data is there (checked together;
         data a running GC set aside after this link was written is moved back)."""
         linked, present = await asyncio.gather(self._linked(digest), self.store.exists(digest))
+        if linked and not present:
+            present = await self.store.recover_set_aside(digest)
+        return linked and present
+
+    def exists_steps(self, digest: Digest) -> list[Step]:
+        """What :meth:`exists` reads, as storage steps (``storage.steps``): many blobs
+        checked in one call; :meth:`exists_from` answers from their outcomes."""
+        return [
+            steps.read(layout.layer_link(self.name, digest)),
+            steps.stat(layout.blob_data(digest)),
+        ]
+
+    async def exists_from(self, digest: Digest, link: object, data: object) -> bool:
+        """:meth:`exists`, from the outcomes of :meth:`exists_steps`."""
+        linked = isinstance(link, bytes) and link.strip() == str(digest).encode()
+        present = not isinstance(data, PathNotFound)
         if linked and not present:
             present = await self.store.recover_set_aside(digest)
         return linked and present

@@ -20,7 +20,9 @@ Contract notes that matter to callers:
   when not. And ``move_exact(source, destination, size)``: ``move`` that first checks,
   in the same operation, that *source* holds exactly *size* bytes, raising
   :class:`ObjectChanged` (nothing moved) when another writer appended meanwhile;
-  an upload commit uses it instead of re-reading the size before its move.
+  an upload commit uses it instead of re-reading the size before its move. And
+  ``run_steps(groups)``: several small reads, stats and writes in one call, group after
+  group (``storage.steps``; the local driver makes it one worker-thread hop).
 """
 
 from __future__ import annotations

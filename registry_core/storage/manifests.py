@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -25,12 +25,13 @@ from ..errors import DigestInvalid, ManifestBlobUnknown, ManifestUnknown
 from ..manifest import ParsedManifest, detect_media_type, parse_manifest
 from ..mediatypes import MAX_MANIFEST_SIZE
 from ..names import RepositoryName, validate_tag
-from . import layout
+from . import layout, steps
 from .blobs import BlobStore, RepositoryBlobs
 from .cache import ContentCache, LinkCache
 from .driver import PathNotFound, StorageDriver
 from .policy import RepositoryPolicy, WritePolicy
 from .repo_index import RepositoryIndex
+from .steps import Step, run_steps
 from .tag_index import TagIndex, total_size
 
 
@@ -170,45 +171,44 @@ class ManifestStore:
         if check_references:
             await self._check_references(parsed)
         rules, current = await self._check_tag(tag, parsed.digest)
+        digest = parsed.digest
         # Content and revision link together (a revision whose content is missing
         # reads as unknown, so a crash between them exposes nothing); tags only after.
-        await asyncio.gather(
-            self.store.put_small(body, parsed.digest),
-            self.driver.write(
-                layout.revision_link(self.name, parsed.digest), str(parsed.digest).encode()
-            ),
-        )
-        # Checked again now that the revision is visible: online GC sets unreferenced
-        # blobs aside and only then re-reads the repositories (lifecycle/gc.py), so
-        # either this check sees a blob set aside, or GC's re-read sees this revision
-        # and keeps (and re-links) what it references: no tag can name missing content,
-        # however long this request took. The manifest's own bytes are such a blob too:
-        # stored again if they were set aside (create-if-absent: otherwise a no-op).
-        # A stat answers that as well as a create-if-absent and costs no file: the bytes
-        # are written again only when they are gone. The tag's index pointer is read in
-        # the same hop (the index entry it names is replaced below).
-        previous_entry = (
-            self.tag_index.pointer(tag)
+        stored = [
+            steps.write_if_absent(layout.blob_data(digest), body),
+            steps.write(layout.revision_link(self.name, digest), str(digest).encode()),
+        ]
+        # Checked again once the revision is visible (the next group of the same call:
+        # storage.steps runs it only after the writes above finished): online GC sets
+        # unreferenced blobs aside and only then re-reads the repositories
+        # (lifecycle/gc.py), so either this check sees a blob set aside, or GC's re-read
+        # sees this revision and keeps (and re-links) what it references: no tag can
+        # name missing content, however long this request took. The manifest's own
+        # bytes are such a blob too: stored again if they were set aside. A stat answers
+        # that as well as a create-if-absent and costs no file: the bytes are written
+        # again only when they are gone. The tag's index pointer is read in the same
+        # call (the index entry it names is replaced below). The pull-through cache
+        # (no *check_references*) fetches the blobs when first asked for.
+        recheck = self._reference_steps(parsed) if check_references else []
+        pointer = (
+            self.tag_index.pointer_step(tag)
             if tag is not None and not is_attachment_tag(tag)
-            else _none()
+            else None
         )
+        after = [*recheck, steps.stat(layout.blob_data(digest))]
+        if pointer is not None:
+            after.append(pointer)
         try:
+            _, outcomes = await run_steps(self.driver, [stored, after])
             if check_references:
-                _, present, previous = await asyncio.gather(
-                    self._check_references(parsed),
-                    self.store.exists(parsed.digest),
-                    previous_entry,
-                )
-            else:  # the pull-through cache fetches the blobs when first asked for
-                present, previous = await asyncio.gather(
-                    self.store.exists(parsed.digest), previous_entry
-                )
-            if not present:
-                await self.store.put_small(body, parsed.digest)
+                await self._judge_references(parsed, outcomes)
+            if isinstance(outcomes[len(recheck)], PathNotFound):
+                await self.store.put_small(body, digest)
         except ManifestBlobUnknown:
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.revision_dir(self.name, parsed.digest))
             raise
+        previous = self.tag_index.pointer_from(outcomes[-1]) if pointer is not None else None
         if self.repo_index is not None:  # the revision is visible: the index may look
             await self.repo_index.written(self.name)
         self.cache.put(parsed.digest, body, parsed.media_type)
@@ -229,8 +229,11 @@ class ManifestStore:
             await self._write_tag(
                 tag,
                 parsed.digest,
-                self._keep_tagged(tag, parsed, body, check_references),
+                lambda linked: self._keep_tagged(
+                    tag, parsed, body, check_references, linked=linked
+                ),
                 previous,
+                confirm_in_call=True,
             )
             if rules is not None:
                 await rules.tag_changed(tag, current, parsed.digest)
@@ -240,15 +243,47 @@ class ManifestStore:
 
     async def _check_references(self, parsed: ParsedManifest, *, children: bool = False) -> None:
         """Every blob linked here and, with *children* or ``strict_index``, every child of
-        an index a revision here."""
-        missing_blobs = await _missing(self.blobs.exists, parsed.blobs)
+        an index a revision here (all read in one storage call)."""
+        wanted = self._reference_steps(parsed, children=children)
+        if wanted:
+            (outcomes,) = await run_steps(self.driver, [wanted])
+            await self._judge_references(parsed, outcomes, children=children)
+
+    def _reference_steps(self, parsed: ParsedManifest, *, children: bool = False) -> list[Step]:
+        """What :meth:`_check_references` reads; :meth:`_judge_references` answers."""
+        wanted = [step for d in dict.fromkeys(parsed.blobs) for step in self.blobs.exists_steps(d)]
+        if (children or self.strict_index) and parsed.manifests:
+            wanted += [
+                steps.stat(layout.revision_link(self.name, d))
+                for d in dict.fromkeys(parsed.manifests)
+            ]
+        return wanted
+
+    async def _judge_references(
+        self, parsed: ParsedManifest, outcomes: list[Any], *, children: bool = False
+    ) -> None:
+        """ManifestBlobUnknown unless the outcomes of :meth:`_reference_steps` (first in
+        *outcomes*) show every reference in place."""
+        blobs = list(dict.fromkeys(parsed.blobs))
+        missing_blobs = [
+            d
+            for i, d in enumerate(blobs)
+            if not await self.blobs.exists_from(d, outcomes[2 * i], outcomes[2 * i + 1])
+        ]
         if missing_blobs:
             raise ManifestBlobUnknown(
                 f"manifest references {len(missing_blobs)} blob(s) not in {self.name}",
                 detail={"digests": [str(d) for d in missing_blobs]},
             )
         if (children or self.strict_index) and parsed.manifests:
-            missing = await _missing(self._has_revision, parsed.manifests)
+            children_outcomes = outcomes[2 * len(blobs) :]
+            missing = [
+                d
+                for d, outcome in zip(
+                    dict.fromkeys(parsed.manifests), children_outcomes, strict=False
+                )
+                if isinstance(outcome, PathNotFound)
+            ]
             if missing:
                 raise ManifestBlobUnknown(
                     f"index references {len(missing)} manifest(s) not in {self.name}",
@@ -267,7 +302,11 @@ class ManifestStore:
         if not await self._has_revision(digest):
             raise ManifestUnknown(detail={"digest": str(digest)})
         rules, current = await self._check_tag(tag, digest)
-        await self._write_tag(tag, digest, self._keep_tagged(tag, None, None, True, digest=digest))
+        await self._write_tag(
+            tag,
+            digest,
+            lambda linked: self._keep_tagged(tag, None, None, True, digest=digest, linked=linked),
+        )
         if rules is not None:
             await rules.tag_changed(tag, current, digest)
         if self.on_stored is not None:
@@ -282,6 +321,7 @@ class ManifestStore:
         check_references: bool,
         *,
         digest: Digest | None = None,
+        linked: bool | None = None,
     ) -> None:
         """Confirm, after writing *tag*, that the revision it names is still linked.
 
@@ -292,11 +332,14 @@ class ManifestStore:
         keeps everything it reaches (lifecycle/gc.py). Gone: it is linked again as a push
         links it (bytes and revision, then its blobs and, for an index, its children
         checked once more); if those are gone too, the tag is removed and the write
-        refused, so no tag is left naming missing content. One stat on the usual path.
+        refused, so no tag is left naming missing content. One stat on the usual path
+        (*linked*: its outcome, when the tag's own storage call made it after the tag).
         """
         digest = parsed.digest if parsed is not None else digest
         assert digest is not None
-        if await self._has_revision(digest):
+        if linked is None:
+            linked = await self._has_revision(digest)
+        if linked:
             return
         try:
             if body is None:
@@ -356,8 +399,10 @@ class ManifestStore:
         self,
         tag: str,
         digest: Digest,
-        confirm: Coroutine[Any, Any, None],
+        confirm: Callable[[bool | None], Awaitable[None]],
         previous: str | bool | None = False,
+        *,
+        confirm_in_call: bool = False,
     ) -> None:
         """Point *tag* at *digest*, *confirm* it (:meth:`_keep_tagged`), index it in step.
 
@@ -367,7 +412,10 @@ class ManifestStore:
         crash always could (readers check the tag link). The confirmation runs only once
         the tag is visible: that order is what the GC protocol relies on. *previous* is
         the index pointer read beforehand (False: not read yet); attachment tags are
-        never indexed (DESIGN, "Attachments").
+        never indexed (DESIGN, "Attachments"). With *confirm_in_call* the confirmation's
+        stat is the last group of the tag's own storage call (after the writes: the
+        same order, one hop on the local driver) and *confirm* gets its outcome;
+        otherwise *confirm* gets None and makes its own.
         """
 
         async def load(child: Digest) -> tuple[str, bytes]:
@@ -378,27 +426,22 @@ class ManifestStore:
 
         link = str(digest).encode()
         writes = [
-            self.driver.write(layout.tag_index_link(self.name, tag, digest), link),
-            self.driver.write(layout.tag_current_link(self.name, tag), link),
+            steps.write(layout.tag_index_link(self.name, tag, digest), link),
+            steps.write(layout.tag_current_link(self.name, tag), link),
         ]
         entry = None
-        started = False
-        try:
-            if not is_attachment_tag(tag):
-                if previous is False:
-                    previous = await self.tag_index.pointer(tag)
-                stored = await self.get_by_digest(digest)
-                size = await total_size(digest, stored.media_type, stored.body, load)
-                entry = self.tag_index.entry_for(tag, digest, size)
-                writes.append(self.tag_index.record_entry(tag, entry))
-            started = True
-            await asyncio.gather(*writes)
-        except BaseException:
-            for pending in writes if not started else ():
-                pending.close()  # never awaited: no warning
-            confirm.close()
-            raise
-        await confirm
+        if not is_attachment_tag(tag):
+            if previous is False:
+                previous = await self.tag_index.pointer(tag)
+            stored = await self.get_by_digest(digest)
+            size = await total_size(digest, stored.media_type, stored.body, load)
+            entry = self.tag_index.entry_for(tag, digest, size)
+            writes += self.tag_index.entry_steps(tag, entry)
+        groups = [writes]
+        if confirm_in_call:
+            groups.append([steps.stat(layout.revision_link(self.name, digest))])
+        outcomes = await run_steps(self.driver, groups)
+        await confirm(not isinstance(outcomes[1][0], PathNotFound) if confirm_in_call else None)
         self.links.put(self._key, tag, digest)
         if entry is not None:
             await self.tag_index.drop_replaced(
@@ -548,21 +591,11 @@ class ManifestStore:
         return records
 
 
-async def _none() -> None:
-    return None
-
-
 async def _read_or_none(driver: StorageDriver, path: str) -> bytes | None:
     try:
         return await driver.read(path)
     except PathNotFound:
         return None
-
-
-async def _missing(exists: Any, digests: tuple[Digest, ...]) -> list[Digest]:
-    unique = list(dict.fromkeys(digests))
-    present = await asyncio.gather(*(exists(d) for d in unique))
-    return [d for d, ok in zip(unique, present, strict=True) if not ok]
 
 
 _PARSE_INLINE_BYTES = 64 * 1024

@@ -16,7 +16,6 @@ what a tag points at (the tag link does) and never reads manifests to list.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -29,8 +28,9 @@ from ..errors import ManifestUnknown
 from ..manifest import descriptors_of
 from ..mediatypes import IMAGE_MANIFESTS, MANIFEST_TYPES
 from ..names import RepositoryName
-from . import layout
+from . import layout, steps
 from .driver import PathNotFound, StorageDriver
+from .steps import Step, run_steps
 
 SortKey = Literal["name", "date", "size"]
 _SEPARATOR = "@"  # never part of a tag name
@@ -109,12 +109,25 @@ class TagIndex:
         """The entry name recording that *tag* names *digest* (*size* bytes in all)."""
         return _entry_name(tag, time.time() if pushed is None else pushed, size, digest)
 
+    def pointer_step(self, tag: str) -> Step:
+        """:meth:`pointer` as a storage step (``storage.steps``); see :meth:`pointer_from`."""
+        return steps.read(layout.tag_index_pointer(self.name, tag))
+
+    @staticmethod
+    def pointer_from(outcome: object) -> str | None:
+        """:meth:`pointer`, from the outcome of :meth:`pointer_step`."""
+        return outcome.decode() if isinstance(outcome, bytes) else None
+
+    def entry_steps(self, tag: str, entry: str) -> list[Step]:
+        """The writes of :meth:`record_entry`, as storage steps (independent objects)."""
+        return [
+            steps.write(layout.tag_index_entry(self.name, entry), b""),
+            steps.write(layout.tag_index_pointer(self.name, tag), entry.encode()),
+        ]
+
     async def record_entry(self, tag: str, entry: str) -> None:
         """Write *entry* and the tag's pointer to it, together (independent objects)."""
-        await asyncio.gather(
-            self.driver.write(layout.tag_index_entry(self.name, entry), b""),
-            self.driver.write(layout.tag_index_pointer(self.name, tag), entry.encode()),
-        )
+        await run_steps(self.driver, [self.entry_steps(tag, entry)])
 
     async def drop_replaced(self, entry: str, previous: str | None) -> None:
         """Remove the entry *previous* once *entry* replaced it."""
