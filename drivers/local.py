@@ -155,6 +155,31 @@ def _append_to(handle: Any, path: str, expected: int, parts: list[bytes]) -> Non
         fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 
+def _commit_small_upload(
+    record: str, pending: str, folder: str, destination: str, data: bytes
+) -> bytes | None:
+    """``LocalDriver.commit_small_upload`` in one thread hop: the session's record read,
+    its data object looked for, the blob created if absent, the session folder removed.
+
+    The blob is created before the session goes: a failure or a crash between them
+    leaves the session (the client may PUT again), never a half-written blob.
+    """
+    try:
+        with open(record, "rb") as handle:
+            started = handle.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise PathNotFound(record) from None
+    if os.path.lexists(pending):
+        return None  # bytes sent before (a PATCH): the caller appends to them
+    if not os.path.exists(destination):
+        _create_if_absent(destination, data)
+    try:
+        _delete_small(folder)
+    except _NotSmall:
+        _delete(folder)
+    return started
+
+
 FOLDER_DELETE_ATTEMPTS = 20
 """Bounded: a writer adds at most a few links to a folder being deleted."""
 
@@ -587,6 +612,20 @@ class LocalDriver(FsspecDriver):
     async def move_exact(self, source: str, destination: str, size: int) -> None:
         """``move``, checking in the same step that *source* holds *size* bytes."""
         await self._small(_move_exact, self._full(source), self._full(destination), size)
+
+    async def commit_small_upload(
+        self, record: str, pending: str, folder: str, destination: str, data: bytes
+    ) -> bytes | None:
+        """An upload finished by one request holding all of *data*, in one thread hop
+        (see ``registry_core.storage.driver``: an optional ability)."""
+        return await self._small(
+            _commit_small_upload,
+            self._full(record),
+            self._full(pending),
+            self._full(folder),
+            self._full(destination),
+            data,
+        )
 
     async def delete(self, path: str) -> None:
         # Mostly a link or an upload session (a file, a few files): batched with the

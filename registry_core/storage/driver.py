@@ -21,6 +21,12 @@ Contract notes that matter to callers:
   in the same operation, that *source* holds exactly *size* bytes, raising
   :class:`ObjectChanged` (nothing moved) when another writer appended meanwhile;
   an upload commit uses it instead of re-reading the size before its move.
+  And ``commit_small_upload(record, pending, folder, destination, data)``, for an
+  upload finished by one request that carried all its bytes (a push's small layer),
+  in one operation: *record* must exist (else PathNotFound, nothing done); when
+  *pending* exists, nothing is done and None is returned; otherwise *destination*
+  is created with *data* if absent, then *folder* is deleted, and *record*'s bytes
+  are returned. Without it, the upload is appended to and moved as any other.
 """
 
 from __future__ import annotations
