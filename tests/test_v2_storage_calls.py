@@ -157,9 +157,9 @@ async def test_a_small_blob_push_costs_these_storage_calls(
     assert sorted(driver.recorded()) == sorted(
         [
             "read layer-link",  # HEAD: is it linked here? (no: 404, nothing more)
-            "list upload-markers",  # POST: the open sessions (upload limits)
-            "write upload-marker",  # POST: this session counts ...
-            "write upload/startedat",  # POST: ... and exists
+            "write upload-marker",  # POST, together: this session counts ...
+            "write upload/startedat",  # ... and exists ...
+            "list upload-markers",  # ... and the open sessions (upload limits), without it
             # PUT, the whole body at once, in one operation: the session exists and holds
             # no bytes yet, the blob is stored if absent (GC: a commit stores its own copy),
             # and the session is gone
@@ -249,15 +249,15 @@ async def test_a_small_blob_push_costs_these_thread_hops(
     server: tuple[str, RecordingDriver], hops: list[object]
 ) -> None:
     # One client, one request at a time: nothing to share a hop with but this request's own
-    # operations started together. HEAD 1; POST 2 (the session count, then marker and
-    # record together); PUT 2 (the whole commit of the body in one, then the link written
-    # and the marker deleted together).
+    # operations started together. HEAD 1; POST 1 (marker, record and the session count
+    # together); PUT 2 (the whole commit of the body in one, then the link written and the
+    # marker deleted together).
     url, _ = server
     async with aiohttp.ClientSession() as http:
         await push_blob(http, url, b"warm-up: the repository's folders exist")
         hops.clear()
         await push_blob(http, url, b"y" * 4096)
-    assert len(hops) == 5
+    assert len(hops) == 4
 
 
 async def test_concurrent_small_pushes_share_thread_hops(
@@ -270,4 +270,4 @@ async def test_concurrent_small_pushes_share_thread_hops(
         await push_blob(http, url, b"warm-up: the repository's folders exist")
         hops.clear()
         await asyncio.gather(*(push_blob(http, url, bytes([n]) * 4096) for n in range(16)))
-    assert len(hops) < 16 * 5 // 2
+    assert len(hops) < 16 * 4 // 2

@@ -59,7 +59,8 @@ class UploadLimits:
     Sessions are counted from one empty marker object per session in a folder of the
     tenant (one listing answers both counts, in every process); a marker older than
     *stale_after* (the purge age) is a session that was never finished, and no longer
-    counts. Concurrent starts in several processes may overshoot a limit by their number.
+    counts. Concurrent starts in several processes may overshoot a limit by their number,
+    or, when they see each other's markers, be refused together.
     """
 
     per_repository: int = 0
@@ -280,37 +281,57 @@ class RepositoryBlobs:
         )
         if tracked:
             assert limits is not None
+            # Marker, record and the count of open sessions in one step (the local driver:
+            # one shared thread hop, not a listing's hop and then the writes'). The count
+            # leaves this session out, so what is seen is what a count before the writes
+            # would see, plus sessions started meanwhile: concurrent starts may overshoot a
+            # limit by their number, or, seeing each other, be refused together.
+            marker = self._marker(upload_id, now)
+            _, _, markers = await asyncio.gather(
+                self.driver.write(marker, b""), record, self._session_markers()
+            )
             try:
-                await self._check_session_limits(limits, now)
-            except BaseException:
-                record.close()
+                await self._check_session_limits(limits, now, markers, upload_id)
+            except TooManyRequests:
+                with contextlib.suppress(PathNotFound, StorageError):
+                    await asyncio.gather(
+                        self.driver.delete(marker),
+                        self.driver.delete(layout.upload_dir(self.name, upload_id)),
+                    )
                 raise
-            # The marker and the record are independent objects: written together.
-            await asyncio.gather(self.driver.write(self._marker(upload_id, now), b""), record)
         else:
             await record
         return Upload(self, upload_id, 0, now, tracked=tracked)
 
+    async def _session_markers(self) -> list[str]:
+        try:
+            return await self.driver.list(layout.upload_markers_dir(self.name.tenant))
+        except PathNotFound:
+            return []
+
     def _repository_key(self) -> str:
-        return hashlib.sha256(self.name.value.encode()).hexdigest()[:16]
+        return _repository_key(self.name.value)
 
     def _marker(self, upload_id: str, started_at: float) -> str:
         name = f"{int(started_at)}-{self._repository_key()}-{upload_id}"
         return layout.upload_marker(self.name.tenant, name)
 
-    async def _check_session_limits(self, limits: UploadLimits, now: float) -> None:
+    async def _check_session_limits(
+        self, limits: UploadLimits, now: float, markers: list[str], upload_id: str
+    ) -> None:
+        """Refuse session *upload_id* (429) when *markers* show the limits reached without it."""
         tenant = self.name.tenant
-        try:
-            markers = await self.driver.list(layout.upload_markers_dir(tenant))
-        except PathNotFound:
-            markers = []
+        own = f"{self._repository_key()}-{upload_id}"
         live: list[str] = []
         stale: list[str] = []
         for marker in markers:
             started, _, rest = marker.partition("-")
-            if not started.isdigit():
+            if not started.isdigit() or rest == own:
                 continue
-            (stale if now - int(started) > limits.stale_after else live).append(rest)
+            if now - int(started) > limits.stale_after:
+                stale.append(marker)
+            else:
+                live.append(rest)
         for marker in stale[:100]:  # sessions nobody finished: tidy a few per start
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.upload_marker(tenant, marker))
@@ -636,6 +657,12 @@ class Upload:
         if self.tracked:
             with contextlib.suppress(PathNotFound, StorageError):
                 await self.blobs.driver.delete(self.blobs._marker(self.id, self.started_at))
+
+
+@functools.lru_cache(maxsize=1024)
+def _repository_key(name: str) -> str:
+    """A repository's part of its session markers' names (a hash: names hold slashes)."""
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 async def _each(parts: list[bytes]) -> AsyncIterator[bytes]:
