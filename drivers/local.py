@@ -156,13 +156,21 @@ def _append_to(handle: Any, path: str, expected: int, parts: list[bytes]) -> Non
 
 
 def _commit_small_upload(
-    record: str, pending: str, folder: str, destination: str, data: bytes
+    record: str,
+    pending: str,
+    folder: str,
+    destination: str,
+    data: bytes,
+    then_write: tuple[str, bytes] | None,
+    then_delete: str | None,
 ) -> bytes | None:
     """``LocalDriver.commit_small_upload`` in one thread hop: the session's record read,
-    its data object looked for, the blob created if absent, the session folder removed.
+    its data object looked for, the blob created if absent, the session folder removed,
+    then the link written and the session's marker removed.
 
-    The blob is created before the session goes: a failure or a crash between them
-    leaves the session (the client may PUT again), never a half-written blob.
+    Each step only once the one before succeeded: a failure or a crash between them
+    leaves the session (the client may PUT again) or an unlinked blob (as a commit
+    interrupted after its move does), never a half-written blob or a dangling link.
     """
     try:
         with open(record, "rb") as handle:
@@ -177,6 +185,11 @@ def _commit_small_upload(
         _delete_small(folder)
     except _NotSmall:
         _delete(folder)
+    if then_write is not None:
+        _write_atomic(*then_write)
+    if then_delete is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(then_delete)
     return started
 
 
@@ -614,7 +627,15 @@ class LocalDriver(FsspecDriver):
         await self._small(_move_exact, self._full(source), self._full(destination), size)
 
     async def commit_small_upload(
-        self, record: str, pending: str, folder: str, destination: str, data: bytes
+        self,
+        record: str,
+        pending: str,
+        folder: str,
+        destination: str,
+        data: bytes,
+        *,
+        then_write: tuple[str, bytes] | None = None,
+        then_delete: str | None = None,
     ) -> bytes | None:
         """An upload finished by one request holding all of *data*, in one thread hop
         (see ``registry_core.storage.driver``: an optional ability)."""
@@ -625,6 +646,8 @@ class LocalDriver(FsspecDriver):
             self._full(folder),
             self._full(destination),
             data,
+            None if then_write is None else (self._full(then_write[0]), then_write[1]),
+            None if then_delete is None else self._full(then_delete),
         )
 
     async def delete(self, path: str) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import functools
 import hashlib
+import secrets
 import time
 import uuid
 from collections import OrderedDict
@@ -270,8 +271,8 @@ class RepositoryBlobs:
 
     async def start_upload(self, limits: UploadLimits | None = None) -> Upload:
         """A new session; with *limits*, refused with 429 when too many are open."""
-        upload_id = str(uuid.uuid4())
         now = time.time()
+        upload_id = _new_upload_id(now)
         tracked = limits is not None and limits.enabled
         # The session is its start-time record; the data object appears with the
         # first bytes (an absent one holds zero bytes), which saves two storage
@@ -442,6 +443,13 @@ class RepositoryBlobs:
         except ValueError:
             raise BlobUploadUnknown(detail={"uuid": upload_id[:64]}) from None
         pending = layout.upload_data(self.name, upload_id)
+        tracked = limits is not None and limits.enabled
+        second = _started_second(upload_id)
+        # The link and the marker's removal go with the commit (one step) when the marker's
+        # name is known without the record: always, but for sessions of older versions.
+        marker = self._marker(upload_id, second) if tracked and second is not None else None
+        folded = not tracked or marker is not None
+        link = (layout.layer_link(self.name, digest), str(digest).encode())
         async with self.store.upload_lock(pending):  # this process's PATCHes of the session
             try:
                 started = await commit_small(
@@ -450,20 +458,21 @@ class RepositoryBlobs:
                     layout.upload_dir(self.name, upload_id),
                     layout.blob_data(digest),
                     body,
+                    then_write=link if folded else None,
+                    then_delete=marker,
                 )
             except PathNotFound:
                 raise BlobUploadUnknown(detail={"uuid": upload_id}) from None
             if started is None:
                 return None  # the session holds bytes already: appended to as usual
-            upload = Upload(self, upload_id, len(body), 0.0)
-            if limits is not None and limits.enabled:
+            if not folded:
+                upload = Upload(self, upload_id, len(body), 0.0)
                 # The marker's name holds the start time; an unreadable one is left to
                 # go stale, as a marker whose delete failed is.
                 with contextlib.suppress(BlobUploadInvalid, UnicodeDecodeError):
                     upload.started_at = _parse_time(started.decode())
                     upload.tracked = True
-            await asyncio.gather(self.link(digest), upload._untrack())
-        upload.committed = True
+                await asyncio.gather(self.link(digest), upload._untrack())
         return BlobInfo(digest, len(body))
 
 
@@ -657,6 +666,29 @@ class Upload:
         if self.tracked:
             with contextlib.suppress(PathNotFound, StorageError):
                 await self.blobs.driver.delete(self.blobs._marker(self.id, self.started_at))
+
+
+def _new_upload_id(now: float) -> str:
+    """A random session id (a UUID of version 8) whose first 32 bits are its start second.
+
+    A request finishing the session can then name the session's marker (whose name holds
+    that second) without reading the session's record first. 90 bits stay random.
+    """
+    bits = (int(now) & 0xFFFFFFFF) << 96 | secrets.randbits(96)
+    bits = (bits & ~(0xF << 76)) | (0x8 << 76)  # version 8
+    bits = (bits & ~(0x3 << 62)) | (0x2 << 62)  # the RFC 9562 variant
+    return str(uuid.UUID(int=bits))
+
+
+def _started_second(upload_id: str) -> int | None:
+    """The start second in an id from :func:`_new_upload_id` (None: an id of another kind,
+    such as the version-4 ids of earlier versions)."""
+    if len(upload_id) == 36 and upload_id[14] == "8":
+        try:
+            return int(upload_id[:8], 16)
+        except ValueError:
+            return None
+    return None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -25,8 +25,10 @@ Contract notes that matter to callers:
   upload finished by one request that carried all its bytes (a push's small layer),
   in one operation: *record* must exist (else PathNotFound, nothing done); when
   *pending* exists, nothing is done and None is returned; otherwise *destination*
-  is created with *data* if absent, then *folder* is deleted, and *record*'s bytes
-  are returned. Without it, the upload is appended to and moved as any other.
+  is created with *data* if absent, then *folder* is deleted, then the optional
+  ``then_write=(path, bytes)`` is written and ``then_delete`` deleted (if there), each
+  step only after the one before succeeded, and *record*'s bytes are returned.
+  Without it, the upload is appended to and moved as any other.
 """
 
 from __future__ import annotations
