@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import statistics
 import tempfile
@@ -78,6 +79,7 @@ def main() -> None:
         for server in servers:
             os.killpg(server.process.pid, signal.SIGTERM)
             server.process.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
     print(
         f"medians of {args.runs} rounds of {args.count} pushes at concurrency {args.concurrency}:"
     )
