@@ -198,6 +198,44 @@ def _run_steps(groups: list[list[tuple[Step, str]]]) -> list[list[Any]]:
     return outcomes
 
 
+def _commit_small_upload(
+    record: str,
+    pending: str,
+    folder: str,
+    destination: str,
+    data: bytes,
+    then_write: tuple[str, bytes] | None,
+    then_delete: str | None,
+) -> bytes | None:
+    """``LocalDriver.commit_small_upload`` in one thread hop: the session's record read,
+    its data object looked for, the blob created if absent, the session folder removed,
+    then the link written and the session's marker removed.
+
+    Each step only once the one before succeeded: a failure or a crash between them
+    leaves the session (the client may PUT again) or an unlinked blob (as a commit
+    interrupted after its move does), never a half-written blob or a dangling link.
+    """
+    try:
+        with open(record, "rb") as handle:
+            started = handle.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise PathNotFound(record) from None
+    if os.path.lexists(pending):
+        return None  # bytes sent before (a PATCH): the caller appends to them
+    if not os.path.exists(destination):
+        _create_if_absent(destination, data)
+    try:
+        _delete_small(folder)
+    except _NotSmall:
+        _delete(folder)
+    if then_write is not None:
+        _write_atomic(*then_write)
+    if then_delete is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(then_delete)
+    return started
+
+
 FOLDER_DELETE_ATTEMPTS = 20
 """Bounded: a writer adds at most a few links to a folder being deleted."""
 
@@ -637,6 +675,30 @@ class LocalDriver(FsspecDriver):
     async def move_exact(self, source: str, destination: str, size: int) -> None:
         """``move``, checking in the same step that *source* holds *size* bytes."""
         await self._small(_move_exact, self._full(source), self._full(destination), size)
+
+    async def commit_small_upload(
+        self,
+        record: str,
+        pending: str,
+        folder: str,
+        destination: str,
+        data: bytes,
+        *,
+        then_write: tuple[str, bytes] | None = None,
+        then_delete: str | None = None,
+    ) -> bytes | None:
+        """An upload finished by one request holding all of *data*, in one thread hop
+        (see ``registry_core.storage.driver``: an optional ability)."""
+        return await self._small(
+            _commit_small_upload,
+            self._full(record),
+            self._full(pending),
+            self._full(folder),
+            self._full(destination),
+            data,
+            None if then_write is None else (self._full(then_write[0]), then_write[1]),
+            None if then_delete is None else self._full(then_delete),
+        )
 
     async def delete(self, path: str) -> None:
         # Mostly a link or an upload session (a file, a few files): batched with the

@@ -73,11 +73,6 @@ class SettingsStore:
         self._cache.drop_expired(lambda hit: hit[0] <= now)
         return value
 
-    def cached(self, owner: str, registry: str | None, kind: str) -> bool:
-        """True when :meth:`get` would answer from this process's cache (no storage read)."""
-        hit = self._cache.get(self._path(owner, registry, kind))
-        return hit is not None and hit[0] > time.monotonic()
-
     async def put(self, owner: str, registry: str | None, kind: str, value: msgspec.Struct) -> None:
         path = self._path(owner, registry, kind)
         await self.driver.write(path, msgspec.json.encode(value))

@@ -74,3 +74,59 @@ async def test_a_listing_is_complete_whatever_its_length(driver: LocalDriver, co
 async def test_a_listing_of_a_missing_folder_is_path_not_found(driver: LocalDriver) -> None:
     with pytest.raises(PathNotFound):
         await driver.list("no/such/folder")
+
+
+# -- commit_small_upload: an upload finished by one request, in one thread hop ---------------
+
+SESSION = "repo/_uploads/u1"
+
+
+async def test_a_small_upload_commit_stores_the_blob_and_ends_the_session(
+    driver: LocalDriver,
+) -> None:
+    await driver.write(f"{SESSION}/startedat", b"when")
+    started = await driver.commit_small_upload(
+        f"{SESSION}/startedat", f"{SESSION}/data", SESSION, "blobs/ab/data", b"body"
+    )
+    assert started == b"when"
+    assert await driver.read("blobs/ab/data") == b"body"
+    assert not os.path.exists(driver._full(SESSION))
+    assert [n for n in os.listdir(driver._full("blobs/ab")) if n != "data"] == []
+
+
+async def test_a_small_upload_commit_keeps_a_blob_that_is_already_stored(
+    driver: LocalDriver,
+) -> None:
+    await driver.write("blobs/ab/data", b"body")
+    before = os.stat(driver._full("blobs/ab/data")).st_ino
+    await driver.write(f"{SESSION}/startedat", b"when")
+    await driver.commit_small_upload(
+        f"{SESSION}/startedat", f"{SESSION}/data", SESSION, "blobs/ab/data", b"body"
+    )
+    assert os.stat(driver._full("blobs/ab/data")).st_ino == before
+    assert not os.path.exists(driver._full(SESSION))
+
+
+async def test_a_small_upload_commit_of_a_session_holding_bytes_does_nothing(
+    driver: LocalDriver,
+) -> None:
+    await driver.write(f"{SESSION}/startedat", b"when")
+    await driver.write(f"{SESSION}/data", b"sent before")
+    started = await driver.commit_small_upload(
+        f"{SESSION}/startedat", f"{SESSION}/data", SESSION, "blobs/ab/data", b"body"
+    )
+    assert started is None
+    assert await driver.read(f"{SESSION}/data") == b"sent before"
+    with pytest.raises(PathNotFound):
+        await driver.stat("blobs/ab/data")
+
+
+async def test_a_small_upload_commit_of_an_unknown_session_is_path_not_found(
+    driver: LocalDriver,
+) -> None:
+    with pytest.raises(PathNotFound):
+        await driver.commit_small_upload(
+            f"{SESSION}/startedat", f"{SESSION}/data", SESSION, "blobs/ab/data", b"body"
+        )
+    with pytest.raises(PathNotFound):
+        await driver.stat("blobs/ab/data")

@@ -160,6 +160,29 @@ def test_an_upload_body_that_stops_gets_408_and_keeps_what_arrived(limited):
     assert refusals(limited, "body_timeout") == before + 1
 
 
+def test_a_small_finishing_put_that_stops_gets_408_and_keeps_what_arrived(limited):
+    # A PUT ?digest= with a small body is gathered whole before it is stored (one step):
+    # a body that stops half-way is still kept as far as it came, as a PATCH's is.
+    repo = unique_repo_name()
+    session = http()
+    started = session.post(f"{limited.url}/v2/{repo}/blobs/uploads/", timeout=10)
+    location = started.headers["Location"]
+    digest = "sha256:" + "0" * 64
+    with connect(limited) as sock:
+        sock.sendall(
+            f"PUT {location}?digest={digest} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 4096\r\n\r\n".encode()
+            + b"0123456789"
+        )
+        status, _, body = read_response(sock)
+
+    status_after = session.get(f"{limited.url}{location}", timeout=10)
+    assert status == 408
+    assert error_code(body) == "BLOB_UPLOAD_INVALID"
+    assert status_after.status_code == 204
+    assert status_after.headers["Range"] == "0-9"
+
+
 def test_an_archive_upload_that_stops_gets_408(limited):
     before = refusals(limited, "body_timeout")
     with connect(limited) as sock:

@@ -86,6 +86,18 @@ class RecordingDriver(CountingDriver):
                 self._note(step.operation, step.path)
         return await self.inner.run_steps(groups)
 
+    async def commit_small_upload(
+        self, record: str, pending: str, folder: str, destination: str, data: bytes, **then: Any
+    ) -> bytes | None:
+        self._note("commit_small_upload", folder)
+        if then.get("then_write") is not None:
+            self._note("+ write", then["then_write"][0])
+        if then.get("then_delete") is not None:
+            self._note("+ delete", then["then_delete"])
+        return await self.inner.commit_small_upload(
+            record, pending, folder, destination, data, **then
+        )
+
     def recorded(self) -> list[str]:
         """The recorded operations, each with the kind of object it touched."""
         return [f"{operation} {_kind(path)}" for operation, path in self.calls]
@@ -160,16 +172,15 @@ async def test_a_small_blob_push_costs_these_storage_calls(
     assert sorted(driver.recorded()) == sorted(
         [
             "read layer-link",  # HEAD: is it linked here? (no: 404, nothing more)
-            "list upload-markers",  # POST: the open sessions (upload limits)
-            "write upload-marker",  # POST: this session counts ...
-            "write upload/startedat",  # POST: ... and exists
-            "read upload/startedat",  # PUT: the session exists
-            "open_writer upload/data",  # PUT: append the body (the writer knows the size)
-            "stat blob-data",  # commit: already stored? (GC: a commit stores its own copy)
-            "move upload/data",  # commit: publish the data (if it holds the bytes hashed)
-            "delete upload",  # commit: the session is gone
-            "write layer-link",  # commit: link into the repository ...
-            "delete upload-marker",  # commit: ... and the session no longer counts
+            "write upload-marker",  # POST, together: this session counts ...
+            "write upload/startedat",  # ... and exists ...
+            "list upload-markers",  # ... and the open sessions (upload limits), without it
+            # PUT, the whole body at once, in one operation: the session exists and holds
+            # no bytes yet, the blob is stored if absent (GC: a commit stores its own copy),
+            # and the session is gone ...
+            "commit_small_upload upload",
+            "+ write layer-link",  # ... then the blob is linked into the repository ...
+            "+ delete upload-marker",  # ... and the session no longer counts
         ]
     )
 
@@ -292,15 +303,14 @@ async def test_a_small_blob_push_costs_these_thread_hops(
     server: tuple[str, RecordingDriver], hops: list[object]
 ) -> None:
     # One client, one request at a time: nothing to share a hop with but this request's own
-    # operations started together. HEAD 1; POST 2 (the session count, then marker and
-    # record together); PUT 7 (record, open, write, stat, move, delete, then the link
-    # written and the marker deleted together).
+    # operations started together. HEAD 1; POST 1 (marker, record and the session count
+    # together); PUT 1 (the whole commit of the body, the link and the marker's removal).
     url, _ = server
     async with aiohttp.ClientSession() as http:
         await push_blob(http, url, b"warm-up: the repository's folders exist")
         hops.clear()
         await push_blob(http, url, b"y" * 4096)
-    assert len(hops) == 10
+    assert len(hops) == 3
 
 
 async def test_concurrent_small_pushes_share_thread_hops(
@@ -313,4 +323,4 @@ async def test_concurrent_small_pushes_share_thread_hops(
         await push_blob(http, url, b"warm-up: the repository's folders exist")
         hops.clear()
         await asyncio.gather(*(push_blob(http, url, bytes([n]) * 4096) for n in range(16)))
-    assert len(hops) < 16 * 10 // 2
+    assert len(hops) < 16 * 3 // 2

@@ -51,6 +51,19 @@ class CountingDriver:
                     await found(source, destination, size)
 
             return move_exact
+        if name == "commit_small_upload":  # the same: one request-sized storage operation
+
+            async def commit_small_upload(
+                record: str, pending: str, folder: str, destination: str, data: bytes, **then: Any
+            ) -> bytes | None:
+                self.counts["commit_small_upload"] += 1
+                async with self.pacer.request():
+                    result: bytes | None = await found(
+                        record, pending, folder, destination, data, **then
+                    )
+                    return result
+
+            return commit_small_upload
         return found
 
     async def read(self, path: str) -> bytes:

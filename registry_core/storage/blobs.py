@@ -16,10 +16,11 @@ import contextlib
 import datetime
 import functools
 import hashlib
+import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import attrs
 
@@ -31,6 +32,7 @@ from ..errors import (
     Denied,
     DigestInvalid,
     RangeInvalid,
+    RegistryError,
     SizeInvalid,
     TooManyRequests,
 )
@@ -59,7 +61,8 @@ class UploadLimits:
     Sessions are counted from one empty marker object per session in a folder of the
     tenant (one listing answers both counts, in every process); a marker older than
     *stale_after* (the purge age) is a session that was never finished, and no longer
-    counts. Concurrent starts in several processes may overshoot a limit by their number.
+    counts. Concurrent starts in several processes may overshoot a limit by their number,
+    or, when they see each other's markers, be refused together.
     """
 
     per_repository: int = 0
@@ -285,8 +288,8 @@ class RepositoryBlobs:
 
     async def start_upload(self, limits: UploadLimits | None = None) -> Upload:
         """A new session; with *limits*, refused with 429 when too many are open."""
-        upload_id = str(uuid.uuid4())
         now = time.time()
+        upload_id = _new_upload_id(now)
         tracked = limits is not None and limits.enabled
         # The session is its start-time record; the data object appears with the
         # first bytes (an absent one holds zero bytes), which saves two storage
@@ -296,37 +299,57 @@ class RepositoryBlobs:
         )
         if tracked:
             assert limits is not None
+            # Marker, record and the count of open sessions in one step (the local driver:
+            # one shared thread hop, not a listing's hop and then the writes'). The count
+            # leaves this session out, so what is seen is what a count before the writes
+            # would see, plus sessions started meanwhile: concurrent starts may overshoot a
+            # limit by their number, or, seeing each other, be refused together.
+            marker = self._marker(upload_id, now)
+            _, _, markers = await asyncio.gather(
+                self.driver.write(marker, b""), record, self._session_markers()
+            )
             try:
-                await self._check_session_limits(limits, now)
-            except BaseException:
-                record.close()
+                await self._check_session_limits(limits, now, markers, upload_id)
+            except TooManyRequests:
+                with contextlib.suppress(PathNotFound, StorageError):
+                    await asyncio.gather(
+                        self.driver.delete(marker),
+                        self.driver.delete(layout.upload_dir(self.name, upload_id)),
+                    )
                 raise
-            # The marker and the record are independent objects: written together.
-            await asyncio.gather(self.driver.write(self._marker(upload_id, now), b""), record)
         else:
             await record
         return Upload(self, upload_id, 0, now, tracked=tracked)
 
+    async def _session_markers(self) -> list[str]:
+        try:
+            return await self.driver.list(layout.upload_markers_dir(self.name.tenant))
+        except PathNotFound:
+            return []
+
     def _repository_key(self) -> str:
-        return hashlib.sha256(self.name.value.encode()).hexdigest()[:16]
+        return _repository_key(self.name.value)
 
     def _marker(self, upload_id: str, started_at: float) -> str:
         name = f"{int(started_at)}-{self._repository_key()}-{upload_id}"
         return layout.upload_marker(self.name.tenant, name)
 
-    async def _check_session_limits(self, limits: UploadLimits, now: float) -> None:
+    async def _check_session_limits(
+        self, limits: UploadLimits, now: float, markers: list[str], upload_id: str
+    ) -> None:
+        """Refuse session *upload_id* (429) when *markers* show the limits reached without it."""
         tenant = self.name.tenant
-        try:
-            markers = await self.driver.list(layout.upload_markers_dir(tenant))
-        except PathNotFound:
-            markers = []
+        own = f"{self._repository_key()}-{upload_id}"
         live: list[str] = []
         stale: list[str] = []
         for marker in markers:
             started, _, rest = marker.partition("-")
-            if not started.isdigit():
+            if not started.isdigit() or rest == own:
                 continue
-            (stale if now - int(started) > limits.stale_after else live).append(rest)
+            if now - int(started) > limits.stale_after:
+                stale.append(marker)
+            else:
+                live.append(rest)
         for marker in stale[:100]:  # sessions nobody finished: tidy a few per start
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.upload_marker(tenant, marker))
@@ -380,6 +403,94 @@ class RepositoryBlobs:
         upload = Upload(self, upload_id, size, _parse_time(started.decode()), tracked=tracked)
         upload.size_known = with_size
         return upload
+
+    async def commit_whole(
+        self,
+        upload_id: str,
+        digest: Digest,
+        source: AsyncIterator[bytes],
+        limits: UploadLimits | None = None,
+    ) -> BlobInfo:
+        """Finish upload *upload_id* with *source*, a small body that ends it, as *digest*.
+
+        Most small blobs are pushed as POST, then PUT ?digest= carrying every byte. The
+        body is gathered first; with a driver that has ``commit_small_upload``, a body
+        that matches its digest is stored as the blob (create-if-absent) in the same
+        storage operation that checks the session and ends it: the PUT costs two thread
+        hops instead of seven, and no data object is written only to be moved. Every
+        other case (bytes sent to the session before, a quota to check, a digest that
+        does not match, another driver) appends the body and commits like any upload,
+        with the same answers. A body that breaks off keeps what arrived, as an append
+        does, so the client can resume.
+        """
+        parts: list[bytes] = []
+        try:
+            async for chunk in source:
+                parts.append(chunk)
+        except Exception:
+            if parts:
+                with contextlib.suppress(RegistryError, StorageError):
+                    upload = await self.get_upload(upload_id, limits, with_size=False)
+                    await upload.append(_each(parts))
+            raise
+        body = b"".join(parts)
+        commit_small = getattr(self.driver, "commit_small_upload", None)
+        if (
+            commit_small is not None
+            and await self.rules() is None
+            and Digest.of(body, digest.algorithm) == digest
+        ):
+            info = await self._commit_small(commit_small, upload_id, digest, body, limits)
+            if info is not None:
+                return info
+        upload = await self.get_upload(upload_id, limits, with_size=False)
+        await upload.append(_each([body]), None, len(body))
+        return await upload.commit(digest)
+
+    async def _commit_small(
+        self,
+        commit_small: Callable[[str, str, str, str, bytes], Awaitable[bytes | None]],
+        upload_id: str,
+        digest: Digest,
+        body: bytes,
+        limits: UploadLimits | None,
+    ) -> BlobInfo | None:
+        try:
+            uuid.UUID(upload_id)
+        except ValueError:
+            raise BlobUploadUnknown(detail={"uuid": upload_id[:64]}) from None
+        pending = layout.upload_data(self.name, upload_id)
+        tracked = limits is not None and limits.enabled
+        second = _started_second(upload_id)
+        # The link and the marker's removal go with the commit (one step) when the marker's
+        # name is known without the record: always, but for sessions of older versions.
+        marker = self._marker(upload_id, second) if tracked and second is not None else None
+        folded = not tracked or marker is not None
+        link = (layout.layer_link(self.name, digest), str(digest).encode())
+        async with self.store.upload_lock(pending):  # this process's PATCHes of the session
+            try:
+                started = await commit_small(
+                    layout.upload_started_at(self.name, upload_id),
+                    pending,
+                    layout.upload_dir(self.name, upload_id),
+                    layout.blob_data(digest),
+                    body,
+                    then_write=link if folded else None,
+                    then_delete=marker,
+                )
+            except PathNotFound:
+                raise BlobUploadUnknown(detail={"uuid": upload_id}) from None
+            if started is None:
+                return None  # the session holds bytes already: appended to as usual
+            if not folded:
+                upload = Upload(self, upload_id, len(body), 0.0)
+                # The marker's name holds the start time; an unreadable one is left to
+                # go stale, as a marker whose delete failed is.
+                with contextlib.suppress(BlobUploadInvalid, UnicodeDecodeError):
+                    upload.started_at = _parse_time(started.decode())
+                    upload.tracked = True
+                await asyncio.gather(self.link(digest), upload._untrack())
+        return BlobInfo(digest, len(body))
 
 
 class Upload:
@@ -572,6 +683,40 @@ class Upload:
         if self.tracked:
             with contextlib.suppress(PathNotFound, StorageError):
                 await self.blobs.driver.delete(self.blobs._marker(self.id, self.started_at))
+
+
+def _new_upload_id(now: float) -> str:
+    """A random session id (a UUID of version 8) whose first 32 bits are its start second.
+
+    A request finishing the session can then name the session's marker (whose name holds
+    that second) without reading the session's record first. 90 bits stay random.
+    """
+    bits = (int(now) & 0xFFFFFFFF) << 96 | secrets.randbits(96)
+    bits = (bits & ~(0xF << 76)) | (0x8 << 76)  # version 8
+    bits = (bits & ~(0x3 << 62)) | (0x2 << 62)  # the RFC 9562 variant
+    return str(uuid.UUID(int=bits))
+
+
+def _started_second(upload_id: str) -> int | None:
+    """The start second in an id from :func:`_new_upload_id` (None: an id of another kind,
+    such as the version-4 ids of earlier versions)."""
+    if len(upload_id) == 36 and upload_id[14] == "8":
+        try:
+            return int(upload_id[:8], 16)
+        except ValueError:
+            return None
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _repository_key(name: str) -> str:
+    """A repository's part of its session markers' names (a hash: names hold slashes)."""
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+async def _each(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
 
 
 async def _read_or_none(driver: StorageDriver, path: str) -> bytes | None:

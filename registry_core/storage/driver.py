@@ -23,6 +23,14 @@ Contract notes that matter to callers:
   an upload commit uses it instead of re-reading the size before its move. And
   ``run_steps(groups)``: several small reads, stats and writes in one call, group after
   group (``storage.steps``; the local driver makes it one worker-thread hop).
+  And ``commit_small_upload(record, pending, folder, destination, data)``, for an
+  upload finished by one request that carried all its bytes (a push's small layer),
+  in one operation: *record* must exist (else PathNotFound, nothing done); when
+  *pending* exists, nothing is done and None is returned; otherwise *destination*
+  is created with *data* if absent, then *folder* is deleted, then the optional
+  ``then_write=(path, bytes)`` is written and ``then_delete`` deleted (if there), each
+  step only after the one before succeeded, and *record*'s bytes are returned.
+  Without it, the upload is appended to and moved as any other.
 """
 
 from __future__ import annotations

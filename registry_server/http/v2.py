@@ -47,6 +47,8 @@ from .guard import OPEN_ACCESS, Guard
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 LOGGER = logging.getLogger("cargohold.server")
 MAX_PAGE = 10000
+WHOLE_BODY = 64 * 1024
+"""An upload-finishing PUT body up to this size is read whole, then stored in one step."""
 
 Handler = Callable[[web.Request, "Route"], Awaitable[web.StreamResponse]]
 
@@ -513,6 +515,23 @@ class V2Routes:
         if not expected:
             raise DigestInvalid("the digest query parameter is required to finish an upload")
         digest = Digest.parse(expected)
+        length = request.content_length
+        if (
+            length is not None
+            and 0 < length <= WHOLE_BODY
+            and "Content-Range" not in request.headers
+        ):
+            self.uploads_in_flight += 1
+            try:
+                await repo.blobs.commit_whole(
+                    route.reference,
+                    digest,
+                    request_chunks(request, self.body_timeout),
+                    self.upload_limits,
+                )
+            finally:
+                self.uploads_in_flight -= 1
+            return self._blob_created(request, repo, digest)
         upload = await repo.blobs.get_upload(route.reference, self.upload_limits, with_size=False)
         if request.body_exists:
             start = _content_range_start(request)
