@@ -39,7 +39,8 @@ class CountingDriver:
 
     def __getattr__(self, name: str) -> Any:
         found = getattr(self.inner, name)
-        if name == "move_exact":  # an optional ability: counted when the inner driver has it
+        # Optional abilities: counted (and paced) when the inner driver has them.
+        if name == "move_exact":
 
             async def move_exact(source: str, destination: str, size: int) -> None:
                 self.counts["move"] += 1
@@ -47,6 +48,14 @@ class CountingDriver:
                     await found(source, destination, size)
 
             return move_exact
+        if name == "move_whole":
+
+            async def move_whole(source: str, destination: str, size: int) -> None:
+                self.counts["move"] += 1
+                async with self.pacer.request():
+                    await found(source, destination, size)
+
+            return move_whole
         return found
 
     async def read(self, path: str) -> bytes:
