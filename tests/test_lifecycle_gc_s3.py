@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from drivers import open_driver
+from drivers import s3 as s3_driver
 from drivers.object_store import ObjectStoreDriver
 from registry_core import Digest, Registry
 from registry_core.storage import layout
@@ -128,3 +129,46 @@ async def test_move_whole_moves_appended_objects_and_reports_missing_ones(
     assert not [
         k for k in moto_server.object_keys(bucket, "mw/") if "appended" in k and "moved" not in k
     ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-12-05T21:59:03.000Z",
+        "2026-12-05T21:59:03.123456Z",
+        "2026-12-05T21:59:03+01:00",
+        "Sat, 05 Dec 2026 21:59:03 GMT",
+        "1733435943",
+    ],
+)
+def test_the_s3_timestamp_parser_agrees_with_botocores(value: str) -> None:
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    assert s3_driver.parse_timestamp(value) == botocore_parse(value)
+
+
+async def test_s3_listings_use_the_quick_timestamp_parser(
+    moto_server: CloudEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every listed key's LastModified goes through it (the mark lists every key of the
+    store, twice), and the mtimes it gives are the ones a HEAD gives."""
+    parsed: list[Any] = []
+
+    def counted(value: Any) -> Any:
+        parsed.append(value)
+        return original(value)
+
+    original = s3_driver.parse_timestamp
+    monkeypatch.setattr(s3_driver, "parse_timestamp", counted)
+    bucket = moto_server.create_bucket(f"gc-{secrets.token_hex(4)}")
+    driver = open_driver(moto_server.storage_url(bucket, "ts"), **moto_server.storage_options())
+    try:
+        for n in range(5):
+            await driver.write(f"dir/object{n}", b"x")
+        listed = {e.path: e.mtime async for e in driver.walk("dir") if not e.is_dir}
+        assert len(listed) == 5
+        assert len([v for v in parsed if isinstance(v, str) and v[:4].isdigit()]) >= 5
+        for path, mtime in listed.items():
+            assert (await driver.stat(path)).mtime == mtime
+    finally:
+        await driver.close()
