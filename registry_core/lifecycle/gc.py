@@ -81,6 +81,10 @@ Pacing: every storage request of a run goes through one
 object store a run keeps at most a few requests in flight (by default
 :data:`OBJECT_STORE_CONCURRENCY`), so the clients sharing the bucket keep most of
 what it answers. Pacing only delays requests; nothing above depends on timing.
+What follows a run (``Registry.collect_garbage``'s usage recompute) is not paced, and is
+kept small instead: paged listings of the repositories and of the blob sizes (a dozen
+requests on a 400-manifest store, where a HEAD per blob and a listing per directory made
+about 2,000).
 
 This module never imports a driver or aiohttp, never builds a storage path
 itself (layout does) and never deletes anything during a dry run.
