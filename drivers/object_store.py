@@ -701,6 +701,23 @@ class ObjectStoreDriver:
         """``move``, once the listing it makes anyway shows *source* holds *size* bytes."""
         await self._move(source, destination, size)
 
+    async def move_whole(self, source: str, destination: str, size: int) -> None:
+        """``move`` of an object written whole (never appended to: blob data), whose *size*
+        a listing gave: a copy and a delete, without the lookups ``move`` makes first to
+        find where the bytes are (a HEAD and a parts listing: half of a move's requests, and
+        on emulators a listing costs a scan of the bucket). Parts-only objects (no plain
+        object to copy) and objects gone since the listing take the full ``move``."""
+        source_key, destination_key = self._key(source), self._key(destination)
+        if source_key in self._parts_hint:
+            await self._move(source, destination, None)
+            return
+        try:
+            await self._copy(source_key, destination_key, size)
+        except KeyMissing:  # no plain object: parts, or gone since the listing
+            await self._move(source, destination, None)
+            return
+        await self._call("delete", self.store.delete, source_key)
+
     async def _move(self, source: str, destination: str, size: int | None) -> None:
         source_key, destination_key = self._key(source), self._key(destination)
         layout = await self._layout(source_key, plain_first=False)

@@ -43,7 +43,8 @@ class CountingDriver:
             # wrapper, counted and paced (and seen by the tests' subclasses) one by one.
             raise AttributeError(name)
         found = getattr(self.inner, name)
-        if name == "move_exact":  # an optional ability: counted when the inner driver has it
+        # Optional abilities: counted (and paced) when the inner driver has them.
+        if name == "move_exact":
 
             async def move_exact(source: str, destination: str, size: int) -> None:
                 self.counts["move"] += 1
@@ -64,6 +65,14 @@ class CountingDriver:
                     return result
 
             return commit_small_upload
+        if name == "move_whole":
+
+            async def move_whole(source: str, destination: str, size: int) -> None:
+                self.counts["move"] += 1
+                async with self.pacer.request():
+                    await found(source, destination, size)
+
+            return move_whole
         return found
 
     async def read(self, path: str) -> bytes:

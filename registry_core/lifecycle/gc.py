@@ -81,6 +81,10 @@ Pacing: every storage request of a run goes through one
 object store a run keeps at most a few requests in flight (by default
 :data:`OBJECT_STORE_CONCURRENCY`), so the clients sharing the bucket keep most of
 what it answers. Pacing only delays requests; nothing above depends on timing.
+What follows a run (``Registry.collect_garbage``'s usage recompute) is not paced, and is
+kept small instead: paged listings of the repositories and of the blob sizes (a dozen
+requests on a 400-manifest store, where a HEAD per blob and a listing per directory made
+about 2,000).
 
 This module never imports a driver or aiohttp, never builds a storage path
 itself (layout does) and never deletes anything during a dry run.
@@ -373,7 +377,7 @@ class GarbageCollector:
 
         async def set_aside(digest: Digest) -> str | None:
             async with semaphore:
-                return await self._set_aside(digest)
+                return await self._set_aside(digest, snapshot.blobs[digest][0])
 
         for batch in _batches(plan.blobs):
             await self.fence()
@@ -437,10 +441,17 @@ class GarbageCollector:
         report.layer_links_removed = len(plan.layers)
         log.info("gc: %d repositories pushed to since the mark keep their layer links", len(spared))
 
-    async def _set_aside(self, digest: Digest) -> str | None:
+    async def _set_aside(self, digest: Digest, size: int) -> str | None:
+        """Move one blob's data into the trash. Blob data is written whole, and the mark's
+        listing gave its size, so where the driver can (``move_whole``: an object store)
+        the move skips its lookups: a copy and a delete instead of four requests."""
         path = layout.gc_trash(self.run_id, digest)
+        move_whole = getattr(self.driver, "move_whole", None)
         try:
-            await self.driver.move(layout.blob_data(digest), path)
+            if move_whole is not None:
+                await move_whole(layout.blob_data(digest), path, size)
+            else:
+                await self.driver.move(layout.blob_data(digest), path)
         except PathNotFound:
             return None
         return path

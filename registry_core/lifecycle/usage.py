@@ -309,26 +309,68 @@ async def _list_or_empty(driver: StorageDriver, path: str) -> list[str]:
         return []
 
 
-async def measure_tenant(registry: Registry, tenant: Tenant) -> Measured:
+LIST_INSTEAD_OF_STAT = 100
+"""A registry linking more blobs than this takes their sizes from one listing of the blob
+tree (1000 sizes a request on object stores) instead of a HEAD each."""
+
+
+class BlobSizes:
+    """Every blob's size from one listing of the blob tree, made on first use and shared by
+    the registries of one recompute (blob data is content-addressed: a size never changes)."""
+
+    def __init__(self, driver: StorageDriver) -> None:
+        self.driver = driver
+        self._found: dict[Digest, int] | None = None
+
+    async def get(self) -> dict[Digest, int]:
+        if self._found is None:
+            from .marks import Snapshot as Listing
+            from .marks import walk_blobs
+
+            listing = Listing()
+            await walk_blobs(self.driver, listing)
+            self._found = {digest: size for digest, (size, _) in listing.blobs.items()}
+        return self._found
+
+
+def _walks_flat(driver: StorageDriver) -> bool:
+    """Whether to walk without a prune function: an object store lists a whole tree in
+    pages (1000 keys a request) but a pruned tree a directory at a time (a request per
+    directory: per layer link and per tag); a folder walks directories either way, and
+    pruning spares it the revisions."""
+    return driver.local_path(layout.REPOSITORIES) is None
+
+
+def _skipped(directory: str) -> bool:
+    """Directories that hold no layer link or current tag link (revisions can be many)."""
+    parent, _, base = directory.rpartition("/")
+    if base in ("_uploads", "_referrers"):
+        return True
+    if base == "revisions" and parent.endswith("/_manifests"):
+        return True
+    return base == "index" and "/_manifests/tags/" in parent + "/"
+
+
+def _below_skipped(path: str, root: str) -> bool:
+    parts = path[len(root) + 1 :].split("/")[:-1]
+    return any(_skipped("/".join([root, *parts[: n + 1]])) for n in range(len(parts)))
+
+
+async def measure_tenant(
+    registry: Registry, tenant: Tenant, blob_sizes: BlobSizes | None = None
+) -> Measured:
     """Walk a registry's repositories: its linked blobs with their sizes, and its images.
 
-    Repositories holding only uploaded blobs (no manifest yet) count too.
+    Repositories holding only uploaded blobs (no manifest yet) count too. Sizes come from
+    *blob_sizes* (one listing) when the registry links many blobs, else a stat each.
     """
     driver = registry.driver
     linked: set[Digest] = set()
     images = 0
-
-    def prune(directory: str) -> bool:
-        # Skip what holds no layer link or current tag link (revisions can be many).
-        parent, _, base = directory.rpartition("/")
-        if base in ("_uploads", "_referrers"):
-            return True
-        if base == "revisions" and parent.endswith("/_manifests"):
-            return True
-        return base == "index" and "/_manifests/tags/" in parent + "/"
-
-    async for entry in driver.walk(layout.tenant_repositories(tenant), prune):
-        if entry.is_dir:
+    root = layout.tenant_repositories(tenant)
+    flat = _walks_flat(driver)
+    async for entry in driver.walk(root, None if flat else _skipped):
+        if entry.is_dir or (flat and _below_skipped(entry.path, root)):
             continue
         found = layout.classify_repository_object(entry.path)
         if found is None:
@@ -339,6 +381,10 @@ async def measure_tenant(registry: Registry, tenant: Tenant) -> Measured:
                 linked.add(Digest.parse(f"{fields[0]}:{fields[1]}"))
         elif kind == "tag" and not is_attachment_tag(fields[0]):
             images += 1
+    known: dict[Digest, int] = {}
+    if blob_sizes is not None and len(linked) > LIST_INSTEAD_OF_STAT:
+        listed = await blob_sizes.get()
+        known = {d: listed[d] for d in linked if d in listed}
     gate = asyncio.Semaphore(_STAT_CONCURRENCY)
 
     async def size_of(digest: Digest) -> tuple[str, int | None]:
@@ -348,8 +394,15 @@ async def measure_tenant(registry: Registry, tenant: Tenant) -> Measured:
             except PathNotFound:
                 return str(digest), None  # a link to collected data: GC cleans it
 
-    sizes = await asyncio.gather(*(size_of(d) for d in linked))
-    return Measured(blobs={d: s for d, s in sizes if s is not None}, images=images)
+    # A blob the listing did not show may have been stored since: asked for itself.
+    sizes = await asyncio.gather(*(size_of(d) for d in linked if d not in known))
+    return Measured(
+        blobs={
+            **{str(d): s for d, s in known.items()},
+            **{d: s for d, s in sizes if s is not None},
+        },
+        images=images,
+    )
 
 
 async def all_tenants(registry: Registry) -> list[Tenant]:
@@ -401,9 +454,10 @@ async def _recompute(
     ledger = registry.usage
     driver = registry.driver
     results: dict[Tenant, Usage] = {}
+    blob_sizes = BlobSizes(driver) if _walks_flat(driver) else None
     for tenant in chosen:
         before = await ledger._deltas(tenant)
-        measured = await measure_tenant(registry, tenant)
+        measured = await measure_tenant(registry, tenant, blob_sizes)
         tracked = await quota_applies(registry.settings, tenant)
         charged_dir = layout.usage_charged_dir(tenant.owner, tenant.registry)
         existing = set(await _list_or_empty(driver, charged_dir))
