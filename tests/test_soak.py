@@ -565,6 +565,8 @@ def soak(server: RegistryServer, duration: float, profile: Profile) -> None:
     assert ledger.requests > 50 * duration / 60, ledger.requests
     assert len(ledger.tags) >= THREADS, "the load never put a manifest"
     assert lost_or_corrupt(server.url, ledger) == []
+    # Every worker's figures first, then the bounds: a failing first worker must not hide
+    # the second one's.
     for pid in pids:
         growth = end.rss_kib[pid] / warm.rss_kib[pid] - 1
         print(
@@ -576,6 +578,8 @@ def soak(server: RegistryServer, duration: float, profile: Profile) -> None:
             f"clients paused {SETTLE:g}s before; "
             f"manifest caches filled with {filled} manifests first)"
         )
+    for pid in pids:
+        growth = end.rss_kib[pid] / warm.rss_kib[pid] - 1
         grown_kib = end.rss_kib[pid] - warm.rss_kib[pid]
         short_run_ok = duration < FULL_SOAK_SECONDS and grown_kib < SHORT_RUN_SLACK_KIB
         assert growth < MAX_RSS_GROWTH or short_run_ok, (
