@@ -138,21 +138,34 @@ def test_an_idle_keep_alive_connection_is_closed(limited):
     assert refusals(limited, "keepalive_timeout") >= before + 1
 
 
-def test_an_upload_body_that_stops_gets_408_and_keeps_what_arrived(limited):
-    repo = unique_repo_name()
-    session = http()
-    started = session.post(f"{limited.url}/v2/{repo}/blobs/uploads/", timeout=10)
-    location = started.headers["Location"]
-    before = refusals(limited, "body_timeout")
+def _send_ten_of_more(limited, request_line: str, announced: int) -> tuple[int, bytes, object]:
+    """Send *request_line* with a body announced as *announced* bytes, stop after ten, and
+    return the answer plus the upload session's state afterwards."""
     with connect(limited) as sock:
         sock.sendall(
-            f"PATCH {location} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Content-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n".encode()
+            f"{request_line} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/octet-stream\r\n"
+            f"Content-Length: {announced}\r\n\r\n".encode()
             + b"0123456789"
         )
         status, _, body = read_response(sock)
+    return (
+        status,
+        body,
+        http().get(f"{limited.url}{request_line.split()[1].split('?')[0]}", timeout=10),
+    )
 
-    status_after = session.get(f"{limited.url}{location}", timeout=10)
+
+def _started_upload(limited) -> str:
+    started = http().post(f"{limited.url}/v2/{unique_repo_name()}/blobs/uploads/", timeout=10)
+    return started.headers["Location"]
+
+
+def test_an_upload_body_that_stops_gets_408_and_keeps_what_arrived(limited):
+    location = _started_upload(limited)
+    before = refusals(limited, "body_timeout")
+    status, body, status_after = _send_ten_of_more(limited, f"PATCH {location}", 100)
+
     assert status == 408
     assert error_code(body) == "BLOB_UPLOAD_INVALID"
     assert status_after.status_code == 204
@@ -163,20 +176,10 @@ def test_an_upload_body_that_stops_gets_408_and_keeps_what_arrived(limited):
 def test_a_small_finishing_put_that_stops_gets_408_and_keeps_what_arrived(limited):
     # A PUT ?digest= with a small body is gathered whole before it is stored (one step):
     # a body that stops half-way is still kept as far as it came, as a PATCH's is.
-    repo = unique_repo_name()
-    session = http()
-    started = session.post(f"{limited.url}/v2/{repo}/blobs/uploads/", timeout=10)
-    location = started.headers["Location"]
+    location = _started_upload(limited)
     digest = "sha256:" + "0" * 64
-    with connect(limited) as sock:
-        sock.sendall(
-            f"PUT {location}?digest={digest} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Content-Type: application/octet-stream\r\nContent-Length: 4096\r\n\r\n".encode()
-            + b"0123456789"
-        )
-        status, _, body = read_response(sock)
+    status, body, status_after = _send_ten_of_more(limited, f"PUT {location}?digest={digest}", 4096)
 
-    status_after = session.get(f"{limited.url}{location}", timeout=10)
     assert status == 408
     assert error_code(body) == "BLOB_UPLOAD_INVALID"
     assert status_after.status_code == 204
