@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import random
@@ -223,6 +224,28 @@ def verify_every_tag(base: str, clients: Clients) -> int:
     return checked
 
 
+GC_RUN_LIMIT = 240.0
+"""Seconds one GC run may take here before the test fails with every task's stack."""
+
+
+async def _watched(run: Any) -> Any:
+    """One GC run as a task of its own (as the server's scheduler and the CLI run it); a run
+    that outlasts :data:`GC_RUN_LIMIT` fails the test with every asyncio task's stack, so
+    a stuck await shows where it is instead of ending in the suite's timeout."""
+    task = asyncio.ensure_future(run)
+    done, _ = await asyncio.wait([task], timeout=GC_RUN_LIMIT)
+    if not done:
+        stacks = []
+        for other in asyncio.all_tasks():
+            buffer = io.StringIO()
+            other.print_stack(file=buffer)
+            stacks.append(f"{other!r}\n{buffer.getvalue()}")
+        task.cancel()
+        joined = "\n".join(stacks)
+        raise AssertionError(f"a GC run took over {GC_RUN_LIMIT:.0f} s:\n{joined}")
+    return task.result()
+
+
 async def soak(server: RegistryServer, registry: Registry, settle: float) -> dict[str, Any]:
     clients = Clients(server.url)
     # Garbage from the start (deleted images), whatever the clients manage to do.
@@ -243,7 +266,7 @@ async def soak(server: RegistryServer, registry: Registry, settle: float) -> dic
     try:
         while time.monotonic() < deadline:
             policy = {"collect_untagged": lambda repo, digest, mtime: True} if runs % 2 else {}
-            report = await registry.collect_garbage(grace=0.0, settle=settle, **policy)  # type: ignore[arg-type]
+            report = await _watched(registry.collect_garbage(grace=0.0, settle=settle, **policy))  # type: ignore[arg-type]
             runs += 1
             deleted += report.blobs_deleted
             rescued += report.blobs_rescued
