@@ -23,6 +23,14 @@ WALK_PAGE = 1000
 page; the driver hides its pages)."""
 
 
+_COUNTED_ABILITIES = {
+    "move_exact": "move",
+    "move_whole": "move",
+    "commit_small_upload": "commit_small_upload",
+}
+"""Optional driver abilities, each one request-sized operation, by the count it adds to."""
+
+
 class CountingDriver:
     """Forwards to *inner*, counting each operation (a walk counts once, plus its entries),
     each paced by *pacer* when given (a walk takes a token per :data:`WALK_PAGE` entries)."""
@@ -43,37 +51,17 @@ class CountingDriver:
             # wrapper, counted and paced (and seen by the tests' subclasses) one by one.
             raise AttributeError(name)
         found = getattr(self.inner, name)
-        # Optional abilities: counted (and paced) when the inner driver has them.
-        if name == "move_exact":
+        counted_as = _COUNTED_ABILITIES.get(name)
+        if counted_as is None:
+            return found
 
-            async def move_exact(source: str, destination: str, size: int) -> None:
-                self.counts["move"] += 1
-                async with self.pacer.request():
-                    await found(source, destination, size)
+        # Optional abilities: counted (and paced) as one request when the inner driver has them.
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.counts[counted_as] += 1
+            async with self.pacer.request():
+                return await found(*args, **kwargs)
 
-            return move_exact
-        if name == "commit_small_upload":  # the same: one request-sized storage operation
-
-            async def commit_small_upload(
-                record: str, pending: str, folder: str, destination: str, data: bytes, **then: Any
-            ) -> bytes | None:
-                self.counts["commit_small_upload"] += 1
-                async with self.pacer.request():
-                    result: bytes | None = await found(
-                        record, pending, folder, destination, data, **then
-                    )
-                    return result
-
-            return commit_small_upload
-        if name == "move_whole":
-
-            async def move_whole(source: str, destination: str, size: int) -> None:
-                self.counts["move"] += 1
-                async with self.pacer.request():
-                    await found(source, destination, size)
-
-            return move_whole
-        return found
+        return counted
 
     async def read(self, path: str) -> bytes:
         self.counts["read"] += 1
