@@ -9,9 +9,16 @@ writer. This module only reads; what the bytes become is the caller's business.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiohttp import StreamReader, web
+from aiohttp.http_parser import HttpRequestParser
+from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestPayloadError
 
 from registry_core.errors import BlobUploadInvalid
 
@@ -107,3 +114,211 @@ async def request_chunks(request: web.Request, timeout: float | None) -> AsyncIt
     finally:
         if watchdog is not None:
             watchdog.stop()
+
+
+DIRECT_MIN = 1 << 20
+"""Bodies announcing at least this many bytes may be read off the socket directly."""
+
+DIRECT_BUFFER = 256 * 1024
+"""The receiving thread's one reused buffer: filled, then hashed and written, in L2."""
+
+DIRECT_THREADS = 8
+"""Bodies received directly at once per process; more take aiohttp's path meanwhile."""
+
+_NO_TIMEOUT = 86400.0
+"""A timeout for a body without one: ``settimeout(None)`` would make the connection's
+socket blocking for the event loop too (the flag belongs to the shared open file)."""
+
+_receivers = ThreadPoolExecutor(DIRECT_THREADS, thread_name_prefix="body")
+_receiving = 0
+
+
+class ClientGone(ConnectionResetError):
+    """The client closed the connection before the whole announced body arrived."""
+
+
+class RequestBody:
+    """A request's body: an async iterator of pieces (aiohttp's path), or, for a large
+    Content-Length body over plain HTTP, read straight off the socket by a thread.
+
+    aiohttp's path costs, per GiB, a bytes object per socket read, the parser's copy of
+    each into another, and a thread hop per batch to hash and write. A consumer that
+    can take a buffer on any thread (the local driver's append) asks :meth:`receive`
+    instead: the rest of the body is read with ``recv_into`` into one reused buffer,
+    hashed and written on the same thread, then the connection is handed back to
+    aiohttp for its next request. Anything else iterates as before.
+    """
+
+    def __init__(self, request: web.Request, timeout: float | None) -> None:
+        self._request = request
+        self._timeout = timeout
+        self._chunks: AsyncIterator[bytes] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._chunks is None:
+            self._chunks = request_chunks(self._request, self._timeout)
+        return self._chunks
+
+    async def receive(self, take: Callable[[memoryview], None]) -> bool:
+        """Feed the whole body to *take* (called on a receiving thread, in order).
+
+        False, with nothing read, when the body must take aiohttp's path: TLS, a
+        chunked or compressed body, a small one, a connection aiohttp already closes,
+        or every receiving thread busy. What arrived before a failure (a silent or
+        departed client) has been given to *take* when this raises.
+        """
+        global _receiving
+        if _receiving >= DIRECT_THREADS:
+            return False
+        taken = _take_connection(self._request, self._chunks)
+        if taken is None:
+            return False
+        protocol, first, remaining = taken
+        received = _Counted(take)
+        if not remaining:  # all of it had arrived, and aiohttp's parser saw the end
+            await asyncio.get_running_loop().run_in_executor(
+                _receivers, received, memoryview(first)
+            )
+            state_of(self._request).bytes_in += received.count
+            return True
+        descriptor = protocol.transport.get_extra_info("socket").fileno()
+        sock = socket.socket(fileno=os.dup(descriptor))
+        sock.settimeout(self._timeout or _NO_TIMEOUT)
+        loop = asyncio.get_running_loop()
+        _receiving += 1
+        ok = False
+        try:
+            receiving = loop.run_in_executor(_receivers, _receive, sock, first, remaining, received)
+            try:
+                await asyncio.shield(receiving)
+            except asyncio.CancelledError:
+                # The request is cancelled (shutdown): stop the thread before the
+                # writer it writes to is closed, then let the cancellation go on.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RD)
+                with contextlib.suppress(Exception):
+                    await receiving
+                raise
+            except TimeoutError:
+                count_limit(self._request, "body_timeout")
+                raise BodyTimeout(
+                    f"the request body sent nothing for {self._timeout:g} seconds "
+                    "(limits.body_timeout)"
+                ) from None
+            ok = True
+        finally:
+            _receiving -= 1
+            state_of(self._request).bytes_in += received.count
+            sock.close()  # the duplicate only: the connection stays open
+            _give_back(self._request, protocol, ok=ok)
+        return True
+
+
+class _Counted:
+    """*take*, counting the bytes it was given (on the receiving thread)."""
+
+    __slots__ = ("count", "take")
+
+    def __init__(self, take: Callable[[memoryview], None]) -> None:
+        self.take = take
+        self.count = 0
+
+    def __call__(self, view: memoryview) -> None:
+        self.take(view)
+        self.count += len(view)
+
+
+def _take_connection(
+    request: web.Request, chunks: AsyncIterator[bytes] | None
+) -> tuple[Any, bytes, int] | None:
+    """Stop aiohttp reading the connection mid-body: (its protocol, the body bytes
+    it already holds, the bytes still to come), or None if this body is not eligible."""
+    length = request.content_length
+    transport = request.transport
+    protocol = request.protocol
+    content = request.content
+    if (
+        chunks is not None
+        or length is None
+        or length < DIRECT_MIN
+        or transport is None
+        or transport.is_closing()
+        or transport.get_extra_info("sslcontext") is not None
+        or transport.get_extra_info("socket") is None
+        or "Transfer-Encoding" in request.headers
+        or "Content-Encoding" in request.headers
+        or getattr(protocol, "_parser", None) is None
+        or getattr(protocol, "_force_close", True)
+        or getattr(protocol, "_close", True)
+        or content.exception() is not None
+        or content.total_bytes - content._size != 0  # someone read from it: not ours
+    ):
+        return None
+    # Every body byte aiohttp holds: its buffer, and what its parser held back while
+    # the buffer was full (re-parsed into the buffer when reading resumes). All of it
+    # runs on the loop, so no socket read comes between this and the pause below.
+    held: list[bytes] = []
+    while True:
+        piece = content.read_nowait()
+        if piece:
+            held.append(piece)
+        elif not protocol._reading_paused:
+            break
+        else:
+            protocol.resume_reading()
+            if not content._size:
+                break
+    first = b"".join(held)
+    remaining = length - content.total_bytes
+    if content.is_eof() or remaining <= 0:
+        return protocol, first, 0
+    transport.pause_reading()
+    return protocol, first, remaining
+
+
+def _give_back(request: web.Request, protocol: Any, *, ok: bool) -> None:
+    """Hand the connection back to aiohttp: a fresh parser (the old one still waits
+    for the body's bytes, which went past it), the body marked as ended, reading
+    resumed. After a failure mid-body the rest of the body is still on the wire, so
+    the connection closes once the answer is sent."""
+    protocol._parser = HttpRequestParser(
+        protocol,
+        protocol._loop,
+        protocol._read_bufsize,
+        max_line_size=protocol.max_line_size,
+        max_field_size=protocol.max_field_size,
+        max_headers=protocol.max_headers,
+        payload_exception=RequestPayloadError,
+        auto_decompress=True,
+        max_msg_queue_size=MAX_MSG_QUEUE_SIZE,
+    )
+    if not ok:
+        protocol.close()
+    request.content.feed_eof()  # resumes the transport's reading
+
+
+def _receive(
+    sock: socket.socket, first: bytes, remaining: int, take: Callable[[memoryview], None]
+) -> None:
+    """The receiving thread: fill one buffer from the socket, hand it on, again.
+
+    ``recv_into``, the hash and the write each release the GIL. What arrived before a
+    silence or a disconnect is handed on before the error propagates, so the upload
+    keeps it and the client can resume from there.
+    """
+    if first:
+        take(memoryview(first))
+    view = memoryview(bytearray(DIRECT_BUFFER))
+    while remaining:
+        want = min(DIRECT_BUFFER, remaining)
+        filled = 0
+        try:
+            while filled < want:
+                got = sock.recv_into(view[filled:want])
+                if not got:
+                    raise ClientGone("the client closed the connection mid-body")
+                filled += got
+        finally:
+            if filled:
+                take(view[:filled])
+        remaining -= filled
