@@ -458,16 +458,15 @@ class LocalWriter:
             await self._workers.run(functools.partial(self._write, parts, alongside))
         self._size += size
 
-    def taker(self, alongside: Callable[[memoryview], None]) -> Callable[[memoryview], None]:
-        """A function that writes one buffer, then gives it to *alongside* (an upload's
-        hash), on the calling thread: for a body received there straight off the socket
-        (``RequestBody.receive``), which reuses the buffer once this returns."""
+    def taker(self) -> Callable[[memoryview], None]:
+        """A function that writes one buffer on the calling thread: for a body received
+        there straight off the socket (``RequestBody.receive``), which reuses the buffer
+        once this returns."""
         if self._held:  # not written yet: they go first, on the loop, as usual
             raise RuntimeError("a writer holding small writes cannot take buffers")
 
         def take(view: memoryview) -> None:
             self._write([view])  # type: ignore[list-item]
-            alongside(view)
             self._size += len(view)
 
         return take

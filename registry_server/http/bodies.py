@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import socket
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -129,7 +130,14 @@ _NO_TIMEOUT = 86400.0
 """A timeout for a body without one: ``settimeout(None)`` would make the connection's
 socket blocking for the event loop too (the flag belongs to the shared open file)."""
 
-_receivers = ThreadPoolExecutor(DIRECT_THREADS, thread_name_prefix="body")
+DIRECT_MODE = os.environ.get("CARGOHOLD_BODY_THREADS", "serial")
+"""Which thread does what (measured in benchmarks/RESULTS.md): ``serial`` receives,
+writes and hashes on one; ``split`` hashes on a second; ``pipe`` writes and hashes there."""
+
+DIRECT_DEPTH = 3
+"""Buffers taking turns between the two threads of ``split`` and ``pipe``."""
+
+_receivers = ThreadPoolExecutor(2 * DIRECT_THREADS, thread_name_prefix="body")
 _receiving = 0
 
 
@@ -159,13 +167,16 @@ class RequestBody:
             self._chunks = request_chunks(self._request, self._timeout)
         return self._chunks
 
-    async def receive(self, take: Callable[[memoryview], None]) -> bool:
-        """Feed the whole body to *take* (called on a receiving thread, in order).
+    async def receive(
+        self, write: Callable[[memoryview], None], digest: Callable[[memoryview], None]
+    ) -> bool:
+        """Feed the whole body to *write* and then *digest* (called on receiving
+        threads, in order; each buffer is reused once both return).
 
         False, with nothing read, when the body must take aiohttp's path: TLS, a
         chunked or compressed body, a small one, a connection aiohttp already closes,
         or every receiving thread busy. What arrived before a failure (a silent or
-        departed client) has been given to *take* when this raises.
+        departed client) has been written and hashed when this raises.
         """
         global _receiving
         if _receiving >= DIRECT_THREADS:
@@ -174,21 +185,26 @@ class RequestBody:
         if taken is None:
             return False
         protocol, first, remaining = taken
-        received = _Counted(take)
+        metrics = state_of(self._request).metrics
+        if metrics is not None:
+            metrics.bodies_direct.inc()
+        loop = asyncio.get_running_loop()
+        received = [0]
         if not remaining:  # all of it had arrived, and aiohttp's parser saw the end
-            await asyncio.get_running_loop().run_in_executor(
-                _receivers, received, memoryview(first)
+            await loop.run_in_executor(
+                _receivers, _receive, None, first, 0, write, digest, received
             )
-            state_of(self._request).bytes_in += received.count
+            state_of(self._request).bytes_in += received[0]
             return True
         descriptor = protocol.transport.get_extra_info("socket").fileno()
         sock = socket.socket(fileno=os.dup(descriptor))
         sock.settimeout(self._timeout or _NO_TIMEOUT)
-        loop = asyncio.get_running_loop()
         _receiving += 1
         ok = False
         try:
-            receiving = loop.run_in_executor(_receivers, _receive, sock, first, remaining, received)
+            receiving = loop.run_in_executor(
+                _receivers, _receive, sock, first, remaining, write, digest, received
+            )
             try:
                 await asyncio.shield(receiving)
             except asyncio.CancelledError:
@@ -208,24 +224,10 @@ class RequestBody:
             ok = True
         finally:
             _receiving -= 1
-            state_of(self._request).bytes_in += received.count
+            state_of(self._request).bytes_in += received[0]
             sock.close()  # the duplicate only: the connection stays open
             _give_back(self._request, protocol, ok=ok)
         return True
-
-
-class _Counted:
-    """*take*, counting the bytes it was given (on the receiving thread)."""
-
-    __slots__ = ("count", "take")
-
-    def __init__(self, take: Callable[[memoryview], None]) -> None:
-        self.take = take
-        self.count = 0
-
-    def __call__(self, view: memoryview) -> None:
-        self.take(view)
-        self.count += len(view)
 
 
 def _take_connection(
@@ -298,27 +300,78 @@ def _give_back(request: web.Request, protocol: Any, *, ok: bool) -> None:
 
 
 def _receive(
-    sock: socket.socket, first: bytes, remaining: int, take: Callable[[memoryview], None]
+    sock: socket.socket,
+    first: bytes,
+    remaining: int,
+    write: Callable[[memoryview], None],
+    digest: Callable[[memoryview], None],
+    count: list[int],
 ) -> None:
-    """The receiving thread: fill one buffer from the socket, hand it on, again.
+    """The receiving thread: fill a buffer from the socket, hand it on, again.
 
     ``recv_into``, the hash and the write each release the GIL. What arrived before a
     silence or a disconnect is handed on before the error propagates, so the upload
-    keeps it and the client can resume from there.
+    keeps it and the client can resume from there. In ``DIRECT_MODE`` ``serial`` this
+    thread also writes and hashes each buffer; ``split`` hashes on a second thread
+    (buffers taking turns), ``pipe`` writes and hashes there.
     """
-    if first:
-        take(memoryview(first))
-    view = memoryview(bytearray(DIRECT_BUFFER))
-    while remaining:
-        want = min(DIRECT_BUFFER, remaining)
-        filled = 0
-        try:
-            while filled < want:
-                got = sock.recv_into(view[filled:want])
-                if not got:
-                    raise ClientGone("the client closed the connection mid-body")
-                filled += got
-        finally:
-            if filled:
-                take(view[:filled])
-        remaining -= filled
+
+    def both(view: memoryview) -> None:
+        write(view)
+        digest(view)
+
+    if first:  # what aiohttp had buffered: a small piece, stored here and now
+        both(memoryview(first))
+        count[0] += len(first)
+    if DIRECT_MODE == "serial":
+        head: Callable[[memoryview], None] | None = both
+        tail: Callable[[memoryview], None] | None = None
+    elif DIRECT_MODE == "split":
+        head, tail = write, digest
+    else:
+        head, tail = None, both
+    free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+    full: queue.SimpleQueue[tuple[memoryview, memoryview] | None] = queue.SimpleQueue()
+    for _ in range(1 if tail is None else DIRECT_DEPTH):
+        free.put(memoryview(bytearray(DIRECT_BUFFER)))
+    failed: list[BaseException] = []
+
+    def finish() -> None:  # the second thread, in order
+        assert tail is not None
+        while (item := full.get()) is not None:
+            view, buffer = item
+            try:
+                if not failed:
+                    tail(view)
+            except BaseException as exc:  # handed to the receiving thread
+                failed.append(exc)
+            free.put(buffer)
+
+    second = _receivers.submit(finish) if tail is not None else None
+    try:
+        while remaining and not failed:
+            buffer = free.get()
+            want = min(DIRECT_BUFFER, remaining)
+            filled = 0
+            try:
+                while filled < want:
+                    got = sock.recv_into(buffer[filled:want])
+                    if not got:
+                        raise ClientGone("the client closed the connection mid-body")
+                    filled += got
+            finally:
+                if filled:
+                    if head is not None:
+                        head(buffer[:filled])
+                    count[0] += filled
+                if tail is not None and filled:
+                    full.put((buffer[:filled], buffer))
+                else:
+                    free.put(buffer)
+            remaining -= filled
+    finally:
+        if second is not None:
+            full.put(None)
+            second.result()
+    if failed:
+        raise failed[0]
