@@ -30,7 +30,7 @@ LARGE = 2 * MiB + 12345
 """Over the direct path's 1 MiB threshold, and not a whole number of its buffers."""
 
 
-@pytest.fixture(scope="module", params=["serial", "split", "pipe"])
+@pytest.fixture(scope="module", params=["split", "serial"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RegistryServer]:
@@ -181,9 +181,7 @@ def test_a_request_pipelined_right_after_the_body_is_answered(server: RegistrySe
     piece = os.urandom(LARGE)
     with Connection(server) as conn:
         location = start_upload(conn)
-        conn.sock.sendall(
-            head("PATCH", location, len(piece)) + piece + head("GET", location, None)
-        )
+        conn.sock.sendall(head("PATCH", location, len(piece)) + piece + head("GET", location, None))
         status, fields, body = conn.response()
         assert status == 202, body
         assert fields["range"] == f"0-{LARGE - 1}"
@@ -232,7 +230,7 @@ def test_a_body_that_stops_gets_408_keeps_what_arrived_and_closes(
         location = start_upload(conn)
         conn.sock.sendall(head("PATCH", location, LARGE) + sent)
         started = time.monotonic()
-        status, fields, body = conn.response()
+        status, _, body = conn.response()
         waited = time.monotonic() - started
         assert status == 408, body
         assert BODY_TIMEOUT * 0.9 <= waited < BODY_TIMEOUT * 5

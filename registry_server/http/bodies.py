@@ -130,14 +130,19 @@ _NO_TIMEOUT = 86400.0
 """A timeout for a body without one: ``settimeout(None)`` would make the connection's
 socket blocking for the event loop too (the flag belongs to the shared open file)."""
 
-DIRECT_MODE = os.environ.get("CARGOHOLD_BODY_THREADS", "serial")
-"""Which thread does what (measured in benchmarks/RESULTS.md): ``serial`` receives,
-writes and hashes on one; ``split`` hashes on a second; ``pipe`` writes and hashes there."""
+DIRECT_MODE = os.environ.get("CARGOHOLD_BODY_THREADS", "split")
+"""Which thread does what (A/B figures in benchmarks/RESULTS.md): ``split`` receives and
+writes on one thread and hashes on a second, so the two halves overlap at about the
+CPU of ``serial``, which does all three on one (and so never runs faster than one
+core's hash + copies). Writing and hashing on the second thread cost more CPU."""
 
 DIRECT_DEPTH = 3
-"""Buffers taking turns between the two threads of ``split`` and ``pipe``."""
+"""Buffers taking turns between the two threads of ``split``."""
 
-_receivers = ThreadPoolExecutor(2 * DIRECT_THREADS, thread_name_prefix="body")
+_receivers = ThreadPoolExecutor(DIRECT_THREADS, thread_name_prefix="body")
+_finishers = ThreadPoolExecutor(DIRECT_THREADS, thread_name_prefix="body-hash")
+"""The second threads of ``split``: a pool of their own, so that a receiving
+thread never waits for a buffer from a second stage queued behind other receivers."""
 _receiving = 0
 
 
@@ -191,10 +196,12 @@ class RequestBody:
         loop = asyncio.get_running_loop()
         received = [0]
         if not remaining:  # all of it had arrived, and aiohttp's parser saw the end
-            await loop.run_in_executor(
-                _receivers, _receive, None, first, 0, write, digest, received
-            )
-            state_of(self._request).bytes_in += received[0]
+            _receiving += 1
+            try:
+                await loop.run_in_executor(_receivers, _store_first, first, write, digest)
+            finally:
+                _receiving -= 1
+            state_of(self._request).bytes_in += len(first)
             return True
         descriptor = protocol.transport.get_extra_info("socket").fileno()
         sock = socket.socket(fileno=os.dup(descriptor))
@@ -299,6 +306,15 @@ def _give_back(request: web.Request, protocol: Any, *, ok: bool) -> None:
     request.content.feed_eof()  # resumes the transport's reading
 
 
+def _store_first(
+    first: bytes, write: Callable[[memoryview], None], digest: Callable[[memoryview], None]
+) -> None:
+    """What aiohttp had buffered: a small piece, stored before the socket's bytes."""
+    if first:
+        write(memoryview(first))
+        digest(memoryview(first))
+
+
 def _receive(
     sock: socket.socket,
     first: bytes,
@@ -311,25 +327,20 @@ def _receive(
 
     ``recv_into``, the hash and the write each release the GIL. What arrived before a
     silence or a disconnect is handed on before the error propagates, so the upload
-    keeps it and the client can resume from there. In ``DIRECT_MODE`` ``serial`` this
-    thread also writes and hashes each buffer; ``split`` hashes on a second thread
-    (buffers taking turns), ``pipe`` writes and hashes there.
+    keeps it and the client can resume from there. This thread writes each buffer;
+    in ``DIRECT_MODE`` ``split`` a second one hashes it (buffers taking turns, in
+    order), in ``serial`` this one does.
     """
 
     def both(view: memoryview) -> None:
         write(view)
         digest(view)
 
-    if first:  # what aiohttp had buffered: a small piece, stored here and now
-        both(memoryview(first))
-        count[0] += len(first)
-    if DIRECT_MODE == "serial":
-        head: Callable[[memoryview], None] | None = both
-        tail: Callable[[memoryview], None] | None = None
-    elif DIRECT_MODE == "split":
-        head, tail = write, digest
-    else:
-        head, tail = None, both
+    _store_first(first, write, digest)
+    count[0] += len(first)
+    # serial: this thread receives, writes and hashes; split: a second one hashes.
+    head: Callable[[memoryview], None] = both if DIRECT_MODE == "serial" else write
+    tail: Callable[[memoryview], None] | None = None if DIRECT_MODE == "serial" else digest
     free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
     full: queue.SimpleQueue[tuple[memoryview, memoryview] | None] = queue.SimpleQueue()
     for _ in range(1 if tail is None else DIRECT_DEPTH):
@@ -347,7 +358,7 @@ def _receive(
                 failed.append(exc)
             free.put(buffer)
 
-    second = _receivers.submit(finish) if tail is not None else None
+    second = _finishers.submit(finish) if tail is not None else None
     try:
         while remaining and not failed:
             buffer = free.get()
@@ -361,8 +372,7 @@ def _receive(
                     filled += got
             finally:
                 if filled:
-                    if head is not None:
-                        head(buffer[:filled])
+                    head(buffer[:filled])
                     count[0] += filled
                 if tail is not None and filled:
                     full.put((buffer[:filled], buffer))
