@@ -5,7 +5,8 @@ Taking the socket from aiohttp mid-request must not change what a client sees: t
 body is stored whole and exactly, the connection serves its next (or pipelined) request,
 a silent client gets the usual 408 and a departed one leaves a resumable session, and
 bytes beyond the announced length are not part of the blob. ``/metrics`` proves the
-direct path was taken; each test runs with every threading of it.
+direct path was taken; each test runs with both threadings of it, and under uvloop
+(whose transports differ from asyncio's) as well as asyncio's loop.
 """
 
 from __future__ import annotations
@@ -30,19 +31,26 @@ LARGE = 2 * MiB + 12345
 """Over the direct path's 1 MiB threshold, and not a whole number of its buffers."""
 
 
-@pytest.fixture(scope="module", params=["split", "serial"])
+@pytest.fixture(
+    scope="module", params=[("split", "asyncio"), ("serial", "asyncio"), ("split", "uvloop")]
+)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RegistryServer]:
-    tmp = tmp_path_factory.mktemp(f"direct-{request.param}")
+    threads, loop = request.param
+    tmp = tmp_path_factory.mktemp(f"direct-{threads}-{loop}")
     store = tmp / "store"
     store.mkdir()
-    config = write_config(tmp / "server.toml", limits={"body_timeout": BODY_TIMEOUT})
+    config = write_config(
+        tmp / "server.toml",
+        limits={"body_timeout": BODY_TIMEOUT},
+        server={"event_loop": loop},
+    )
     registry = RegistryServer(
         f"file://{store}",
         config=config,
         workdir=Path(tmp),
-        env={"CARGOHOLD_BODY_THREADS": request.param},
+        env={"CARGOHOLD_BODY_THREADS": threads},
     )
     registry.start()
     try:
