@@ -748,7 +748,7 @@ async def _pump(source: AsyncIterator[bytes], writer: FileWriter, hasher: Hasher
     receive = getattr(source, "receive", None)
     taker = getattr(writer, "taker", None)
     if receive is not None and taker is not None and await receive(taker(), hasher.update):
-        return  # read, hashed and written on one thread, straight off the socket
+        return  # read off the socket and written on a thread, hashed beside it
 
     async def step(batch: list[bytes], size: int) -> None:
         if size <= INLINE_HASH:
