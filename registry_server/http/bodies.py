@@ -237,6 +237,19 @@ class RequestBody:
         return True
 
 
+_PROTOCOL_PARTS = (
+    "_parser",
+    "_reading_paused",
+    "_read_bufsize",
+    "_loop",
+    "max_line_size",
+    "max_field_size",
+    "max_headers",
+)
+"""aiohttp's RequestHandler internals this module relies on (aiohttp 3.14): without any
+of them (another aiohttp), every body takes aiohttp's own path."""
+
+
 def _take_connection(
     request: web.Request, chunks: AsyncIterator[bytes] | None
 ) -> tuple[Any, bytes, int] | None:
@@ -256,6 +269,8 @@ def _take_connection(
         or transport.get_extra_info("socket") is None
         or "Transfer-Encoding" in request.headers
         or "Content-Encoding" in request.headers
+        or not all(hasattr(protocol, name) for name in _PROTOCOL_PARTS)
+        or not hasattr(content, "_size")
         or getattr(protocol, "_parser", None) is None
         or getattr(protocol, "_force_close", True)
         or getattr(protocol, "_close", True)
