@@ -458,6 +458,19 @@ class LocalWriter:
             await self._workers.run(functools.partial(self._write, parts, alongside))
         self._size += size
 
+    def taker(self) -> Callable[[memoryview], None]:
+        """A function that writes one buffer on the calling thread: for a body received
+        there straight off the socket (``RequestBody.receive``), which reuses the buffer
+        once this returns."""
+        if self._held:  # not written yet: they go first, on the loop, as usual
+            raise RuntimeError("a writer holding small writes cannot take buffers")
+
+        def take(view: memoryview) -> None:
+            self._write([view])  # type: ignore[list-item]
+            self._size += len(view)
+
+        return take
+
     async def commit(self) -> None:
         parts, self._held, self._held_bytes = self._held, [], 0
 

@@ -65,6 +65,11 @@ class Metrics:
             ["limit"],
             registry=self.registry,
         )
+        self.bodies_direct = Counter(
+            "cargohold_upload_bodies_direct",
+            "Upload bodies read straight off the socket (large, plain HTTP, local storage).",
+            registry=self.registry,
+        )
         self.uploads_in_flight = Gauge(
             "cargohold_uploads_in_flight",
             "Upload requests currently streaming data.",

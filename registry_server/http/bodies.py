@@ -9,9 +9,17 @@ writer. This module only reads; what the bytes become is the caller's business.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import os
+import queue
+import socket
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiohttp import StreamReader, web
+from aiohttp.http_parser import HttpRequestParser
+from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestPayloadError
 
 from registry_core.errors import BlobUploadInvalid
 
@@ -107,3 +115,288 @@ async def request_chunks(request: web.Request, timeout: float | None) -> AsyncIt
     finally:
         if watchdog is not None:
             watchdog.stop()
+
+
+DIRECT_MIN = 1 << 20
+"""Bodies announcing at least this many bytes may be read off the socket directly."""
+
+DIRECT_BUFFER = 256 * 1024
+"""The receiving thread's one reused buffer: filled, then hashed and written, in L2."""
+
+DIRECT_THREADS = 8
+"""Bodies received directly at once per process; more take aiohttp's path meanwhile."""
+
+_NO_TIMEOUT = 86400.0
+"""A timeout for a body without one: ``settimeout(None)`` would make the connection's
+socket blocking for the event loop too (the flag belongs to the shared open file)."""
+
+DIRECT_MODE = os.environ.get("CARGOHOLD_BODY_THREADS", "split")
+"""Which thread does what (A/B figures in benchmarks/RESULTS.md): ``split`` receives and
+writes on one thread and hashes on a second, so the two halves overlap at about the
+CPU of ``serial``, which does all three on one (and so never runs faster than one
+core's hash + copies). Writing and hashing on the second thread cost more CPU."""
+
+DIRECT_DEPTH = 3
+"""Buffers taking turns between the two threads of ``split``."""
+
+_receivers = ThreadPoolExecutor(DIRECT_THREADS, thread_name_prefix="body")
+_finishers = ThreadPoolExecutor(DIRECT_THREADS, thread_name_prefix="body-hash")
+"""The second threads of ``split``: a pool of their own, so that a receiving
+thread never waits for a buffer from a second stage queued behind other receivers."""
+_receiving = 0
+
+
+class ClientGone(ConnectionResetError):
+    """The client closed the connection before the whole announced body arrived."""
+
+
+class RequestBody:
+    """A request's body: an async iterator of pieces (aiohttp's path), or, for a large
+    Content-Length body over plain HTTP, read straight off the socket by a thread.
+
+    aiohttp's path costs, per GiB, a bytes object per socket read, the parser's copy of
+    each into another, and a thread hop per batch to hash and write. A consumer that
+    can take a buffer on any thread (the local driver's append) asks :meth:`receive`
+    instead: the rest of the body is read with ``recv_into`` into one reused buffer,
+    hashed and written on the same thread, then the connection is handed back to
+    aiohttp for its next request. Anything else iterates as before.
+    """
+
+    def __init__(self, request: web.Request, timeout: float | None) -> None:
+        self._request = request
+        self._timeout = timeout
+        self._chunks: AsyncIterator[bytes] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._chunks is None:
+            self._chunks = request_chunks(self._request, self._timeout)
+        return self._chunks
+
+    async def receive(
+        self, write: Callable[[memoryview], None], digest: Callable[[memoryview], None]
+    ) -> bool:
+        """Feed the whole body to *write* and then *digest* (called on receiving
+        threads, in order; each buffer is reused once both return).
+
+        False, with nothing read, when the body must take aiohttp's path: TLS, a
+        chunked or compressed body, a small one, a connection aiohttp already closes,
+        or every receiving thread busy. What arrived before a failure (a silent or
+        departed client) has been written and hashed when this raises.
+        """
+        global _receiving
+        if _receiving >= DIRECT_THREADS:
+            return False
+        taken = _take_connection(self._request, self._chunks)
+        if taken is None:
+            return False
+        protocol, first, remaining = taken
+        metrics = state_of(self._request).metrics
+        if metrics is not None:
+            metrics.bodies_direct.inc()
+        loop = asyncio.get_running_loop()
+        received = [0]
+        if not remaining:  # all of it had arrived, and aiohttp's parser saw the end
+            _receiving += 1
+            try:
+                await loop.run_in_executor(_receivers, _store_first, first, write, digest)
+            finally:
+                _receiving -= 1
+            state_of(self._request).bytes_in += len(first)
+            return True
+        descriptor = protocol.transport.get_extra_info("socket").fileno()
+        sock = socket.socket(fileno=os.dup(descriptor))
+        sock.settimeout(self._timeout or _NO_TIMEOUT)
+        _receiving += 1
+        ok = False
+        try:
+            receiving = loop.run_in_executor(
+                _receivers, _receive, sock, first, remaining, write, digest, received
+            )
+            try:
+                await asyncio.shield(receiving)
+            except asyncio.CancelledError:
+                # The request is cancelled (shutdown): stop the thread before the
+                # writer it writes to is closed, then let the cancellation go on.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RD)
+                with contextlib.suppress(Exception):
+                    await receiving
+                raise
+            except TimeoutError:
+                count_limit(self._request, "body_timeout")
+                raise BodyTimeout(
+                    f"the request body sent nothing for {self._timeout:g} seconds "
+                    "(limits.body_timeout)"
+                ) from None
+            ok = True
+        finally:
+            _receiving -= 1
+            state_of(self._request).bytes_in += received[0]
+            sock.close()  # the duplicate only: the connection stays open
+            _give_back(self._request, protocol, ok=ok)
+        return True
+
+
+_PROTOCOL_PARTS = (
+    "_parser",
+    "_reading_paused",
+    "_read_bufsize",
+    "_loop",
+    "max_line_size",
+    "max_field_size",
+    "max_headers",
+)
+"""aiohttp's RequestHandler internals this module relies on (aiohttp 3.14): without any
+of them (another aiohttp), every body takes aiohttp's own path."""
+
+
+def _take_connection(
+    request: web.Request, chunks: AsyncIterator[bytes] | None
+) -> tuple[Any, bytes, int] | None:
+    """Stop aiohttp reading the connection mid-body: (its protocol, the body bytes
+    it already holds, the bytes still to come), or None if this body is not eligible."""
+    length = request.content_length
+    transport = request.transport
+    protocol = request.protocol
+    content = request.content
+    if (
+        chunks is not None
+        or length is None
+        or length < DIRECT_MIN
+        or transport is None
+        or transport.is_closing()
+        or transport.get_extra_info("sslcontext") is not None
+        or transport.get_extra_info("socket") is None
+        or "Transfer-Encoding" in request.headers
+        or "Content-Encoding" in request.headers
+        or not all(hasattr(protocol, name) for name in _PROTOCOL_PARTS)
+        or not hasattr(content, "_size")
+        or getattr(protocol, "_parser", None) is None
+        or getattr(protocol, "_force_close", True)
+        or getattr(protocol, "_close", True)
+        or content.exception() is not None
+        or content.total_bytes - content._size != 0  # someone read from it: not ours
+    ):
+        return None
+    # Every body byte aiohttp holds: its buffer, and what its parser held back while
+    # the buffer was full (re-parsed into the buffer when reading resumes). All of it
+    # runs on the loop, so no socket read comes between this and the pause below.
+    held: list[bytes] = []
+    while True:
+        piece = content.read_nowait()
+        if piece:
+            held.append(piece)
+        elif not protocol._reading_paused:
+            break
+        else:
+            protocol.resume_reading()
+            if not content._size:
+                break
+    first = b"".join(held)
+    remaining = length - content.total_bytes
+    if content.is_eof() or remaining <= 0:
+        return protocol, first, 0
+    transport.pause_reading()
+    return protocol, first, remaining
+
+
+def _give_back(request: web.Request, protocol: Any, *, ok: bool) -> None:
+    """Hand the connection back to aiohttp: a fresh parser (the old one still waits
+    for the body's bytes, which went past it), the body marked as ended, reading
+    resumed. After a failure mid-body the rest of the body is still on the wire, so
+    the connection closes once the answer is sent."""
+    protocol._parser = HttpRequestParser(
+        protocol,
+        protocol._loop,
+        protocol._read_bufsize,
+        max_line_size=protocol.max_line_size,
+        max_field_size=protocol.max_field_size,
+        max_headers=protocol.max_headers,
+        payload_exception=RequestPayloadError,
+        auto_decompress=True,
+        max_msg_queue_size=MAX_MSG_QUEUE_SIZE,
+    )
+    if not ok:
+        protocol.close()
+    request.content.feed_eof()  # resumes the transport's reading
+
+
+def _store_first(
+    first: bytes, write: Callable[[memoryview], None], digest: Callable[[memoryview], None]
+) -> None:
+    """What aiohttp had buffered: a small piece, stored before the socket's bytes."""
+    if first:
+        write(memoryview(first))
+        digest(memoryview(first))
+
+
+def _receive(
+    sock: socket.socket,
+    first: bytes,
+    remaining: int,
+    write: Callable[[memoryview], None],
+    digest: Callable[[memoryview], None],
+    count: list[int],
+) -> None:
+    """The receiving thread: fill a buffer from the socket, hand it on, again.
+
+    ``recv_into``, the hash and the write each release the GIL. What arrived before a
+    silence or a disconnect is handed on before the error propagates, so the upload
+    keeps it and the client can resume from there. This thread writes each buffer;
+    in ``DIRECT_MODE`` ``split`` a second one hashes it (buffers taking turns, in
+    order), in ``serial`` this one does.
+    """
+
+    def both(view: memoryview) -> None:
+        write(view)
+        digest(view)
+
+    _store_first(first, write, digest)
+    count[0] += len(first)
+    # serial: this thread receives, writes and hashes; split: a second one hashes.
+    head: Callable[[memoryview], None] = both if DIRECT_MODE == "serial" else write
+    tail: Callable[[memoryview], None] | None = None if DIRECT_MODE == "serial" else digest
+    free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+    full: queue.SimpleQueue[tuple[memoryview, memoryview] | None] = queue.SimpleQueue()
+    for _ in range(1 if tail is None else DIRECT_DEPTH):
+        free.put(memoryview(bytearray(DIRECT_BUFFER)))
+    failed: list[BaseException] = []
+
+    def finish() -> None:  # the second thread, in order
+        assert tail is not None
+        while (item := full.get()) is not None:
+            view, buffer = item
+            try:
+                if not failed:
+                    tail(view)
+            except BaseException as exc:  # handed to the receiving thread
+                failed.append(exc)
+            free.put(buffer)
+
+    second = _finishers.submit(finish) if tail is not None else None
+    try:
+        while remaining and not failed:
+            buffer = free.get()
+            want = min(DIRECT_BUFFER, remaining)
+            filled = 0
+            try:
+                while filled < want:
+                    got = sock.recv_into(buffer[filled:want])
+                    if not got:
+                        raise ClientGone("the client closed the connection mid-body")
+                    filled += got
+            finally:
+                if filled:
+                    head(buffer[:filled])
+                    count[0] += filled
+                if tail is not None and filled:
+                    full.put((buffer[:filled], buffer))
+                else:
+                    free.put(buffer)
+            remaining -= filled
+    finally:
+        if second is not None:
+            full.put(None)
+            second.result()
+    if failed:
+        raise failed[0]

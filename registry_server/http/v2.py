@@ -41,7 +41,7 @@ from registry_core.storage.manifests import StoredManifest
 
 from ..domains import Domains
 from ..state import state_of
-from .bodies import count_limit, request_chunks
+from .bodies import RequestBody, count_limit, request_chunks
 from .guard import OPEN_ACCESS, Guard
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -489,7 +489,7 @@ class V2Routes:
         try:
             # The announced length lets a quota refuse the body before it is stored.
             await upload.append(
-                request_chunks(request, self.body_timeout), start, request.content_length
+                RequestBody(request, self.body_timeout), start, request.content_length
             )
         finally:
             self.uploads_in_flight -= 1
