@@ -16,7 +16,11 @@ The protocol, and why no push ever ends with a tag pointing at missing content:
 4. *Unlink.* Remove what the mark did not keep: attachment tags whose subject
    is gone, tags naming missing manifests, collected revisions with their
    referrer entries, and layer links to blobs no kept manifest of that
-   repository references.
+   repository references. Then the tags of each repository that lost a revision
+   are read again: a revision that a tag written since the mark names (a client
+   tagged the untagged manifest again) is linked back at once, with its blobs
+   spared, so a read by digest never misses it for the ``settle`` seconds until
+   the re-check.
 5. *Set aside.* Move the data of every unkept blob into the trash
    (``cargohold/jobs/gc/trash/<run>``). From now on every existence check a
    writer makes (upload commit, mount, manifest PUT's blob check) sees the
@@ -109,6 +113,7 @@ from ..storage.repo_index import RepositoryIndex
 from .counting import CountingDriver
 from .marks import (
     Reachability,
+    RepositoryState,
     Snapshot,
     UntaggedPolicy,
     expand,
@@ -362,6 +367,7 @@ class GarbageCollector:
             await _bounded(
                 driver.delete(layout.simple_signatures_dir(stored_name(r), d)) for r, d in batch
             )
+        await self._relink_revisions_tagged_since_the_mark(snapshot, plan, report)
         # A repository left without a manifest leaves the website's repository index.
         index = RepositoryIndex(driver)
         for repo in sorted({r for r, _ in plan.revisions}):
@@ -396,6 +402,65 @@ class GarbageCollector:
             await self.fence()
             await driver.delete_many([trashed[d] for d in batch])
         return doomed
+
+    async def _relink_revisions_tagged_since_the_mark(
+        self, snapshot: Snapshot, plan: _Plan, report: GcReport
+    ) -> None:
+        """Link back at once the revisions just removed that a tag written since the mark
+        names (a client tagged the untagged manifest again meanwhile).
+
+        The tag's write confirmed its revision before this run removed it, so only this run
+        can notice. The re-check would link it back too, but ``settle`` seconds later: a
+        GET or DELETE by digest in between answered 404 for an image the client had just
+        tagged. One listing of tags per repository that lost a revision, and a read of each
+        tag written since the mark. The revision's own blobs stay out of this run's
+        set-aside; a tag written after this listing is left to the re-check (docstring).
+        """
+        removed: dict[str, set[Digest]] = {}
+        for repo, digest in plan.revisions:
+            removed.setdefault(repo, set()).add(digest)
+        if not removed:
+            return
+        recent = self.mark_started - MTIME_SLACK
+        again = Snapshot()
+        fresh: list[tuple[str, str]] = []
+        for repo in sorted(removed):
+            again.repositories[repo] = RepositoryState()
+            async for entry in self.driver.walk(layout.tags_dir(stored_name(repo))):
+                found = None if entry.is_dir else layout.classify_repository_object(entry.path)
+                if found is None or found[1] != "tag":
+                    continue
+                if snapshot.seen.get(entry.path) != entry.mtime or entry.mtime >= recent:
+                    fresh.append((repo, found[2][0]))
+        await read_tag_targets(self.driver, again, fresh)
+        relink = sorted(
+            {
+                (repo, target)
+                for repo, state in again.repositories.items()
+                for target in state.tag_targets.values()
+                if target is not None and target in removed[repo]
+            }
+        )
+        if not relink:
+            return
+        await _bounded(
+            self.driver.write(layout.revision_link(stored_name(r), d), str(d).encode())
+            for r, d in relink
+        )
+        kept: dict[str, set[Digest]] = {}
+        for repo, digest in relink:
+            refs = snapshot.bodies.get(digest)
+            kept.setdefault(repo, set()).update([digest, *(refs.blobs if refs else ())])
+        back = set(relink)
+        plan.revisions = [rd for rd in plan.revisions if rd not in back]
+        plan.layers = [(r, d) for r, d in plan.layers if d not in kept.get(r, ())]
+        spared = set().union(*kept.values())
+        plan.blobs = [d for d in plan.blobs if d not in spared]
+        report.revisions_removed = len(plan.revisions)
+        report.layer_links_removed = len(plan.layers)
+        log.info(
+            "gc %s: %d revision(s) tagged again since the mark linked back", self.run_id, len(back)
+        )
 
     async def _spare_repositories_pushed_to(
         self, snapshot: Snapshot, plan: _Plan, report: GcReport
