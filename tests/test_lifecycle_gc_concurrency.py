@@ -31,6 +31,7 @@ from typing import Any
 import requests
 
 from drivers import open_driver
+from drivers.threads import shared_workers
 from registry_core import Registry
 from tests.helpers.emulators import CloudEmulator
 from tests.helpers.images import Image, build_image, make_random_layer
@@ -247,9 +248,32 @@ GC_RUN_LIMIT = float(os.environ.get("CARGOHOLD_GC_RUN_LIMIT", "240"))
 stack (``CARGOHOLD_GC_RUN_LIMIT``: shorter to hunt a stall)."""
 
 
+def _wake_up_state() -> str:
+    """How worker-thread outcomes reach this loop: its self-pipe (still registered?), what is
+    queued on it, and the inbox of outcomes waiting for it (drivers/threads.py)."""
+    loop = asyncio.get_running_loop()
+    lines = [f"loop: {len(loop._ready)} callback(s) ready, {len(loop._scheduled)} timer(s)"]  # type: ignore[attr-defined]
+    ssock = getattr(loop, "_ssock", None)
+    if ssock is not None:
+        descriptor = ssock.fileno()
+        try:
+            registered = loop._selector.get_key(descriptor) is not None  # type: ignore[attr-defined]
+        except (KeyError, ValueError):
+            registered = False
+        try:
+            kind = oct(os.fstat(descriptor).st_mode)
+        except OSError as exc:
+            kind = repr(exc)
+        lines.append(f"self-pipe: fd {descriptor}, registered {registered}, mode {kind}")
+    inbox = shared_workers()._inboxes.get(loop)
+    if inbox is not None:
+        lines.append(f"inbox: {len(inbox._items)} outcome(s), wake-up due {inbox._scheduled}")
+    return "\n".join(lines)
+
+
 def _every_stack() -> str:
     """Every asyncio task's stack, then every thread's (the worker threads' among them)."""
-    stacks = []
+    stacks = [_wake_up_state()]
     for task in asyncio.all_tasks():
         buffer = io.StringIO()
         task.print_stack(file=buffer)
