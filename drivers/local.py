@@ -35,7 +35,7 @@ from registry_core.storage.driver import (
 from registry_core.storage.steps import Step
 
 from .fsspec_driver import READ_CHUNK, FsspecDriver
-from .threads import Workers, shared_workers
+from .threads import Workers, settle, shared_workers
 
 T = TypeVar("T")
 
@@ -520,8 +520,8 @@ class _Batches:
         future: asyncio.Future[T] = loop.create_future()
         pending = self._pending.get(loop)
         if pending is None:
+            loop.call_soon(self._flush, loop)  # first: if it raises, no batch waits on it
             pending = self._pending[loop] = []
-            loop.call_soon(self._flush, loop)
         pending.append((func, future))
         return future
 
@@ -542,14 +542,17 @@ class _Batches:
         def deliver(ok: bool, result: Any) -> None:
             outcomes = result if ok else [(False, result)] * len(batch)
             for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-                if future.done():  # its caller was cancelled meanwhile
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
+                settle(future, ok, value)  # skips a caller cancelled meanwhile
 
-        self._workers.submit(run_all, deliver)
+        try:
+            self._workers.submit(run_all, deliver)
+        except BaseException as exc:
+            # No hop (a worker thread could not start): each caller hears why, instead
+            # of awaiting an outcome that nothing will ever deliver.
+            for _, future in batch:
+                settle(future, False, exc)
+            if not isinstance(exc, Exception):
+                raise
 
 
 _STEP_METHODS = ("read", "stat", "write", "write_if_absent")

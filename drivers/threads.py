@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import queue
 import threading
@@ -60,13 +61,29 @@ class _Inbox:
         with self._lock:
             items, self._items = self._items, []
             self._scheduled = False
-        for deliver, ok, value in items:
+        for position, (deliver, ok, value) in enumerate(items):
             try:
                 deliver(ok, value)
             except Exception as exc:  # one broken delivery must not strand the others
                 asyncio.get_running_loop().call_exception_handler(
                     {"message": "delivering a worker-thread outcome failed", "exception": exc}
                 )
+            except BaseException:
+                # KeyboardInterrupt, SystemExit: it goes on up, and the outcomes after it
+                # still reach their callers on the loop's next turn.
+                self._put_back(items[position + 1 :])
+                raise
+
+    def _put_back(self, items: list[tuple[Delivery, bool, Any]]) -> None:
+        """On the loop: outcomes not delivered yet go first, with a drain due for them."""
+        if not items:
+            return
+        with self._lock:
+            self._items[:0] = items
+            if self._scheduled:
+                return
+            self._scheduled = True
+        asyncio.get_running_loop().call_soon(self._drain)
 
 
 _Job = tuple[asyncio.AbstractEventLoop, _Inbox, Callable[[], Any], Delivery]
@@ -130,17 +147,29 @@ class Workers:
     def run(self, func: Callable[[], T]) -> asyncio.Future[T]:
         """*func* on a worker thread, as a future of the calling loop."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-
-        def deliver(ok: bool, value: Any) -> None:
-            if future.done():  # its caller was cancelled meanwhile
-                return
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-        self.submit(func, deliver)
+        self.submit(func, functools.partial(settle, future))
         return future
+
+
+def settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Give *future* a worker call's outcome (on its loop), unless its caller was cancelled.
+
+    It never leaves the future pending: an exception a future refuses to hold
+    (``StopIteration``: raised into a coroutine it would end it instead of failing it)
+    reaches the caller as a RuntimeError caused by it. Left pending, the caller would
+    wait forever with every thread idle, and nothing would ever wake it.
+    """
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+        return
+    try:
+        future.set_exception(value)
+    except TypeError:
+        failure = RuntimeError(f"a worker-thread call raised {value!r}")
+        failure.__cause__ = value
+        future.set_exception(failure)
 
 
 _SHARED = Workers()

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from drivers.local import SMALL_FOLDER, SMALL_LISTING, LocalDriver
+from drivers.local import SMALL_FOLDER, SMALL_LISTING, LocalDriver, _Batches
+from drivers.threads import Delivery, Workers
 from registry_core.storage.driver import PathNotFound
 
 
@@ -130,3 +133,42 @@ async def test_a_small_upload_commit_of_an_unknown_session_is_path_not_found(
         )
     with pytest.raises(PathNotFound):
         await driver.stat("blobs/ab/data")
+
+
+# -- a batch never strands a caller: each one hears its own outcome, or why there is none --
+
+
+async def test_an_outcome_a_future_refuses_still_ends_every_wait_of_its_batch(
+    driver: LocalDriver,
+) -> None:
+    # Three calls of one loop turn share a hop; the middle one raises StopIteration,
+    # which a future refuses. It used to stop the delivery there: the middle and the
+    # last caller then waited forever.
+    calls = [
+        driver._batches.run(lambda: "first"),
+        driver._batches.run(lambda: next(iter(()))),
+        driver._batches.run(lambda: "last"),
+    ]
+    first, refused, last = await asyncio.wait_for(
+        asyncio.gather(*calls, return_exceptions=True), 10
+    )
+    assert (first, last) == ("first", "last")
+    assert isinstance(refused, RuntimeError)
+    assert isinstance(refused.__cause__, StopIteration)
+
+
+class _NoThreads(Workers):
+    """Worker threads that cannot start (the process is out of threads)."""
+
+    def submit(self, func: Callable[[], Any], deliver: Delivery) -> None:
+        raise RuntimeError("can't start new thread")
+
+
+async def test_a_batch_that_cannot_reach_a_worker_thread_fails_each_caller() -> None:
+    # The batch's hop used to raise inside the loop's callback (logged, nobody told):
+    # every caller of that loop turn then waited forever.
+    batches = _Batches(_NoThreads(1))
+    calls = [batches.run(lambda: 1), batches.run(lambda: 2)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+    assert [str(outcome) for outcome in outcomes] == ["can't start new thread"] * 2
+    assert batches._pending == {}

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from drivers.threads import Workers
+from drivers.threads import Workers, _Inbox
 
 
 async def test_a_call_runs_off_the_loop_and_returns_its_result() -> None:
@@ -106,5 +106,43 @@ def test_calls_work_on_uvloop_too() -> None:
     loop = uvloop.new_event_loop()
     try:
         assert loop.run_until_complete(_square(workers, 5)) == 25
+    finally:
+        loop.close()
+
+
+# -- no outcome is ever dropped: a caller left waiting would wait forever, threads idle --
+
+
+async def test_a_call_raising_stop_iteration_fails_its_caller() -> None:
+    # A future refuses StopIteration (raised into a coroutine it would end it): the
+    # outcome used to be dropped by its delivery, leaving the caller pending for good.
+    workers = Workers(1)
+    with pytest.raises(RuntimeError, match="StopIteration") as raised:
+        await asyncio.wait_for(workers.run(lambda: next(iter(()))), 10)
+    assert isinstance(raised.value.__cause__, StopIteration)
+
+
+def test_outcomes_after_an_interrupted_delivery_still_arrive() -> None:
+    # KeyboardInterrupt (or pytest's timeout) inside one delivery goes on up; the other
+    # outcomes of that wake-up are delivered on the loop's next turn, not lost with it.
+    loop = asyncio.new_event_loop()
+    inbox = _Inbox()
+    delivered: list[object] = []
+
+    def interrupted(ok: bool, value: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        inbox.put(loop, interrupted, True, "first")
+        inbox.put(loop, lambda ok, value: delivered.append(value), True, "second")
+        inbox.put(loop, lambda ok, value: delivered.append(value), True, "third")
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.sleep(0.05))
+        assert delivered == []
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert delivered == ["second", "third"]
+        inbox.put(loop, lambda ok, value: delivered.append(value), True, "later")  # still wakes
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert delivered == ["second", "third", "later"]
     finally:
         loop.close()

@@ -19,8 +19,10 @@ import json
 import os
 import random
 import secrets
+import sys
 import threading
 import time
+import traceback
 import urllib.parse
 from collections import Counter
 from pathlib import Path
@@ -29,6 +31,7 @@ from typing import Any
 import requests
 
 from drivers import open_driver
+from drivers.threads import shared_workers
 from registry_core import Registry
 from tests.helpers.emulators import CloudEmulator
 from tests.helpers.images import Image, build_image, make_random_layer
@@ -37,6 +40,9 @@ from tests.helpers.server import RegistryServer
 
 CLIENTS = 16
 PUSH_ATTEMPTS = 6
+REQUEST_TIMEOUT = 120.0
+"""Seconds a client waits for one answer: a request the server never answers fails the test,
+naming it, instead of holding its client thread (and the test) forever."""
 PAUSE = 0.2
 """Seconds between GC runs: back to back, the loop alone would starve the clients on 2 cores."""
 SOAK_SECONDS = float(os.environ.get("CARGOHOLD_GC_SOAK_SECONDS", "60"))
@@ -45,6 +51,19 @@ COMMON_LAYERS = [make_random_layer(1024 + n, seed=f"common-{n}") for n in range(
 
 def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def client_session() -> requests.Session:
+    """A client's session, each request bounded by :data:`REQUEST_TIMEOUT`."""
+    session = new_session()
+    send = session.request
+
+    def request(method: str, url: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", REQUEST_TIMEOUT)
+        return send(method, url, **kwargs)
+
+    session.request = request  # type: ignore[method-assign]
+    return session
 
 
 class Clients:
@@ -143,7 +162,7 @@ class Clients:
 
     def run_client(self, number: int) -> None:
         rng = random.Random(number)
-        session = new_session()
+        session = client_session()
         repo = f"gc/soak/client{number}"
         counter = 0
         while not self.stop.is_set():
@@ -224,25 +243,59 @@ def verify_every_tag(base: str, clients: Clients) -> int:
     return checked
 
 
-GC_RUN_LIMIT = 240.0
-"""Seconds one GC run may take here before the test fails with every task's stack."""
+GC_RUN_LIMIT = float(os.environ.get("CARGOHOLD_GC_RUN_LIMIT", "240"))
+"""Seconds one GC run may take here before the test fails with every task's and thread's
+stack (``CARGOHOLD_GC_RUN_LIMIT``: shorter to hunt a stall)."""
+
+
+def _wake_up_state() -> str:
+    """How worker-thread outcomes reach this loop: its self-pipe (still registered?), what is
+    queued on it, and the inbox of outcomes waiting for it (drivers/threads.py)."""
+    loop = asyncio.get_running_loop()
+    lines = [f"loop: {len(loop._ready)} callback(s) ready, {len(loop._scheduled)} timer(s)"]  # type: ignore[attr-defined]
+    ssock = getattr(loop, "_ssock", None)
+    if ssock is not None:
+        descriptor = ssock.fileno()
+        try:
+            registered = loop._selector.get_key(descriptor) is not None  # type: ignore[attr-defined]
+        except (KeyError, ValueError):
+            registered = False
+        try:
+            kind = oct(os.fstat(descriptor).st_mode)
+        except OSError as exc:
+            kind = repr(exc)
+        lines.append(f"self-pipe: fd {descriptor}, registered {registered}, mode {kind}")
+    inbox = shared_workers()._inboxes.get(loop)
+    if inbox is not None:
+        lines.append(f"inbox: {len(inbox._items)} outcome(s), wake-up due {inbox._scheduled}")
+    return "\n".join(lines)
+
+
+def _every_stack() -> str:
+    """Every asyncio task's stack, then every thread's (the worker threads' among them)."""
+    stacks = [_wake_up_state()]
+    for task in asyncio.all_tasks():
+        buffer = io.StringIO()
+        task.print_stack(file=buffer)
+        stacks.append(f"{task!r}\n{buffer.getvalue()}")
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        stacks.append(
+            f"thread {names.get(ident, ident)}:\n{''.join(traceback.format_stack(frame))}"
+        )
+    return "\n".join(stacks)
 
 
 async def _watched(run: Any) -> Any:
     """One GC run as a task of its own (as the server's scheduler and the CLI run it); a run
-    that outlasts :data:`GC_RUN_LIMIT` fails the test with every asyncio task's stack, so
-    a stuck await shows where it is instead of ending in the suite's timeout."""
+    that outlasts :data:`GC_RUN_LIMIT` fails the test with every task's and thread's stack,
+    so a stuck await shows where it is instead of ending in the suite's timeout."""
     task = asyncio.ensure_future(run)
     done, _ = await asyncio.wait([task], timeout=GC_RUN_LIMIT)
     if not done:
-        stacks = []
-        for other in asyncio.all_tasks():
-            buffer = io.StringIO()
-            other.print_stack(file=buffer)
-            stacks.append(f"{other!r}\n{buffer.getvalue()}")
+        stacks = _every_stack()
         task.cancel()
-        joined = "\n".join(stacks)
-        raise AssertionError(f"a GC run took over {GC_RUN_LIMIT:.0f} s:\n{joined}")
+        raise AssertionError(f"a GC run took over {GC_RUN_LIMIT:.0f} s:\n{stacks}")
     return task.result()
 
 
@@ -274,8 +327,11 @@ async def soak(server: RegistryServer, registry: Registry, settle: float) -> dic
             await asyncio.sleep(PAUSE)
     finally:
         clients.stop.set()
+        # A client ends its current request first; each is bounded by REQUEST_TIMEOUT.
+        joined_by = time.monotonic() + REQUEST_TIMEOUT + 30
         for thread in threads:
-            await asyncio.to_thread(thread.join, 60)
+            await asyncio.to_thread(thread.join, max(0.0, joined_by - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), _every_stack()
     assert clients.failures == [], clients.failures[:10]
     checked = await asyncio.to_thread(verify_every_tag, server.url, clients)
     final = await registry.collect_garbage(grace=0.0, settle=0.0)
