@@ -272,6 +272,7 @@ def run_cargohold_gc(
             report["storage_requests"] / max(1, report["objects_reclaimed"]), 3
         ),
         "requests_by_operation": report["requests_by_operation"],
+        "pacing": report.get("pacing"),
         # ru_maxrss of children is the largest child so far: the GC process (builds ran
         # in this process, the server afterwards).
         "peak_rss_mib": round(after.ru_maxrss / 1024, 1),
@@ -431,11 +432,12 @@ def run_concurrent(
         runs = [0]
         extra = ([] if nice is None else ["--nice", str(nice)]) + pacing
         gc_seconds: list[float] = []
+        gc_pacing: list[Any] = []
 
         def gc_loop() -> None:
             while not stop.is_set():
                 started = time.perf_counter()
-                _cargohold(
+                done = _cargohold(
                     "gc",
                     *backend.cli_args(),
                     "--grace",
@@ -444,9 +446,11 @@ def run_concurrent(
                     "2s",
                     "--wait",
                     "30s",
+                    "--json",
                     *extra,
                 )
                 gc_seconds.append(round(time.perf_counter() - started, 1))
+                gc_pacing.append(json.loads(done.stdout).get("pacing"))
                 runs[0] += 1
 
         collector = threading.Thread(target=gc_loop, daemon=True)
@@ -476,6 +480,7 @@ def run_concurrent(
         ),
         "gc_runs_during": runs[0],
         "gc_run_seconds": gc_seconds,
+        "gc_pacing": gc_pacing,
         "load_seconds": seconds,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         **({"store_alone": store_alone} if store_alone else {}),
