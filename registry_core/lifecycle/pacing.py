@@ -23,8 +23,9 @@ each kind of request in (a minimum, so one quiet moment between busy ones is eno
 find it); when the median of GC's own latencies over a short window rises above
 :data:`LATENCY_FACTOR` times that floor, someone else is queueing at the store, and the
 rate is halved (down to :data:`MIN_RATE`, so a run always ends); while it stays near the
-floor the rate grows back by :data:`MIN_RATE` per window, and stops being a limit once
-the run no longer uses half of it. On an idle store with flat latency nothing ever
+floor the rate grows back by a quarter per window (at least :data:`MIN_RATE`; from the
+minimum to a thousand a second in about 5 s), and stops being a limit once the run no
+longer uses half of it. On an idle store with flat latency nothing ever
 crosses the factor, so GC runs at its caps (``[gc] rate`` and ``[gc] concurrency`` stay
 the upper bounds). A server also knows when its own clients are in flight; it passes
 *clients_busy*, and the factor is then :data:`BUSY_FACTOR` (a smaller rise suffices when
@@ -149,8 +150,10 @@ about 4x the floor idle (the machine's own queue), 8 to 12x while 8 clients push
 BUSY_FACTOR = 1.5
 """The factor while this process's own clients have requests in flight."""
 MIN_RATE = 10.0
-"""Requests per second GC keeps however busy the store (a run must end); also the
-additive increase per window. A few percent of what an object store serves clients."""
+"""Requests per second GC keeps however busy the store (a run must end); also the least
+increase per window. A few percent of what an object store serves clients."""
+GROWTH = 0.25
+"""The rate grows by this fraction of itself per window without a rise in latency."""
 WINDOW_SECONDS = 0.25
 """A decision is taken at most this often..."""
 WINDOW_SAMPLES = 4
@@ -246,7 +249,7 @@ class AdaptivePacer(RequestPacer):
         elif self.rate is None or self.rate == self.cap:
             return
         else:
-            new = self.rate + self.min_rate
+            new = self.rate + max(self.min_rate, self.rate * GROWTH)
             if self.cap is not None:
                 new = min(new, self.cap)
             elif achieved < self.rate / 2:
