@@ -21,7 +21,10 @@ from prometheus_client import generate_latest
 from drivers import open_driver
 from drivers.local import LocalDriver
 from registry_core import Registry
+from registry_core.config import load_config
+from registry_core.jobs import Leases, Scheduler
 from registry_core.lifecycle.gc_pacing import gc_pacer
+from registry_core.lifecycle.maintenance import add_maintenance_jobs
 from registry_core.lifecycle.pacing import MIN_RATE, AdaptivePacer, RequestPacer
 from registry_server.observability import Metrics
 from tests.gc_support import blob_present, image, image_complete, push_blob, push_image
@@ -304,3 +307,42 @@ def test_cargohold_gc_reports_its_pacing_and_takes_no_adaptive(tmp_path: Path) -
     assert report["blobs_deleted"] == len(strays)
     assert report["pacing"]["adaptive"] is False  # a folder is never paced by latency
     assert report["pacing"]["concurrency"] == 32
+
+
+async def test_the_servers_schedule_hands_its_clients_and_gauge_to_the_pacer(
+    tmp_path: Path, moto_server: CloudEmulator
+) -> None:
+    bucket = moto_server.create_bucket(f"gc-{secrets.token_hex(4)}")
+    registry = Registry(
+        open_driver(moto_server.storage_url(bucket, "sched"), **moto_server.storage_options())
+    )
+    config_file = tmp_path / "gc.toml"
+    # One request in flight, so the run lasts several of the pacer's windows.
+    config_file.write_text('[gc]\ninterval = "1h"\ngrace = "0s"\nsettle = "0s"\nconcurrency = 1\n')
+    rates: list[float | None] = []
+    asked: list[bool] = []
+
+    def clients_busy() -> bool:
+        asked.append(True)
+        return False
+
+    try:
+        strays = [Blob("application/octet-stream", f"scheduled {n}".encode()) for n in range(40)]
+        for blob in strays:
+            await push_blob(registry, REPO, blob)
+        scheduler = Scheduler(Leases(registry.driver))
+        add_maintenance_jobs(
+            scheduler,
+            registry,
+            load_config(config_file),
+            on_gc_rate=rates.append,
+            clients_busy=clients_busy,
+        )
+        assert await scheduler.run_once("gc")
+        assert rates[0] is None  # unlimited at the start (no [gc] rate cap)
+        assert rates[-1] == 0.0  # no run in progress
+        assert asked  # the pacer consulted the server's clients at its decisions
+        for blob in strays:
+            assert not await blob_present(registry, blob.digest)
+    finally:
+        await registry.close()
