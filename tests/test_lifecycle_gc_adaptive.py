@@ -23,6 +23,7 @@ from drivers.local import LocalDriver
 from registry_core import Registry
 from registry_core.config import load_config
 from registry_core.jobs import Leases, Scheduler
+from registry_core.lifecycle.counting import _kind
 from registry_core.lifecycle.gc_pacing import gc_pacer
 from registry_core.lifecycle.maintenance import add_maintenance_jobs
 from registry_core.lifecycle.pacing import MIN_RATE, AdaptivePacer, RequestPacer
@@ -346,3 +347,14 @@ async def test_the_servers_schedule_hands_its_clients_and_gauge_to_the_pacer(
             assert not await blob_present(registry, blob.digest)
     finally:
         await registry.close()
+
+
+def test_large_copies_are_timed_against_a_floor_of_their_own_size() -> None:
+    # A server-side copy takes longer the larger the object: a sweep setting aside a 1 GiB
+    # layer after small ones must not read as a busy store.
+    assert _kind("move_whole", ("a", "b", 4096), {}) == "move_whole"
+    assert _kind("move_whole", ("a", "b", 1 << 20), {}) == "move_whole"
+    assert _kind("move_exact", ("a", "b"), {"size": 3 << 20}) == "move_exact/2"
+    assert _kind("move_whole", ("a", "b", 1 << 30), {}) == "move_whole/11"
+    assert _kind("move_whole", ("a", "b", (1 << 30) + 5), {}) == "move_whole/11"
+    assert _kind("commit_small_upload", ("a", b"x", 7 << 20), {}) == "commit_small_upload"

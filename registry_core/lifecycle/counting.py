@@ -58,7 +58,7 @@ class CountingDriver:
         # Optional abilities: counted (and paced) as one request when the inner driver has them.
         async def counted(*args: Any, **kwargs: Any) -> Any:
             self.counts[counted_as] += 1
-            async with self.pacer.request(name):
+            async with self.pacer.request(_kind(name, args, kwargs)):
                 return await found(*args, **kwargs)
 
         return counted
@@ -144,6 +144,22 @@ class CountingDriver:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+SIZED_COPY_MIB = 1 << 20
+"""Copies of objects up to this size are one kind of request to a latency-following pacer;
+larger ones are a kind per doubling (a server-side copy's time grows with the size, and a
+1 GiB layer's copy is no sign of a busy store)."""
+
+
+def _kind(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The kind a paced request is timed as: the ability, and for a sized move its size class."""
+    if name not in ("move_exact", "move_whole"):  # (source, destination, size)
+        return name
+    size = kwargs.get("size", args[2] if len(args) > 2 else None)
+    if not isinstance(size, int) or size <= SIZED_COPY_MIB:
+        return name
+    return f"{name}/{(size // SIZED_COPY_MIB).bit_length()}"
 
 
 async def _delete_quietly(driver: StorageDriver, path: str) -> None:
