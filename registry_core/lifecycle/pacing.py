@@ -147,8 +147,10 @@ LATENCY_FACTOR = 4.0
 """The store counts as busy when GC's median latency over a window exceeds this multiple
 of its floor. Measured on moto at load average 17 (``benchmarks/RESULTS.md``): a median
 about 4x the floor idle (the machine's own queue), 8 to 12x while 8 clients push and pull."""
-BUSY_FACTOR = 1.5
-"""The factor while this process's own clients have requests in flight."""
+BUSY_FACTOR = 2.5
+"""The factor while this process's own clients have requests in flight: above the jitter
+of a store at rest (a median within 2x of the least latency), which must not make a server
+that always has a client in flight crawl on an idle store."""
 MIN_RATE = 10.0
 """Requests per second GC keeps however busy the store (a run must end); also the least
 increase per window. A few percent of what an object store serves clients."""
