@@ -358,3 +358,14 @@ def test_large_copies_are_timed_against_a_floor_of_their_own_size() -> None:
     assert _kind("move_whole", ("a", "b", 1 << 30), {}) == "move_whole/11"
     assert _kind("move_whole", ("a", "b", (1 << 30) + 5), {}) == "move_whole/11"
     assert _kind("commit_small_upload", ("a", b"x", 7 << 20), {}) == "commit_small_upload"
+
+
+def test_one_slow_window_at_a_time_is_noise_two_running_are_load() -> None:
+    pacer = AdaptivePacer(concurrency=2)
+    for _ in range(10):  # a busy machine's scheduling: slow, calm, slow, calm...
+        pacer._decide(ratio=9.0, achieved=100.0)
+        pacer._decide(ratio=1.5, achieved=100.0)
+    assert pacer.rate is None and pacer.decreases == 0
+    pacer._decide(ratio=9.0, achieved=100.0)
+    pacer._decide(ratio=9.0, achieved=100.0)  # clients queueing: one window after another
+    assert pacer.rate == 50.0 and pacer.decreases == 1

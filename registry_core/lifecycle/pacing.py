@@ -21,8 +21,8 @@ the rate instead, the way LEDBAT (RFC 6817) keeps background transfers out of th
 foreground traffic: the floor of the store's response time is the least it has answered
 each kind of request in (a minimum, so one quiet moment between busy ones is enough to
 find it); when the median of GC's own latencies over a short window rises above
-:data:`LATENCY_FACTOR` times that floor, someone else is queueing at the store, and the
-rate is halved (down to :data:`MIN_RATE`, so a run always ends); while it stays near the
+:data:`LATENCY_FACTOR` times that floor in two windows running, someone else is queueing
+at the store, and the rate is halved (down to :data:`MIN_RATE`, so a run always ends); while it stays near the
 floor the rate grows back by a quarter per window (at least :data:`MIN_RATE`; from the
 minimum to a thousand a second in about 5 s), and stops being a limit once the run no
 longer uses half of it. On an idle store with flat latency nothing ever
@@ -160,6 +160,9 @@ WINDOW_SECONDS = 0.25
 """A decision is taken at most this often..."""
 WINDOW_SAMPLES = 4
 """...and only on at least this many timed requests."""
+CONFIRM_WINDOWS = 2
+"""Consecutive slow windows before the rate is halved: a busy machine's scheduling noise
+makes single slow windows on an idle store; clients' load makes them one after another."""
 FLOOR_SAMPLES = 3
 """A kind of request is judged once this many have been timed (its first set the floor)."""
 FLOOR_MINIMUM = 0.001
@@ -198,6 +201,7 @@ class AdaptivePacer(RequestPacer):
         self._ratios: list[float] = []
         self._window_started = clock()
         self._window_first = self.started
+        self._slow_windows = 0
         self.decreases = 0
         self.increases = 0
         self.lowest: float | None = self.rate
@@ -236,6 +240,10 @@ class AdaptivePacer(RequestPacer):
         busy = self.clients_busy is not None and self.clients_busy()
         limit = self.busy_factor if busy else self.factor
         if ratio > limit:
+            self._slow_windows += 1
+            if self._slow_windows < CONFIRM_WINDOWS:
+                return  # one slow window is noise as often as it is load: wait for a second
+            self._slow_windows = 0
             current = math.inf if self.rate is None else self.rate
             new: float | None = max(self.min_rate, min(current, achieved) / 2)
             if new == self.rate:
@@ -249,8 +257,10 @@ class AdaptivePacer(RequestPacer):
                 new,
             )
         elif self.rate is None or self.rate == self.cap:
+            self._slow_windows = 0
             return
         else:
+            self._slow_windows = 0
             new = self.rate + max(self.min_rate, self.rate * GROWTH)
             if self.cap is not None:
                 new = min(new, self.cap)
