@@ -443,22 +443,29 @@ def run_concurrent(
         extra = ([] if nice is None else ["--nice", str(nice)]) + pacing
         gc_seconds: list[float] = []
         gc_pacing: list[Any] = []
+        gc_errors: list[str] = []
 
         def gc_loop() -> None:
             while not stop.is_set():
                 started = time.perf_counter()
-                done = _cargohold(
-                    "gc",
-                    *backend.cli_args(),
-                    "--grace",
-                    "0s",
-                    "--settle",
-                    "2s",
-                    "--wait",
-                    "30s",
-                    "--json",
-                    *extra,
-                )
+                try:
+                    done = _cargohold(
+                        "gc",
+                        *backend.cli_args(),
+                        "--grace",
+                        "0s",
+                        "--settle",
+                        "2s",
+                        "--wait",
+                        "30s",
+                        "--json",
+                        *extra,
+                    )
+                except subprocess.CalledProcessError as exc:
+                    # Kept (the run counts as failed), not fatal to the load phase.
+                    gc_errors.append(exc.stderr.strip()[-2000:])
+                    log(f"gc during load failed: {exc.stderr.strip()[-300:]}")
+                    continue
                 gc_seconds.append(round(time.perf_counter() - started, 1))
                 gc_pacing.append(json.loads(done.stdout).get("pacing"))
                 runs[0] += 1
@@ -491,6 +498,7 @@ def run_concurrent(
         "gc_runs_during": runs[0],
         "gc_run_seconds": gc_seconds,
         "gc_pacing": gc_pacing,
+        "gc_errors": gc_errors,
         "load_seconds": seconds,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         **({"store_alone": store_alone} if store_alone else {}),
