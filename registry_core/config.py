@@ -200,6 +200,10 @@ class GcConfig(_Section):
     concurrency: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
     """Storage requests a run keeps in flight (0: auto, 32 on a local folder, 2 on an
     object store)."""
+    adaptive: bool = True
+    """On an object store, slow GC down while the store answers slower than when idle (its
+    other clients are queueing), within ``rate`` and ``concurrency``
+    (``registry_core/lifecycle/pacing.py``); false: the caps alone."""
 
     def __post_init__(self) -> None:
         _duration(self.interval, "gc.interval", off=True)

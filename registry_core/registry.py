@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .jobs import LeaseGuard
     from .lifecycle.gc import GcReport
     from .lifecycle.marks import UntaggedPolicy
+    from .lifecycle.pacing import RequestPacer
 
 
 class Tags:
@@ -163,6 +164,7 @@ class Registry:
         guard: LeaseGuard | None = None,
         rate: float | None = None,
         concurrency: int | None = None,
+        pacer: RequestPacer | None = None,
     ) -> GcReport:
         """One online GC run (see ``registry_core.lifecycle.gc``); safe while clients push.
 
@@ -172,15 +174,21 @@ class Registry:
         True for are collected (by default every one is kept), never one younger than
         *grace* (the protection of pushes in flight, see ``lifecycle.gc``). A caller that already
         holds the ``gc`` lease (the scheduler) passes its *guard*. *rate* and *concurrency*
-        pace its storage requests (``[gc] rate``, ``[gc] concurrency``; None: unlimited rate,
-        the driver's default concurrency).
+        cap its storage requests (``[gc] rate``, ``[gc] concurrency``; None: unlimited rate,
+        the driver's default concurrency); within them an object store's run follows its
+        response time (``lifecycle.gc_pacing``). A caller that wants to watch or tune the
+        pacing (the CLI's report, the server's metrics) passes its own *pacer* instead.
         """
         from .jobs import LeaseBusy, Leases
+        from .lifecycle.counting import CountingDriver
         from .lifecycle.gc import collect_garbage
+        from .lifecycle.gc_pacing import gc_pacer
+
+        paced = CountingDriver(self.driver, pacer or gc_pacer(self.driver, rate, concurrency))
 
         if dry_run:
             return await collect_garbage(
-                self.driver,
+                paced,
                 grace=grace,
                 dry_run=True,
                 collect_untagged=collect_untagged,
@@ -193,7 +201,7 @@ class Registry:
             try:
                 async with leases.hold("gc", lease_ttl) as held:
                     report = await collect_garbage(
-                        self.driver,
+                        paced,
                         grace=grace,
                         settle=settle,
                         collect_untagged=collect_untagged,
@@ -208,7 +216,7 @@ class Registry:
                 await asyncio.sleep(min(1.0, lease_ttl / 10))
         else:
             report = await collect_garbage(
-                self.driver,
+                paced,
                 grace=grace,
                 settle=settle,
                 collect_untagged=collect_untagged,

@@ -376,8 +376,16 @@ def build_app(config: Config, registry: Registry | None = None) -> web.Applicati
         retention_interval=config.retention.interval_seconds(),
         usage_interval=config.quotas.usage_interval,
     )
+    in_flight = app[IN_FLIGHT_KEY]
     add_maintenance_jobs(
-        scheduler, registry, config, on_gc=metrics.record_gc, on_scrub=metrics.record_scrub
+        scheduler,
+        registry,
+        config,
+        on_gc=metrics.record_gc,
+        on_scrub=metrics.record_scrub,
+        on_gc_rate=metrics.record_gc_rate,
+        # GC is a scheduled job, never a request: any request in flight is a client's.
+        clients_busy=lambda: in_flight.count > 0,
     )
     if sessions is not None:
         sessions.add_purge_job(scheduler)

@@ -10,6 +10,7 @@ and, across tenants, a leak.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -107,6 +108,12 @@ class Metrics:
             "When this process's last GC run ended.",
             registry=self.registry,
         )
+        self.gc_pacing_rate = Gauge(
+            "cargohold_gc_pacing_rate",
+            "Storage requests per second the GC run in this process may start now, as its "
+            "adaptive pacing set it (+Inf: not limited; 0: no run in progress).",
+            registry=self.registry,
+        )
         self.scrub_blobs = Counter(
             "cargohold_scrub_blobs_checked",
             "Blobs scrub re-read and hashed.",
@@ -136,6 +143,10 @@ class Metrics:
         self.gc_last_duration.labels("sweep").set(report.sweep_seconds)
         self.gc_last_duration.labels("total").set(report.duration)
         self.gc_last_run.set(time.time())
+
+    def record_gc_rate(self, rate: float | None) -> None:
+        """The running GC's current request rate (None: unlimited)."""
+        self.gc_pacing_rate.set(math.inf if rate is None else rate)
 
     def record_scrub(self, report: Any) -> None:
         """Count one scrub step (a ``registry_core.lifecycle.scrub.ScrubReport``)."""

@@ -32,7 +32,8 @@ Measured on copies of the store (each backend):
 
 On moto each phase also records moto's CPU share and the requests it answered
 (its access log). ``--gc-pacing=-/-,0/32`` compares GC request pacings
-(``RATE/CONCURRENCY``, ``-`` the ``[gc]`` default, rate 0 unlimited): one fresh
+(``RATE/CONCURRENCY[/fixed]``, ``-`` the ``[gc]`` default, rate 0 unlimited, ``fixed``:
+``--no-adaptive``, e.g. ``--gc-pacing=-/-,-/-/fixed``): one fresh
 moto store and one timed GC per pacing, and ``--load-runs N`` load comparisons
 each; ``--skip-distribution`` leaves out Distribution's (slow on moto) run.
 
@@ -227,13 +228,21 @@ class StoreProbe:
         return found if self.server is not None else {}
 
 
-def _pacing_args(rate: float | None, concurrency: int | None) -> list[str]:
+Pacing = tuple[float | None, int | None, bool]
+"""Rate, concurrency (None: the configuration's) and whether the pacing adapts."""
+
+
+def _pacing_args(rate: float | None, concurrency: int | None, adaptive: bool = True) -> list[str]:
     extra = [] if rate is None else ["--rate", str(rate)]
+    extra += [] if adaptive else ["--no-adaptive"]
     return extra + ([] if concurrency is None else ["--concurrency", str(concurrency)])
 
 
 def run_cargohold_gc(
-    backend: Backend, rate: float | None = None, concurrency: int | None = None
+    backend: Backend,
+    rate: float | None = None,
+    concurrency: int | None = None,
+    adaptive: bool = True,
 ) -> dict[str, Any]:
     """One run, timed against Distribution's: at the same CPU priority (``--nice 0``), with
     the given request pacing (None: the configuration's)."""
@@ -250,7 +259,7 @@ def run_cargohold_gc(
         "--json",
         "--nice",
         "0",
-        *_pacing_args(rate, concurrency),
+        *_pacing_args(rate, concurrency, adaptive),
     )
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -258,6 +267,7 @@ def run_cargohold_gc(
     return {
         "rate": rate,
         "concurrency": concurrency,
+        "adaptive": adaptive,
         **probe.since(),
         "wall_s": round(wall, 3),
         "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
@@ -272,6 +282,7 @@ def run_cargohold_gc(
             report["storage_requests"] / max(1, report["objects_reclaimed"]), 3
         ),
         "requests_by_operation": report["requests_by_operation"],
+        "pacing": report.get("pacing"),
         # ru_maxrss of children is the largest child so far: the GC process (builds ran
         # in this process, the server afterwards).
         "peak_rss_mib": round(after.ru_maxrss / 1024, 1),
@@ -431,22 +442,32 @@ def run_concurrent(
         runs = [0]
         extra = ([] if nice is None else ["--nice", str(nice)]) + pacing
         gc_seconds: list[float] = []
+        gc_pacing: list[Any] = []
+        gc_errors: list[str] = []
 
         def gc_loop() -> None:
             while not stop.is_set():
                 started = time.perf_counter()
-                _cargohold(
-                    "gc",
-                    *backend.cli_args(),
-                    "--grace",
-                    "0s",
-                    "--settle",
-                    "2s",
-                    "--wait",
-                    "30s",
-                    *extra,
-                )
+                try:
+                    done = _cargohold(
+                        "gc",
+                        *backend.cli_args(),
+                        "--grace",
+                        "0s",
+                        "--settle",
+                        "2s",
+                        "--wait",
+                        "30s",
+                        "--json",
+                        *extra,
+                    )
+                except subprocess.CalledProcessError as exc:
+                    # Kept (the run counts as failed), not fatal to the load phase.
+                    gc_errors.append(exc.stderr.strip()[-2000:])
+                    log(f"gc during load failed: {exc.stderr.strip()[-300:]}")
+                    continue
                 gc_seconds.append(round(time.perf_counter() - started, 1))
+                gc_pacing.append(json.loads(done.stdout).get("pacing"))
                 runs[0] += 1
 
         collector = threading.Thread(target=gc_loop, daemon=True)
@@ -476,6 +497,8 @@ def run_concurrent(
         ),
         "gc_runs_during": runs[0],
         "gc_run_seconds": gc_seconds,
+        "gc_pacing": gc_pacing,
+        "gc_errors": gc_errors,
         "load_seconds": seconds,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         **({"store_alone": store_alone} if store_alone else {}),
@@ -487,28 +510,39 @@ def run_concurrent(
 def run_loads(backend: Backend, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The load comparison *args.load_runs* times, for each pacing asked."""
     results = []
-    for rate, concurrency in _pacings(args):
+    for rate, concurrency, adaptive in _pacings(args):
         for number in range(args.load_runs):
-            log(f"{backend.name}: load run {number + 1}, rate {rate}, concurrency {concurrency}")
-            found = run_concurrent(
-                backend, work, args.load_seconds, args.gc_nice, _pacing_args(rate, concurrency)
+            log(
+                f"{backend.name}: load run {number + 1}, rate {rate}, "
+                f"concurrency {concurrency}, adaptive {adaptive}"
             )
-            results.append({"rate": rate, "concurrency": concurrency, **found})
+            found = run_concurrent(
+                backend,
+                work,
+                args.load_seconds,
+                args.gc_nice,
+                _pacing_args(rate, concurrency, adaptive),
+            )
+            results.append(
+                {"rate": rate, "concurrency": concurrency, "adaptive": adaptive, **found}
+            )
     return results
 
 
-def _pacings(args: argparse.Namespace) -> list[tuple[float | None, int | None]]:
-    """``--gc-pacing RATE/CONCURRENCY,...`` (``-`` for the configuration's value), else one
-    run with the configuration's pacing."""
+def _pacings(args: argparse.Namespace) -> list[Pacing]:
+    """``--gc-pacing RATE/CONCURRENCY[/fixed],...`` (``-`` for the configuration's value),
+    else one run with the configuration's pacing."""
     if not args.gc_pacing:
-        return [(None, None)]
-    found: list[tuple[float | None, int | None]] = []
+        return [(None, None, True)]
+    found: list[Pacing] = []
     for item in args.gc_pacing.split(","):
-        rate, _, concurrency = item.strip().partition("/")
+        rate, _, rest = item.strip().partition("/")
+        concurrency, _, mode = rest.partition("/")
         found.append(
             (
                 None if rate in ("", "-") else float(rate),
                 None if concurrency in ("", "-") else int(concurrency),
+                mode != "fixed",
             )
         )
     return found
@@ -606,9 +640,11 @@ def bench_moto(shape: StoreShape, work: Path, args: argparse.Namespace) -> dict[
             )
 
         ours = []
-        for number, (rate, concurrency) in enumerate(pacings):
-            log(f"moto: cargohold gc, rate {rate}, concurrency {concurrency}")
-            ours.append(run_cargohold_gc(backend(f"cargohold{number}"), rate, concurrency))
+        for number, (rate, concurrency, adaptive) in enumerate(pacings):
+            log(f"moto: cargohold gc, rate {rate}, concurrency {concurrency}, adaptive {adaptive}")
+            ours.append(
+                run_cargohold_gc(backend(f"cargohold{number}"), rate, concurrency, adaptive)
+            )
         theirs: dict[str, Any] = {"skipped": True}
         if not args.skip_distribution:
             log("moto: docker-registry garbage-collect")

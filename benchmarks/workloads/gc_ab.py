@@ -3,6 +3,9 @@ moto's requests, for a run that sweeps (half the store unreferenced) and a run t
 marks (what each back-to-back run of the load phase of ``benchmarks.workloads.gc`` is).
 
     .venv/bin/python -m benchmarks.workloads.gc_ab /work/main /work/wt-gc4 --rounds 2
+    .venv/bin/python -m benchmarks.workloads.gc_ab . ".::--no-adaptive"   # one checkout, two ways
+
+A checkout may carry extra ``cargohold gc`` arguments after ``::`` (space separated).
 
 One moto, one fresh store per (checkout, round), checkouts alternated; CPU seconds
 rather than wall time, so the comparison holds on a busy machine. JSON lines on stdout.
@@ -58,16 +61,24 @@ def main(argv: list[str] | None = None) -> int:
             )
             for number, tree in enumerate(order):
                 env = {k: v for k, v in client_env().items() if not k.startswith("CARGOHOLD_")}
-                env["PYTHONPATH"] = tree
+                path, _, extra = tree.partition("::")
+                env["PYTHONPATH"] = path
                 for run in ("sweep", "mark-only"):
-                    print(json.dumps(_one(moto, config, f"ab{number}", tree, run, env)), flush=True)
+                    found = _one(moto, config, f"ab{number}", path, run, env, extra.split())
+                    print(json.dumps({**found, "checkout": tree}), flush=True)
         finally:
             moto.stop()
     return 0
 
 
 def _one(
-    moto: Moto, config: Path, bucket: str, tree: str, run: str, env: dict[str, str]
+    moto: Moto,
+    config: Path,
+    bucket: str,
+    tree: str,
+    run: str,
+    env: dict[str, str],
+    extra: list[str],
 ) -> dict[str, object]:
     assert moto.tree is not None
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -80,6 +91,7 @@ def _one(
             "gc",
             *("--storage", f"s3://{bucket}/store", "--config", str(config)),
             *("--grace", "0s", "--settle", "0s", "--json", "--nice", "0"),
+            *extra,
         ],
         env=env,
         cwd=tree,
@@ -101,6 +113,7 @@ def _one(
         "mark_s": round(report["mark_seconds"], 1),
         "sweep_s": round(report["sweep_seconds"], 1),
         "load_average": round(os.getloadavg()[0], 1),
+        "pacing": report.get("pacing"),
     }
 
 

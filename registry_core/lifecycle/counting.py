@@ -58,24 +58,24 @@ class CountingDriver:
         # Optional abilities: counted (and paced) as one request when the inner driver has them.
         async def counted(*args: Any, **kwargs: Any) -> Any:
             self.counts[counted_as] += 1
-            async with self.pacer.request():
+            async with self.pacer.request(_kind(name, args, kwargs)):
                 return await found(*args, **kwargs)
 
         return counted
 
     async def read(self, path: str) -> bytes:
         self.counts["read"] += 1
-        async with self.pacer.request():
+        async with self.pacer.request("read"):
             return await self.inner.read(path)
 
     async def write(self, path: str, data: bytes) -> None:
         self.counts["write"] += 1
-        async with self.pacer.request():
+        async with self.pacer.request("write"):
             await self.inner.write(path, data)
 
     async def write_if_absent(self, path: str, data: bytes) -> bool:
         self.counts["write_if_absent"] += 1
-        async with self.pacer.request():
+        async with self.pacer.request("write_if_absent"):
             return await self.inner.write_if_absent(path, data)
 
     async def read_stream(
@@ -88,17 +88,17 @@ class CountingDriver:
 
     async def open_writer(self, path: str, *, append: bool = False) -> FileWriter:
         self.counts["open_writer"] += 1
-        async with self.pacer.request():
+        async with self.pacer.request("open_writer"):
             return await self.inner.open_writer(path, append=append)
 
     async def stat(self, path: str) -> FileInfo:
         self.counts["stat"] += 1
-        async with self.pacer.request():
+        async with self.pacer.request("stat"):
             return await self.inner.stat(path)
 
     async def list(self, path: str) -> list[str]:
         self.counts["list"] += 1
-        async with self.pacer.request():
+        async with self.pacer.request("list"):
             return await self.inner.list(path)
 
     async def walk(self, path: str, prune: WalkFilter | None = None) -> AsyncIterator[FileInfo]:
@@ -112,12 +112,12 @@ class CountingDriver:
 
     async def move(self, source: str, destination: str) -> None:
         self.counts["move"] += 1
-        async with self.pacer.request():
+        async with self.pacer.request("move"):
             await self.inner.move(source, destination)
 
     async def delete(self, path: str) -> None:
         self.counts["delete"] += 1
-        async with self.pacer.request():
+        async with self.pacer.request("delete"):
             await self.inner.delete(path)
 
     def has_delete_many(self) -> bool:
@@ -128,12 +128,12 @@ class CountingDriver:
         batched = getattr(self.inner, "delete_many", None)
         if callable(batched):
             self.counts["delete_many"] += 1
-            async with self.pacer.request():
+            async with self.pacer.request("delete_many"):
                 await batched(list(paths))
             return
         for path in paths:
             self.counts["delete"] += 1
-            async with self.pacer.request():
+            async with self.pacer.request("delete"):
                 await _delete_quietly(self.inner, path)
 
     def local_path(self, path: str) -> str | None:
@@ -144,6 +144,22 @@ class CountingDriver:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+SIZED_COPY_MIB = 1 << 20
+"""Copies of objects up to this size are one kind of request to a latency-following pacer;
+larger ones are a kind per doubling (a server-side copy's time grows with the size, and a
+1 GiB layer's copy is no sign of a busy store)."""
+
+
+def _kind(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The kind a paced request is timed as: the ability, and for a sized move its size class."""
+    if name not in ("move_exact", "move_whole"):  # (source, destination, size)
+        return name
+    size = kwargs.get("size", args[2] if len(args) > 2 else None)
+    if not isinstance(size, int) or size <= SIZED_COPY_MIB:
+        return name
+    return f"{name}/{(size // SIZED_COPY_MIB).bit_length()}"
 
 
 async def _delete_quietly(driver: StorageDriver, path: str) -> None:

@@ -23,6 +23,7 @@ from ..storage import layout
 from ..storage.driver import PathNotFound
 from .gc import JOB as GC_JOB
 from .gc import GcReport
+from .gc_pacing import gc_pacer
 from .scrub import JOB as SCRUB_JOB
 from .scrub import Scrubber, ScrubReport
 
@@ -58,8 +59,14 @@ def add_maintenance_jobs(
     *,
     on_gc: GcCallback | None = None,
     on_scrub: ScrubCallback | None = None,
+    on_gc_rate: Callable[[float | None], None] | None = None,
+    clients_busy: Callable[[], bool] | None = None,
 ) -> None:
-    """Register GC and scrub with *scheduler* when their ``interval`` is not ``off``."""
+    """Register GC and scrub with *scheduler* when their ``interval`` is not ``off``.
+
+    A server passes *clients_busy* (its requests in flight: GC on an object store then
+    backs off on a smaller rise of the store's response time) and *on_gc_rate* (the
+    adaptive pacer's rate as it changes, None: unlimited, 0 once the run ended; a gauge)."""
     gc = config.gc
     gc_interval = gc.seconds("interval")
     if gc_interval:
@@ -68,13 +75,23 @@ def add_maintenance_jobs(
         ttl = gc.seconds("lease_ttl") or 60.0
 
         async def run_gc(guard: LeaseGuard) -> None:
-            report = await registry.collect_garbage(
-                grace=grace,
-                settle=settle,
-                guard=guard,
-                rate=gc.rate or None,
-                concurrency=gc.concurrency or None,
+            pacer = gc_pacer(
+                registry.driver,
+                gc.rate or None,
+                gc.concurrency or None,
+                adaptive=gc.adaptive,
+                clients_busy=clients_busy,
+                on_change=on_gc_rate,
             )
+            if on_gc_rate is not None:
+                on_gc_rate(pacer.rate)
+            try:
+                report = await registry.collect_garbage(
+                    grace=grace, settle=settle, guard=guard, pacer=pacer
+                )
+            finally:
+                if on_gc_rate is not None:
+                    on_gc_rate(0.0)  # no run in progress
             await store_gc_report(registry, report)
             if on_gc is not None:
                 on_gc(report)

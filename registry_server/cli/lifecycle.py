@@ -24,6 +24,7 @@ from drivers import open_driver
 from registry_core import ConfigError, Registry
 from registry_core.config import Config
 from registry_core.jobs import LeaseBusy, Leases, Scheduler
+from registry_core.lifecycle.gc_pacing import gc_pacer
 from registry_core.lifecycle.maintenance import (
     add_maintenance_jobs,
     last_gc_report,
@@ -108,21 +109,26 @@ def gc_command(args: argparse.Namespace) -> int:
             return 0
         grace = parse_duration(args.grace) if args.grace else config.gc.seconds("grace")
         settle = parse_duration(args.settle) if args.settle else config.gc.seconds("settle")
+        pacer = gc_pacer(
+            registry.driver,
+            (config.gc.rate if args.rate is None else args.rate) or None,
+            (config.gc.concurrency if args.concurrency is None else args.concurrency) or None,
+            adaptive=config.gc.adaptive if args.adaptive is None else args.adaptive,
+        )
         report = await registry.collect_garbage(
             grace=grace or 0.0,
             settle=settle or 0.0,
             dry_run=args.dry_run,
             lease_ttl=config.gc.seconds("lease_ttl") or 60.0,
             wait=parse_duration(args.wait),
-            rate=(config.gc.rate if args.rate is None else args.rate) or None,
-            concurrency=(config.gc.concurrency if args.concurrency is None else args.concurrency)
-            or None,
+            pacer=pacer,
         )
         if not args.dry_run:
             await store_gc_report(registry, report)
         if args.json:
             summary = report.summary()
             summary["deleted"] = [{"digest": d, "size": s} for d, s in report.deleted]
+            summary["pacing"] = pacer.summary()
             print(json.dumps(summary, indent=2))
             return 0
         verb = "would delete" if args.dry_run else "deleted"
@@ -287,6 +293,13 @@ def add_lifecycle_commands(commands: Any) -> None:
         "--concurrency",
         type=_count,
         help="storage requests in flight (default [gc] concurrency; 0: auto by driver)",
+    )
+    gc.add_argument(
+        "--adaptive",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="on an object store, slow down while it answers slower than when idle "
+        "(default [gc] adaptive, on)",
     )
     gc.add_argument("--last", action="store_true", help="show the last completed run's report")
     gc.set_defaults(func=gc_command)
