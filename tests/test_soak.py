@@ -22,12 +22,14 @@ Durations: ``SOAK_SECONDS`` (local, default 60) and ``SOAK_S3_SECONDS`` (default
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
 import os
 import random
 import secrets
+import socket
 import statistics
 import tarfile
 import threading
@@ -36,6 +38,7 @@ import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +79,6 @@ RSS_WINDOW. Under load a worker's RSS swings by 10 MiB and more with what is in 
 one reading or a short window under load decided the test; a leak is what stays when the
 requests are gone, and that is what both points compare. The in-load figures are printed
 too."""
-FILL_FETCHES = 6
-"""Fresh connections each filling manifest is read through: the kernel spreads new
-connections over the workers, so a worker misses a given manifest with odds 2**-6 (and
-25% more manifests than the cap holds are read)."""
 FILL_THREADS = 4
 FILL_SEED = 1414
 LINK_CACHE_TTL = 1.0
@@ -469,7 +468,57 @@ def settled(workers: list[Worker], pids: list[int], point: str) -> Sample:
     return figures
 
 
-def fill_manifest_caches(base: str, repo: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> int:
+def worker_of(connection: HTTPConnection, pids: list[int]) -> int:
+    """The worker process that accepted *connection* (after it answered a request): the
+    one holding the server end of that TCP connection (``/proc/net/tcp``, by inode)."""
+    client_host, client_port = connection.sock.getsockname()
+    server_host, server_port = connection.sock.getpeername()
+
+    def hex_address(host: str, port: int) -> str:
+        return f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
+
+    wanted = (hex_address(server_host, server_port), hex_address(client_host, client_port))
+    with open("/proc/net/tcp", encoding="ascii") as fh:
+        inodes = [f[9] for f in (line.split() for line in fh) if (f[1], f[2]) == wanted]
+    assert len(inodes) == 1, (wanted, inodes)
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inodes[0]}]":
+                    return pid
+            except OSError:
+                continue
+    raise AssertionError(f"no worker holds connection {wanted}")
+
+
+def connections_to_each_worker(base: str, pids: list[int]) -> dict[int, HTTPConnection]:
+    """One open keep-alive connection to every worker (the kernel picks the worker of a
+    new connection, so connect until each was picked)."""
+    address = urllib.parse.urlsplit(base)
+    found: dict[int, HTTPConnection] = {}
+    for _ in range(100):
+        connection = HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=60)
+        connection.request("GET", "/v2/", headers={"Authorization": basic_auth()})
+        answer = connection.getresponse()
+        assert answer.status == 200, answer.read()[:300]
+        answer.read()
+        pid = worker_of(connection, pids)
+        if pid in found:
+            connection.close()
+        else:
+            found[pid] = connection
+        if len(found) == len(pids):
+            return found
+    raise AssertionError(f"the kernel never gave a connection to some of {pids}")
+
+
+def basic_auth() -> str:
+    return "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
+def fill_manifest_caches(
+    base: str, repo: str, pids: list[int], cache_bytes: int = DEFAULT_CACHE_BYTES
+) -> int:
     """Fill every worker's manifest cache to its cap before the load starts; how many went in.
 
     The cache (2 MiB a process by default, its cap asserted by tests/test_bounded_caches.py)
@@ -481,7 +530,9 @@ def fill_manifest_caches(base: str, repo: str, cache_bytes: int = DEFAULT_CACHE_
     bytes but the load's manifests then replaced them over minutes with ~1,800 entries of
     small objects, moving about 1 MB into pymalloc after minute 2 (session 5). Now the
     load only replaces like with like, and a cache that outgrew its cap would still show
-    as growth.
+    as growth. Each manifest is PUT through one worker and read through every other one
+    (a PUT or a read caches it in the process that serves it), on connections whose
+    worker is known, so every cache gets all of them.
     """
     with session() as s:
         config = b'{"architecture":"amd64","os":"linux"}'
@@ -494,29 +545,35 @@ def fill_manifest_caches(base: str, repo: str, cache_bytes: int = DEFAULT_CACHE_
     entry = len(image_manifest(config, layers[1:], {"fill": "0"})) + ENTRY_OVERHEAD
     count = cache_bytes // entry * 5 // 4 + 1  # 25% over the cap
     manifests = [image_manifest(config, layers[1:], {"fill": str(i)}) for i in range(count)]
-    local = threading.local()
+    path = urllib.parse.urlsplit(base).path + f"/v2/{repo}/manifests/"
 
-    def fill(manifest: bytes) -> None:
-        if not hasattr(local, "session"):
-            local.session = session()
-        digest = digest_of(manifest)
-        put = local.session.put(
-            f"{base}/v2/{repo}/manifests/{digest}",
-            data=manifest,
-            headers={"Content-Type": OCI_MANIFEST},
-            timeout=60,
-        )
-        assert put.status_code == 201, put.text[:300]
-        for _ in range(FILL_FETCHES):
-            got = local.session.get(
-                f"{base}/v2/{repo}/manifests/{digest}",
-                headers={"Accept": OCI_MANIFEST, "Connection": "close"},
-                timeout=60,
-            )
-            assert got.status_code == 200 and got.content == manifest
+    def fill(share: list[bytes]) -> None:
+        connections = list(connections_to_each_worker(base, pids).values())
+        try:
+            for index, manifest in enumerate(share):
+                digest = digest_of(manifest)
+                first = index % len(connections)  # each worker takes its turn at the PUTs
+                order = connections[first:] + connections[:first]
+                order[0].request(
+                    "PUT",
+                    path + digest,
+                    body=manifest,
+                    headers={"Authorization": basic_auth(), "Content-Type": OCI_MANIFEST},
+                )
+                put = order[0].getresponse()
+                assert put.status == 201, put.read()[:300]
+                put.read()
+                for connection in order[1:]:
+                    headers = {"Authorization": basic_auth(), "Accept": OCI_MANIFEST}
+                    connection.request("GET", path + digest, headers=headers)
+                    got = connection.getresponse()
+                    assert got.status == 200 and got.read() == manifest
+        finally:
+            for connection in connections:
+                connection.close()
 
     with ThreadPoolExecutor(FILL_THREADS) as pool:
-        list(pool.map(fill, manifests))
+        list(pool.map(fill, [manifests[i::FILL_THREADS] for i in range(FILL_THREADS)]))
     return count
 
 
@@ -570,7 +627,9 @@ def soak(server: RegistryServer, duration: float, profile: Profile) -> None:
     # Minute 2, as the issue measures; a short run waits half its time (the S3 client's
     # pools and part buffers fill in its first ~15 s, then stay level).
     warm_up = min(120.0, duration / 2)
-    filled = fill_manifest_caches(server.url, f"{TENANT}/soak-fill")
+    fill_started = time.monotonic()
+    filled = fill_manifest_caches(server.url, f"{TENANT}/soak-fill", pids)
+    fill_seconds = time.monotonic() - fill_started
     started = time.monotonic()
     workers = run_load(server.url, ledger, profile, stop)
     try:
@@ -618,7 +677,7 @@ def soak(server: RegistryServer, duration: float, profile: Profile) -> None:
             f"{ledger.requests} requests, {len(ledger.blobs)} blobs ({ledger.large} large) in "
             f"{duration:g}s, measured from {warmed_at:.0f}s (medians over {RSS_WINDOW:g}s, "
             f"clients paused {SETTLE:g}s before; "
-            f"manifest caches filled with {filled} manifests first)"
+            f"manifest caches filled with {filled} manifests first, in {fill_seconds:.0f}s)"
         )
     for pid in pids:
         growth = end.rss_kib[pid] / warm.rss_kib[pid] - 1
