@@ -77,8 +77,8 @@ BUFFERS_AMID_SMALL_BLOCKS = textwrap.dedent(
 
     def churn():
         big, small = [], []
-        for n in range(200):  # 256 KiB buffers, each followed by a small block that stays
-            big.append(bytearray(256 << 10))
+        for n in range(64):  # 640 KiB buffers, each followed by a small block that stays
+            big.append(bytearray(640 << 10))
             small.append(bytearray(2048))
         big.clear()
         return small
@@ -96,7 +96,7 @@ BUFFERS_AMID_SMALL_BLOCKS = textwrap.dedent(
 @glibc_only
 def test_buffers_of_a_few_hundred_kib_leave_the_resident_set_when_freed() -> None:
     # Without any trim: blocks at or over the fixed mmap threshold are their own mappings,
-    # so 50 MiB of freed body-sized buffers must not stay resident between small blocks.
+    # so 40 MiB of freed scanner-sized buffers must not stay resident between small blocks.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     done = subprocess.run(
         [sys.executable, "-c", BUFFERS_AMID_SMALL_BLOCKS],
