@@ -30,9 +30,15 @@ ARENAS = 2
 """glibc heaps per process: the event loop's and one shared by the I/O threads."""
 TRIM_INTERVAL = 10.0
 """Seconds between two ``malloc_trim`` calls (each takes well under a millisecond)."""
-MMAP_THRESHOLD = 1024 * 1024
-"""Blocks at least this large (blob chunks, layer reads) get their own mapping, unmapped
-as soon as they are freed."""
+MMAP_THRESHOLD = 512 * 1024
+"""Blocks at least this large (file and layer reads, decompressed tar data) get their
+own mapping, unmapped as soon as they are freed. At 1 MiB, the I/O threads' buffers below
+it came from their shared heap, small long-lived blocks settled between them, and that
+heap grew to ~8 MiB mapped, +1.2-2.6 MiB resident over five minutes of the soak (after
+``malloc_trim``); at 512 KiB it stayed at 1.7-2.7 MiB mapped and each worker's RSS grew
++1.8% and +2.2% (issue 14, session 6: benchmarks/results/s6-soak-memory.md). Not lower:
+at 128 KiB the body pieces an upload reads (up to 256 KiB) are mapped and unmapped one by
+one, which cost uploads 35-39% more CPU per GiB; at 512 KiB upload CPU did not move."""
 TRIM_THRESHOLD = 4 * 1024 * 1024
 """Free memory at the top of a heap beyond this is returned at once."""
 _M_TRIM_THRESHOLD = -1  # from glibc's malloc.h

@@ -66,6 +66,50 @@ def test_freed_buffers_leave_the_resident_set_after_a_trim() -> None:
     assert before - after > 200 * 1024, (before, after)
 
 
+BUFFERS_AMID_SMALL_BLOCKS = textwrap.dedent(
+    """
+    import threading
+    from registry_server.memory import limit_arenas
+
+    def rss_kib():
+        with open("/proc/self/status") as fh:
+            return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:"))
+
+    def churn():
+        big, small = [], []
+        for n in range(64):  # 640 KiB buffers, each followed by a small block that stays
+            big.append(bytearray(640 << 10))
+            small.append(bytearray(2048))
+        big.clear()
+        return small
+
+    assert limit_arenas()
+    kept = []
+    before = rss_kib()
+    thread = threading.Thread(target=lambda: kept.append(churn()))  # as the I/O threads do
+    thread.start(); thread.join()
+    print(before, rss_kib())
+    """
+)
+
+
+@glibc_only
+def test_buffers_of_a_few_hundred_kib_leave_the_resident_set_when_freed() -> None:
+    # Without any trim: blocks at or over the fixed mmap threshold are their own mappings,
+    # so 40 MiB of freed scanner-sized buffers must not stay resident between small blocks.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    done = subprocess.run(
+        [sys.executable, "-c", BUFFERS_AMID_SMALL_BLOCKS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    before, after = (int(x) for x in done.stdout.split())
+    assert after - before < 8 * 1024, (before, after)
+
+
 @glibc_only
 def test_malloc_tuning_leaves_an_operator_setting_alone(monkeypatch) -> None:
     for variable in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):

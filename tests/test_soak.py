@@ -22,19 +22,23 @@ Durations: ``SOAK_SECONDS`` (local, default 60) and ``SOAK_S3_SECONDS`` (default
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
 import os
 import random
 import secrets
+import socket
 import statistics
 import tarfile
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +79,8 @@ RSS_WINDOW. Under load a worker's RSS swings by 10 MiB and more with what is in 
 one reading or a short window under load decided the test; a leak is what stays when the
 requests are gone, and that is what both points compare. The in-load figures are printed
 too."""
-FILL_MANIFEST_BYTES = 128 * 1024
-FILL_FETCHES = 6
-"""Fresh connections each filling manifest is read through: the kernel spreads new
-connections over the workers, so a worker misses a given manifest with odds 2**-6 (and
-25% more manifests than the cap holds are read)."""
+FILL_THREADS = 4
+FILL_SEED = 1414
 LINK_CACHE_TTL = 1.0
 """The default ``manifests.link_cache_ttl``: how stale another process's tag reads may be."""
 
@@ -90,6 +91,32 @@ def seconds(variable: str, default: float) -> float:
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def layer(source: random.Random, size: int) -> bytes:
+    """A gzip-compressed tar layer of about *size* bytes: one file of random bytes."""
+    content = source.randbytes(max(1, size - 1536))
+    info = tarfile.TarInfo(f"data/{source.getrandbits(64):016x}")
+    info.size = len(content)
+    # Header, content padded to a block, two empty blocks: a whole tar, no record padding.
+    tar = info.tobuf(tarfile.USTAR_FORMAT) + content + bytes(-len(content) % 512 + 1024)
+    # Random content does not compress: stored blocks cost the client no CPU.
+    return gzip.compress(tar, compresslevel=0, mtime=0)
+
+
+def image_manifest(
+    config: bytes, layers: list[tuple[str, int]], annotations: dict[str, str] | None = None
+) -> bytes:
+    """An OCI image manifest as the load puts them (about 600 bytes with two layers)."""
+    document: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config), "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": d, "size": n} for d, n in layers],
+    }
+    if annotations:
+        document["annotations"] = annotations
+    return json.dumps(document).encode()
 
 
 # -- the load ----------------------------------------------------------------------------------
@@ -191,14 +218,7 @@ class Worker(threading.Thread):
         return True
 
     def payload(self, low: int, high: int) -> bytes:
-        """A gzip-compressed tar layer of about that size: one file of random bytes."""
-        content = self.random.randbytes(max(1, self.random.randint(low, high) - 1536))
-        info = tarfile.TarInfo(f"data/{self.random.getrandbits(64):016x}")
-        info.size = len(content)
-        # Header, content padded to a block, two empty blocks: a whole tar, no record padding.
-        tar = info.tobuf(tarfile.USTAR_FORMAT) + content + bytes(-len(content) % 512 + 1024)
-        # Random content does not compress: stored blocks cost the client no CPU.
-        return gzip.compress(tar, compresslevel=0, mtime=0)
+        return layer(self.random, self.random.randint(low, high))
 
     def acknowledge_blob(self, digest: str, size: int, *, layer: bool = True) -> None:
         with self.ledger.lock:
@@ -252,17 +272,7 @@ class Worker(threading.Thread):
         layers = self.random.sample(self.blobs, min(len(self.blobs), 2))
         with self.ledger.lock:
             sizes = [self.ledger.blobs[(self.repo, d)] for d in layers]
-        manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
-                "layers": [
-                    {"mediaType": OCI_LAYER, "digest": d, "size": s}
-                    for d, s in zip(layers, sizes, strict=True)
-                ],
-            }
-        ).encode()
+        manifest = image_manifest(config, list(zip(layers, sizes, strict=True)))
         digest = digest_of(manifest)
         tag = f"t{self.index}-{self.tag_count % 5}"
         self.tag_count += 1
@@ -408,6 +418,17 @@ def worker_pids(server: RegistryServer) -> list[int]:
 class Sample:
     rss_kib: dict[int, int]
     fds: dict[int, int]
+    cpu: dict[int, float]
+    """CPU seconds (user + system) each worker has used, at the end of the window."""
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 def sample(pids: list[int], window: float = RSS_WINDOW) -> Sample:
@@ -423,68 +444,137 @@ def sample(pids: list[int], window: float = RSS_WINDOW) -> Sample:
     return Sample(
         {pid: statistics.median_low(values) for pid, values in readings.items()},
         {pid: len(os.listdir(f"/proc/{pid}/fd")) for pid in pids},
+        {pid: cpu_seconds(pid) for pid in pids},
     )
 
 
-def settled(workers: list[Worker], pids: list[int]) -> Sample:
-    """:func:`sample` once every client is paused and SETTLE seconds have passed."""
+def settled(workers: list[Worker], pids: list[int], point: str) -> Sample:
+    """:func:`sample` once every client is paused and SETTLE seconds have passed.
+
+    With ``SOAK_SMAPS_DIR`` set, each worker's ``/proc/PID/smaps`` is also copied there
+    (``PID-POINT.smaps``) at the end of the window, to see which mappings grew: the
+    heaps, pymalloc's arenas, large blocks or file pages (issue 14's evidence).
+    """
     for worker in workers:
         worker.pause.set()
     for worker in workers:
         worker.idle.wait(timeout=120)
     time.sleep(SETTLE)
-    return sample(pids)
+    figures = sample(pids)
+    if folder := os.environ.get("SOAK_SMAPS_DIR"):
+        for pid in pids:
+            smaps = Path(f"/proc/{pid}/smaps").read_text()
+            Path(folder, f"{pid}-{point}.smaps").write_text(smaps)
+    return figures
 
 
-def fill_manifest_caches(base: str, repo: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> int:
+def worker_of(connection: HTTPConnection, pids: list[int]) -> int:
+    """The worker process that accepted *connection* (after it answered a request): the
+    one holding the server end of that TCP connection (``/proc/net/tcp``, by inode)."""
+    client_host, client_port = connection.sock.getsockname()
+    server_host, server_port = connection.sock.getpeername()
+
+    def hex_address(host: str, port: int) -> str:
+        return f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
+
+    wanted = (hex_address(server_host, server_port), hex_address(client_host, client_port))
+    with open("/proc/net/tcp", encoding="ascii") as fh:
+        inodes = [f[9] for f in (line.split() for line in fh) if (f[1], f[2]) == wanted]
+    assert len(inodes) == 1, (wanted, inodes)
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inodes[0]}]":
+                    return pid
+            except OSError:
+                continue
+    raise AssertionError(f"no worker holds connection {wanted}")
+
+
+def connections_to_each_worker(base: str, pids: list[int]) -> dict[int, HTTPConnection]:
+    """One open keep-alive connection to every worker (the kernel picks the worker of a
+    new connection, so connect until each was picked)."""
+    address = urllib.parse.urlsplit(base)
+    found: dict[int, HTTPConnection] = {}
+    for _ in range(100):
+        connection = HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=60)
+        connection.request("GET", "/v2/", headers={"Authorization": basic_auth()})
+        answer = connection.getresponse()
+        assert answer.status == 200, answer.read()[:300]
+        answer.read()
+        pid = worker_of(connection, pids)
+        if pid in found:
+            connection.close()
+        else:
+            found[pid] = connection
+        if len(found) == len(pids):
+            return found
+    raise AssertionError(f"the kernel never gave a connection to some of {pids}")
+
+
+def basic_auth() -> str:
+    return "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
+def fill_manifest_caches(
+    base: str, repo: str, pids: list[int], cache_bytes: int = DEFAULT_CACHE_BYTES
+) -> int:
     """Fill every worker's manifest cache to its cap before the load starts; how many went in.
 
     The cache (2 MiB a process by default, its cap asserted by tests/test_bounded_caches.py)
-    fills at the rate new manifests pass through a worker: under the soak's load an 8 MiB
-    one took more than the whole run, so RSS measured from minute 2 grew with the cache's
-    own filling (measured: +24% with it, +9% and +2% for the same run with the cache off).
-    Filled first with 128 KiB manifests (few requests for many bytes), the cache is at its
-    cap all through the run and the soak's small manifests only replace entries: a cache
-    that outgrew its cap would still show as growth.
+    fills at the rate new manifests pass through a worker: under the soak's load it took
+    minutes, so RSS measured from minute 2 grew with the cache's own filling (measured:
+    +24% with an 8 MiB cache, +9% and +2% for the same run with the cache off). The fill
+    uses manifests of the load's own shape and size (about 600 bytes, two layers): filled
+    with 128 KiB ones instead (16 entries, in glibc blocks), the cache was at its cap in
+    bytes but the load's manifests then replaced them over minutes with ~1,800 entries of
+    small objects, moving about 1 MB into pymalloc after minute 2 (session 5). Now the
+    load only replaces like with like, and a cache that outgrew its cap would still show
+    as growth. Each manifest is PUT through one worker and read through every other one
+    (a PUT or a read caches it in the process that serves it), on connections whose
+    worker is known, so every cache gets all of them.
     """
     with session() as s:
         config = b'{"architecture":"amd64","os":"linux"}'
-        url = f"{base}/v2/{repo}/blobs/uploads/?digest={digest_of(config)}"
-        assert s.post(url, data=config, timeout=60).status_code == 201
-        entry = FILL_MANIFEST_BYTES + ENTRY_OVERHEAD
-        digests = []
-        for index in range(cache_bytes // entry * 5 // 4 + 1):  # 25% over the cap
-            manifest = json.dumps(
-                {
-                    "schemaVersion": 2,
-                    "mediaType": OCI_MANIFEST,
-                    "config": {
-                        "mediaType": OCI_CONFIG,
-                        "digest": digest_of(config),
-                        "size": len(config),
-                    },
-                    "layers": [],
-                    "annotations": {"fill": f"{index}-" + "x" * FILL_MANIFEST_BYTES},
-                }
-            ).encode()
-            digest = digest_of(manifest)
-            put = s.put(
-                f"{base}/v2/{repo}/manifests/{digest}",
-                data=manifest,
-                headers={"Content-Type": OCI_MANIFEST},
-                timeout=60,
-            )
-            assert put.status_code == 201, put.text[:300]
-            digests.append(digest)
-        for digest in digests:
-            for _ in range(FILL_FETCHES):
-                got = s.get(
-                    f"{base}/v2/{repo}/manifests/{digest}",
-                    headers={"Accept": OCI_MANIFEST, "Connection": "close"},
-                    timeout=60,
+        layers = []
+        source = random.Random(FILL_SEED)
+        for blob in (config, layer(source, 4096), layer(source, 8192)):
+            url = f"{base}/v2/{repo}/blobs/uploads/?digest={digest_of(blob)}"
+            assert s.post(url, data=blob, timeout=60).status_code == 201
+            layers.append((digest_of(blob), len(blob)))
+    entry = len(image_manifest(config, layers[1:], {"fill": "0"})) + ENTRY_OVERHEAD
+    count = cache_bytes // entry * 5 // 4 + 1  # 25% over the cap
+    manifests = [image_manifest(config, layers[1:], {"fill": str(i)}) for i in range(count)]
+    path = urllib.parse.urlsplit(base).path + f"/v2/{repo}/manifests/"
+
+    def fill(share: list[bytes]) -> None:
+        connections = list(connections_to_each_worker(base, pids).values())
+        try:
+            for index, manifest in enumerate(share):
+                digest = digest_of(manifest)
+                first = index % len(connections)  # each worker takes its turn at the PUTs
+                order = connections[first:] + connections[:first]
+                order[0].request(
+                    "PUT",
+                    path + digest,
+                    body=manifest,
+                    headers={"Authorization": basic_auth(), "Content-Type": OCI_MANIFEST},
                 )
-                assert got.status_code == 200 and digest_of(got.content) == digest
-    return len(digests)
+                put = order[0].getresponse()
+                assert put.status == 201, put.read()[:300]
+                put.read()
+                for connection in order[1:]:
+                    headers = {"Authorization": basic_auth(), "Accept": OCI_MANIFEST}
+                    connection.request("GET", path + digest, headers=headers)
+                    got = connection.getresponse()
+                    assert got.status == 200 and got.read() == manifest
+        finally:
+            for connection in connections:
+                connection.close()
+
+    with ThreadPoolExecutor(FILL_THREADS) as pool:
+        list(pool.map(fill, [manifests[i::FILL_THREADS] for i in range(FILL_THREADS)]))
+    return count
 
 
 # -- checks afterwards --------------------------------------------------------------------------
@@ -537,7 +627,9 @@ def soak(server: RegistryServer, duration: float, profile: Profile) -> None:
     # Minute 2, as the issue measures; a short run waits half its time (the S3 client's
     # pools and part buffers fill in its first ~15 s, then stay level).
     warm_up = min(120.0, duration / 2)
-    filled = fill_manifest_caches(server.url, f"{TENANT}/soak-fill")
+    fill_started = time.monotonic()
+    filled = fill_manifest_caches(server.url, f"{TENANT}/soak-fill", pids)
+    fill_seconds = time.monotonic() - fill_started
     started = time.monotonic()
     workers = run_load(server.url, ledger, profile, stop)
     try:
@@ -547,13 +639,15 @@ def soak(server: RegistryServer, duration: float, profile: Profile) -> None:
             time.sleep(0.5)
         warmed_at = time.monotonic() - started
         warm_loaded = sample(pids)
-        warm = settled(workers, pids)
+        warm = settled(workers, pids, "warm")
+        warm_requests = ledger.requests
         for worker in workers:
             worker.pause.clear()
         # The pause does not count: the load runs on for the rest of *duration*.
         time.sleep(max(0.0, duration - warmed_at - RSS_WINDOW))
         end_loaded = sample(pids)
-        end = settled(workers, pids)
+        end = settled(workers, pids, "end")
+        end_requests = ledger.requests
     finally:
         stop.set()
         for worker in workers:
@@ -566,7 +660,14 @@ def soak(server: RegistryServer, duration: float, profile: Profile) -> None:
     assert len(ledger.tags) >= THREADS, "the load never put a manifest"
     assert lost_or_corrupt(server.url, ledger) == []
     # Every worker's figures first, then the bounds: a failing first worker must not hide
-    # the second one's.
+    # the second one's. CPU per request is the workers' CPU (background signing and
+    # scanning included) over the requests made between the two measuring points.
+    cpu = sum(end.cpu[pid] - warm.cpu[pid] for pid in pids)
+    print(
+        f"workers' CPU {cpu:.1f} s for {end_requests - warm_requests} requests from the "
+        f"first measuring point to the last: "
+        f"{1000 * cpu / max(1, end_requests - warm_requests):.2f} ms a request"
+    )
     for pid in pids:
         growth = end.rss_kib[pid] / warm.rss_kib[pid] - 1
         print(
@@ -576,7 +677,7 @@ def soak(server: RegistryServer, duration: float, profile: Profile) -> None:
             f"{ledger.requests} requests, {len(ledger.blobs)} blobs ({ledger.large} large) in "
             f"{duration:g}s, measured from {warmed_at:.0f}s (medians over {RSS_WINDOW:g}s, "
             f"clients paused {SETTLE:g}s before; "
-            f"manifest caches filled with {filled} manifests first)"
+            f"manifest caches filled with {filled} manifests first, in {fill_seconds:.0f}s)"
         )
     for pid in pids:
         growth = end.rss_kib[pid] / warm.rss_kib[pid] - 1
