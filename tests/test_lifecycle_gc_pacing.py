@@ -77,6 +77,36 @@ async def test_no_limits_never_waits() -> None:
     assert fake.sleeps == []
 
 
+@pytest.mark.parametrize("new_rate", [None, 5.0, 100.0])
+async def test_a_rate_changed_while_a_request_waits_for_its_token_applies_to_it(
+    new_rate: float | None,
+) -> None:
+    """An adaptive pacer lifts (None) or moves the rate while requests wait for tokens: the
+    waiting request goes on under the new rate (lifting it raised a TypeError, which failed
+    the GC run under load)."""
+    fake = FakeTime()
+    pacer = RequestPacer(rate=10.0, clock=fake.clock, sleep=fake.sleep)
+    changed = False
+
+    async def sleep(seconds: float) -> None:
+        nonlocal changed
+        await fake.sleep(seconds)
+        if not changed:
+            changed = True
+            pacer._set_rate(new_rate)
+
+    pacer._sleep = sleep
+    for _ in range(3):  # the burst of 1 (0.1 s of 10/s), then the change during a wait
+        await pacer.tick()
+    assert changed
+    assert pacer.rate == new_rate
+    waited = fake.now - 100.0
+    if new_rate is None:
+        assert fake.sleeps == pytest.approx([0.1])  # lifted: nobody waits any more
+    else:
+        assert waited == pytest.approx(0.1 + 1.0 / new_rate, rel=0.01)
+
+
 def test_negative_limits_are_refused() -> None:
     with pytest.raises(ValueError):
         RequestPacer(rate=-1)

@@ -104,18 +104,23 @@ class RequestPacer:
         if self.rate is None:
             return
         async with self._lock:
-            now = self._clock()
-            self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self.rate)
-            self._refilled = now
-            if self._tokens < 1.0:
-                delay = (1.0 - self._tokens) / self.rate
+            # An adaptive pacer may change the rate while this waits (lifting it: None):
+            # a wait under a rate that then changed is made up under the new one, and a
+            # lifted rate lets the request go. A wait under the rate that still holds
+            # earns the token (rounding may leave it a hair short).
+            slept_at: float | None = None
+            while (rate := self.rate) is not None:
+                now = self._clock()
+                self._tokens = min(self._burst, self._tokens + (now - self._refilled) * rate)
+                self._refilled = now
+                if self._tokens >= 1.0 or slept_at == rate:
+                    self._tokens -= 1.0
+                    self.taken += 1
+                    return
+                delay = (1.0 - self._tokens) / rate
                 self.waited += delay
                 await self._sleep(delay)
-                now = self._clock()
-                self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self.rate)
-                self._refilled = now
-            self._tokens -= 1.0
-            self.taken += 1
+                slept_at = rate
 
     @contextlib.asynccontextmanager
     async def request(self, kind: str = "") -> AsyncIterator[None]:
