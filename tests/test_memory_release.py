@@ -21,41 +21,45 @@ glibc_only = pytest.mark.skipif(
     sys.platform != "linux" or memory._glibc() is None, reason="malloc_trim is glibc's"
 )
 
-FRAGMENT_THEN_TRIM = textwrap.dedent(
-    """
-    import threading
-    from registry_server.memory import release_free_memory
 
-    def rss_kib():
-        with open("/proc/self/status") as fh:
-            return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:"))
+def churn_script(buffer: int, count: int, setup: str, measure: str) -> str:
+    """A child Python that, on a thread of its own (as the I/O threads do), allocates *count*
+    buffers of *buffer* bytes, each followed by a small block that stays, then frees the
+    buffers; it prints its RSS (KiB) before and after *measure*. *setup* runs first."""
+    return textwrap.dedent(
+        f"""
+        import threading
+        from registry_server.memory import limit_arenas, release_free_memory
 
-    def churn():
-        big, small = [], []
-        for n in range(300):  # 1 MiB buffers, each followed by a small block that stays
-            big.append(bytearray(1 << 20))
-            small.append(bytearray(2048))
-        big.clear()
-        return small
+        def rss_kib():
+            with open("/proc/self/status") as fh:
+                return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:"))
 
-    kept = []
-    thread = threading.Thread(target=lambda: kept.append(churn()))  # as the I/O threads do
-    thread.start(); thread.join()
-    before = rss_kib()
-    assert release_free_memory()
-    print(before, rss_kib())
-    """
-)
+        def churn():
+            big, small = [], []
+            for n in range({count}):
+                big.append(bytearray({buffer}))
+                small.append(bytearray(2048))
+            big.clear()
+            return small
+
+        {setup}
+        kept = []
+        before = rss_kib()
+        thread = threading.Thread(target=lambda: kept.append(churn()))
+        thread.start(); thread.join()
+        {measure}
+        print(before, rss_kib())
+        """
+    )
 
 
-@glibc_only
-def test_freed_buffers_leave_the_resident_set_after_a_trim() -> None:
+def run_churn(script: str, **env_extra: str) -> tuple[int, int]:
+    """Run *script* without inherited ``MALLOC_`` settings; its RSS before and after."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    # glibc's default: large blocks come from the heap once one was freed (dynamic
-    # threshold), which is what fragments; make that so from the first block.
-    env["MALLOC_MMAP_THRESHOLD_"] = str(4 << 20)
+    env.update(env_extra)
     done = subprocess.run(
-        [sys.executable, "-c", FRAGMENT_THEN_TRIM],
+        [sys.executable, "-c", script],
         env=env,
         capture_output=True,
         text=True,
@@ -63,50 +67,24 @@ def test_freed_buffers_leave_the_resident_set_after_a_trim() -> None:
         check=True,
     )
     before, after = (int(x) for x in done.stdout.split())
+    return before, after
+
+
+@glibc_only
+def test_freed_buffers_leave_the_resident_set_after_a_trim() -> None:
+    # glibc's default: large blocks come from the heap once one was freed (dynamic
+    # threshold), which is what fragments; make that so from the first block. RSS is
+    # compared before and after the trim, with 1 MiB buffers freed amid small blocks.
+    script = churn_script(1 << 20, 300, "", "before = rss_kib(); assert release_free_memory()")
+    before, after = run_churn(script, MALLOC_MMAP_THRESHOLD_=str(4 << 20))
     assert before - after > 200 * 1024, (before, after)
-
-
-BUFFERS_AMID_SMALL_BLOCKS = textwrap.dedent(
-    """
-    import threading
-    from registry_server.memory import limit_arenas
-
-    def rss_kib():
-        with open("/proc/self/status") as fh:
-            return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:"))
-
-    def churn():
-        big, small = [], []
-        for n in range(64):  # 640 KiB buffers, each followed by a small block that stays
-            big.append(bytearray(640 << 10))
-            small.append(bytearray(2048))
-        big.clear()
-        return small
-
-    assert limit_arenas()
-    kept = []
-    before = rss_kib()
-    thread = threading.Thread(target=lambda: kept.append(churn()))  # as the I/O threads do
-    thread.start(); thread.join()
-    print(before, rss_kib())
-    """
-)
 
 
 @glibc_only
 def test_buffers_of_a_few_hundred_kib_leave_the_resident_set_when_freed() -> None:
     # Without any trim: blocks at or over the fixed mmap threshold are their own mappings,
     # so 40 MiB of freed scanner-sized buffers must not stay resident between small blocks.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    done = subprocess.run(
-        [sys.executable, "-c", BUFFERS_AMID_SMALL_BLOCKS],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    before, after = (int(x) for x in done.stdout.split())
+    before, after = run_churn(churn_script(640 << 10, 64, "assert limit_arenas()", "pass"))
     assert after - before < 8 * 1024, (before, after)
 
 
