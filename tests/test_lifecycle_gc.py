@@ -105,11 +105,26 @@ async def test_an_attachment_is_collected_with_its_subject(registry: Registry) -
     img = image("gone")
     await push_image(registry, REPO, img, tag="1.0")
     sbom = await push_attachment(registry, REPO, img, "sbom-2")
+    await registry.repository(REPO).manifests.delete(img.digest)  # the SBOM's revision too
+    assert await registry.repository(REPO).manifests.revisions() == []
+    report = await collect(registry)
+    assert not await blob_present(registry, sbom)
+    assert report.revisions_removed == 0
+    assert await registry.repository(REPO).manifests.referrers(Digest.parse(img.digest)) == []
+
+
+async def test_an_attachment_pushed_after_its_subject_went_is_collected(
+    registry: Registry,
+) -> None:
+    img = image("gone-first")
+    await push_image(registry, REPO, img, tag="1.0")
     await registry.repository(REPO).manifests.delete(img.digest)
+    sbom = await push_attachment(registry, REPO, img, "sbom-late")  # the spec allows it
+    assert len(await registry.repository(REPO).manifests.revisions()) == 1
     report = await collect(registry)
     assert not await blob_present(registry, sbom)
     assert report.revisions_removed == 1
-    assert await registry.repository(REPO).manifests.referrers(Digest.parse(img.digest)) == []
+    assert await registry.repository(REPO).manifests.revisions() == []
 
 
 async def test_a_cosign_tag_goes_when_its_subject_is_gone(registry: Registry) -> None:

@@ -108,6 +108,28 @@ async def test_deleting_the_last_manifest_drops_the_repository(registry: Registr
     assert "b" in (await registry.repo_index.summary(TENANT)).recheck  # type: ignore[union-attr]
 
 
+async def test_deleting_an_image_with_attachments_drops_its_repository(
+    registry: Registry,
+) -> None:
+    """Its SBOM and signature go with the image: left behind, they made the job find the
+    repository still holding manifests and list the deleted image again."""
+    for image in ("a", "b"):
+        await put(registry, image)
+    manifests = registry.repository(f"{TENANT}/b").manifests
+    [subject] = await manifests.revisions()
+    sbom = json.loads(manifest(7))
+    sbom["subject"] = {"mediaType": MEDIA_TYPE, "digest": str(subject), "size": 1}
+    await manifests.put(json.dumps(sbom).encode(), MEDIA_TYPE, check_references=False)
+    signature = f"{subject.algorithm}-{subject.hex}.sig"
+    await manifests.put(manifest(8), MEDIA_TYPE, signature, check_references=False)
+    await compact(registry)
+    await manifests.delete(str(subject))
+    assert await manifests.revisions() == []
+    assert await listed(registry) == ["a"]
+    await compact(registry)
+    assert await listed(registry) == ["a"]
+
+
 async def test_deleting_a_tag_keeps_a_repository_that_still_has_manifests(
     registry: Registry,
 ) -> None:

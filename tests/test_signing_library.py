@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from drivers.local import LocalDriver
 from registry_core import Registry
 from registry_core import mediatypes as mt
+from registry_core.errors import ManifestUnknown
 from registry_core.names import Tenant
 from registry_core.secrets import SecretBox
 from registry_core.signing import (
@@ -245,6 +247,42 @@ async def test_a_deleted_manifest_loses_its_signatures(registry: Registry, signe
     await registry.repository(REPO).manifests.delete(str(digest))
     assert await SimpleSignatures(registry.driver, name).records(digest) == []
     assert f"sha256-{digest.hex}.sig" not in await registry.repository(REPO).manifests.tags()
+
+
+async def test_a_deleted_manifest_loses_its_attachments_revisions_too(
+    registry: Registry, signer: Signer
+) -> None:
+    await signer.set_settings(TENANT, SigningSettings(referrers=True))
+    digest = await push_image(registry)
+    await signer.sign_manifest(REPO, digest)
+    manifests = registry.repository(REPO).manifests
+    assert len(await manifests.revisions()) == 3  # the image, its .sig, its referrer form
+    await manifests.delete(str(digest))
+    assert await manifests.revisions() == []
+    assert await manifests.referrers(digest) == []
+
+
+async def test_a_manifest_deleted_while_it_is_signed_keeps_no_signature(
+    registry: Registry, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DELETE lands between the signer's look at the manifest and its writes: what the
+    signer then attaches goes again, so no orphan keeps the repository listed."""
+    await signer.set_settings(TENANT, SigningSettings(referrers=True))
+    digest = await push_image(registry)
+    manifests = registry.repository(REPO).manifests
+    real = cosign.add_signatures
+
+    async def delete_first(*args: object, **kwargs: object) -> object:
+        with contextlib.suppress(ManifestUnknown):
+            await manifests.delete(str(digest))
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cosign, "add_signatures", delete_first)
+    report = await signer.sign_manifest(REPO, digest)
+    assert (report.cosign_added, report.simple_added) == (0, 0)
+    assert await manifests.revisions() == []
+    assert await manifests.tags() == []
+    assert await SimpleSignatures(registry.driver, manifests.name).records(digest) == []
 
 
 async def test_an_imported_cosign_key_signs(registry: Registry, signer: Signer) -> None:

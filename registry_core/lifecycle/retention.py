@@ -268,14 +268,21 @@ async def attachments_of(manifests: ManifestStore, digest: Digest) -> list[Diges
 
 
 async def delete_with_attachments(manifests: ManifestStore, digest: Digest) -> list[Digest]:
-    """DELETE a manifest by digest, as a client would, then its attachments; return all gone."""
-    attached = await attachments_of(manifests, digest)
+    """DELETE a manifest by digest, as a client would (its attachments, and theirs, go with
+    it: ``ManifestStore.delete``); return every manifest of the family that is gone."""
+    family = [digest]
+    for member in family:  # grows as it goes: attachments of attachments
+        family.extend(a for a in await attachments_of(manifests, member) if a not in family)
     gone = []
     with contextlib.suppress(ManifestUnknown):
         await manifests.delete(str(digest))
         gone.append(digest)
-    for child in attached:
-        gone.extend(await delete_with_attachments(manifests, child))
+    for member in family[1:]:
+        if await manifests.has_revision(member):  # its subject was gone before this run
+            with contextlib.suppress(ManifestUnknown):
+                await manifests.delete(str(member))
+        if not await manifests.has_revision(member):
+            gone.append(member)
     return gone
 
 

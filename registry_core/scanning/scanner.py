@@ -525,8 +525,9 @@ class Scanner:
                 },
                 "annotations": {SBOM_ANNOTATION: "cyclonedx-1.6"},
             }
-            await repo.manifests.put(msgspec.json.encode(manifest), mt.OCI_MANIFEST)
-            attached += 1
+            stored = await repo.manifests.put(msgspec.json.encode(manifest), mt.OCI_MANIFEST)
+            if await repo.manifests.keep_attachment(subject, stored.digest):
+                attached += 1
         return attached
 
     # -- re-matching -------------------------------------------------------------------

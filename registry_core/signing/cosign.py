@@ -90,15 +90,16 @@ async def add_signatures(
     subject: Digest,
     signed: list[tuple[bytes, str, str]],
     existing: list[CosignSignature] | None = None,
-) -> None:
-    """Append ``(payload, signature, key id)`` layers to *subject*'s attachment.
+) -> Digest | None:
+    """Append ``(payload, signature, key id)`` layers to *subject*'s attachment; returns
+    the attachment's new digest (None when nothing was added).
 
     *existing*: the attachment's signatures as the caller just read them (so they are
     not read twice); None reads them here. The new blobs are stored side by side, then
     the manifest: two steps however many signatures are added.
     """
     if not signed:
-        return
+        return None
     if existing is None:
         existing = await read_attachment(repo, subject)
     layers = [s.descriptor for s in existing]
@@ -138,9 +139,10 @@ async def add_signatures(
         separators=(",", ":"),
     ).encode()
     # Every blob it names was written just above (or read back from the attachment).
-    await repo.manifests.put(
+    stored = await repo.manifests.put(
         manifest, OCI_MANIFEST, tag=attachment_tag(subject), check_references=False
     )
+    return stored.digest
 
 
 async def put_referrer(

@@ -512,7 +512,11 @@ class Signer:
                         continue
                     payload = payloads.cosign_payload(identity, str(digest))
                     signed.append((payload, sign_cosign(key, payload), key.id))
-                await cosign.add_signatures(repo, digest, signed, existing)
+                attached = await cosign.add_signatures(repo, digest, signed, existing)
+                if attached is not None and not await repo.manifests.keep_attachment(
+                    digest, attached
+                ):
+                    return 0  # deleted while we signed: the signatures went with it
         finally:
             if not lock.locked() and not getattr(lock, "_waiters", None):
                 self._merging.pop((repo.name.value, digest), None)
@@ -521,7 +525,9 @@ class Signer:
     async def _referrer(self, repo: Repository, digest: Digest) -> None:
         key = await self.keys.signing_key(repo.name.tenant, "cosign")
         stored = await repo.manifests.get_by_digest(digest)
-        await cosign.put_referrer(repo, digest, stored.media_type, stored.size, key.id)
+        attached = await cosign.put_referrer(repo, digest, stored.media_type, stored.size, key.id)
+        if attached is not None:
+            await repo.manifests.keep_attachment(digest, attached)
 
     async def _sign_simple(
         self, repo: Repository, digest: Digest, identities: list[str], rsa_bits: int
@@ -538,4 +544,7 @@ class Signer:
             signature = await asyncio.to_thread(openpgp.sign, key.gpg, payload)
             await store.add_ours(digest, signature, key.id, identity)
             added += 1
+        if added and not await repo.manifests.has_revision(digest):
+            await store.delete_all(digest)  # deleted while we signed (as keep_attachment)
+            return 0
         return added

@@ -21,7 +21,7 @@ import msgspec
 
 from ..attachments import is_attachment_tag
 from ..digest import Digest
-from ..errors import DigestInvalid, ManifestBlobUnknown, ManifestUnknown
+from ..errors import Denied, DigestInvalid, ManifestBlobUnknown, ManifestUnknown
 from ..manifest import ParsedManifest, detect_media_type, parse_manifest
 from ..mediatypes import MAX_MANIFEST_SIZE
 from ..names import RepositoryName, validate_tag
@@ -98,7 +98,7 @@ class ManifestStore:
             return cached
         if ":" in reference:
             digest = Digest.parse(reference)
-            if not await self._has_revision(digest):
+            if not await self.has_revision(digest):
                 raise ManifestUnknown(detail={"reference": reference})
         else:
             tag = validate_tag(reference)
@@ -110,7 +110,8 @@ class ManifestStore:
         self.links.put(self._key, reference, digest)
         return digest
 
-    async def _has_revision(self, digest: Digest) -> bool:
+    async def has_revision(self, digest: Digest) -> bool:
+        """Is *digest* linked in this repository now (storage, not the link cache)?"""
         try:
             await self.driver.stat(layout.revision_link(self.name, digest))
         except PathNotFound:
@@ -299,7 +300,7 @@ class ManifestStore:
         is gone, with the tag removed again.
         """
         validate_tag(tag)
-        if not await self._has_revision(digest):
+        if not await self.has_revision(digest):
             raise ManifestUnknown(detail={"digest": str(digest)})
         rules, current = await self._check_tag(tag, digest)
         await self._write_tag(
@@ -338,7 +339,7 @@ class ManifestStore:
         digest = parsed.digest if parsed is not None else digest
         assert digest is not None
         if linked is None:
-            linked = await self._has_revision(digest)
+            linked = await self.has_revision(digest)
         if linked:
             return
         try:
@@ -419,7 +420,7 @@ class ManifestStore:
         """
 
         async def load(child: Digest) -> tuple[str, bytes]:
-            if not await self._has_revision(child):
+            if not await self.has_revision(child):
                 raise ManifestUnknown(detail={"digest": str(child)})
             stored = await self.get_by_digest(child)
             return stored.media_type, stored.body
@@ -449,7 +450,8 @@ class ManifestStore:
             )
 
     async def delete(self, reference: str) -> None:
-        """By digest: the revision, its tags and its referrer entry. By tag: only the tag."""
+        """By digest: the revision, its tags, its referrer entry and its attachments. By tag:
+        only the tag."""
         try:
             await self._delete(reference)
         finally:
@@ -500,12 +502,26 @@ class ManifestStore:
         if subject is not None:
             with contextlib.suppress(PathNotFound):
                 await self.driver.delete(layout.referrer_entry(self.name, subject, digest))
-        if self.repo_index is not None:
-            # Its attachments (signatures, SBOMs) stay for GC to collect with it, but a
-            # repository that holds nothing else holds no image any more.
-            left = set(await self.revisions()) - await self._attachments_of(digest, attachment)
-            if not left:
-                await self.repo_index.emptied(self.name)
+        # Its attachments (signatures, SBOMs, attestations) go with it: left behind, they
+        # would keep an emptied repository listed as holding an image until GC ran.
+        # One that an immutable tag of its own protects stays (for GC, like any orphan).
+        for child in sorted(await self._attachments_of(digest, attachment), key=str):
+            with contextlib.suppress(ManifestUnknown, Denied):
+                await self._delete(str(child))
+        if self.repo_index is not None and not await self.revisions():
+            await self.repo_index.emptied(self.name)
+
+    async def keep_attachment(self, subject: Digest, attachment: Digest) -> bool:
+        """After the server attached *attachment* (a signature, an SBOM) to *subject*: is
+        the subject still here? If a DELETE took it meanwhile, the attachment is deleted
+        too and False returned. The DELETE deletes the revision first and then the
+        attachments it finds; an attacher stores its attachment first and then looks for
+        the subject here, so one of the two always sees the other (no orphan stays)."""
+        if await self.has_revision(subject):
+            return True
+        with contextlib.suppress(ManifestUnknown, Denied):
+            await self.delete(str(attachment))
+        return False
 
     async def _attachments_of(self, subject: Digest, signatures: Digest | None) -> set[Digest]:
         """The manifests attached to *subject*: its cosign attachment and its referrers."""
