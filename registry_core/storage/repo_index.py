@@ -459,14 +459,14 @@ class RepositoryIndex:
         guard: LeaseGuard,
     ) -> None:
         kept = {ref.name for ref in old.shards} if old else set()
-        written = []
+        written: list[tuple[str, bytes]] = []
         for chunk in chunks:
             ref, body = _shard_ref(chunk)
             summary.shards.append(ref)
             if ref.name not in kept:
-                written.append(self.driver.write(layout.repo_index_shard(tenant, ref.name), body))
-        await guard.check()
-        await asyncio.gather(*written)
+                written.append((layout.repo_index_shard(tenant, ref.name), body))
+        await guard.check()  # before any write is even started (a lost lease writes nothing)
+        await asyncio.gather(*(self.driver.write(path, body) for path, body in written))
         current = {ref.name for ref in summary.shards}
         summary.previous = sorted(kept - current)
         await guard.check()
