@@ -19,12 +19,33 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+
+from drivers.local import direct_io
 
 from .state import state_of
 
 ACCESS_LOGGER = logging.getLogger("cargohold.access")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """Methods that get a label of their own; any other (the client's choice) counts as OTHER."""
+
+
+class _DirectIOCollector:
+    """The local driver's ``O_DIRECT`` writes of upload bodies (``drivers.local.direct_io``,
+    counted by the threads that write them), read at each scrape."""
+
+    def collect(self) -> list[Metric]:
+        written = CounterMetricFamily(
+            "cargohold_upload_direct_io_bytes",
+            "Upload body bytes the local driver wrote with O_DIRECT.",
+            value=direct_io.bytes,
+        )
+        refused = CounterMetricFamily(
+            "cargohold_upload_direct_io_refusals",
+            "Upload writers whose file system refused O_DIRECT (they wrote buffered).",
+            value=direct_io.refusals,
+        )
+        return [written, refused]
 
 
 class Metrics:
@@ -71,6 +92,7 @@ class Metrics:
             "Upload bodies read straight off the socket (large, plain HTTP, local storage).",
             registry=self.registry,
         )
+        self.registry.register(_DirectIOCollector())  # type: ignore[arg-type]
         self.uploads_in_flight = Gauge(
             "cargohold_uploads_in_flight",
             "Upload requests currently streaming data.",

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
 import os
 import queue
 import socket
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -120,8 +122,15 @@ async def request_chunks(request: web.Request, timeout: float | None) -> AsyncIt
 DIRECT_MIN = 1 << 20
 """Bodies announcing at least this many bytes may be read off the socket directly."""
 
-DIRECT_BUFFER = 256 * 1024
-"""The receiving thread's one reused buffer: filled, then hashed and written, in L2."""
+DIRECT_BUFFER = 1 << 20
+"""Each receiving buffer: page-aligned (an anonymous mmap), so the local driver writes
+it with ``O_DIRECT`` (drivers/local.py); 1 MiB halves that write's kernel time of
+256 KiB buffers (benchmarks/RESULTS.md, upl6). Memory stays bounded: at most
+``DIRECT_THREADS * DIRECT_DEPTH`` of them, kept for reuse (never faulted in again)."""
+
+DIRECT_ALIGN = 4096
+"""A body's first buffer is cut short so that the file offset of every later buffer is
+a multiple of this (the local driver's ``O_DIRECT`` writes need it)."""
 
 DIRECT_THREADS = 8
 """Bodies received directly at once per process; more take aiohttp's path meanwhile."""
@@ -144,6 +153,26 @@ _finishers = ThreadPoolExecutor(DIRECT_THREADS, thread_name_prefix="body-hash")
 """The second threads of ``split``: a pool of their own, so that a receiving
 thread never waits for a buffer from a second stage queued behind other receivers."""
 _receiving = 0
+
+_spare_buffers: list[mmap.mmap] = []
+_spare_lock = threading.Lock()
+
+
+def _take_buffer() -> mmap.mmap:
+    """A receiving buffer: a spare one (its pages already mapped) or a new one."""
+    with _spare_lock:
+        if _spare_buffers:
+            return _spare_buffers.pop()
+    return mmap.mmap(-1, DIRECT_BUFFER)
+
+
+def _give_buffer(buffer: mmap.mmap) -> None:
+    with _spare_lock:
+        if len(_spare_buffers) < DIRECT_THREADS * DIRECT_DEPTH:
+            _spare_buffers.append(buffer)
+            return
+    with contextlib.suppress(BufferError):  # a view still held elsewhere: left to the GC
+        buffer.close()
 
 
 class ClientGone(ConnectionResetError):
@@ -173,10 +202,15 @@ class RequestBody:
         return self._chunks
 
     async def receive(
-        self, write: Callable[[memoryview], None], digest: Callable[[memoryview], None]
+        self,
+        write: Callable[[memoryview], None],
+        digest: Callable[[memoryview], None],
+        offset: int = 0,
     ) -> bool:
         """Feed the whole body to *write* and then *digest* (called on receiving
-        threads, in order; each buffer is reused once both return).
+        threads, in order; each buffer is reused once both return). *offset* is where
+        the body's first byte goes in storage: the first buffer is cut short so that
+        every later one starts at a multiple of ``DIRECT_ALIGN`` there.
 
         False, with nothing read, when the body must take aiohttp's path: TLS, a
         chunked or compressed body, a small one, a connection aiohttp already closes,
@@ -210,7 +244,15 @@ class RequestBody:
         ok = False
         try:
             receiving = loop.run_in_executor(
-                _receivers, _receive, sock, first, remaining, write, digest, received
+                _receivers,
+                _receive,
+                sock,
+                first,
+                remaining,
+                write,
+                digest,
+                received,
+                (-(offset + len(first))) % DIRECT_ALIGN,
             )
             try:
                 await asyncio.shield(receiving)
@@ -337,8 +379,13 @@ def _receive(
     write: Callable[[memoryview], None],
     digest: Callable[[memoryview], None],
     count: list[int],
+    lead: int = 0,
 ) -> None:
     """The receiving thread: fill a buffer from the socket, hand it on, again.
+
+    The first buffer takes only *lead* bytes (when not 0), which brings the storage
+    offset of every later buffer to a multiple of ``DIRECT_ALIGN``; buffers are
+    page-aligned memory, so the local driver writes them whole with ``O_DIRECT``.
 
     ``recv_into``, the hash and the write each release the GIL. What arrived before a
     silence or a disconnect is handed on before the error propagates, so the upload
@@ -358,8 +405,9 @@ def _receive(
     tail: Callable[[memoryview], None] | None = None if DIRECT_MODE == "serial" else digest
     free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
     full: queue.SimpleQueue[tuple[memoryview, memoryview] | None] = queue.SimpleQueue()
-    for _ in range(1 if tail is None else DIRECT_DEPTH):
-        free.put(memoryview(bytearray(DIRECT_BUFFER)))
+    buffers = [_take_buffer() for _ in range(1 if tail is None else DIRECT_DEPTH)]
+    for buffer in buffers:
+        free.put(memoryview(buffer))
     failed: list[BaseException] = []
 
     def finish() -> None:  # the second thread, in order
@@ -377,7 +425,8 @@ def _receive(
     try:
         while remaining and not failed:
             buffer = free.get()
-            want = min(DIRECT_BUFFER, remaining)
+            want = min(lead or DIRECT_BUFFER, remaining)
+            lead = 0
             filled = 0
             try:
                 while filled < want:
@@ -398,5 +447,10 @@ def _receive(
         if second is not None:
             full.put(None)
             second.result()
+        while not free.empty():  # the views released, so a spare buffer can be closed
+            with contextlib.suppress(BufferError):
+                free.get().release()
+        for buffer in buffers:
+            _give_buffer(buffer)
     if failed:
         raise failed[0]
