@@ -122,11 +122,12 @@ async def request_chunks(request: web.Request, timeout: float | None) -> AsyncIt
 DIRECT_MIN = 1 << 20
 """Bodies announcing at least this many bytes may be read off the socket directly."""
 
-DIRECT_BUFFER = 1 << 20
+DIRECT_BUFFER = max(1, int(os.environ.get("CARGOHOLD_BODY_BUFFER_KIB", "1024")) // 4) * 4096
 """Each receiving buffer: page-aligned (an anonymous mmap), so the local driver writes
 it with ``O_DIRECT`` (drivers/local.py); 1 MiB halves that write's kernel time of
 256 KiB buffers (benchmarks/RESULTS.md, upl6). Memory stays bounded: at most
-``DIRECT_THREADS * DIRECT_DEPTH`` of them, kept for reuse (never faulted in again)."""
+``DIRECT_THREADS * DIRECT_DEPTH`` of them, kept for reuse (never faulted in again).
+``CARGOHOLD_BODY_BUFFER_KIB`` (whole pages) is for A/B runs only."""
 
 DIRECT_ALIGN = 4096
 """A body's first buffer is cut short so that the file offset of every later buffer is
