@@ -747,7 +747,11 @@ async def _pump(source: AsyncIterator[bytes], writer: FileWriter, hasher: Hasher
     write_parts = getattr(writer, "write_parts", None)
     receive = getattr(source, "receive", None)
     taker = getattr(writer, "taker", None)
-    if receive is not None and taker is not None and await receive(taker(), hasher.update, writer.size):
+    if (
+        receive is not None
+        and taker is not None
+        and await receive(taker(), hasher.update, writer.size)
+    ):
         return  # read off the socket and written on a thread, hashed beside it
 
     async def step(batch: list[bytes], size: int) -> None:
