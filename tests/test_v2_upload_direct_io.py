@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from registry_server.http import bodies
 from tests.helpers import unique_repo_name
 from tests.helpers.server import RegistryServer
 from tests.helpers.tenants import http, write_config
@@ -156,3 +157,21 @@ def test_chunks_after_a_first_patch_of_odd_length_read_back_exactly(
         assert status == 201, body
     assert fetch(registry, fields["location"]) == blob
     check_direct_io(expect, before, direct_io(registry), 3, sum(map(len, large)))
+
+
+@pytest.mark.parametrize(
+    ("remaining", "lead", "serial", "expected"),
+    [
+        (100, 0, False, 1),
+        (MiB, 0, False, 1),
+        (MiB, 4000, False, 2),  # the realigning lead, then the rest
+        (2 * MiB + 1, 0, False, 3),
+        (64 * MiB, 0, False, bodies.DIRECT_DEPTH),
+        (64 * MiB, 0, True, 1),
+    ],
+)
+def test_a_body_takes_no_more_receiving_buffers_than_it_fills(
+    remaining: int, lead: int, serial: bool, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bodies, "DIRECT_BUFFER", MiB)  # the default the cases are sized for
+    assert bodies._buffers_needed(remaining, lead, serial) == expected

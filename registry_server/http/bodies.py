@@ -373,6 +373,19 @@ def _store_first(
         digest(memoryview(first))
 
 
+def _buffers_needed(remaining: int, lead: int, serial: bool) -> int:
+    """How many receiving buffers a body of *remaining* bytes can use at once: no more
+    than it fills (a 1 MiB PATCH takes two, not ``DIRECT_DEPTH``), so small bodies keep
+    few buffers mapped and the spare pool only grows with large concurrent bodies."""
+    depth = 1 if serial else DIRECT_DEPTH
+    pieces = 0
+    while remaining > 0 and pieces < depth:
+        remaining -= min(lead or DIRECT_BUFFER, remaining)
+        lead = 0
+        pieces += 1
+    return max(1, pieces)
+
+
 def _receive(
     sock: socket.socket,
     first: bytes,
@@ -406,7 +419,7 @@ def _receive(
     tail: Callable[[memoryview], None] | None = None if DIRECT_MODE == "serial" else digest
     free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
     full: queue.SimpleQueue[tuple[memoryview, memoryview] | None] = queue.SimpleQueue()
-    buffers = [_take_buffer() for _ in range(1 if tail is None else DIRECT_DEPTH)]
+    buffers = [_take_buffer() for _ in range(_buffers_needed(remaining, lead, tail is None))]
     for buffer in buffers:
         free.put(memoryview(buffer))
     failed: list[BaseException] = []
