@@ -24,6 +24,7 @@ from aiohttp import web
 from registry_core import ConfigError, StorageError, load_config
 from registry_core.config import LimitsConfig, TlsConfig
 
+from .. import memory_dump
 from ..observability import AccessLogger
 
 
@@ -112,6 +113,7 @@ async def _serve_until_signalled(
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    memory_dump.install(loop)  # only with CARGOHOLD_MEMORY_DUMP_DIR (debugging)
     runner = LimitedAppRunner(
         app,
         limits or LimitsConfig(),
