@@ -69,3 +69,32 @@ async def dump(folder: Path, number: int) -> Path:
 
     await asyncio.get_running_loop().run_in_executor(None, write)
     return stem
+
+
+def compare(earlier: Path, later: Path, top: int = 10) -> str:
+    """What grew from one dump to the next (the stems, ``PID-N``): the allocation sites
+    holding the growth, by traceback, and the live object counts that changed most."""
+    first = tracemalloc.Snapshot.load(f"{earlier}.snap")
+    second = tracemalloc.Snapshot.load(f"{later}.snap")
+    lines = [
+        f"traced {_total(first) / 1024:.0f} -> {_total(second) / 1024:.0f} KiB",
+    ]
+    for stat in second.compare_to(first, "traceback")[:top]:
+        lines.append(f"{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+d} blocks:")
+        lines += [f"    {line}" for line in stat.traceback.format(limit=8)]
+    counts = [json.loads(Path(f"{stem}.types.json").read_text()) for stem in (earlier, later)]
+    lines.append(f"allocated blocks {counts[0]['blocks']} -> {counts[1]['blocks']}")
+    before, after = dict(counts[0]["types"]), dict(counts[1]["types"])
+    changed = sorted(
+        before.keys() | after.keys(), key=lambda t: -abs(after.get(t, 0) - before.get(t, 0))
+    )
+    lines += [f"{after.get(t, 0) - before.get(t, 0):+d} {t}" for t in changed[:top]]
+    return "\n".join(lines)
+
+
+def _total(snapshot: tracemalloc.Snapshot) -> int:
+    return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
+if __name__ == "__main__":  # python -m registry_server.memory_dump DIR/PID-1 DIR/PID-2
+    print(compare(Path(sys.argv[1]), Path(sys.argv[2])))

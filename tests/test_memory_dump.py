@@ -95,6 +95,13 @@ def test_sigusr2_dumps_show_where_the_heap_grew_between_two_points(tmp_path: Pat
     assert grown.size_diff >= MANIFESTS * 2000, grown
     assert grown.count_diff >= MANIFESTS, grown
     assert any(frame.filename.endswith("aiohttp/web_protocol.py") for frame in grown.traceback)
+    # The comparison the soak prints (python -m registry_server.memory_dump A B) names it.
+    report = memory_dump.compare(folder / f"{server.pid}-1", folder / f"{server.pid}-2")
+    head, first = report.splitlines()[:2]
+    assert head.startswith("traced "), report
+    assert first.startswith(f"{grown.size_diff / 1024:+.1f} KiB in {grown.count_diff:+d} blocks")
+    assert "aiohttp/web_protocol.py" in report
+    assert f"allocated blocks {before_types['blocks']} -> {after_types['blocks']}" in report
 
 
 def test_nothing_is_traced_or_handled_without_the_variable(monkeypatch) -> None:

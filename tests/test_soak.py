@@ -17,7 +17,8 @@ restarts it on the same storage: everything acknowledged is intact and nothing t
 was not committed is visible.
 
 Durations: ``SOAK_SECONDS`` (local, default 60) and ``SOAK_S3_SECONDS`` (default 45);
-``make soak`` runs 600 and 180.
+``make soak`` runs 600 and 180. To see what grows: ``SOAK_SMAPS_DIR`` (each worker's
+mappings) and ``SOAK_MEMORY_DUMP_DIR`` (its traced heap) at both measuring points.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import socket
 import statistics
 import tarfile
@@ -47,6 +49,7 @@ import requests
 
 from registry_core.attachments import is_attachment_tag
 from registry_core.storage.cache import DEFAULT_CACHE_BYTES, ENTRY_OVERHEAD
+from registry_server import memory_dump
 from tests.api_support import QUIET_AUTH
 from tests.helpers.procs import current_rss_kib
 from tests.helpers.server import RegistryServer
@@ -81,6 +84,10 @@ requests are gone, and that is what both points compare. The in-load figures are
 too."""
 FILL_THREADS = 4
 FILL_SEED = 1414
+MEMORY_DUMP_VARIABLE = "SOAK_MEMORY_DUMP_DIR"
+"""A folder: the workers trace their allocations and dump them at both measuring points
+(:func:`dump_memory`); compare with ``python -m registry_server.memory_dump A B``. Tracing
+slows the workers and adds to their RSS: for finding what grows, not for the bound."""
 LINK_CACHE_TTL = 1.0
 """The default ``manifests.link_cache_ttl``: how stale another process's tag reads may be."""
 
@@ -396,8 +403,14 @@ def start_server(tmp: Path, storage: str, options: dict[str, Any] | None = None)
     options = options or {}
     seed(storage, options)
     config = write_server_config(tmp / "soak.toml", options)
+    folder = os.environ.get(MEMORY_DUMP_VARIABLE)
     server = RegistryServer(
-        storage, config=config, auth=True, extra_args=["--workers", "2"], workdir=tmp
+        storage,
+        config=config,
+        auth=True,
+        extra_args=["--workers", "2"],
+        workdir=tmp,
+        env={memory_dump.DUMP_DIR_VARIABLE: folder} if folder else None,
     )
     server.start()
     return server
@@ -470,7 +483,21 @@ def settled(workers: list[Worker], pids: list[int], point: str) -> Sample:
         for pid in pids:
             smaps = Path(f"/proc/{pid}/smaps").read_text()
             Path(folder, f"{pid}-{point}.smaps").write_text(smaps)
+    if folder := os.environ.get(MEMORY_DUMP_VARIABLE):
+        for pid in pids:
+            dump_memory(pid, Path(folder))
     return figures
+
+
+def dump_memory(pid: int, folder: Path) -> None:
+    """Have worker *pid* dump its traced heap (registry_server/memory_dump.py) and wait for
+    the files: ``PID-1`` at the first measuring point, ``PID-2`` at the end."""
+    number = len(list(folder.glob(f"{pid}-*.snap"))) + 1
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 120
+    while not (folder / f"{pid}-{number}.types.json").exists():
+        assert time.monotonic() < deadline, f"worker {pid} wrote no memory dump"
+        time.sleep(0.2)
 
 
 def worker_of(connection: HTTPConnection, pids: list[int]) -> int:
