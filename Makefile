@@ -46,7 +46,7 @@ test-gc-soak: test-deps venv
 		-o timeout=1800 tests/test_lifecycle_gc_concurrency.py
 
 # Soak: mixed load on two workers, 10 minutes on a local folder and 3 on moto's S3, then
-# kill -9 under load (CI's default run does 60 s + 45 s). SOAK_SECONDS / SOAK_S3_SECONDS.
+# kill -9 under load (CI's default run does 60 s + 30 s). SOAK_SECONDS / SOAK_S3_SECONDS.
 SOAK_SECONDS    ?= 600
 SOAK_S3_SECONDS ?= 180
 soak: test-deps venv
