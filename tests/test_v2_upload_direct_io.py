@@ -175,3 +175,21 @@ def test_a_body_takes_no_more_receiving_buffers_than_it_fills(
 ) -> None:
     monkeypatch.setattr(bodies, "DIRECT_BUFFER", MiB)  # the default the cases are sized for
     assert bodies._buffers_needed(remaining, lead, serial) == expected
+
+
+def test_spare_receiving_buffers_are_kept_up_to_their_cap_and_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bodies, "_spare_buffers", [])
+    cap = bodies.DIRECT_THREADS * bodies.DIRECT_DEPTH
+    made = [bodies._take_buffer() for _ in range(cap + 5)]
+    assert len({id(buffer) for buffer in made}) == cap + 5  # none spare yet: all new
+    for buffer in made:
+        bodies._give_buffer(buffer)
+    assert len(bodies._spare_buffers) == cap
+    assert [buffer.closed for buffer in made] == [False] * cap + [True] * 5
+    again = bodies._take_buffer()
+    assert any(again is buffer for buffer in made[:cap])  # reused, not mapped anew
+    assert len(again) == bodies.DIRECT_BUFFER
+    for buffer in [again, *bodies._spare_buffers]:
+        buffer.close()
