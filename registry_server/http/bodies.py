@@ -124,8 +124,8 @@ DIRECT_MIN = 1 << 20
 
 DIRECT_BUFFER = max(1, int(os.environ.get("CARGOHOLD_BODY_BUFFER_KIB", "1024")) // 4) * 4096
 """Each receiving buffer: page-aligned (an anonymous mmap), so the local driver writes
-it with ``O_DIRECT`` (drivers/local.py); 1 MiB halves that write's kernel time of
-256 KiB buffers (benchmarks/RESULTS.md, upl6). Memory stays bounded: at most
+it with ``O_DIRECT`` (drivers/local.py), one synchronous write a buffer, so 1 MiB makes
+a quarter of the writes of the 256 KiB buffers before it. Memory stays bounded: at most
 ``DIRECT_THREADS * DIRECT_DEPTH`` of them, kept for reuse (never faulted in again).
 ``CARGOHOLD_BODY_BUFFER_KIB`` (whole pages) is for A/B runs only."""
 
