@@ -181,7 +181,7 @@ def test_spare_receiving_buffers_are_kept_up_to_their_cap_and_reused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(bodies, "_spare_buffers", [])
-    cap = bodies.DIRECT_THREADS * bodies.DIRECT_DEPTH
+    cap = bodies.SPARE_BUFFERS
     made = [bodies._take_buffer() for _ in range(cap + 5)]
     assert len({id(buffer) for buffer in made}) == cap + 5  # none spare yet: all new
     for buffer in made:
