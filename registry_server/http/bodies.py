@@ -158,10 +158,8 @@ _receiving = 0
 SPARE_BUFFERS = DIRECT_DEPTH
 """Receiving buffers kept mapped between bodies: one body's worth (a large upload reuses
 its own buffers throughout; the next body takes them without faulting pages in). The
-buffers of bodies received beside it are unmapped when they end: kept as well (24 MiB),
-they stayed resident after bursts, and each worker's RSS in ``make soak`` grew by 10-15
-MiB between minute 2 and the end (+13.7% and +21.0%; 64 KiB buffers, in a lighter
-run: +1.4% and +3.4%)."""
+buffers of bodies received beside it are unmapped when they end, so a burst of
+concurrent uploads leaves 3 MiB resident, not 24 MiB."""
 
 _spare_buffers: list[mmap.mmap] = []
 _spare_lock = threading.Lock()
