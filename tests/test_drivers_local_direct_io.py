@@ -20,26 +20,15 @@ import pytest
 
 import drivers.local as local
 from drivers.local import DIRECT_ALIGN, LocalDriver, direct_io
+from tests.helpers.direct_io import takes_direct_io
 
 MiB = 1 << 20
 SHM = Path("/dev/shm")
 
 
-def _refuses_direct(folder: Path) -> bool:
-    probe = folder / ".direct-probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))
-    except OSError as exc:
-        assert exc.errno == errno.EINVAL, exc
-        return True
-    finally:
-        probe.unlink(missing_ok=True)
-    return False
-
-
 @pytest.fixture
 def disk(tmp_path: Path) -> Path:
-    if _refuses_direct(tmp_path):
+    if not takes_direct_io(tmp_path):
         pytest.skip(f"{tmp_path} is on a file system without O_DIRECT: nothing to test here")
     return tmp_path
 
@@ -159,7 +148,7 @@ async def test_a_file_system_refusing_o_direct_gets_buffered_writes_one_refusal_
 
 async def test_on_tmpfs_the_bytes_are_exact_whichever_way_it_answers_o_direct(shm: Path) -> None:
     """tmpfs refuses ``O_DIRECT`` before Linux 6.6 and takes it (into its page cache) since."""
-    refused = _refuses_direct(shm)
+    refused = not takes_direct_io(shm)
     before = (direct_io.bytes, direct_io.refusals)
     await _both_writers(LocalDriver(str(shm)), shm)
     if refused:

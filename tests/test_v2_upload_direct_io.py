@@ -10,7 +10,6 @@ it into its page cache since).
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -21,24 +20,13 @@ import pytest
 
 from registry_server.http import bodies
 from tests.helpers import unique_repo_name
+from tests.helpers.direct_io import takes_direct_io
 from tests.helpers.server import RegistryServer
 from tests.helpers.tenants import http, write_config
 from tests.test_v2_upload_direct import Connection, digest_of, fetch, with_digest
 
 MiB = 1 << 20
 SHM = Path("/dev/shm")
-
-
-def _takes_direct(folder: Path) -> bool:
-    probe = folder / ".direct-probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))
-    except OSError as exc:
-        assert exc.errno == errno.EINVAL, exc
-        return False
-    finally:
-        probe.unlink(missing_ok=True)
-    return True
 
 
 @pytest.fixture(scope="module", params=["disk", "tmpfs", "off"])
@@ -51,10 +39,10 @@ def server(
         if not SHM.is_dir():
             pytest.skip("no tmpfs at /dev/shm")
         store = SHM / f"cargohold-direct-io-{os.getpid()}-{tmp.name}"
-        expect = "direct" if _takes_direct(SHM) else "refused"
+        expect = "direct" if takes_direct_io(SHM) else "refused"
     else:
         store = tmp / "store"
-        if kind == "disk" and not _takes_direct(tmp):
+        if kind == "disk" and not takes_direct_io(tmp):
             pytest.skip(f"{tmp} is on a file system without O_DIRECT")
         expect = "direct" if kind == "disk" else "off"
     store.mkdir()
