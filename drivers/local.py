@@ -360,36 +360,99 @@ feed's catch-up passes) must not hold every link of the registry at once: that p
 grows with the data stored and, once freed, leaves the heap fragmented."""
 
 
-def _scan(stack: list[str], root: str, prune: WalkFilter | None, limit: int) -> list[FileInfo]:
-    """Walk on from the folders in *stack* until about *limit* entries are found.
+class _WalkState:
+    """Where a walk stands between two thread hops: one open directory listing per level.
 
-    *stack* is left holding the folders still to visit (empty: the walk is done).
+    A listing is read one entry at a time, so a walk holds its depth's listings, never a
+    wide folder's entries (a repository's revisions, a registry's blobs) all at once.
+    Only one thread reads it at a time: the walk awaits each hop before the next. A walk
+    abandoned during a hop (its task cancelled) leaves the closing to that hop.
     """
+
+    __slots__ = ("abandoned", "busy", "levels", "lock", "pending")
+
+    def __init__(self, top: str) -> None:
+        self.pending: str | None = top
+        self.levels: list[Any] = []
+        self.lock = threading.Lock()
+        self.busy = False
+        self.abandoned = False
+
+    @property
+    def done(self) -> bool:
+        return self.pending is None and not self.levels
+
+    def hop_done(self) -> None:
+        """The end of a hop (worker thread): close everything if the walk was abandoned."""
+        with self.lock:
+            self.busy = False
+            if self.abandoned:
+                self._close()
+
+    def abandon(self) -> None:
+        """The walk ends (event loop): close its listings now, or after the hop in flight."""
+        with self.lock:
+            self.abandoned = True
+            if not self.busy:
+                self._close()
+
+    def _close(self) -> None:
+        while self.levels:
+            self.levels.pop().close()
+        self.pending = None
+
+
+def _open_listing(state: _WalkState, directory: str) -> None:
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        state.levels.append(os.scandir(directory))
+
+
+def _scan(state: _WalkState, root: str, prune: WalkFilter | None, limit: int) -> list[FileInfo]:
+    """Walk on (depth first) until *limit* entries are found or the walk is done."""
+    try:
+        return _scan_batch(state, root, prune, limit)
+    finally:
+        state.hop_done()
+
+
+def _scan_batch(
+    state: _WalkState, root: str, prune: WalkFilter | None, limit: int
+) -> list[FileInfo]:
     found: list[FileInfo] = []
     cut = len(root) + 1
-    while stack and len(found) < limit:
-        directory = stack.pop()
+    if state.pending is not None:
+        top, state.pending = state.pending, None
+        _open_listing(state, top)
+    levels = state.levels
+    while levels and len(found) < limit:
         try:
-            entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError):
+            entry = next(levels[-1])
+        except StopIteration:
+            levels.pop().close()
             continue
-        for entry in entries:
-            if entry.name.startswith(".") and ".tmp-" in entry.name:
-                continue
-            relative = entry.path[cut:]
-            if entry.is_dir(follow_symlinks=False):
-                # Directory entries carry no useful size, and their mtime is not part
-                # of the contract: skipping the stat keeps name-only walks (the
-                # catalog) at one readdir per directory.
-                found.append(FileInfo(relative, 0, 0.0, True))
-                if prune is None or not prune(relative):
-                    stack.append(entry.path)
-                continue
-            try:
-                stat = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            found.append(FileInfo(relative, stat.st_size, stat.st_mtime, False))
+        except FileNotFoundError:  # the folder went while it was read
+            levels.pop().close()
+            continue
+        if entry.name.startswith(".") and ".tmp-" in entry.name:
+            continue
+        relative = entry.path[cut:]
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if is_dir:
+            # Directory entries carry no useful size, and their mtime is not part of the
+            # contract: skipping the stat keeps name-only walks (the catalog) at one
+            # readdir per directory.
+            found.append(FileInfo(relative, 0, 0.0, True))
+            if prune is None or not prune(relative):
+                _open_listing(state, entry.path)
+            continue
+        try:
+            stat = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        found.append(FileInfo(relative, stat.st_size, stat.st_mtime, False))
     return found
 
 
@@ -820,11 +883,16 @@ class LocalDriver(FsspecDriver):
             return await self._call(listdir, None)
 
     async def walk(self, path: str, prune: WalkFilter | None = None) -> AsyncIterator[FileInfo]:
-        stack = [self._dir(path)]
-        while stack:
-            # One batch per hop; the stack is only touched by the thread while we await it.
-            for entry in await self._call(_scan, stack, self.root, prune, WALK_BATCH):
-                yield entry
+        state = _WalkState(self._dir(path))
+        try:
+            while not state.done:
+                # One batch per hop; the state is only touched by the thread while we
+                # await it.
+                state.busy = True
+                for entry in await self._call(_scan, state, self.root, prune, WALK_BATCH):
+                    yield entry
+        finally:
+            state.abandon()
 
     async def move(self, source: str, destination: str) -> None:
         await self._small(_move, self._full(source), self._full(destination))

@@ -8,10 +8,14 @@ remove a bound and its test fails.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import os
 import shutil
+import threading
 import time
+import tracemalloc
 from collections import OrderedDict
 
 from aiohttp import web
@@ -224,6 +228,86 @@ async def test_local_walk_holds_one_batch_of_entries_at_a_time(tmp_path, monkeyp
     assert max(batches) <= 50 + 10 * 2  # the batch, plus the rest of one folder
     monkeypatch.setattr(local_driver, "WALK_BATCH", 1_000_000)
     assert [entry.path async for entry in driver.walk("r")] == walked
+
+
+WIDE = 20_000
+
+
+def _wide_folder(root: os.PathLike[str]) -> None:
+    """A repository's revisions, as a long soak leaves them: WIDE folders of one link each."""
+    top = os.path.join(root, "r", "revisions", "sha256")
+    os.makedirs(top)
+    for n in range(WIDE):
+        os.mkdir(os.path.join(top, f"{n:064x}"))
+        with open(os.path.join(top, f"{n:064x}", "link"), "wb") as fh:
+            fh.write(b"sha256:x")
+
+
+async def test_local_walk_of_a_wide_folder_holds_a_batch_not_the_folder(
+    tmp_path, monkeypatch
+) -> None:
+    """The feed's catch-up walks every repository's revisions each pass: a walk that read a
+    folder of 20,000 revisions whole held all their paths at once, a peak that grew with the
+    data stored and, freed, left the worker's heap fragmented (the soak's RSS growth)."""
+    _wide_folder(tmp_path)
+    driver = open_driver(f"file://{tmp_path}")
+    monkeypatch.setattr(local_driver, "WALK_BATCH", 256)
+    seen = 0
+    tracemalloc.start()
+    try:
+        async for _entry in driver.walk("r"):
+            seen += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seen == 2 + 2 * WIDE
+    # A batch of 256 entries is ~60 KiB; the folder's 20,000 names and paths are ~7 MiB.
+    assert peak < 1024 * 1024, peak
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_local_walk_left_half_way_closes_its_listings(tmp_path, monkeypatch) -> None:
+    for depth in range(6):
+        (tmp_path / "r" / "/".join(f"d{n}" for n in range(depth + 1)) / "x").mkdir(parents=True)
+        (tmp_path / "r" / "/".join(f"d{n}" for n in range(depth + 1)) / "f").write_bytes(b"1")
+    driver = open_driver(f"file://{tmp_path}")
+    monkeypatch.setattr(local_driver, "WALK_BATCH", 2)
+    before = _open_descriptors()
+    walk = driver.walk("r")
+    for _ in range(5):
+        await anext(walk)
+    assert _open_descriptors() > before  # deep in the tree: its listings are open
+    await walk.aclose()
+    assert _open_descriptors() == before
+
+    # Cancelled while a hop reads on its thread: that hop closes them once it is done.
+    started, release = threading.Event(), threading.Event()
+    real_scan = local_driver._scan_batch
+
+    def slow_scan(*args):
+        started.set()
+        release.wait(10)
+        return real_scan(*args)
+
+    monkeypatch.setattr(local_driver, "_scan_batch", slow_scan)
+
+    async def walk_all() -> None:
+        async for _entry in driver.walk("r"):
+            pass
+
+    task = asyncio.create_task(walk_all())
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    release.set()
+    deadline = time.monotonic() + 10
+    while _open_descriptors() != before and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert _open_descriptors() == before
 
 
 # -- background work ----------------------------------------------------------------------------
