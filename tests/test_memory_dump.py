@@ -113,3 +113,35 @@ def test_nothing_is_traced_or_handled_without_the_variable(monkeypatch) -> None:
         assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
     finally:
         loop.close()
+
+
+def test_untraced_dumps_give_both_allocators_figures(tmp_path: Path) -> None:
+    """With tracing off (CARGOHOLD_MEMORY_DUMP_TRACE=0) a dump has no snapshot but says what
+    pymalloc and glibc hold: RSS that grows while Python's objects stay level sits in one
+    of them, and these figures say which (issue 14's soak)."""
+    folder = tmp_path / "dumps"
+    store = tmp_path / "store"
+    store.mkdir()
+    env = {memory_dump.DUMP_DIR_VARIABLE: str(folder), memory_dump.TRACE_VARIABLE: "0"}
+    server = RegistryServer(f"file://{store}", env=env, workdir=tmp_path)
+    server.start()
+    try:
+        os.kill(server.pid, signal.SIGUSR2)
+        first = json.loads(wait_for(folder / f"{server.pid}-1.types.json").read_text())
+        push_manifests(server.url, MANIFESTS)
+        os.kill(server.pid, signal.SIGUSR2)
+        second = json.loads(wait_for(folder / f"{server.pid}-2.types.json").read_text())
+        assert server.proc is not None and server.proc.poll() is None, "SIGUSR2 ended it"
+    finally:
+        server.stop()
+    assert not list(folder.glob("*.snap"))
+    for figures in (first, second):
+        pymalloc, glibc = figures["pymalloc"], figures["glibc"]
+        assert pymalloc["arenas allocated current"] >= 1
+        assert pymalloc["bytes in allocated blocks"] > 1_000_000  # a server's modules, at least
+        assert glibc["arena"] >= glibc["uordblks"] > 0
+    # The manifest bodies the cache keeps (each over 2 KB) are glibc's, not pymalloc's.
+    assert second["glibc"]["uordblks"] - first["glibc"]["uordblks"] >= MANIFESTS * 2000
+    report = memory_dump.compare(folder / f"{server.pid}-1", folder / f"{server.pid}-2")
+    assert not report.startswith("traced ")
+    assert "glibc uordblks: " in report

@@ -92,7 +92,8 @@ FILL_SEED = 1414
 MEMORY_DUMP_VARIABLE = "SOAK_MEMORY_DUMP_DIR"
 """A folder: the workers trace their allocations and dump them at both measuring points
 (:func:`dump_memory`); compare with ``python -m registry_server.memory_dump A B``. Tracing
-slows the workers and adds to their RSS: for finding what grows, not for the bound."""
+slows the workers and adds to their RSS: for finding what grows, not for the bound.
+``CARGOHOLD_MEMORY_DUMP_TRACE=0`` is passed on: the allocators' figures only, no tracing."""
 LINK_CACHE_TTL = 1.0
 """The default ``manifests.link_cache_ttl``: how stale another process's tag reads may be."""
 
@@ -404,6 +405,17 @@ def write_server_config(path: Path, options: dict[str, Any]) -> Path:
     return path
 
 
+def memory_dump_env(folder: str | None) -> dict[str, str] | None:
+    """The workers' variables for :data:`MEMORY_DUMP_VARIABLE` (the server helper drops
+    inherited ``CARGOHOLD_*`` ones): its folder, and whether to trace."""
+    if not folder:
+        return None
+    env = {memory_dump.DUMP_DIR_VARIABLE: folder}
+    if (trace := os.environ.get(memory_dump.TRACE_VARIABLE)) is not None:
+        env[memory_dump.TRACE_VARIABLE] = trace
+    return env
+
+
 def start_server(tmp: Path, storage: str, options: dict[str, Any] | None = None) -> RegistryServer:
     options = options or {}
     seed(storage, options)
@@ -415,7 +427,7 @@ def start_server(tmp: Path, storage: str, options: dict[str, Any] | None = None)
         auth=True,
         extra_args=["--workers", "2"],
         workdir=tmp,
-        env={memory_dump.DUMP_DIR_VARIABLE: folder} if folder else None,
+        env=memory_dump_env(folder),
     )
     server.start()
     return server
@@ -497,7 +509,7 @@ def settled(workers: list[Worker], pids: list[int], point: str, window: float) -
 def dump_memory(pid: int, folder: Path) -> None:
     """Have worker *pid* dump its traced heap (registry_server/memory_dump.py) and wait for
     the files: ``PID-1`` at the first measuring point, ``PID-2`` at the end."""
-    number = len(list(folder.glob(f"{pid}-*.snap"))) + 1
+    number = len(list(folder.glob(f"{pid}-*.types.json"))) + 1
     os.kill(pid, signal.SIGUSR2)
     deadline = time.monotonic() + 120
     while not (folder / f"{pid}-{number}.types.json").exists():
@@ -515,13 +527,15 @@ def worker_of(connection: HTTPConnection, pids: list[int]) -> int:
         return f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
 
     wanted = (hex_address(server_host, server_port), hex_address(client_host, client_port))
+    # A read of /proc/net/tcp is not atomic: a busy table can show one socket twice.
     with open("/proc/net/tcp", encoding="ascii") as fh:
-        inodes = [f[9] for f in (line.split() for line in fh) if (f[1], f[2]) == wanted]
+        inodes = {f[9] for f in (line.split() for line in fh) if (f[1], f[2]) == wanted}
     assert len(inodes) == 1, (wanted, inodes)
+    (inode,) = inodes
     for pid in pids:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inodes[0]}]":
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
                     return pid
             except OSError:
                 continue
