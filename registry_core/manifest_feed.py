@@ -125,8 +125,11 @@ class _Pass:
     report: CatchUpReport
     budget: int | None
     retry: dict[_Retry, None] = attrs.field(factory=dict)
-    tried: set[_Retry] = attrs.field(factory=set)
-    """What this pass already handed over (a retried manifest is often found again)."""
+    retried: set[_Retry] = attrs.field(factory=set)
+    """The retry list's manifests this pass handed over first (the walk often finds them
+    again). Only those: a pass remembering everything it handed over held every manifest
+    of its window at once (7,700 on the soak's store, ~2 MB), a peak that, freed, left the
+    worker's heap fragmented (issue 14)."""
 
 
 class ManifestFeed:
@@ -214,6 +217,7 @@ class ManifestFeed:
         for item in state.retry:
             with contextlib.suppress(DigestInvalid):
                 await self._hand_over(work, item.repository, Digest.parse(item.digest))
+            work.retried.add(item)
         if state.position is None:
             # A new round: when it starts, by the storage's clock, is the next round's since.
             state.position, state.started = [], None
@@ -274,48 +278,57 @@ class ManifestFeed:
                 yield found
 
     async def _visit(self, work: _Pass, parts: tuple[str, ...]) -> bool:
-        """Hand over one repository's links newer than the pass's bound (False: stop)."""
-        revisions: dict[tuple[str, Digest], None] = {}
-        tag_links: list[tuple[str, str]] = []
+        """Hand over one repository's links newer than the pass's bound (False: stop).
+
+        What is held meanwhile is what the window holds: the new revisions and tag links,
+        as digest and tag strings (the repository's name once, not once a link).
+        """
+        revisions: dict[str, None] = {}
+        tags: list[str] = []
+        repository = ""
         async for entry in self.registry.driver.walk(layout.repository_tree_manifests(parts)):
             if entry.is_dir:
                 continue
             found = layout.classify_repository_object(entry.path)
             if found is None:
                 continue
-            repository, kind, fields = found
+            name, kind, fields = found
             if kind not in ("revision", "tag"):
                 continue
             work.report.walked += 1
             if work.since is not None and entry.mtime < work.since:
                 continue
+            repository = repository or name
             if kind == "tag":
-                tag_links.append((repository, fields[0]))
-                continue
-            with contextlib.suppress(DigestInvalid):
-                revisions[(repository, Digest.parse(f"{fields[0]}:{fields[1]}"))] = None
-        attachments: set[tuple[str, Digest]] = set()
-        for repository, tag in tag_links:
+                tags.append(fields[0])
+            else:
+                revisions[f"{fields[0]}:{fields[1]}"] = None
+        attachments: set[str] = set()
+        for tag in tags:
             digest = await self._tag_target(repository, tag)
             if digest is None:
                 continue
             if attachment_subject(tag) is not None:
-                attachments.add((repository, digest))
+                attachments.add(str(digest))
             else:
-                revisions.setdefault((repository, digest), None)
-        for repository, digest in revisions:
-            if (repository, digest) in attachments:
+                revisions.setdefault(str(digest), None)
+        del tags
+        for text in revisions:
+            if text in attachments:
                 work.report.skipped_attachments += 1
-            elif not await self._hand_over(work, repository, digest):
+                continue
+            try:
+                digest = Digest.parse(text)
+            except DigestInvalid:
+                continue
+            if not await self._hand_over(work, repository, digest):
                 return False
         return True
 
     async def _hand_over(self, work: _Pass, repository: str, digest: Digest) -> bool:
         """Give one manifest to the handler; a failure is kept for retry (False: no room)."""
-        item = _Retry(repository, str(digest))
-        if item in work.tried:
+        if work.retried and _Retry(repository, str(digest)) in work.retried:
             return True
-        work.tried.add(item)
         if await self._is_attachment(repository, digest):
             work.report.skipped_attachments += 1
             return True
@@ -328,7 +341,7 @@ class ManifestFeed:
             log.exception("%s: handling %s@%s failed", work.name, repository, digest)
             if len(work.retry) >= MAX_RETRIES:
                 return False
-            work.retry[item] = None
+            work.retry[_Retry(repository, str(digest))] = None
             return True
         work.report.handled += 1
         return True
