@@ -12,6 +12,7 @@ visible: either the move happened or the data is still an upload.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime
 import functools
@@ -80,6 +81,17 @@ class BlobInfo:
     size: int
 
 
+@attrs.frozen
+class _HashState:
+    """An upload's hash state kept between its requests (see ``BlobStore``)."""
+
+    hasher: Hasher
+    size: int
+    """Bytes hashed once *pending* is done (until then ``hasher.size`` may be lower)."""
+    pending: concurrent.futures.Future[None] | None = None
+    """The hash of the previous request's last buffers, still running on a thread."""
+
+
 class BlobStore:
     """The registry-wide, deduplicated blob data. Callers go through RepositoryBlobs."""
 
@@ -88,7 +100,7 @@ class BlobStore:
         # Hash state of uploads this process has been writing, keyed by upload
         # path. Python cannot persist a hashlib state, so an upload continued
         # elsewhere (another process, after a restart) is re-read instead.
-        self._hash_states: OrderedDict[str, Hasher] = OrderedDict()
+        self._hash_states: OrderedDict[str, _HashState] = OrderedDict()
         self._upload_locks: dict[str, asyncio.Lock] = {}
 
     async def stat(self, digest: Digest) -> BlobInfo:
@@ -142,12 +154,31 @@ class BlobStore:
 
     # -- hash states of in-flight uploads -------------------------------------
 
-    def _take_hash_state(self, key: str, size: int) -> Hasher | None:
-        hasher = self._hash_states.pop(key, None)
-        return hasher if hasher is not None and hasher.size == size else None
+    async def _take_hash_state(self, key: str, size: int) -> Hasher | None:
+        """The kept hash state of upload *key* if it has hashed *size* bytes; one whose
+        last bytes are still being hashed is waited for (None: rehash from storage)."""
+        state = self._hash_states.pop(key, None)
+        if state is None or state.size != size:
+            return None
+        if state.pending is not None:
+            try:
+                # Shielded: a cancelled request must not cancel the digest (its thread
+                # gives the receiving buffers back when it ends).
+                await asyncio.shield(asyncio.wrap_future(state.pending))
+            except Exception:
+                return None
+        return state.hasher if state.hasher.size == size else None
 
-    def _keep_hash_state(self, key: str, hasher: Hasher) -> None:
-        self._hash_states[key] = hasher
+    def _keep_hash_state(
+        self,
+        key: str,
+        hasher: Hasher,
+        size: int | None = None,
+        pending: concurrent.futures.Future[None] | None = None,
+    ) -> None:
+        """Keep *hasher* for the upload's next request; with *pending*, it reaches *size*
+        bytes when that future is done."""
+        self._hash_states[key] = _HashState(hasher, hasher.size if size is None else size, pending)
         while len(self._hash_states) > _MAX_HASH_STATES:
             self._hash_states.popitem(last=False)
 
@@ -566,7 +597,7 @@ class Upload:
                     f"chunk starts at {start} but the upload holds {self.size} bytes",
                     headers=_range_headers(self.size),
                 )
-            hasher = store._take_hash_state(self._data, self.size)
+            hasher = await store._take_hash_state(self._data, self.size)
             if hasher is None:
                 hasher = (
                     Hasher(DEFAULT_ALGORITHM)
@@ -574,9 +605,10 @@ class Upload:
                     else await self._rehash(DEFAULT_ALGORITHM)
                 )
             before = self.size
+            pending = None
             try:
                 try:
-                    await _pump(source, writer, hasher)
+                    pending = await _pump(source, writer, hasher)
                 finally:
                     await writer.commit()
             except ObjectChanged:
@@ -591,8 +623,8 @@ class Upload:
                 ) from None
             self.size = writer.size
             self.size_known = True
-            if hasher.size == self.size:
-                store._keep_hash_state(self._data, hasher)
+            if pending is not None or hasher.size == self.size:
+                store._keep_hash_state(self._data, hasher, self.size, pending)
                 self._appended = True
             return self.size - before
 
@@ -623,13 +655,13 @@ class Upload:
             # size in the move itself (move_exact) catches one by another process: the
             # stored size need not be read again. Other drivers read it, as before.
             hasher = (
-                store._take_hash_state(self._data, self.size)
+                await store._take_hash_state(self._data, self.size)
                 if self._appended and move_exact is not None
                 else None
             )
             if hasher is None:
                 self.size = await _size_or_zero(self.blobs.driver, self._data)
-                hasher = store._take_hash_state(self._data, self.size)
+                hasher = await store._take_hash_state(self._data, self.size)
             if size is not None and size != self.size:
                 if hasher is not None:
                     store._keep_hash_state(self._data, hasher)
@@ -733,12 +765,17 @@ async def _size_or_zero(driver: StorageDriver, path: str) -> int:
         return 0
 
 
-async def _pump(source: AsyncIterator[bytes], writer: FileWriter, hasher: Hasher) -> None:
+async def _pump(
+    source: AsyncIterator[bytes], writer: FileWriter, hasher: Hasher
+) -> concurrent.futures.Future[None] | None:
     """Copy *source* into *writer* and *hasher* in large steps, overlapping network and disk.
 
     While one batch of chunks is written and hashed (both off the event loop, on
     separate threads), the next one is read from the network. Chunks are handed
     on as they arrived, never joined into a copy, to writers that take a list.
+
+    A body received straight off the socket returns once written, possibly with the
+    hash of its last buffers still running: the future of that hash (None: done).
     """
     pending: asyncio.Future[None] | None = None
     parts: list[bytes] = []
@@ -750,9 +787,11 @@ async def _pump(source: AsyncIterator[bytes], writer: FileWriter, hasher: Hasher
     if (
         receive is not None
         and taker is not None
-        and await receive(taker(), hasher.update, writer.size)
+        and await receive(taker(), hasher.update, writer.size, defer_digest=True)
     ):
-        return  # read off the socket and written on a thread, hashed beside it
+        # Read off the socket and written on a thread, hashed beside it; the hash of
+        # the last buffers may still run while the client gets its answer.
+        return getattr(source, "digest_pending", None)
 
     async def step(batch: list[bytes], size: int) -> None:
         if size <= INLINE_HASH:

@@ -9,6 +9,7 @@ writer. This module only reads; what the bytes become is the caller's business.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import mmap
 import os
@@ -202,6 +203,9 @@ class RequestBody:
         self._request = request
         self._timeout = timeout
         self._chunks: AsyncIterator[bytes] | None = None
+        self.digest_pending: concurrent.futures.Future[None] | None = None
+        """After :meth:`receive` with ``defer_digest``: the digest of the body's last
+        buffers, still running (None: all digested before it returned)."""
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         if self._chunks is None:
@@ -213,11 +217,19 @@ class RequestBody:
         write: Callable[[memoryview], None],
         digest: Callable[[memoryview], None],
         offset: int = 0,
+        *,
+        defer_digest: bool = False,
     ) -> bool:
         """Feed the whole body to *write* and then *digest* (called on receiving
         threads, in order; each buffer is reused once both return). *offset* is where
         the body's first byte goes in storage: the first buffer is cut short so that
         every later one starts at a multiple of ``DIRECT_ALIGN`` there.
+
+        With *defer_digest*, this returns once every byte is received and written, and
+        the digest of the last buffers (up to ``DIRECT_DEPTH``) may still run: then
+        :attr:`digest_pending` is its future, which the caller must wait for before it
+        digests anything else. The answer to a chunk of a chunked upload then goes out
+        while its hash finishes, and the hash overlaps the client's next request.
 
         False, with nothing read, when the body must take aiohttp's path: TLS, a
         chunked or compressed body, a small one, a connection aiohttp already closes,
@@ -260,9 +272,10 @@ class RequestBody:
                 digest,
                 received,
                 (-(offset + len(first))) % DIRECT_ALIGN,
+                defer_digest,
             )
             try:
-                await asyncio.shield(receiving)
+                self.digest_pending = await asyncio.shield(receiving)
             except asyncio.CancelledError:
                 # The request is cancelled (shutdown): stop the thread before the
                 # writer it writes to is closed, then let the cancellation go on.
@@ -400,7 +413,8 @@ def _receive(
     digest: Callable[[memoryview], None],
     count: list[int],
     lead: int = 0,
-) -> None:
+    defer: bool = False,
+) -> concurrent.futures.Future[None] | None:
     """The receiving thread: fill a buffer from the socket, hand it on, again.
 
     The first buffer takes only *lead* bytes (when not 0), which brings the storage
@@ -411,7 +425,9 @@ def _receive(
     silence or a disconnect is handed on before the error propagates, so the upload
     keeps it and the client can resume from there. This thread writes each buffer;
     in ``DIRECT_MODE`` ``split`` a second one hashes it (buffers taking turns, in
-    order), in ``serial`` this one does.
+    order), in ``serial`` this one does. With *defer* (and ``split``), once the whole
+    body arrived without a failure this returns the second thread's future instead of
+    waiting for it: that thread digests the last buffers, then gives them back.
     """
 
     def both(view: memoryview) -> None:
@@ -429,17 +445,30 @@ def _receive(
     for buffer in buffers:
         free.put(memoryview(buffer))
     failed: list[BaseException] = []
+    handed_off = [False]
+    """Set by the receiving thread before its last ``full.put``: the second thread cleans up."""
+
+    def release() -> None:
+        while not free.empty():  # the views released, so a spare buffer can be closed
+            with contextlib.suppress(BufferError):
+                free.get().release()
+        for buffer in buffers:
+            _give_buffer(buffer)
 
     def finish() -> None:  # the second thread, in order
         assert tail is not None
+        # No name keeps a view once it is given back: release() closes the buffers.
         while (item := full.get()) is not None:
-            view, buffer = item
             try:
                 if not failed:
-                    tail(view)
+                    tail(item[0])
             except BaseException as exc:  # handed to the receiving thread
                 failed.append(exc)
-            free.put(buffer)
+            free.put(item[1])
+        if handed_off[0]:
+            release()
+            if failed:
+                raise failed[0]
 
     second = _finishers.submit(finish) if tail is not None else None
     try:
@@ -463,14 +492,15 @@ def _receive(
                 else:
                     free.put(buffer)
             remaining -= filled
+        if defer and second is not None and not failed:
+            handed_off[0] = True  # before the sentinel: the queue orders the two
     finally:
         if second is not None:
             full.put(None)
-            second.result()
-        while not free.empty():  # the views released, so a spare buffer can be closed
-            with contextlib.suppress(BufferError):
-                free.get().release()
-        for buffer in buffers:
-            _give_buffer(buffer)
-    if failed:
+            if not handed_off[0]:
+                second.result()
+        if not handed_off[0]:
+            release()
+    if failed and not handed_off[0]:
         raise failed[0]
+    return second if handed_off[0] else None
