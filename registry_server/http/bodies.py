@@ -434,13 +434,19 @@ def _receive(
         write(view)
         digest(view)
 
-    _store_first(first, write, digest)
-    count[0] += len(first)
     # serial: this thread receives, writes and hashes; split: a second one hashes.
     head: Callable[[memoryview], None] = both if DIRECT_MODE == "serial" else write
     tail: Callable[[memoryview], None] | None = None if DIRECT_MODE == "serial" else digest
     free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-    full: queue.SimpleQueue[tuple[memoryview, memoryview] | None] = queue.SimpleQueue()
+    full: queue.SimpleQueue[tuple[memoryview, memoryview | None] | None] = queue.SimpleQueue()
+    if tail is None:
+        _store_first(first, write, digest)
+    elif first:
+        # What aiohttp had buffered (often several hundred KiB of a PATCH): written here,
+        # hashed first by the second thread, so receiving starts without waiting for it.
+        write(memoryview(first))
+        full.put((memoryview(first), None))
+    count[0] += len(first)
     buffers = [_take_buffer() for _ in range(_buffers_needed(remaining, lead, tail is None))]
     for buffer in buffers:
         free.put(memoryview(buffer))
@@ -464,7 +470,8 @@ def _receive(
                     tail(item[0])
             except BaseException as exc:  # handed to the receiving thread
                 failed.append(exc)
-            free.put(item[1])
+            if item[1] is not None:
+                free.put(item[1])
         if handed_off[0]:
             release()
             if failed:
