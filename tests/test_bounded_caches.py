@@ -231,6 +231,7 @@ async def test_local_walk_holds_one_batch_of_entries_at_a_time(tmp_path, monkeyp
 
 
 WIDE = 20_000
+OCI_MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
 
 def _wide_folder(root: os.PathLike[str]) -> None:
@@ -340,6 +341,28 @@ def test_signing_queue_is_capped_when_the_worker_falls_behind(monkeypatch) -> No
             "acme/prod/app", digest(n), "application/vnd.oci.image.manifest.v1+json", "1"
         )
     assert len(signer._pending) == 100
+
+
+def test_a_full_signing_queue_holds_about_half_a_kilobyte_an_entry() -> None:
+    """Under a sustained load the signing worker yields to requests and its queue fills to
+    MAX_PENDING (the soak's workers grew by thousands of entries). Each request's host is
+    its own string and each digest its own object, as on the request path."""
+    registry = Registry(open_driver("memory://"))
+    signer = Signer(registry, KeyStore(registry.driver, None), SigningDefaults(enabled=True))
+    digests = [digest(n) for n in range(signer_module.MAX_PENDING)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n, each in enumerate(digests):
+            request_host.set("".join(["reg", ".test"]))
+            signer._stored("acme/prod/app", each, OCI_MANIFEST_TYPE, f"v{n % 50}")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(signer._pending) == signer_module.MAX_PENDING
+    # Keys, entries, a tag each and the queue's own table; the digests are the caller's.
+    # Two sets an entry (and a host string each) held ~0.9 KB.
+    assert held / signer_module.MAX_PENDING < 500, held
 
 
 async def test_signing_hosts_are_cached_for_a_bounded_number_of_registries(monkeypatch) -> None:

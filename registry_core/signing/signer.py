@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import sys
 import time
 from collections.abc import Iterable
 from typing import Literal
@@ -126,8 +127,10 @@ class Signer:
         self.registry = registry
         self.keys = keys
         self.defaults = defaults
-        # (repository, digest) -> (hosts, tags) noted by nudges, signed by the worker.
-        self._pending: BoundedDict[tuple[str, Digest], tuple[set[str], set[str]]] = BoundedDict(
+        # (repository, digest) -> [hosts, tags] noted by nudges, signed by the worker. Under
+        # a sustained load the worker yields to requests and this fills towards its cap:
+        # tuples (mostly of one), not two sets an entry, keep that at ~0.4 KB an entry.
+        self._pending: BoundedDict[tuple[str, Digest], list[tuple[str, ...]]] = BoundedDict(
             MAX_PENDING
         )
         self._wake: asyncio.Event | None = None
@@ -213,11 +216,14 @@ class Signer:
     def _stored(self, repository: str, digest: Digest, media_type: str, tag: str | None) -> None:
         if tag is None:
             return  # untagged: no identity to sign (an index signs its platform manifests)
-        hosts, tags = self._pending.setdefault((repository, digest), (set(), set()))
-        tags.add(tag)
+        noted = self._pending.get((repository, digest))
+        if noted is None:
+            noted = self._pending[(repository, digest)] = [(), ()]
+        if tag not in noted[1]:
+            noted[1] += (tag,)
         host = request_host.get()
-        if host:
-            hosts.add(host)
+        if host and host not in noted[0]:
+            noted[0] += (sys.intern(host),)  # a few hosts, shared by every entry
         # O(1) on the request path: a time stamp, and a wake-up only for an idle worker
         # (a waiting worker reads the stamp when its sleep ends: no timer re-armed per PUT).
         self._last_nudge = time.monotonic()
@@ -317,7 +323,7 @@ class Signer:
                 return
 
     async def _sign_noted(
-        self, repository: str, digest: Digest, hosts: set[str], tags: set[str]
+        self, repository: str, digest: Digest, hosts: tuple[str, ...], tags: tuple[str, ...]
     ) -> None:
         try:
             await self.sign_manifest(repository, digest, hosts, tags)
