@@ -13,26 +13,17 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from registry_core import load_config
-from registry_server.app import build_app
+from tests.helpers.in_process import serve_in_process
 
 MISSING = "sha256:" + "0" * 64
 
 
 @pytest.fixture
 async def url(tmp_path: Path) -> AsyncIterator[str]:
-    config = load_config(
-        overrides={"auth": {"enabled": False}, "storage": {"url": f"file://{tmp_path}/store"}},
-        environ={},
-    )
-    runner = web.AppRunner(build_app(config), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runner, base = await serve_in_process(tmp_path / "store")
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield base
     finally:
         await runner.cleanup()
 

@@ -22,12 +22,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from registry_core import load_config
 from registry_core.digest import Hasher
-from registry_server.app import build_app
 from registry_server.http import bodies
+from tests.helpers.in_process import serve_in_process
 
 REPO = "deferred/reg/app"
 MiB = 1 << 20
@@ -35,23 +33,11 @@ SLOW = 0.15
 """Seconds the hash of each slowed buffer takes beyond its real cost."""
 
 
-async def _serve(store: Path) -> tuple[web.AppRunner, str]:
-    config = load_config(
-        overrides={"auth": {"enabled": False}, "storage": {"url": f"file://{store}"}},
-        environ={},
-    )
-    runner = web.AppRunner(build_app(config), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-
 @pytest.fixture
 async def servers(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
     store = tmp_path / "store"
-    first, url_a = await _serve(store)
-    second, url_b = await _serve(store)
+    first, url_a = await serve_in_process(store)
+    second, url_b = await serve_in_process(store)
     try:
         yield url_a, url_b
     finally:
