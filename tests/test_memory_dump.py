@@ -69,13 +69,19 @@ def push_manifests(base: str, count: int) -> None:
             assert put.status_code == 201, put.text
 
 
-def test_sigusr2_dumps_show_where_the_heap_grew_between_two_points(tmp_path: Path) -> None:
+def dumping_server(tmp_path: Path, variables: dict[str, str]) -> tuple[RegistryServer, Path]:
+    """A started server on a fresh local store that dumps into ``tmp_path/dumps``."""
     folder = tmp_path / "dumps"
     store = tmp_path / "store"
     store.mkdir()
-    env = {memory_dump.DUMP_DIR_VARIABLE: str(folder), memory_dump.FRAMES_VARIABLE: "32"}
+    env = {memory_dump.DUMP_DIR_VARIABLE: str(folder), **variables}
     server = RegistryServer(f"file://{store}", env=env, workdir=tmp_path)
     server.start()
+    return server, folder
+
+
+def test_sigusr2_dumps_show_where_the_heap_grew_between_two_points(tmp_path: Path) -> None:
+    server, folder = dumping_server(tmp_path, {memory_dump.FRAMES_VARIABLE: "32"})
     try:
         before, before_types = dump(server, folder, 1)
         push_manifests(server.url, MANIFESTS)
@@ -119,12 +125,7 @@ def test_untraced_dumps_give_both_allocators_figures(tmp_path: Path) -> None:
     """With tracing off (CARGOHOLD_MEMORY_DUMP_TRACE=0) a dump has no snapshot but says what
     pymalloc and glibc hold: RSS that grows while Python's objects stay level sits in one
     of them, and these figures say which (issue 14's soak)."""
-    folder = tmp_path / "dumps"
-    store = tmp_path / "store"
-    store.mkdir()
-    env = {memory_dump.DUMP_DIR_VARIABLE: str(folder), memory_dump.TRACE_VARIABLE: "0"}
-    server = RegistryServer(f"file://{store}", env=env, workdir=tmp_path)
-    server.start()
+    server, folder = dumping_server(tmp_path, {memory_dump.TRACE_VARIABLE: "0"})
     try:
         os.kill(server.pid, signal.SIGUSR2)
         first = json.loads(wait_for(folder / f"{server.pid}-1.types.json").read_text())
