@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -130,7 +131,10 @@ def full_shot(site: Site, driver: webdriver.Chrome, name: str, piece: int = 1400
 
 
 def wait(driver: webdriver.Chrome) -> WebDriverWait:
-    return WebDriverWait(driver, WAIT)
+    """A wait that looks again when the element it read went with the page: a form's
+    answer replaces the page, and a ``.notice`` found just before is stale by the time
+    its text is read (seen once in the full suite)."""
+    return WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def log_in(site: Site, driver: webdriver.Chrome, who: str) -> None:
