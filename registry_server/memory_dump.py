@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
-import ctypes.util
 import gc
 import json
 import os
@@ -38,6 +37,8 @@ import sys
 import tempfile
 import tracemalloc
 from pathlib import Path
+
+from .memory import _glibc
 
 DUMP_DIR_VARIABLE = "CARGOHOLD_MEMORY_DUMP_DIR"
 TRACE_VARIABLE = "CARGOHOLD_MEMORY_DUMP_TRACE"
@@ -130,11 +131,9 @@ def glibc_figures() -> dict[str, int]:
     """glibc's ``mallinfo2`` over all its heaps: ``arena`` (heap bytes from the OS),
     ``uordblks`` (in use), ``fordblks`` (free, kept), ``hblkhd`` (bytes in blocks mapped
     one by one); empty when not glibc."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        call = libc.mallinfo2
-    except (OSError, AttributeError, TypeError):
+    libc = _glibc()
+    call = getattr(libc, "mallinfo2", None)  # glibc 2.33 and later
+    if call is None:
         return {}
     call.restype = _Mallinfo2
     info = call()
