@@ -48,13 +48,23 @@ def _signer(registry: Registry) -> Signer:
 
 
 async def _pushed_with_signer(
-    tmp_path: Path, count: int, *, batch: int, busy_share: float, max_rest: float
+    tmp_path: Path,
+    count: int,
+    *,
+    batch: int,
+    busy_share: float,
+    max_rest: float,
+    max_busy_share: float | None = None,
+    backlog_full: int = 256,
 ) -> tuple[Registry, Signer, list[Any]]:
-    """*count* manifests pushed and noted, and a signer with these priority settings."""
+    """*count* manifests pushed and noted, and a signer with these priority settings
+    (the share stays at *busy_share* whatever the backlog unless *max_busy_share*)."""
     registry = Registry(LocalDriver(str(tmp_path / "store")))
     signer = _signer(registry)
     digests = await _push(registry, count)
     signer.batch, signer.busy_share, signer.max_rest = batch, busy_share, max_rest
+    signer.max_busy_share = busy_share if max_busy_share is None else max_busy_share
+    signer.backlog_full = backlog_full
     return registry, signer, digests
 
 
@@ -139,6 +149,32 @@ async def test_sparse_short_requests_do_not_slow_signing(tmp_path: Path) -> None
     finally:
         polling.cancel()
     assert await _signed(registry, digests) == 10
+
+
+async def test_a_backlog_raises_the_share_so_signing_keeps_up(tmp_path: Path) -> None:
+    """A busy process with a full backlog signs at ``max_busy_share`` (rest = batch time
+    at 0.5), not at ``busy_share`` (999 times the batch here: an hour's rest a batch)."""
+    registry, signer, digests = await _pushed_with_signer(
+        tmp_path,
+        12,
+        batch=2,
+        busy_share=0.001,
+        max_rest=3600.0,
+        max_busy_share=0.5,
+        backlog_full=4,
+    )
+    assert signer._share() == pytest.approx(0.5)  # 12 noted, 4 make a full backlog
+    signer.request_started()
+    drain = asyncio.create_task(signer.drain())
+    try:
+        # Full backlog: batch, rest, batch... at half the time each, while busy all along.
+        await _until(lambda: len(signer._pending) <= 2, timeout=60)
+        # Two left (half of backlog_full): the share falls back towards busy_share.
+        assert signer._share() == pytest.approx(0.001 + 0.499 * len(signer._pending) / 4)
+    finally:
+        signer.request_finished()
+    await asyncio.wait_for(drain, 60)  # idle again: the rest ends at once
+    assert await _signed(registry, digests) == 12
 
 
 async def test_the_longest_rest_is_max_rest(tmp_path: Path) -> None:

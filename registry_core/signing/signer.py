@@ -147,8 +147,14 @@ class Signer:
         self.max_delay = 1.0
         self.busy_share = 0.1
         """While this process serves requests, the worker rests between batches so that
-        signing takes about this share of its time (see :meth:`_yield_to_requests`):
-        signing runs below the requests' priority, yet never stops."""
+        signing takes about this share of its time (see :meth:`_yield_to_requests`) while
+        little is waiting: signing runs below the requests' priority, yet never stops."""
+        self.max_busy_share = 0.5
+        self.backlog_full = 256
+        """The share rises with the backlog, from ``busy_share`` (nothing waiting) to
+        ``max_busy_share`` (``backlog_full`` manifests noted): under a load that never
+        pauses, a fixed share that signs less than is pushed grew the queue by thousands
+        of entries (the soak's RSS growth); a rising one settles where signing keeps up."""
         self.rest_poll = 0.01
         self.max_rest = 1.0
         # Requests of this process in flight and started so far (the server's middleware
@@ -297,6 +303,12 @@ class Signer:
             return self._busy_total + time.monotonic() - self._busy_since
         return self._busy_total
 
+    def _share(self) -> float:
+        """The share of a busy process's time that signing takes now (see ``backlog_full``)."""
+        fill = min(1.0, len(self._pending) / max(self.backlog_full, 1))
+        top = max(self.busy_share, self.max_busy_share)
+        return self.busy_share + (top - self.busy_share) * fill
+
     async def _yield_to_requests(self, spent: float, seen: int) -> None:
         """Rest after a batch that took *spent* seconds while requests keep the process
         busy (*seen*: the count of started requests when the batch began).
@@ -304,16 +316,17 @@ class Signer:
         Signing and requests share one event loop and, on a small machine, the CPU: one
         manifest's cosign signature costs about what its PUT did, a simple signature
         several times that. So while requests are in flight, the worker rests until they
-        have been served for ``(1 - busy_share) / busy_share`` times the batch's time (9
-        for the default 0.1): at most about that share of a busy process's time goes to
-        signing, and the rest stretches with the batch when the machine is loaded. The
+        have been served for ``(1 - share) / share`` times the batch's time (9 for the
+        default ``busy_share`` of 0.1, 1 at a full backlog; :meth:`_share`): at most about
+        that share of a busy process's time goes to signing, and the rest stretches with
+        the batch when the machine is loaded. The
         rest ends as soon as requests were in flight less than half of the last
         ``rest_poll`` seconds, so a quiet server (or one answering a poller now and then)
         signs at full speed, and after ``max_rest`` seconds at the latest.
         """
-        if not self._busy(seen) or self.busy_share >= 1:
+        share = max(self._share(), 0.001)
+        if not self._busy(seen) or share >= 1:
             return
-        share = max(self.busy_share, 0.001)
         wanted = self._busy_seconds() + spent * (1 - share) / share
         deadline = time.monotonic() + self.max_rest
         while self._busy_seconds() < wanted and time.monotonic() < deadline:
