@@ -102,11 +102,37 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
+def _status_kib(pid: int, key: str) -> int | None:
+    """A ``kB`` field of ``/proc/PID/status`` (None: the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _smaps_kib(pid: int, key: str) -> int | None:
+    """A ``kB`` field of ``/proc/PID/smaps_rollup`` (None: gone or not readable)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 class ProcTree:
     """A process and its live descendants (worker processes, if a server forks any)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        # At the last reset, per process: (PSS, RSS) in KiB (see :meth:`peak_memory_mib`).
+        self._baseline: dict[int, tuple[int, int]] = {}
 
     def pids(self) -> list[int]:
         children = _children_map()
@@ -132,26 +158,43 @@ class ProcTree:
         return ticks / CLK_TCK
 
     def reset_peak_rss(self) -> None:
-        """``echo 5 > clear_refs``: VmHWM restarts from the current RSS."""
+        """``echo 5 > clear_refs``: VmHWM restarts from the current RSS; each process's
+        PSS and RSS at this point are the baseline of :meth:`peak_memory_mib`."""
+        self._baseline = {}
         for pid in self.pids():
             with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w") as f:
                 f.write("5")
+            pss, rss = _smaps_kib(pid, "Pss"), _status_kib(pid, "VmRSS")
+            if pss is not None and rss is not None:
+                self._baseline[pid] = (pss, rss)
 
     def _status_kib(self, key: str) -> int:
-        total = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    for line in f:
-                        if line.startswith(key + ":"):
-                            total += int(line.split()[1])
-            except OSError:
-                continue
-        return total
+        return sum(_status_kib(pid, key) or 0 for pid in self.pids())
 
     def peak_rss_mib(self) -> float:
-        """Sum of VmHWM over the tree (an upper bound when several processes peak apart)."""
+        """Sum of VmHWM over the tree (an upper bound when several processes peak apart;
+        pages a forked worker shares with its parent count once per process)."""
         return self._status_kib("VmHWM") / 1024
+
+    def peak_memory_mib(self) -> float:
+        """The tree's peak memory with shared pages counted once: each process's PSS at
+        the reset plus what its RSS grew to at its peak (VmHWM - RSS at the reset).
+
+        Summed VmHWM counts what forked workers share with their parent (the imported
+        code and data, copy-on-write) once per process: an idle ``--workers 2`` server
+        has 168 MiB of summed RSS and 78 MiB of summed PSS. Growth during a run is
+        memory a process touched (its own pages), so it is added whole: still an upper
+        bound when the processes peak apart, but one that counts each page once.
+        A process started after the reset counts with its VmHWM.
+        """
+        total = 0
+        for pid in self.pids():
+            hwm = _status_kib(pid, "VmHWM")
+            if hwm is None:
+                continue
+            pss, rss = self._baseline.get(pid, (0, 0))
+            total += pss + max(0, hwm - rss)
+        return total / 1024
 
     def rss_mib(self) -> float:
         return self._status_kib("VmRSS") / 1024

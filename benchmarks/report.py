@@ -15,7 +15,14 @@ from typing import Any
 from .limits import LABELS
 
 SERVERS = ("cargohold", "distribution")
-COMMON = ("server_cpu_s", "server_peak_rss_mib", "client_cpu_s", "other_cpu_s", "wall_s")
+COMMON = (
+    "server_cpu_s",
+    "server_peak_rss_mib",
+    "server_peak_memory_mib",
+    "client_cpu_s",
+    "other_cpu_s",
+    "wall_s",
+)
 
 
 def _values(entry: dict[str, Any], server: str, key: str) -> list[float]:
@@ -154,15 +161,19 @@ def markdown(report: dict[str, Any], png_name: str | None = "latest.png") -> str
         "Server CPU is utime+stime (children included) from `/proc/PID/stat` over the run; "
         "peak RSS is VmHWM from `/proc/PID/status`, reset before each run with "
         "`echo 5 > /proc/PID/clear_refs` (servers are restarted with empty storage for "
-        "every workload case, not every run). Client CPU is the load generator's own "
+        "every workload case, not every run), summed over a server's processes, so pages "
+        "that forked workers share with their parent count once per process; peak memory "
+        "counts them once: each process's PSS (`/proc/PID/smaps_rollup`) at the reset "
+        "plus its growth to VmHWM. Client CPU is the load generator's own "
         "(this Python process plus wrk/skopeo). Other CPU is the machine's busy time from "
         "`/proc/stat` minus server and client: kernel work charged to no process (loopback "
         "network softirqs, writeback) plus any other job on the machine, so read a "
         "surprising number next to it.",
         "",
         "| Workload | CPU s: Cargohold | CPU s: Distribution | Peak RSS MiB: Cargohold | "
-        "Peak RSS MiB: Distribution | Client CPU s (C / D) | Other CPU s (C / D) |",
-        "|---|---|---|---|---|---|---|",
+        "Peak RSS MiB: Distribution | Peak memory MiB: Cargohold | "
+        "Client CPU s (C / D) | Other CPU s (C / D) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for entry in report["workloads"].values():
         client, other = (
@@ -174,7 +185,8 @@ def markdown(report: dict[str, Any], png_name: str | None = "latest.png") -> str
             f"{_cell(entry, 'cargohold', 'server_cpu_s', 2)} | "
             f"{_cell(entry, 'distribution', 'server_cpu_s', 2)} | "
             f"{_cell(entry, 'cargohold', 'server_peak_rss_mib', 0)} | "
-            f"{_cell(entry, 'distribution', 'server_peak_rss_mib', 0)} | {client} | {other} |"
+            f"{_cell(entry, 'distribution', 'server_peak_rss_mib', 0)} | "
+            f"{_cell(entry, 'cargohold', 'server_peak_memory_mib', 0)} | {client} | {other} |"
         )
 
     if report["limits"]:

@@ -152,6 +152,7 @@ async def measure_run(
         wall_s=wall,
         server_cpu_s=cpu1 - cpu0,
         server_peak_rss_mib=server.tree.peak_rss_mib(),
+        server_peak_memory_mib=server.tree.peak_memory_mib(),
         client_cpu_s=client1 - client0,
         # Whatever else ran on the machine meanwhile (other jobs, the kernel's writeback).
         other_cpu_s=max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - (client1 - client0)),

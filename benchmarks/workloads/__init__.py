@@ -41,10 +41,13 @@ class Metric:
 # Metrics the runner adds to every run of every workload.
 SERVER_CPU = Metric("server_cpu_s", "server CPU", "s", False, digits=2)
 SERVER_RSS = Metric("server_peak_rss_mib", "server peak RSS", "MiB", False, digits=0)
+SERVER_MEMORY = Metric(
+    "server_peak_memory_mib", "server peak memory (shared pages once)", "MiB", False, digits=0
+)
 CLIENT_CPU = Metric("client_cpu_s", "client CPU", "s", False, digits=2)
 OTHER_CPU = Metric("other_cpu_s", "other processes' CPU", "s", False, digits=2)
 WALL = Metric("wall_s", "wall time", "s", False, digits=2)
-COMMON_METRICS = (SERVER_CPU, SERVER_RSS, CLIENT_CPU, OTHER_CPU, WALL)
+COMMON_METRICS = (SERVER_CPU, SERVER_RSS, SERVER_MEMORY, CLIENT_CPU, OTHER_CPU, WALL)
 
 
 @dataclass

@@ -7,7 +7,17 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..client import CHUNK, Conn, GiB, MiB, timed, upload_chunked, upload_monolithic
-from . import SERVER_CPU, SERVER_RSS, Case, CaseResult, Metric, Target, Workload, register
+from . import (
+    SERVER_CPU,
+    SERVER_MEMORY,
+    SERVER_RSS,
+    Case,
+    CaseResult,
+    Metric,
+    Target,
+    Workload,
+    register,
+)
 
 if TYPE_CHECKING:
     from ..harness import Server
@@ -77,16 +87,19 @@ class _Upload(_SizedBlobs):
                     cc <= dc,
                 )
             )
+        # Peak memory with the pages forked workers share with their parent counted once
+        # (``ProcTree.peak_memory_mib``); the summed VmHWM is shown beside it.
+        memory = result.median("cargohold", SERVER_MEMORY.key)
         rss = result.median("cargohold", SERVER_RSS.key)
         largest = max(ctx.blob_sizes)
-        if rss is not None and case.params["size"] == largest:
+        if memory is not None and case.params["size"] == largest:
             note = "" if largest >= GiB else f"measured with a {case.label} blob (quick mode)"
             targets.append(
                 Target(
-                    f"{self.title}: Cargohold peak RSS while uploading a 1 GiB blob",
-                    f"{fmt(rss, 0)} MiB ({case.label})",
+                    f"{self.title}: Cargohold peak memory while uploading a 1 GiB blob",
+                    f"{fmt(memory, 0)} MiB ({case.label}; summed VmHWM {fmt(rss, 0)} MiB)",
                     f"< {RSS_LIMIT_MIB} MiB",
-                    rss < RSS_LIMIT_MIB,
+                    memory < RSS_LIMIT_MIB,
                     note,
                 )
             )
