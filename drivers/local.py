@@ -54,8 +54,25 @@ from .threads import Workers, settle, shared_workers
 T = TypeVar("T")
 
 
-_TEMPORARY_PREFIX = f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"
+_TEMPORARY_PREFIX = ""
 _temporary_numbers = itertools.count()
+
+
+def _new_temporary_names() -> None:
+    """A fresh prefix and counter for this process's temporary files, also after a fork.
+
+    ``--workers`` processes fork from a parent that imported this module: with the
+    parent's prefix and counter, two workers writing one object at once (one manifest
+    pushed under many tags) named the same temporary file, and one worker's link or
+    rename found it gone (a 503) or took the other's bytes.
+    """
+    global _TEMPORARY_PREFIX, _temporary_numbers
+    _TEMPORARY_PREFIX = f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"
+    _temporary_numbers = itertools.count()
+
+
+_new_temporary_names()
+os.register_at_fork(after_in_child=_new_temporary_names)
 
 
 def _temporary(path: str) -> str:

@@ -36,8 +36,20 @@ _KEY_TYPE = getattr(web, "RequestKey", None)
 STATE_KEY: Any = _KEY_TYPE("state", RequestState) if _KEY_TYPE is not None else "cargohold.state"
 
 
-_ID_PREFIX = os.urandom(6).hex()
+_ID_PREFIX = ""
 _ID_COUNTER = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    """A fresh random prefix (and counter) per process: ``--workers`` processes fork from
+    a parent that imported this module, and kept its prefix (ids repeated across them)."""
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX = os.urandom(6).hex()
+    _ID_COUNTER = itertools.count(1)
+
+
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def new_request_id() -> str:

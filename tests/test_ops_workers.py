@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from registry_core import load_config
-from tests.helpers import RegistryServer
+from tests.helpers import RegistryServer, sample_image
 from tests.helpers.registry_api import new_session, push_blob
 from tests.test_ops_cli import children_of, holds_socket, listening_socket_inodes, wait_until
 
@@ -146,3 +146,50 @@ def test_workers_exit_when_the_parent_is_killed_and_a_restart_takes_the_port(
     assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
     with new_session() as http:
         assert http.get(f"{server.url}/v2/crash/reg/after/blobs/{digest}").content == data
+
+
+def test_two_workers_write_one_manifest_under_many_tags_at_once(registry_factory, tmp_path) -> None:
+    """One manifest pushed under 240 tags by 16 clients at once, both workers storing its
+    bytes side by side: every PUT is a 201 and every tag names it. (The workers had
+    inherited one temporary-file prefix from their parent: two writes of one object
+    named one temporary file, and a 503 came out of the race now and then.) The request
+    ids of the answers are unique across the workers too."""
+    server = registry_factory(f"file://{tmp_path}/store", env=AUTO, extra_args=["--workers", "2"])
+    _serving_workers(server, 2)
+    repo = "race/reg/tags"
+    image = sample_image(seed="one manifest, many tags")
+    for blob in image.blobs():
+        push_blob(server.url, repo, blob.data)
+    tags = [f"t{i:04d}" for i in range(240)]
+    answers: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def put(chunk: list[str]) -> None:
+        with new_session() as http:
+            for tag in chunk:
+                resp = http.put(
+                    f"{server.url}/v2/{repo}/manifests/{tag}",
+                    data=image.manifest,
+                    headers={"Content-Type": image.media_type},
+                )
+                with lock:
+                    answers.append((resp.status_code, resp.headers.get("X-Request-Id", "")))
+
+    threads = [threading.Thread(target=put, args=(tags[i::16],)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted({status for status, _ in answers}) == [201], answers
+    assert len(answers) == len(tags)
+    ids = [request_id for _, request_id in answers]
+    assert all(ids) and len(set(ids)) == len(ids)
+    with new_session() as http:
+        listed = http.get(f"{server.url}/v2/{repo}/tags/list", params={"n": 1000}).json()
+        assert sorted(listed["tags"]) == tags
+        for tag in tags[::40]:
+            got = http.get(
+                f"{server.url}/v2/{repo}/manifests/{tag}",
+                headers={"Accept": image.media_type},
+            )
+            assert got.status_code == 200 and got.content == image.manifest
