@@ -370,7 +370,8 @@ class V2Routes:
         assert route.reference is not None
         digest = Digest.parse(route.reference)
         try:
-            info = await repo.blobs.stat(digest)
+            # A GET (a pull) asks for blobs that are there: link and data side by side.
+            info = await repo.blobs.stat(digest, together=request.method == "GET")
         except BlobUnknown:
             if self.proxy is None:
                 raise
