@@ -462,9 +462,14 @@ class ObjectStoreDriver:
         except KeyMissing:
             if self.store.native_append:
                 raise PathNotFound(path) from None
-        layout = await self._layout(key)
-        if not layout.exists:
+        # The GET's miss answers what a HEAD would: only the parts are left to look at
+        # (a missing object, most often a link or a setting never written, costs two
+        # requests rather than three).
+        prefix = parts_prefix(key)
+        listed = await self._list_all(prefix)
+        if not listed:
             raise PathNotFound(path)
+        layout = _Layout(None, tuple(assemble(listed, prefix)), (), True)
         pieces = await asyncio.gather(
             *(self._call("get", self.store.get, k) for k, _, _ in layout.segments())
         )

@@ -31,7 +31,7 @@ from drivers.object_store import PARTS, ObjectStoreDriver
 from drivers.testing import StorageDriverContract
 from registry_core import Digest, Registry
 from registry_core.storage import layout
-from registry_core.storage.driver import DriverSettings, StorageError
+from registry_core.storage.driver import DriverSettings, PathNotFound, StorageError
 from tests.helpers import RegistryServer, sample_image
 from tests.helpers.emulators import CloudEmulator, FakeTokenServer, RecordingProxy, cloud_driver
 from tests.helpers.registry_api import get_manifest, new_session, push_image
@@ -391,6 +391,28 @@ async def test_gcs_create_if_absent_sends_if_generation_match_0(
     creates = [query for method, _, query in proxy.requests if method == "POST"]
     assert creates
     assert all(query.get("ifGenerationMatch") == "0" for query in creates)
+
+
+async def test_s3_read_of_a_missing_object_costs_a_get_and_a_parts_listing(
+    moto_server: CloudEmulator, buckets: dict[str, str]
+) -> None:
+    """A link or setting never written (a push's HEAD check, a registry without quotas)
+    is read often: the GET's 404 already says there is no plain object, so only the
+    parts folder is listed after it (no HEAD in between). Reading an object stored in parts
+    is the contract suite's (``StorageDriverContract``, appends)."""
+    async with RecordingProxy(moto_server.url) as proxy:
+        options = {**moto_server.storage_options(), "endpoint_url": proxy.url}
+        driver = cloud_driver(
+            moto_server, bucket_on(moto_server, buckets), settings=SETTINGS, options=options
+        )
+        try:
+            proxy.requests.clear()
+            with pytest.raises(PathNotFound):
+                await driver.read("never/written/link")
+            assert [method for method, _, _ in proxy.requests] == ["GET", "GET"]
+            assert "list-type" in proxy.requests[1][2]
+        finally:
+            await driver.close()
 
 
 # -- signed URLs ------------------------------------------------------------------------------------
