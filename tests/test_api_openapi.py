@@ -110,6 +110,26 @@ def test_the_security_schemes_are_api_key_basic_and_bearer():
     assert doc["security"] == [{"apiKey": []}, {"basic": []}, {"bearer": []}]
 
 
+def test_operations_open_to_anyone_on_a_public_registry_make_credentials_optional():
+    """Reading a public registry's signing keys or exporting one of its images needs no
+    credentials (``test_anyone_reads_the_keys_of_a_public_registry``): the document says
+    so with an empty security requirement, which schemathesis' "API accepts requests
+    without authentication" check reads as intended. Every other secured one lists only
+    the three schemes."""
+    doc = document()
+    optional = {
+        ("get", "/api/v1/registries/{owner}/{registry}/signing-keys"),
+        ("get", "/api/v1/registries/{owner}/{registry}/archives"),
+    }
+    schemes = [{"apiKey": []}, {"basic": []}, {"bearer": []}]
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if (method, path) in optional:
+                assert operation["security"] == [{}, *schemes], (method, path)
+            elif operation["security"]:
+                assert operation["security"] == schemes, (method, path)
+
+
 def test_every_operation_documents_its_errors_in_the_one_error_schema():
     doc = document()
     error_schema = {"$ref": "#/components/schemas/ErrorBody"}

@@ -87,6 +87,9 @@ class Operation:
     description: str = ""
     query: tuple[Query, ...] = ()
     security: tuple[str, ...] = ("apiKey", "basic", "bearer")
+    anonymous: bool = False
+    """Credentials are optional: anyone may call it on a public registry (OpenAPI's empty
+    security requirement first), as ``docker pull`` may."""
     body_content: dict[str, Any] | None = None
     """A non-JSON request body (archives)."""
     response_content: dict[str, Any] | None = None
@@ -461,7 +464,9 @@ OPERATIONS: tuple[Operation, ...] = (
         "Export an image as a docker save tarball",
         "archives",
         errors=(400, 401, 403, 404),
-        description="Needs pull on the repository. With auth disabled the route is open.",
+        anonymous=True,
+        description="Needs pull on the repository (anyone may pull from a public registry). "
+        "With auth disabled the route is open.",
         query=(
             Query(
                 "image",
@@ -686,6 +691,7 @@ OPERATIONS += (
         "signing",
         sg.SigningKeys,
         errors=(401, 404),
+        anonymous=True,
         description="Whoever can pull from the registry (anyone for a public one). The cosign "
         "keys as PEM, the simple-signing keys as armored OpenPGP, with fingerprints; retired "
         "keys stay listed so that older signatures keep verifying. When the registry signs, "
@@ -957,7 +963,7 @@ def document() -> dict[str, Any]:
                     for code in sorted({*op.errors, *HTTP_LIMITS, *((429,) if op.security else ())})
                 },
             },
-            "security": [{scheme: []} for scheme in op.security],
+            "security": [*([{}] if op.anonymous else []), *({s: []} for s in op.security)],
         }
         if op.description:
             entry["description"] = op.description
