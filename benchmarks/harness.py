@@ -102,28 +102,24 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
-def _status_kib(pid: int, key: str) -> int | None:
-    """A ``kB`` field of ``/proc/PID/status`` (None: the process is gone)."""
+def _proc_kib(pid: int, file: str, key: str) -> int | None:
+    """A ``kB`` field of ``/proc/PID/<file>`` (None: the process is gone or hides it)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/{file}") as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def _status_kib(pid: int, key: str) -> int | None:
+    return _proc_kib(pid, "status", key)
 
 
 def _smaps_kib(pid: int, key: str) -> int | None:
-    """A ``kB`` field of ``/proc/PID/smaps_rollup`` (None: gone or not readable)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    return _proc_kib(pid, "smaps_rollup", key)
 
 
 class ProcTree:

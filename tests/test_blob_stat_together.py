@@ -63,18 +63,17 @@ async def test_a_linked_blob_that_is_there(together: bool) -> None:
     assert driver.most_in_flight == (2 if together else 1)
 
 
+@pytest.mark.parametrize(
+    ("linked", "stored"),
+    [(False, True), (True, False)],
+    ids=["data-this-repository-does-not-link", "a-link-whose-data-is-gone"],
+)
 @pytest.mark.parametrize("together", [False, True])
-async def test_data_this_repository_does_not_link_is_unknown(together: bool) -> None:
+async def test_a_blob_this_repository_cannot_serve_is_unknown(
+    together: bool, linked: bool, stored: bool
+) -> None:
     driver = SlowDriver()
-    repo = await _repo(driver, linked=False, stored=True)
-    with pytest.raises(BlobUnknown):
-        await repo.blobs.stat(DIGEST, together=together)
-
-
-@pytest.mark.parametrize("together", [False, True])
-async def test_a_link_whose_data_is_gone_is_unknown(together: bool) -> None:
-    driver = SlowDriver()
-    repo = await _repo(driver, linked=True, stored=False)
+    repo = await _repo(driver, linked=linked, stored=stored)
     with pytest.raises(BlobUnknown):
         await repo.blobs.stat(DIGEST, together=together)
 
