@@ -164,13 +164,13 @@ class ProcTree:
             if pss is not None and rss is not None:
                 self._baseline[pid] = (pss, rss)
 
-    def _status_kib(self, key: str) -> int:
+    def _summed_status_kib(self, key: str) -> int:
         return sum(_status_kib(pid, key) or 0 for pid in self.pids())
 
     def peak_rss_mib(self) -> float:
         """Sum of VmHWM over the tree (an upper bound when several processes peak apart;
         pages a forked worker shares with its parent count once per process)."""
-        return self._status_kib("VmHWM") / 1024
+        return self._summed_status_kib("VmHWM") / 1024
 
     def peak_memory_mib(self) -> float:
         """The tree's peak memory with shared pages counted once: each process's PSS at
@@ -193,7 +193,7 @@ class ProcTree:
         return total / 1024
 
     def rss_mib(self) -> float:
-        return self._status_kib("VmRSS") / 1024
+        return self._summed_status_kib("VmRSS") / 1024
 
 
 def machine_busy_seconds() -> float:

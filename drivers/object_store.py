@@ -297,6 +297,11 @@ class _Layout:
     """Every key under the object's parts folder (cleanup)."""
     has_parts_folder: bool = False
 
+    @classmethod
+    def of_parts(cls, listed: Iterable[ObjectInfo], prefix: str) -> _Layout:
+        """An object stored only as the parts *listed* under *prefix* (no plain object)."""
+        return cls(None, tuple(assemble(listed, prefix)), (), True)
+
     @property
     def exists(self) -> bool:
         return self.plain is not None or self.has_parts_folder
@@ -469,7 +474,7 @@ class ObjectStoreDriver:
         listed = await self._list_all(prefix)
         if not listed:
             raise PathNotFound(path)
-        layout = _Layout(None, tuple(assemble(listed, prefix)), (), True)
+        layout = _Layout.of_parts(listed, prefix)
         pieces = await asyncio.gather(
             *(self._call("get", self.store.get, k) for k, _, _ in layout.segments())
         )
@@ -606,7 +611,7 @@ class ObjectStoreDriver:
         if key in self._parts_hint:  # an upload this process writes: ask both ways at once
             plain, listed = await asyncio.gather(self._head(key), self._list_all(parts_prefix(key)))
             if plain is None and listed:
-                layout = _Layout(None, tuple(assemble(listed, parts_prefix(key))), (), True)
+                layout = _Layout.of_parts(listed, parts_prefix(key))
                 return FileInfo(path, layout.size, layout.mtime)
         else:
             plain = await self._head(key)
@@ -618,7 +623,7 @@ class ObjectStoreDriver:
             raise PathNotFound(path)
         listed, is_dir = await asyncio.gather(self._list_all(parts_prefix(key)), self._is_dir(key))
         if listed:
-            layout = _Layout(None, tuple(assemble(listed, parts_prefix(key))), (), True)
+            layout = _Layout.of_parts(listed, parts_prefix(key))
             return FileInfo(path, layout.size, layout.mtime)
         if is_dir:
             return FileInfo(path, 0, 0.0, True)
@@ -684,7 +689,7 @@ class ObjectStoreDriver:
             *(self._list_all(parts_prefix(prefix + name)) for name in pending)
         )
         for name, listed in zip(pending, listings, strict=True):
-            layout = _Layout(None, tuple(assemble(listed, parts_prefix(prefix + name))), (), True)
+            layout = _Layout.of_parts(listed, parts_prefix(prefix + name))
             files[name] = FileInfo(join(name), layout.size, layout.mtime)
         return list(files.values()), directories
 
@@ -827,7 +832,7 @@ def _tree(objects: Sequence[ObjectInfo], base: str, path: str) -> list[FileInfo]
     for relative, listed in grouped.items():
         if relative in files:
             continue  # a plain object wins over stale parts
-        layout = _Layout(None, tuple(assemble(listed, parts_prefix(base + relative))), (), True)
+        layout = _Layout.of_parts(listed, parts_prefix(base + relative))
         files[relative] = FileInfo(join(relative), layout.size, layout.mtime)
     return [FileInfo(join(d), 0, 0.0, True) for d in sorted(directories)] + list(files.values())
 

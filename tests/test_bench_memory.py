@@ -21,13 +21,17 @@ SCRIPT = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    held = bytearray(os.urandom(64 * 1024 * 1024))
+    def touched(size):  # every page written once, no second copy on the way
+        block = bytearray(size)
+        block[::4096] = b"\x01" * len(block[::4096])
+        return block
+    held = touched(64 * 1024 * 1024)
     go, ready = Path(sys.argv[1]), Path(sys.argv[2])
     if os.fork() == 0:
         ready.write_text("forked")
         while not go.exists():
             time.sleep(0.01)
-        extra = bytearray(os.urandom(32 * 1024 * 1024))
+        extra = touched(32 * 1024 * 1024)
         del extra
         Path(sys.argv[3]).write_text("grown")
         time.sleep(60)

@@ -235,26 +235,30 @@ class RepositoryBlobs:
         """
         if together:
             linked, info = await asyncio.gather(
-                self._linked(digest), self.store.stat(digest), return_exceptions=True
+                self._linked(digest), self._data(digest), return_exceptions=True
             )
             if isinstance(linked, BaseException):
                 raise linked
-            if not linked:
-                raise BlobUnknown(detail={"digest": str(digest)})
-            if isinstance(info, BlobInfo):
-                return info
-            if not isinstance(info, BlobUnknown):
-                raise info
-        elif not await self._linked(digest):
-            raise BlobUnknown(detail={"digest": str(digest)})
         else:
-            try:
-                return await self.store.stat(digest)
-            except BlobUnknown:
-                pass
+            linked, info = await self._linked(digest), None
+        if not linked:
+            raise BlobUnknown(detail={"digest": str(digest)})
+        if not together:
+            info = await self._data(digest)
+        if isinstance(info, BaseException):
+            raise info
+        if info is not None:
+            return info
         if not await self.store.recover_set_aside(digest):
             raise BlobUnknown(detail={"digest": str(digest)})
         return await self.store.stat(digest)
+
+    async def _data(self, digest: Digest) -> BlobInfo | None:
+        """The data's size and the like, None when it is not in place."""
+        try:
+            return await self.store.stat(digest)
+        except BlobUnknown:
+            return None
 
     async def exists(self, digest: Digest) -> bool:
         """True when this repository links the blob and its data is there (checked together;
