@@ -51,7 +51,7 @@ from ..errors import DigestInvalid
 from ..jobs import LeaseBusy, LeaseGuard, Leases
 from ..names import Tenant
 from ..storage import layout
-from ..storage.driver import PathNotFound, StorageDriver
+from ..storage.driver import PathNotFound, StorageDriver, delete_objects
 
 if TYPE_CHECKING:
     from ..registry import Registry
@@ -242,7 +242,7 @@ class UsageLedger:
         if guard is not None:
             await guard.check()
         await self._write_snapshot(tenant, snapshot)
-        await _delete_all(
+        await delete_objects(
             self.driver, [layout.usage_delta(tenant.owner, tenant.registry, n) for n in names]
         )
         return Usage(bytes=snapshot.bytes, images=snapshot.images)
@@ -279,16 +279,6 @@ class UsageLedger:
             layout.usage_snapshot(tenant.owner, tenant.registry), msgspec.json.encode(snapshot)
         )
         self._cache.pop(tenant, None)
-
-
-async def _delete_all(driver: StorageDriver, paths: Iterable[str]) -> None:
-    async def one(path: str) -> None:
-        with contextlib.suppress(PathNotFound):
-            await driver.delete(path)
-
-    pending = list(paths)
-    for start in range(0, len(pending), 64):
-        await asyncio.gather(*(one(p) for p in pending[start : start + 64]))
 
 
 # -- exact recompute ----------------------------------------------------------------------
@@ -472,7 +462,7 @@ async def _recompute(
                         for name, size in missing[start : start + 64]
                     )
                 )
-            await _delete_all(driver, [f"{charged_dir}/{n}" for n in existing - wanted.keys()])
+            await delete_objects(driver, [f"{charged_dir}/{n}" for n in existing - wanted.keys()])
         elif existing:
             with contextlib.suppress(PathNotFound):
                 await driver.delete(charged_dir)
@@ -481,7 +471,7 @@ async def _recompute(
             bytes=usage.bytes, images=usage.images, measured_at=time.time(), absorbed=before
         )
         await ledger._write_snapshot(tenant, snapshot)
-        await _delete_all(
+        await delete_objects(
             driver, [layout.usage_delta(tenant.owner, tenant.registry, n) for n in before]
         )
         results[tenant] = usage

@@ -35,8 +35,10 @@ Contract notes that matter to callers:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -184,3 +186,31 @@ class StorageDriver(Protocol):
     async def close(self) -> None:
         """Release sessions and handles."""
         ...
+
+
+DELETE_CONCURRENCY = 32
+"""Single deletes in flight when a driver has no ``delete_many``."""
+
+
+async def delete_objects(driver: StorageDriver, paths: Iterable[str]) -> None:
+    """Delete objects (never folders) by path; a missing one is not an error.
+
+    One ``delete_many`` call when the driver has it (an object store batches the keys
+    and skips the lookups a ``delete`` makes to find folders and parts), otherwise
+    single deletes, a bounded number at once.
+    """
+    pending = list(paths)
+    if not pending:
+        return
+    delete_many = getattr(driver, "delete_many", None)
+    if delete_many is not None:
+        await delete_many(pending)
+        return
+    gate = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+    async def one(path: str) -> None:
+        async with gate:
+            with contextlib.suppress(PathNotFound):
+                await driver.delete(path)
+
+    await asyncio.gather(*map(one, pending))

@@ -60,7 +60,7 @@ import msgspec
 
 from ..names import RepositoryName, Tenant
 from . import layout
-from .driver import PathNotFound, StorageDriver
+from .driver import PathNotFound, StorageDriver, delete_objects
 
 if TYPE_CHECKING:
     from ..jobs import LeaseGuard, Scheduler
@@ -473,12 +473,12 @@ class RepositoryIndex:
         await self.driver.write(layout.repo_index_summary(tenant), msgspec.json.encode(summary))
         if old is not None:  # shards two summaries old: no reader can still need them
             stale = [name for name in old.previous if name not in current]
-            await _delete_all(self.driver, [layout.repo_index_shard(tenant, n) for n in stale])
+            await delete_objects(self.driver, [layout.repo_index_shard(tenant, n) for n in stale])
 
     async def _delete_hints(self, tenant: Tenant, hints: list[str], guard: LeaseGuard) -> None:
         if hints:
             await guard.check()
-            await _delete_all(self.driver, [layout.repo_index_hint(tenant, h) for h in hints])
+            await delete_objects(self.driver, [layout.repo_index_hint(tenant, h) for h in hints])
 
     async def run(self, guard: LeaseGuard) -> int:
         """The job: compact every registry with a dirty marker; once per process and then
@@ -544,20 +544,3 @@ async def _list_or_empty(driver: StorageDriver, path: str) -> list[str]:
         return await driver.list(path)
     except PathNotFound:
         return []
-
-
-async def _delete_all(driver: StorageDriver, paths: list[str]) -> None:
-    if not paths:
-        return
-    delete_many = getattr(driver, "delete_many", None)
-    if delete_many is not None:
-        await delete_many(paths)
-        return
-    gate = asyncio.Semaphore(_CHECK_CONCURRENCY)
-
-    async def one(path: str) -> None:
-        async with gate:
-            with contextlib.suppress(PathNotFound):
-                await driver.delete(path)
-
-    await asyncio.gather(*map(one, paths))
