@@ -46,6 +46,7 @@ from registry_core.storage.driver import (
     DriverSettings,
     FileInfo,
     FileWriter,
+    InvalidPath,
     ObjectChanged,
     PathNotFound,
     StorageError,
@@ -350,9 +351,38 @@ class ObjectStoreDriver:
         # Keys this process appended to lately: their stat and reads look for parts at
         # once instead of after a plain HEAD fails (a hint only: both are still asked).
         self._parts_hint: OrderedDict[str, None] = OrderedDict()
+        self._appendable: Callable[[str], bool] | None = None
+        self._leaf: Callable[[str], bool] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} root={self.root!r}>"
+
+    def declare_layout(
+        self, *, appendable: Callable[[str], bool], leaf: Callable[[str], bool]
+    ) -> None:
+        """Declare what the caller's layout guarantees about paths, to save requests by it.
+
+        *appendable*: the paths that may ever be opened for append. Every other path is
+        only ever written whole, so it never has parts: a read or stat that misses it, a
+        delete of it and the lookup before a move of it skip the listing of its parts
+        folder (on a push: every link or setting not there yet, every upload folder
+        removed). Opening such a path for append is refused, as the caller's bug.
+
+        *leaf*: paths that are never folders (nothing is ever stored below them): a stat
+        that misses one needs no folder listing (a blob not stored yet: one HEAD), and a
+        delete of one lists nothing below it.
+
+        Without a declaration any path may have parts and be a folder, as before.
+        """
+        self._appendable, self._leaf = appendable, leaf
+
+    def _whole(self, path: str) -> bool:
+        """*path* is declared never appended to: a plain object or nothing, never parts."""
+        return self._appendable is not None and not self._appendable(path)
+
+    def _is_leaf(self, path: str) -> bool:
+        """*path* is declared never to be a folder."""
+        return self._leaf is not None and self._leaf(path)
 
     # -- keys ---------------------------------------------------------------------
 
@@ -432,10 +462,11 @@ class ObjectStoreDriver:
         for hinted in [k for k in self._parts_hint if k.startswith(below)]:
             del self._parts_hint[hinted]
 
-    async def _layout(self, key: str, *, plain_first: bool = True) -> _Layout:
+    async def _layout(self, key: str, *, plain_first: bool = True, whole: bool = False) -> _Layout:
         """Where *key*'s bytes are. *plain_first*: look at the parts only when no plain object
-        (one request for plain objects), unless this process appended to *key* lately."""
-        if self.store.native_append:
+        (one request for plain objects), unless this process appended to *key* lately.
+        *whole*: the key never has parts (``declare_appendable``), only its object counts."""
+        if self.store.native_append or whole:
             return _Layout(await self._head(key))
         if plain_first and key not in self._parts_hint:
             plain = await self._head(key)
@@ -465,7 +496,7 @@ class ObjectStoreDriver:
         try:
             return await self._call("get", self.store.get, key)
         except KeyMissing:
-            if self.store.native_append:
+            if self.store.native_append or self._whole(path):
                 raise PathNotFound(path) from None
         # The GET's miss answers what a HEAD would: only the parts are left to look at
         # (a missing object, most often a link or a setting never written, costs two
@@ -512,7 +543,7 @@ class ObjectStoreDriver:
         self, path: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
         key = self._key(path)
-        layout = await self._layout(key)
+        layout = await self._layout(key, whole=self._whole(path))
         if not layout.exists:
             raise PathNotFound(path)
         end = layout.size if length is None else min(layout.size, offset + length)
@@ -571,6 +602,8 @@ class ObjectStoreDriver:
         key = self._key(path)
         if not append:
             return StreamWriter(self, key)
+        if self._whole(path):
+            raise InvalidPath(f"{path} is not declared appendable: it cannot be appended to")
         if self.store.native_append:
             upload = await self._call("start_append", self.store.start_append, key)
             return StreamWriter(
@@ -617,11 +650,17 @@ class ObjectStoreDriver:
             plain = await self._head(key)
         if plain is not None:
             return FileInfo(path, plain.size, plain.mtime)
-        if self.store.native_append:
-            if await self._is_dir(key):
+        leaf = self._is_leaf(path)
+        if self.store.native_append or self._whole(path):
+            if not leaf and await self._is_dir(key):
                 return FileInfo(path, 0, 0.0, True)
             raise PathNotFound(path)
-        listed, is_dir = await asyncio.gather(self._list_all(parts_prefix(key)), self._is_dir(key))
+        if leaf:
+            listed, is_dir = await self._list_all(parts_prefix(key)), False
+        else:
+            listed, is_dir = await asyncio.gather(
+                self._list_all(parts_prefix(key)), self._is_dir(key)
+            )
         if listed:
             layout = _Layout.of_parts(listed, parts_prefix(key))
             return FileInfo(path, layout.size, layout.mtime)
@@ -730,7 +769,7 @@ class ObjectStoreDriver:
 
     async def _move(self, source: str, destination: str, size: int | None) -> None:
         source_key, destination_key = self._key(source), self._key(destination)
-        layout = await self._layout(source_key, plain_first=False)
+        layout = await self._layout(source_key, plain_first=False, whole=self._whole(source))
         if size is not None and layout.exists and layout.size != size:
             raise ObjectChanged(f"{source} holds {layout.size} bytes, not {size}")
         self._forget_parts(source_key)
@@ -772,8 +811,10 @@ class ObjectStoreDriver:
     async def delete(self, path: str) -> None:
         key = self._key(path)
         self._forget_parts(key)
-        lookups: list[Awaitable[Any]] = [self._head(key), self._list_all(f"{key}/")]
-        if not self.store.native_append:
+        lookups: list[Awaitable[Any]] = [self._head(key)]
+        if not self._is_leaf(path):
+            lookups.append(self._list_all(f"{key}/"))
+        if not self.store.native_append and not self._whole(path):
             lookups.append(self._list_all(parts_prefix(key)))
         plain, *listings = await asyncio.gather(*lookups)
         keys = [info.key for listing in listings for info in listing]

@@ -84,6 +84,11 @@ class Registry:
         settings_ttl: float = 10.0,
     ) -> None:
         self.driver = driver
+        # What the layout guarantees, told to a driver that saves requests by it (an
+        # object store: no parts or folder listing after a miss where there can be none).
+        declare = getattr(driver, "declare_layout", None)
+        if declare is not None:
+            declare(appendable=layout.may_be_appended, leaf=layout.is_leaf)
         self.blob_store = BlobStore(driver)
         self.manifest_cache = ContentCache(cache_bytes)
         self.link_cache = LinkCache(link_cache_ttl)

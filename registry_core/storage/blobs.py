@@ -39,7 +39,14 @@ from ..errors import (
 )
 from ..names import RepositoryName
 from . import layout, steps
-from .driver import FileWriter, ObjectChanged, PathNotFound, StorageDriver, StorageError
+from .driver import (
+    FileWriter,
+    ObjectChanged,
+    PathNotFound,
+    StorageDriver,
+    StorageError,
+    delete_objects,
+)
 from .policy import RepositoryPolicy, WritePolicy
 from .steps import Step
 
@@ -154,11 +161,12 @@ class BlobStore:
 
     # -- hash states of in-flight uploads -------------------------------------
 
-    async def _take_hash_state(self, key: str, size: int) -> Hasher | None:
-        """The kept hash state of upload *key* if it has hashed *size* bytes; one whose
-        last bytes are still being hashed is waited for (None: rehash from storage)."""
+    async def _take_hash_state(self, key: str, size: int | None) -> Hasher | None:
+        """The kept hash state of upload *key* if it has hashed *size* bytes (None: any
+        number, which ``hasher.size`` then tells); one whose last bytes are still being
+        hashed is waited for (None: rehash from storage)."""
         state = self._hash_states.pop(key, None)
-        if state is None or state.size != size:
+        if state is None or (size is not None and state.size != size):
             return None
         if state.pending is not None:
             try:
@@ -167,7 +175,7 @@ class BlobStore:
                 await asyncio.shield(asyncio.wrap_future(state.pending))
             except Exception:
                 return None
-        return state.hasher if state.hasher.size == size else None
+        return state.hasher if state.hasher.size == state.size else None
 
     def _keep_hash_state(
         self,
@@ -404,9 +412,9 @@ class RepositoryBlobs:
                 stale.append(marker)
             else:
                 live.append(rest)
-        for marker in stale[:100]:  # sessions nobody finished: tidy a few per start
-            with contextlib.suppress(PathNotFound):
-                await self.driver.delete(layout.upload_marker(tenant, marker))
+        # Sessions nobody finished: tidy a few per start (markers are plain objects: one
+        # batched request on an object store).
+        await delete_objects(self.driver, [layout.upload_marker(tenant, m) for m in stale[:100]])
         if limits.per_tenant and len(live) >= limits.per_tenant:
             raise TooManyRequests(
                 f"{tenant} has {len(live)} open upload sessions, the limit; finish or cancel "
@@ -673,49 +681,71 @@ class Upload:
         store = self._store
         move_exact = getattr(self.blobs.driver, "move_exact", None)
         async with store.upload_lock(self._data):
-            # Just appended by this request: the hash state kept at that size proves no
-            # other append of this process came between, and a driver that checks the
-            # size in the move itself (move_exact) catches one by another process: the
-            # stored size need not be read again. Other drivers read it, as before.
+            # With a driver whose move checks the stored size in the same step
+            # (move_exact), this process's hash state is used at the size it hashed,
+            # without reading the stored size first (on S3: a HEAD and a listing): this
+            # process's appends keep that state current under this lock, and an append by
+            # another process since fails the move's check. A state not kept by this very
+            # request is *unchecked* until storage confirms its size: whatever would fail
+            # or publish without a move reads the size first, and a state found stale is
+            # dropped and the bytes read again (nothing was published meanwhile).
             hasher = (
-                await store._take_hash_state(self._data, self.size)
-                if self._appended and move_exact is not None
-                else None
+                await store._take_hash_state(self._data, None) if move_exact is not None else None
             )
-            if hasher is None:
-                self.size = await _size_or_zero(self.blobs.driver, self._data)
-                hasher = await store._take_hash_state(self._data, self.size)
-            if size is not None and size != self.size:
-                if hasher is not None:
+            unchecked = hasher is not None and not self._appended
+            while True:
+                if hasher is None:
+                    self.size = await _size_or_zero(self.blobs.driver, self._data)
+                    hasher = await store._take_hash_state(self._data, self.size)
+                    if size is not None and size != self.size:
+                        if hasher is not None:
+                            store._keep_hash_state(self._data, hasher)
+                        raise SizeInvalid(
+                            f"upload holds {self.size} bytes, the client declared {size}"
+                        )
+                else:
+                    self.size = hasher.size
+                if hasher is None or hasher.algorithm != digest.algorithm:
+                    hasher, unchecked = await self._rehash(digest.algorithm), False
+                actual = hasher.digest()
+                failing = actual != digest or (size is not None and size != self.size)
+                exists = False if failing else await store.exists(digest)
+                if unchecked and (failing or exists or self.size == 0):
+                    unchecked = False
+                    if await _size_or_zero(self.blobs.driver, self._data) != self.size:
+                        hasher = None  # another process appended since: read it again
+                        continue
+                if size is not None and size != self.size:
                     store._keep_hash_state(self._data, hasher)
-                raise SizeInvalid(f"upload holds {self.size} bytes, the client declared {size}")
-            if hasher is None or hasher.algorithm != digest.algorithm:
-                hasher = await self._rehash(digest.algorithm)
-            actual = hasher.digest()
-            if actual != digest:
-                # Keep the state: the client may still send the right digest.
-                store._keep_hash_state(self._data, hasher)
-                raise DigestInvalid(detail={"expected": str(digest), "actual": str(actual)})
-            rules = await self.blobs.rules()
-            if rules is not None:
-                await self._within_quota(rules, self.size, digest)
-            if await store.exists(digest):
-                pass
-            elif self.size == 0:
-                await self.blobs.driver.write_if_absent(layout.blob_data(digest), b"")
-            elif move_exact is not None:
-                try:
-                    await move_exact(self._data, layout.blob_data(digest), self.size)
-                except ObjectChanged:
-                    # Another process appended meanwhile: the stored bytes are not the
-                    # ones hashed. Nothing was published; the session stays as it is.
-                    raise DigestInvalid(
-                        "another request appended to this upload at the same time; its "
-                        "bytes no longer match the digest",
-                        detail={"expected": str(digest)},
-                    ) from None
-            else:
-                await self.blobs.driver.move(self._data, layout.blob_data(digest))
+                    raise SizeInvalid(f"upload holds {self.size} bytes, the client declared {size}")
+                if actual != digest:
+                    # Keep the state: the client may still send the right digest.
+                    store._keep_hash_state(self._data, hasher)
+                    raise DigestInvalid(detail={"expected": str(digest), "actual": str(actual)})
+                rules = await self.blobs.rules()
+                if rules is not None:
+                    await self._within_quota(rules, self.size, digest)
+                if exists:
+                    pass
+                elif self.size == 0:
+                    await self.blobs.driver.write_if_absent(layout.blob_data(digest), b"")
+                elif move_exact is not None:
+                    try:
+                        await move_exact(self._data, layout.blob_data(digest), self.size)
+                    except ObjectChanged:
+                        if unchecked:  # appended by another process since: read it again
+                            hasher, unchecked = None, False
+                            continue
+                        # Another process appended meanwhile: the stored bytes are not the
+                        # ones hashed. Nothing was published; the session stays as it is.
+                        raise DigestInvalid(
+                            "another request appended to this upload at the same time; its "
+                            "bytes no longer match the digest",
+                            detail={"expected": str(digest)},
+                        ) from None
+                else:
+                    await self.blobs.driver.move(self._data, layout.blob_data(digest))
+                break
             try:
                 await self.blobs.driver.delete(layout.upload_dir(self.blobs.name, self.id))
             except PathNotFound:
@@ -736,8 +766,10 @@ class Upload:
         # A marker left behind only counts until it is stale; failing a commit that
         # already published the blob over it would be worse.
         if self.tracked:
-            with contextlib.suppress(PathNotFound, StorageError):
-                await self.blobs.driver.delete(self.blobs._marker(self.id, self.started_at))
+            with contextlib.suppress(StorageError):
+                # A plain object: deleted as one, without a folder's lookups.
+                marker = self.blobs._marker(self.id, self.started_at)
+                await delete_objects(self.blobs.driver, [marker])
 
 
 def _new_upload_id(now: float) -> str:

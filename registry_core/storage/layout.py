@@ -105,6 +105,32 @@ def upload_data(name: RepositoryName, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/data"
 
 
+def may_be_appended(path: str) -> bool:
+    """Whether *path* may ever be opened for append (``declare_appendable`` on a driver).
+
+    In the registry's own trees only an upload's data is: every link, record, blob and
+    setting is written whole. Paths outside them (a library user's) may be, for all the
+    registry knows. Repository names cannot hold ``_uploads``: their parts never start
+    with ``_``.
+    """
+    if path.startswith(f"{REPOSITORIES}/"):
+        return path.endswith("/data") and "/_uploads/" in path
+    return not (path.startswith(f"{ROOT}/") or path.startswith(f"{EXTRA}/"))
+
+
+def is_leaf(path: str) -> bool:
+    """Whether *path* is never a folder (``declare_layout`` on a driver): blob data, links,
+    an upload's data and start record. Other paths may be, for all the driver is told."""
+    if path.startswith(f"{BLOBS}/"):
+        return path.endswith("/data")
+    if path.startswith(f"{REPOSITORIES}/"):
+        # Only inside a repository's own "_" folders: a repository may be named ".../link".
+        if path.endswith("/link"):
+            return "/_layers/" in path or f"/{MANIFESTS_DIR}/" in path
+        return "/_uploads/" in path and path.endswith(("/data", "/startedat"))
+    return False
+
+
 def upload_started_at(name: RepositoryName, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/startedat"
 

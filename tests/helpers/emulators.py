@@ -391,6 +391,14 @@ class RecordingProxy:
                     for k, v in answer.headers.items()
                     if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")
                 }
+                if request.method == "HEAD":
+                    # No body to size it by: the upstream's length is the answer.
+                    length = answer.headers.get("Content-Length")
+                    if length is not None:
+                        passed["Content-Length"] = length
+                    response = web.StreamResponse(status=answer.status, headers=passed)
+                    await response.prepare(request)
+                    return response
                 return web.Response(status=answer.status, body=payload, headers=passed)
 
         app = web.Application(client_max_size=1 << 30)

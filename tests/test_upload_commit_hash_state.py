@@ -1,0 +1,151 @@
+"""An upload's commit trusts this process's hash state, and storage catches a stale one.
+
+A PUT that ends an upload appended by an earlier request of the same process uses the
+hash state kept then, at the size it hashed, and lets the move check that size in the
+same step (``move_exact``): the stored size is not read first (on S3 a HEAD and a
+listing). Another process may have appended since; the move then finds the size
+changed, nothing is published, and the commit reads the upload again. Where a commit
+would publish without a move (the blob exists already), or fail, the size is read first.
+
+Two registries over one folder or one moto bucket stand for two server processes.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from drivers import open_driver
+from registry_core import Digest, Registry
+from registry_core.errors import DigestInvalid
+from registry_core.lifecycle.counting import CountingDriver
+from registry_core.storage import layout
+from registry_core.storage.driver import DriverSettings
+from tests.helpers.emulators import CloudEmulator, RecordingProxy, cloud_driver
+
+SETTINGS = DriverSettings(timeout=30.0, retries=3)
+REPO = "acme/prod/app"
+DATA = random.Random(7).randbytes(4096)
+
+
+@pytest.fixture(params=["local", "s3"])
+async def two_processes(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Registry, Registry]]:
+    if request.param == "local":
+        drivers = [open_driver(str(tmp_path)), open_driver(str(tmp_path))]
+    else:
+        moto: CloudEmulator = request.getfixturevalue("moto_server")
+        bucket = moto.create_bucket(f"commit-{secrets.token_hex(4)}")
+        first = cloud_driver(moto, bucket, settings=SETTINGS)
+        drivers = [first, cloud_driver(moto, bucket, prefix=first.root, settings=SETTINGS)]
+    one, other = Registry(drivers[0]), Registry(drivers[1])
+    try:
+        yield one, other
+    finally:
+        await one.close()
+        await other.close()
+
+
+async def blob_bytes(registry: Registry, digest: Digest) -> bytes:
+    return await registry.driver.read(layout.blob_data(digest))
+
+
+async def test_a_commit_after_another_process_appended_reads_the_upload_again(
+    two_processes: tuple[Registry, Registry],
+) -> None:
+    one, other = two_processes
+    upload = await one.repository(REPO).blobs.start_upload()
+    await upload.write(DATA[:2048])  # one's hash state: 2048 bytes
+    resumed = await other.repository(REPO).blobs.get_upload(upload.id)
+    await resumed.write(DATA[2048:])
+    # The PUT, a request of its own on the first process (as the server makes it).
+    finishing = await one.repository(REPO).blobs.get_upload(upload.id, with_size=False)
+    info = await finishing.commit(Digest.of(DATA))
+    assert info.size == len(DATA)
+    assert await blob_bytes(one, Digest.of(DATA)) == DATA
+
+
+async def test_a_stale_state_never_publishes_over_an_existing_blob(
+    two_processes: tuple[Registry, Registry],
+) -> None:
+    """The digest of the first chunk names a blob that exists: a commit that trusted the
+    stale state would need no move (and so no size check) and would accept it."""
+    one, other = two_processes
+    first = DATA[:2048]
+    async with other.repository("acme/prod/other").blobs.upload() as earlier:
+        await earlier.write(first)
+        await earlier.commit(Digest.of(first))
+    upload = await one.repository(REPO).blobs.start_upload()
+    await upload.write(first)
+    resumed = await other.repository(REPO).blobs.get_upload(upload.id)
+    await resumed.write(DATA[2048:])
+    finishing = await one.repository(REPO).blobs.get_upload(upload.id, with_size=False)
+    with pytest.raises(DigestInvalid):
+        await finishing.commit(Digest.of(first))
+    # The client can still finish with the digest of everything it sent.
+    finishing = await one.repository(REPO).blobs.get_upload(upload.id, with_size=False)
+    assert (await finishing.commit(Digest.of(DATA))).size == len(DATA)
+    assert await blob_bytes(one, Digest.of(DATA)) == DATA
+
+
+async def test_a_wrong_digest_after_a_stale_state_is_still_refused(
+    two_processes: tuple[Registry, Registry],
+) -> None:
+    one, other = two_processes
+    upload = await one.repository(REPO).blobs.start_upload()
+    await upload.write(DATA[:2048])
+    resumed = await other.repository(REPO).blobs.get_upload(upload.id)
+    await resumed.write(DATA[2048:])
+    finishing = await one.repository(REPO).blobs.get_upload(upload.id, with_size=False)
+    with pytest.raises(DigestInvalid) as refused:
+        await finishing.commit(Digest.of(b"something else"))
+    assert refused.value.detail["actual"] == str(Digest.of(DATA))  # all 4096 bytes hashed
+
+
+async def test_the_put_after_a_patch_reads_no_size_on_the_local_driver(tmp_path: Path) -> None:
+    counting = CountingDriver(open_driver(str(tmp_path)))
+    registry = Registry(counting)
+    try:
+        upload = await registry.repository(REPO).blobs.start_upload()
+        await upload.write(DATA)
+        finishing = await registry.repository(REPO).blobs.get_upload(upload.id, with_size=False)
+        counting.counts.clear()
+        await finishing.commit(Digest.of(DATA))
+        assert counting.counts["stat"] == 1  # the blob's existence check; none of the upload
+        assert await blob_bytes(registry, Digest.of(DATA)) == DATA
+    finally:
+        await registry.close()
+
+
+async def test_the_put_after_a_patch_costs_these_s3_requests(moto_server: CloudEmulator) -> None:
+    bucket = moto_server.create_bucket(f"commit-{secrets.token_hex(4)}")
+    async with RecordingProxy(moto_server.url) as proxy:
+        options = {**moto_server.storage_options(), "endpoint_url": proxy.url}
+        registry = Registry(cloud_driver(moto_server, bucket, settings=SETTINGS, options=options))
+        try:
+            upload = await registry.repository(REPO).blobs.start_upload()
+            await upload.write(DATA)
+            proxy.requests.clear()
+            blobs = registry.repository(REPO).blobs
+            finishing = await blobs.get_upload(upload.id, with_size=False)
+            await finishing.commit(Digest.of(DATA))
+            kinds: Counter[str] = Counter(
+                "LIST" if "list-type" in query else method for method, _, query in proxy.requests
+            )
+            assert kinds == {
+                # the session's record; the data's layout before the move; the blob's
+                # existence (one HEAD: a leaf); the layout and the folder's objects
+                "GET": 1,
+                "HEAD": 3,  # blob, upload data, upload folder
+                "LIST": 2,  # the data's parts, the folder's objects
+                "PUT": 2,  # the copy into place, the link
+                "POST": 2,  # the parts' delete, the folder's delete
+            }
+        finally:
+            await registry.close()
