@@ -31,6 +31,10 @@ Contract notes that matter to callers:
   ``then_write=(path, bytes)`` is written and ``then_delete`` deleted (if there), each
   step only after the one before succeeded, and *record*'s bytes are returned.
   Without it, the upload is appended to and moved as any other.
+  And ``declare_layout(appendable=..., leaf=...)``: the registry tells the driver which
+  paths may ever be opened for append and which are never folders
+  (``layout.may_be_appended``, ``layout.is_leaf``), so an object store skips the parts
+  and folder listings a miss would otherwise cost; a driver without it guesses nothing.
 """
 
 from __future__ import annotations
