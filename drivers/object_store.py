@@ -31,6 +31,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import re
@@ -265,6 +266,10 @@ class Part:
     stamp: int
 
 
+def parts_version(keys: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
+
+
 def assemble(infos: Iterable[ObjectInfo], prefix: str) -> list[Part]:
     """The parts that make up an object, in order: newest session per offset, no gaps."""
     newest: dict[int, Part] = {}
@@ -297,11 +302,22 @@ class _Layout:
     stray: tuple[str, ...] = ()
     """Every key under the object's parts folder (cleanup)."""
     has_parts_folder: bool = False
+    listed: tuple[ObjectInfo, ...] = ()
+    """Every object under the parts folder (what a version after one more part needs)."""
 
     @classmethod
     def of_parts(cls, listed: Iterable[ObjectInfo], prefix: str) -> _Layout:
         """An object stored only as the parts *listed* under *prefix* (no plain object)."""
-        return cls(None, tuple(assemble(listed, prefix)), (), True)
+        listed = tuple(listed)
+        return cls(None, tuple(assemble(listed, prefix)), (), True, listed)
+
+    @property
+    def version(self) -> str | None:
+        """Which parts make the object: their keys are unique and each part is written
+        once, so equal versions mean equal bytes (None: a plain object, or nothing)."""
+        if self.plain is not None or not self.parts:
+            return None
+        return parts_version(part.key for part in self.parts)
 
     @property
     def exists(self) -> bool:
@@ -481,6 +497,7 @@ class ObjectStoreDriver:
             tuple(assemble(listed, prefix)),
             tuple(info.key for info in listed),
             bool(listed),
+            tuple(listed),
         )
 
     async def _is_dir(self, key: str) -> bool:
@@ -623,6 +640,7 @@ class ObjectStoreDriver:
             part_key(key, layout.size, _now_us()),
             base_size=layout.size,
             create_empty=not layout.exists,
+            base_parts=(parts_prefix(key), layout.listed),
         )
 
     async def _plain_to_parts(self, key: str, layout: _Layout) -> _Layout:
@@ -635,7 +653,8 @@ class ObjectStoreDriver:
         await self._copy(key, first, layout.plain.size)
         await self._call("delete", self.store.delete, key)
         part = Part(first, 0, layout.plain.size, stamp)
-        return _Layout(None, (part,), (first,), True)
+        listed = (ObjectInfo(first, layout.plain.size, stamp / 1e6),)
+        return _Layout(None, (part,), (first,), True, listed)
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -645,7 +664,7 @@ class ObjectStoreDriver:
             plain, listed = await asyncio.gather(self._head(key), self._list_all(parts_prefix(key)))
             if plain is None and listed:
                 layout = _Layout.of_parts(listed, parts_prefix(key))
-                return FileInfo(path, layout.size, layout.mtime)
+                return FileInfo(path, layout.size, layout.mtime, version=layout.version)
         else:
             plain = await self._head(key)
         if plain is not None:
@@ -663,7 +682,7 @@ class ObjectStoreDriver:
             )
         if listed:
             layout = _Layout.of_parts(listed, parts_prefix(key))
-            return FileInfo(path, layout.size, layout.mtime)
+            return FileInfo(path, layout.size, layout.mtime, version=layout.version)
         if is_dir:
             return FileInfo(path, 0, 0.0, True)
         raise PathNotFound(path)
@@ -746,9 +765,12 @@ class ObjectStoreDriver:
     async def move(self, source: str, destination: str) -> None:
         await self._move(source, destination, None)
 
-    async def move_exact(self, source: str, destination: str, size: int) -> None:
-        """``move``, once the listing it makes anyway shows *source* holds *size* bytes."""
-        await self._move(source, destination, size)
+    async def move_exact(
+        self, source: str, destination: str, size: int, version: str | None = None
+    ) -> None:
+        """``move``, once the listing it makes anyway shows *source* holds *size* bytes
+        (and, with *version*, the very parts a writer or a stat reported)."""
+        await self._move(source, destination, size, version)
 
     async def move_whole(self, source: str, destination: str, size: int) -> None:
         """``move`` of an object written whole (never appended to: blob data), whose *size*
@@ -767,11 +789,16 @@ class ObjectStoreDriver:
             return
         await self._call("delete", self.store.delete, source_key)
 
-    async def _move(self, source: str, destination: str, size: int | None) -> None:
+    async def _move(
+        self, source: str, destination: str, size: int | None, version: str | None = None
+    ) -> None:
         source_key, destination_key = self._key(source), self._key(destination)
         layout = await self._layout(source_key, plain_first=False, whole=self._whole(source))
         if size is not None and layout.exists and layout.size != size:
             raise ObjectChanged(f"{source} holds {layout.size} bytes, not {size}")
+        if version is not None and layout.exists and layout.version != version:
+            # As many bytes, other parts: a racing append of the same offset won.
+            raise ObjectChanged(f"{source} is no longer the parts it was")
         self._forget_parts(source_key)
         if layout.plain is not None:
             try:
@@ -898,8 +925,17 @@ class StreamWriter:
         base_size: int = 0,
         single_put: bool = True,
         create_empty: bool = True,
+        base_parts: tuple[str, Sequence[ObjectInfo]] | None = None,
     ) -> None:
         self._driver = driver
+        self._base_parts = base_parts
+        self.base_version: str | None = None
+        """For an appended part: the parts version of what it continues."""
+        if base_parts is not None:
+            prefix, listed = base_parts
+            self.base_version = _Layout.of_parts(listed, prefix).version
+        self.version: str | None = None
+        """For an appended part, once committed: the object's parts version with it."""
         self._key = key
         self._upload = upload
         self._base = base_size
@@ -966,9 +1002,11 @@ class StreamWriter:
                 raise StorageError(f"not publishing {self._key}: a part of it was lost")
             if self._written == 0 and not self._create_empty:
                 await self._abort()
+                self._note_version(stored=False)
                 return
             if self._upload is None and self._single_put:
                 await driver._call("put", driver.store.put, self._key, bytes(self._buffer))
+                self._note_version(stored=True)
                 return
             upload = await self._start()
             while self._pending:
@@ -979,6 +1017,17 @@ class StreamWriter:
         except BaseException:
             await self._abort()
             raise
+        self._note_version(stored=True)
+
+    def _note_version(self, *, stored: bool) -> None:
+        """The version a reader now finds: the parts listed when this writer opened, and
+        this writer's own part if it stored one (as ``assemble`` would choose them)."""
+        if self._base_parts is None:
+            return
+        prefix, listed = self._base_parts
+        if stored:
+            listed = [*listed, ObjectInfo(self._key, self._written, 0.0)]
+        self.version = _Layout.of_parts(listed, prefix).version
 
     async def cancel(self) -> None:
         if self._done:

@@ -97,6 +97,9 @@ class _HashState:
     """Bytes hashed once *pending* is done (until then ``hasher.size`` may be lower)."""
     pending: concurrent.futures.Future[None] | None = None
     """The hash of the previous request's last buffers, still running on a thread."""
+    version: str | None = None
+    """Which stored bytes were hashed, as the driver's writer named them (an object
+    store: the parts; None: a driver whose appends can never replace stored bytes)."""
 
 
 class BlobStore:
@@ -161,10 +164,13 @@ class BlobStore:
 
     # -- hash states of in-flight uploads -------------------------------------
 
-    async def _take_hash_state(self, key: str, size: int | None) -> Hasher | None:
-        """The kept hash state of upload *key* if it has hashed *size* bytes (None: any
-        number, which ``hasher.size`` then tells); one whose last bytes are still being
-        hashed is waited for (None: rehash from storage)."""
+    async def _take_hash_state(
+        self, key: str, size: int | None
+    ) -> tuple[Hasher, str | None] | None:
+        """The kept hash state of upload *key*, and the version of the bytes it hashed, if
+        it has hashed *size* bytes (None: any number, which ``hasher.size`` then tells);
+        one whose last bytes are still being hashed is waited for (None: rehash from
+        storage). The caller compares the version with the stored one's."""
         state = self._hash_states.pop(key, None)
         if state is None or (size is not None and state.size != size):
             return None
@@ -175,7 +181,7 @@ class BlobStore:
                 await asyncio.shield(asyncio.wrap_future(state.pending))
             except Exception:
                 return None
-        return state.hasher if state.hasher.size == state.size else None
+        return (state.hasher, state.version) if state.hasher.size == state.size else None
 
     def _keep_hash_state(
         self,
@@ -183,10 +189,13 @@ class BlobStore:
         hasher: Hasher,
         size: int | None = None,
         pending: concurrent.futures.Future[None] | None = None,
+        version: str | None = None,
     ) -> None:
-        """Keep *hasher* for the upload's next request; with *pending*, it reaches *size*
-        bytes when that future is done."""
-        self._hash_states[key] = _HashState(hasher, hasher.size if size is None else size, pending)
+        """Keep *hasher* (of the bytes *version* names) for the upload's next request;
+        with *pending*, it reaches *size* bytes when that future is done."""
+        self._hash_states[key] = _HashState(
+            hasher, hasher.size if size is None else size, pending, version
+        )
         while len(self._hash_states) > _MAX_HASH_STATES:
             self._hash_states.popitem(last=False)
 
@@ -628,7 +637,11 @@ class Upload:
                     f"chunk starts at {start} but the upload holds {self.size} bytes",
                     headers=_range_headers(self.size),
                 )
-            hasher = await store._take_hash_state(self._data, self.size)
+            # A state kept for other bytes than the writer continues (a racing append of
+            # the same offset won on another process meanwhile) is no use: rehash.
+            taken = await store._take_hash_state(self._data, self.size)
+            continues = getattr(writer, "base_version", None)
+            hasher = taken[0] if taken is not None and taken[1] == continues else None
             if hasher is None:
                 hasher = (
                     Hasher(DEFAULT_ALGORITHM)
@@ -655,7 +668,8 @@ class Upload:
             self.size = writer.size
             self.size_known = True
             if pending is not None or hasher.size == self.size:
-                store._keep_hash_state(self._data, hasher, self.size, pending)
+                version = getattr(writer, "version", None)
+                store._keep_hash_state(self._data, hasher, self.size, pending, version)
                 self._appended = True
             return self.size - before
 
@@ -679,48 +693,55 @@ class Upload:
     async def commit(self, digest: Digest, size: int | None = None) -> BlobInfo:
         """Verify and publish the upload as blob *digest*, linked into this repository."""
         store = self._store
-        move_exact = getattr(self.blobs.driver, "move_exact", None)
+        driver = self.blobs.driver
+        move_exact = getattr(driver, "move_exact", None)
         async with store.upload_lock(self._data):
-            # With a driver whose move checks the stored size in the same step
-            # (move_exact), this process's hash state is used at the size it hashed,
-            # without reading the stored size first (on S3: a HEAD and a listing): this
-            # process's appends keep that state current under this lock, and an append by
+            # With a driver whose move checks the stored size (and version) in the same
+            # step (move_exact), this process's hash state is used as it stands, without
+            # reading the stored size first (on S3: a HEAD and a listing): this process's
+            # appends keep that state current under this lock, and storage changed by
             # another process since fails the move's check. A state not kept by this very
-            # request is *unchecked* until storage confirms its size: whatever would fail
-            # or publish without a move reads the size first, and a state found stale is
+            # request is *unchecked* until storage confirms it: whatever would fail or
+            # publish without a move reads the size first, and a state found stale is
             # dropped and the bytes read again (nothing was published meanwhile).
-            hasher = (
+            taken = (
                 await store._take_hash_state(self._data, None) if move_exact is not None else None
             )
+            hasher, version = taken if taken is not None else (None, None)
             unchecked = hasher is not None and not self._appended
             while True:
                 if hasher is None:
-                    self.size = await _size_or_zero(self.blobs.driver, self._data)
-                    hasher = await store._take_hash_state(self._data, self.size)
+                    self.size, version = await _size_and_version(driver, self._data)
+                    taken = await store._take_hash_state(self._data, self.size)
+                    if taken is not None and taken[1] == version:
+                        hasher = taken[0]
                     if size is not None and size != self.size:
                         if hasher is not None:
-                            store._keep_hash_state(self._data, hasher)
+                            store._keep_hash_state(self._data, hasher, version=version)
                         raise SizeInvalid(
                             f"upload holds {self.size} bytes, the client declared {size}"
                         )
                 else:
                     self.size = hasher.size
                 if hasher is None or hasher.algorithm != digest.algorithm:
+                    if unchecked:  # the version of what is read now, not of the state
+                        self.size, version = await _size_and_version(driver, self._data)
                     hasher, unchecked = await self._rehash(digest.algorithm), False
+                    self.size = hasher.size
                 actual = hasher.digest()
                 failing = actual != digest or (size is not None and size != self.size)
                 exists = False if failing else await store.exists(digest)
                 if unchecked and (failing or exists or self.size == 0):
                     unchecked = False
-                    if await _size_or_zero(self.blobs.driver, self._data) != self.size:
-                        hasher = None  # another process appended since: read it again
+                    if await _size_and_version(driver, self._data) != (self.size, version):
+                        hasher = None  # storage changed since the state: read it again
                         continue
                 if size is not None and size != self.size:
-                    store._keep_hash_state(self._data, hasher)
+                    store._keep_hash_state(self._data, hasher, version=version)
                     raise SizeInvalid(f"upload holds {self.size} bytes, the client declared {size}")
                 if actual != digest:
                     # Keep the state: the client may still send the right digest.
-                    store._keep_hash_state(self._data, hasher)
+                    store._keep_hash_state(self._data, hasher, version=version)
                     raise DigestInvalid(detail={"expected": str(digest), "actual": str(actual)})
                 rules = await self.blobs.rules()
                 if rules is not None:
@@ -728,23 +749,27 @@ class Upload:
                 if exists:
                     pass
                 elif self.size == 0:
-                    await self.blobs.driver.write_if_absent(layout.blob_data(digest), b"")
+                    await driver.write_if_absent(layout.blob_data(digest), b"")
                 elif move_exact is not None:
+                    # The version only when there is one: drivers whose appends cannot
+                    # replace stored bytes (local) take (source, destination, size).
+                    extra = {} if version is None else {"version": version}
                     try:
-                        await move_exact(self._data, layout.blob_data(digest), self.size)
+                        await move_exact(self._data, layout.blob_data(digest), self.size, **extra)
                     except ObjectChanged:
-                        if unchecked:  # appended by another process since: read it again
+                        if unchecked:  # changed by another process since: read it again
                             hasher, unchecked = None, False
                             continue
-                        # Another process appended meanwhile: the stored bytes are not the
-                        # ones hashed. Nothing was published; the session stays as it is.
+                        # Another process appended meanwhile (or won a race for the same
+                        # offset): the stored bytes are not the ones hashed. Nothing was
+                        # published; the session stays as it is.
                         raise DigestInvalid(
                             "another request appended to this upload at the same time; its "
                             "bytes no longer match the digest",
                             detail={"expected": str(digest)},
                         ) from None
                 else:
-                    await self.blobs.driver.move(self._data, layout.blob_data(digest))
+                    await driver.move(self._data, layout.blob_data(digest))
                 break
             try:
                 await self.blobs.driver.delete(layout.upload_dir(self.blobs.name, self.id))
@@ -818,6 +843,15 @@ async def _size_or_zero(driver: StorageDriver, path: str) -> int:
         return (await driver.stat(path)).size
     except PathNotFound:
         return 0
+
+
+async def _size_and_version(driver: StorageDriver, path: str) -> tuple[int, str | None]:
+    """An upload's stored size and the version of its bytes (``FileInfo.version``)."""
+    try:
+        info = await driver.stat(path)
+    except PathNotFound:
+        return 0, None
+    return info.size, info.version
 
 
 async def _pump(

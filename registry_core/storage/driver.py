@@ -103,6 +103,9 @@ class FileInfo:
     size: int
     mtime: float
     is_dir: bool = False
+    version: str | None = None
+    """Which bytes an object appended to holds, when the driver can tell (an object
+    store: its parts); the same as a writer's ``version`` once that writer committed."""
 
 
 class FileWriter(Protocol):
