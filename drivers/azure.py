@@ -87,10 +87,21 @@ class AzureBlockUpload:
     """
 
     def __init__(
-        self, store: AzureStore, key: str, committed: Sequence[str] = (), size: int = 0
+        self,
+        store: AzureStore,
+        key: str,
+        committed: Sequence[str] = (),
+        size: int = 0,
+        *,
+        appends_to: str | None = None,
     ) -> None:
         self._store = store
         self._key = key
+        # An append commits only over the blob it read: its ETag then (or "*" when there
+        # was none: the blob must still be missing). Two appends racing from one size
+        # would otherwise both succeed, the later list dropping the other's blocks: bytes
+        # replaced under a hash state kept for them.
+        self._appends_to = appends_to
         self._committed = list(committed)
         self.size = size
         self.exists = bool(committed) or size > 0
@@ -116,9 +127,18 @@ class AzureBlockUpload:
         blocks += [
             BlobBlock(block, BlockState.UNCOMMITTED) for _, block in sorted(self._staged.items())
         ]
+        conditions: dict[str, Any] = {}
+        if self._appends_to is not None:
+            from azure.core import MatchConditions
+
+            if self._appends_to == "*":
+                conditions["match_condition"] = MatchConditions.IfMissing
+            else:
+                conditions["etag"] = self._appends_to
+                conditions["match_condition"] = MatchConditions.IfNotModified
         with _translated():
             await self._store._blob(self._key).commit_block_list(
-                blocks, metadata={MTIME_KEY: f"{time.time():.6f}"}
+                blocks, metadata={MTIME_KEY: f"{time.time():.6f}"}, **conditions
             )
 
     async def abort(self) -> None:
@@ -252,14 +272,16 @@ class AzureStore(FsspecObjectStore):
             with _translated():
                 properties = await blob.get_blob_properties()
         except KeyMissing:
-            return AzureBlockUpload(self, key)
+            return AzureBlockUpload(self, key, appends_to="*")
         with _translated():
             committed, _ = await blob.get_block_list("committed")
         ids = [block.id for block in committed]
         if sum(block.size for block in committed) != properties.size:
             # Written in one Put Blob (no block list): restage its bytes as blocks.
             ids = await self._restage(key, int(properties.size))
-        return AzureBlockUpload(self, key, ids, int(properties.size))
+        return AzureBlockUpload(
+            self, key, ids, int(properties.size), appends_to=str(properties.etag)
+        )
 
     async def _restage(self, key: str, size: int) -> list[str]:
         staging = AzureBlockUpload(self, key)

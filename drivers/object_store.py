@@ -1014,6 +1014,11 @@ class StreamWriter:
             last = bytes(self._buffer)
             self._buffer = bytearray()
             await driver._call("complete", upload.complete, self._number + 1, self._sent, last)
+        except PreconditionFailed as exc:
+            # A native append commits only over the object it continued (Azure: its
+            # ETag): another writer changed it since; nothing of this one was published.
+            await self._abort()
+            raise ObjectChanged(f"{self._key} changed while this writer appended to it") from exc
         except BaseException:
             await self._abort()
             raise

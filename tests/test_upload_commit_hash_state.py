@@ -25,8 +25,9 @@ from drivers.object_store import _now_us, part_key
 from registry_core import Digest, Registry
 from registry_core.errors import DigestInvalid
 from registry_core.lifecycle.counting import CountingDriver
+from registry_core.names import RepositoryName
 from registry_core.storage import layout
-from registry_core.storage.driver import DriverSettings
+from registry_core.storage.driver import DriverSettings, ObjectChanged
 from tests.helpers.emulators import CloudEmulator, RecordingProxy, cloud_driver
 
 SETTINGS = DriverSettings(timeout=30.0, retries=3)
@@ -207,3 +208,29 @@ async def test_a_state_is_not_continued_over_a_chunk_a_racing_request_replaced(
         assert await blob_bytes(registry, Digest.of(fake + more)) == fake + more
     finally:
         await registry.close()
+
+
+@pytest.mark.parametrize("exists", [True, False])
+async def test_azure_appends_from_one_size_cannot_both_succeed(
+    azurite: CloudEmulator, exists: bool
+) -> None:
+    """Azure appends in place (a new block list): the later of two appends racing from
+    one size would drop the other's blocks. Each commits only over the blob it read."""
+    bucket = azurite.create_bucket(f"commit-{secrets.token_hex(4)}")
+    driver = cloud_driver(azurite, bucket, settings=SETTINGS)
+    path = layout.upload_data(RepositoryName.parse(REPO), "race")
+    try:
+        if exists:
+            writer = await driver.open_writer(path, append=True)
+            await writer.write(b"start ")
+            await writer.commit()
+        first = await driver.open_writer(path, append=True)
+        second = await driver.open_writer(path, append=True)
+        await first.write(b"first")
+        await second.write(b"other")
+        await first.commit()
+        with pytest.raises(ObjectChanged):
+            await second.commit()
+        assert await driver.read(path) == (b"start " if exists else b"") + b"first"
+    finally:
+        await driver.close()
