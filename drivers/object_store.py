@@ -12,7 +12,7 @@ Appends. A store that can append (Azure: commit the block list again with new
 blocks) says so with ``native_append``. For the others, each append session
 stores its bytes as one *part object* beside the path::
 
-    <path>~parts/<start offset: 20 digits>-<session opened at, µs: 17 digits>
+    <path>~parts/<start offset: 20 digits>-<session opened at, µs: 17 digits>-<8 hex, random>
 
 ``~`` is outside the driver path alphabet, so no valid path collides with a part
 and listings hide them. The object is its parts in offset order; for one offset
@@ -35,6 +35,7 @@ import hashlib
 import logging
 import random
 import re
+import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -60,7 +61,10 @@ T = TypeVar("T")
 
 PARTS = "~parts"
 """Suffix of the hidden folder holding an emulated-append object's parts."""
-_PART_NAME = re.compile(r"^(\d{20})-(\d{17})$")
+_PART_NAME = re.compile(r"^(\d{20})-(\d{17})(?:-[0-9a-f]{8})?$")
+"""A part's name; the random suffix (absent in parts of earlier versions) keeps two
+sessions opened in one microsecond apart: a part is written once, by one writer, so its
+key names its bytes (``_Layout.version`` rests on that)."""
 
 READ_RANGE = 4 * 1024 * 1024
 """Bytes fetched by one ranged GET when a store streams by ranges."""
@@ -251,7 +255,7 @@ def parts_prefix(key: str) -> str:
 
 
 def part_key(key: str, offset: int, stamp: int) -> str:
-    return f"{parts_prefix(key)}{offset:020d}-{stamp:017d}"
+    return f"{parts_prefix(key)}{offset:020d}-{stamp:017d}-{secrets.token_hex(4)}"
 
 
 def _now_us() -> int:
@@ -279,7 +283,7 @@ def assemble(infos: Iterable[ObjectInfo], prefix: str) -> list[Part]:
             continue
         part = Part(info.key, int(found[1]), info.size, int(found[2]))
         held = newest.get(part.offset)
-        if held is None or part.stamp > held.stamp:
+        if held is None or (part.stamp, part.key) > (held.stamp, held.key):
             newest[part.offset] = part
     chosen: list[Part] = []
     total = 0

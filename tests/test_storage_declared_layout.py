@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from drivers.object_store import PARTS, parts_prefix
 from registry_core import Digest, Registry
 from registry_core.names import RepositoryName
 from registry_core.storage import layout
@@ -157,3 +158,21 @@ async def test_a_registry_declares_its_layout_to_the_driver(moto_server: CloudEm
             await driver.open_writer(layout.layer_link(NAME, DIGEST), append=True)
     finally:
         await registry.close()
+
+
+async def test_parts_named_by_earlier_versions_are_still_read(
+    recorded: tuple[Any, RecordingProxy],
+) -> None:
+    """Parts now carry a random suffix (two sessions opened in one microsecond stay
+    apart); parts without one, as earlier versions wrote them, still make the object."""
+    driver, _ = recorded
+    path = layout.upload_data(NAME, "old")
+    key = driver._key(path)
+    await driver.store.put(f"{key}{PARTS}/{0:020d}-{1:017d}", b"old ")
+    writer = await driver.open_writer(path, append=True)
+    await writer.write(b"new")
+    await writer.commit()
+    assert await driver.read(path) == b"old new"
+    names = [info.key.rsplit("/", 1)[1] for info in await driver._list_all(parts_prefix(key))]
+    assert names[0] == f"{0:020d}-{1:017d}"
+    assert len(names) == 2 and len(names[1]) == 20 + 1 + 17 + 1 + 8
