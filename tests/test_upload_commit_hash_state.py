@@ -27,6 +27,7 @@ from registry_core.errors import DigestInvalid
 from registry_core.lifecycle.counting import CountingDriver
 from registry_core.names import RepositoryName
 from registry_core.storage import layout
+from registry_core.storage.blobs import UploadLimits
 from registry_core.storage.driver import DriverSettings, ObjectChanged
 from tests.helpers.emulators import CloudEmulator, RecordingProxy, cloud_driver
 
@@ -131,24 +132,26 @@ async def test_the_put_after_a_patch_costs_these_s3_requests(moto_server: CloudE
         options = {**moto_server.storage_options(), "endpoint_url": proxy.url}
         registry = Registry(cloud_driver(moto_server, bucket, settings=SETTINGS, options=options))
         try:
-            upload = await registry.repository(REPO).blobs.start_upload()
+            limits = UploadLimits(per_repository=10)  # the session has a marker
+            upload = await registry.repository(REPO).blobs.start_upload(limits)
             await upload.write(DATA)
             proxy.requests.clear()
             blobs = registry.repository(REPO).blobs
-            finishing = await blobs.get_upload(upload.id, with_size=False)
+            finishing = await blobs.get_upload(upload.id, limits, with_size=False)
             await finishing.commit(Digest.of(DATA))
             kinds: Counter[str] = Counter(
                 "LIST" if "list-type" in query else method for method, _, query in proxy.requests
             )
             assert kinds == {
-                # the session's record; the data's layout before the move; the blob's
-                # existence (one HEAD: a leaf); the layout and the folder's objects
-                "GET": 1,
-                "HEAD": 3,  # blob, upload data, upload folder
-                "LIST": 2,  # the data's parts, the folder's objects
+                "GET": 1,  # the session's record
+                "HEAD": 2,  # the blob's existence (one HEAD: a leaf), the data's layout
+                "LIST": 1,  # the data's parts
                 "PUT": 2,  # the copy into place, the link
-                "POST": 2,  # the parts' delete, the folder's delete
+                "POST": 2,  # the parts' delete; the record's and the marker's together
             }
+            keys = [info.key for info in await registry.driver._list_all("")]
+            assert [key for key in keys if "/_uploads/" in key or "/uploads/" in key] == []
+            assert any(key.endswith("/link") for key in keys)
         finally:
             await registry.close()
 

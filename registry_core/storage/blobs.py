@@ -709,6 +709,7 @@ class Upload:
             )
             hasher, version = taken if taken is not None else (None, None)
             unchecked = hasher is not None and not self._appended
+            moved = False
             while True:
                 if hasher is None:
                     self.size, version = await _size_and_version(driver, self._data)
@@ -756,6 +757,7 @@ class Upload:
                     extra = {} if version is None else {"version": version}
                     try:
                         await move_exact(self._data, layout.blob_data(digest), self.size, **extra)
+                        moved = True
                     except ObjectChanged:
                         if unchecked:  # changed by another process since: read it again
                             hasher, unchecked = None, False
@@ -770,12 +772,24 @@ class Upload:
                         ) from None
                 else:
                     await driver.move(self._data, layout.blob_data(digest))
+                    moved = True
                 break
-            try:
-                await self.blobs.driver.delete(layout.upload_dir(self.blobs.name, self.id))
-            except PathNotFound:
-                raise BlobUploadUnknown(detail={"uuid": self.id}) from None
-            await asyncio.gather(self.blobs.link(digest), self._untrack())
+            if moved and getattr(driver, "delete_many", None) is not None:
+                # The move took the data and its parts away. On an object store a folder
+                # is only its objects, so the session's record (and its marker) are all
+                # that is left: one batched delete instead of a HEAD, a listing and a
+                # delete for the folder and another delete for the marker. Anything else
+                # in the folder (a stray of an earlier version) goes with the idle purge.
+                ended = [layout.upload_started_at(self.blobs.name, self.id)]
+                if self.tracked:
+                    ended.append(self.blobs._marker(self.id, self.started_at))
+                await asyncio.gather(self.blobs.link(digest), delete_objects(driver, ended))
+            else:
+                try:
+                    await driver.delete(layout.upload_dir(self.blobs.name, self.id))
+                except PathNotFound:
+                    raise BlobUploadUnknown(detail={"uuid": self.id}) from None
+                await asyncio.gather(self.blobs.link(digest), self._untrack())
             if rules is not None:
                 await rules.blob_linked(digest, self.size)
         self.committed = True
