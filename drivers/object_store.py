@@ -38,8 +38,15 @@ import re
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, ClassVar, Protocol, TypeVar
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -560,8 +567,15 @@ class ObjectStoreDriver:
 
     # -- streams -------------------------------------------------------------------------
 
-    async def read_stream(
+    def read_stream(
         self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        # The next piece is fetched from the store while the caller sends this one on (a
+        # proxied blob GET: the store's answer and the client's socket are both busy).
+        return read_ahead(self._read_stream(path, offset, length))
+
+    async def _read_stream(
+        self, path: str, offset: int, length: int | None
     ) -> AsyncIterator[bytes]:
         key = self._key(path)
         layout = await self._layout(key, whole=self._whole(path))
@@ -1073,6 +1087,54 @@ async def bounded(coroutines: Iterable[Awaitable[Any]], limit: int = FANOUT) -> 
             return await coroutine
 
     return await asyncio.gather(*(one(c) for c in coroutines))
+
+
+class _Failed:
+    """What a read-ahead's producer raised, handed to the consumer to raise."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+async def read_ahead(source: AsyncGenerator[bytes, None], depth: int = 1) -> AsyncIterator[bytes]:
+    """The pieces of *source*, with up to *depth* more fetched while the consumer handles
+    one (at most ``depth + 1`` pieces held: READ_CHUNK each for the driver's streams).
+
+    Errors reach the consumer at the piece where they happened; a consumer that stops
+    early (a client gone) cancels the fetching, which closes *source*.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=depth)
+
+    async def produce() -> None:
+        try:
+            async for piece in source:
+                await queue.put(piece)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await queue.put(_Failed(exc))
+        else:
+            await queue.put(_END)
+
+    producer = asyncio.ensure_future(produce())
+    try:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                break
+            if isinstance(item, _Failed):
+                raise item.error
+            yield cast(bytes, item)
+    finally:
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
+        await source.aclose()
 
 
 async def read_pieces(
