@@ -27,7 +27,7 @@ from registry_core.errors import DigestInvalid
 from registry_core.lifecycle.counting import CountingDriver
 from registry_core.names import RepositoryName
 from registry_core.storage import layout
-from registry_core.storage.blobs import UploadLimits
+from registry_core.storage.blobs import Upload, UploadLimits
 from registry_core.storage.driver import DriverSettings, ObjectChanged
 from tests.helpers.emulators import CloudEmulator, RecordingProxy, cloud_driver
 
@@ -156,61 +156,62 @@ async def test_the_put_after_a_patch_costs_these_s3_requests(moto_server: CloudE
             await registry.close()
 
 
+REAL, FAKE, MORE = DATA[:2048], bytes(2048), DATA[2048:]
+
+
+@pytest.fixture
+async def raced(moto_server: CloudEmulator) -> AsyncIterator[tuple[Registry, Upload]]:
+    """An upload on moto whose first chunk this process hashed (REAL) and another
+    process's PATCH of the same offset, finishing later, replaced (FAKE, same length)."""
+    bucket = moto_server.create_bucket(f"commit-{secrets.token_hex(4)}")
+    driver = cloud_driver(moto_server, bucket, settings=SETTINGS)
+    registry = Registry(driver)
+    try:
+        blobs = registry.repository(REPO).blobs
+        upload = await blobs.start_upload()
+        await upload.write(REAL)  # this process hashed the real bytes
+        data = driver._key(layout.upload_data(blobs.name, upload.id))
+        await driver.store.put(part_key(data, 0, _now_us() + 1_000_000), FAKE)
+        yield registry, upload
+    finally:
+        await registry.close()
+
+
 @pytest.mark.parametrize("same_request", [True, False])
 async def test_a_chunk_replaced_by_a_racing_request_is_not_published_under_its_digest(
-    moto_server: CloudEmulator, same_request: bool
+    raced: tuple[Registry, Upload], same_request: bool
 ) -> None:
     """Two PATCHes of one offset racing on two processes both store a part there; the
     newer part is the upload's. The process that hashed the older one must not publish
     the newer bytes under the older bytes' digest: blobs are shared, so that would
     poison a digest for everyone who pushes it later."""
-    bucket = moto_server.create_bucket(f"commit-{secrets.token_hex(4)}")
-    driver = cloud_driver(moto_server, bucket, settings=SETTINGS)
-    registry = Registry(driver)
-    real, fake = DATA[:2048], bytes(2048)
-    try:
-        blobs = registry.repository(REPO).blobs
-        upload = await blobs.start_upload()
-        await upload.write(real)  # this process hashed the real bytes
-        data = driver._key(layout.upload_data(blobs.name, upload.id))
-        await driver.store.put(part_key(data, 0, _now_us() + 1_000_000), fake)
-        finishing = upload if same_request else await blobs.get_upload(upload.id, with_size=False)
-        with pytest.raises(DigestInvalid):
-            await finishing.commit(Digest.of(real))
-        assert not await registry.blob_store.exists(Digest.of(real))
-        # What the upload holds now is what a commit may publish.
-        finishing = await blobs.get_upload(upload.id, with_size=False)
-        assert (await finishing.commit(Digest.of(fake))).size == len(fake)
-        assert await blob_bytes(registry, Digest.of(fake)) == fake
-    finally:
-        await registry.close()
+    registry, upload = raced
+    blobs = upload.blobs
+    finishing = upload if same_request else await blobs.get_upload(upload.id, with_size=False)
+    with pytest.raises(DigestInvalid):
+        await finishing.commit(Digest.of(REAL))
+    assert not await registry.blob_store.exists(Digest.of(REAL))
+    # What the upload holds now is what a commit may publish.
+    finishing = await blobs.get_upload(upload.id, with_size=False)
+    assert (await finishing.commit(Digest.of(FAKE))).size == len(FAKE)
+    assert await blob_bytes(registry, Digest.of(FAKE)) == FAKE
 
 
 async def test_a_state_is_not_continued_over_a_chunk_a_racing_request_replaced(
-    moto_server: CloudEmulator,
+    raced: tuple[Registry, Upload],
 ) -> None:
     """The next PATCH on the process whose chunk lost the race must not continue its
     hash state (of the lost bytes): it rehashes what is stored."""
-    bucket = moto_server.create_bucket(f"commit-{secrets.token_hex(4)}")
-    driver = cloud_driver(moto_server, bucket, settings=SETTINGS)
-    registry = Registry(driver)
-    real, fake, more = DATA[:2048], bytes(2048), DATA[2048:]
-    try:
-        blobs = registry.repository(REPO).blobs
-        upload = await blobs.start_upload()
-        await upload.write(real)
-        data = driver._key(layout.upload_data(blobs.name, upload.id))
-        await driver.store.put(part_key(data, 0, _now_us() + 1_000_000), fake)
-        following = await blobs.get_upload(upload.id, with_size=False)
-        await following.write(more)
-        finishing = await blobs.get_upload(upload.id, with_size=False)
-        with pytest.raises(DigestInvalid):
-            await finishing.commit(Digest.of(real + more))
-        finishing = await blobs.get_upload(upload.id, with_size=False)
-        assert (await finishing.commit(Digest.of(fake + more))).size == len(DATA)
-        assert await blob_bytes(registry, Digest.of(fake + more)) == fake + more
-    finally:
-        await registry.close()
+    registry, upload = raced
+    blobs = upload.blobs
+    following = await blobs.get_upload(upload.id, with_size=False)
+    await following.write(MORE)
+    finishing = await blobs.get_upload(upload.id, with_size=False)
+    with pytest.raises(DigestInvalid):
+        await finishing.commit(Digest.of(REAL + MORE))
+    finishing = await blobs.get_upload(upload.id, with_size=False)
+    assert (await finishing.commit(Digest.of(FAKE + MORE))).size == len(DATA)
+    assert await blob_bytes(registry, Digest.of(FAKE + MORE)) == FAKE + MORE
 
 
 @pytest.mark.parametrize("exists", [True, False])
