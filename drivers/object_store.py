@@ -492,7 +492,7 @@ class ObjectStoreDriver:
     async def _layout(self, key: str, *, plain_first: bool = True, whole: bool = False) -> _Layout:
         """Where *key*'s bytes are. *plain_first*: look at the parts only when no plain object
         (one request for plain objects), unless this process appended to *key* lately.
-        *whole*: the key never has parts (``declare_appendable``), only its object counts."""
+        *whole*: the key never has parts (``declare_layout``), only its object counts."""
         if self.store.native_append or whole:
             return _Layout(await self._head(key))
         if plain_first and key not in self._parts_hint:
