@@ -106,7 +106,7 @@ def upload_data(name: RepositoryName, upload_id: str) -> str:
 
 
 def may_be_appended(path: str) -> bool:
-    """Whether *path* may ever be opened for append (``declare_appendable`` on a driver).
+    """Whether *path* may ever be opened for append (``declare_layout`` on a driver).
 
     In the registry's own trees only an upload's data is: every link, record, blob and
     setting is written whole. Paths outside them (a library user's) may be, for all the
