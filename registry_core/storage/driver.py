@@ -20,7 +20,11 @@ Contract notes that matter to callers:
   when not. And ``move_exact(source, destination, size)``: ``move`` that first checks,
   in the same operation, that *source* holds exactly *size* bytes, raising
   :class:`ObjectChanged` (nothing moved) when another writer appended meanwhile;
-  an upload commit uses it instead of re-reading the size before its move. And
+  an upload commit uses it instead of re-reading the size before its move. A driver
+  whose appends can replace stored bytes (an object store's racing parts) also gives
+  its append writers a ``version`` once committed (and ``base_version``: what they
+  continued) and ``FileInfo.version``, and ``move_exact`` then takes ``version=`` and
+  refuses the move when the source is other bytes. And
   ``run_steps(groups)``: several small reads, stats and writes in one call, group after
   group (``storage.steps``; the local driver makes it one worker-thread hop).
   And ``commit_small_upload(record, pending, folder, destination, data)``, for an
