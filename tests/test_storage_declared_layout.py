@@ -46,8 +46,13 @@ DIGEST = Digest.of(b"declared")
         (layout.tag_current_link(NAME, "v1"), False, True),
         (layout.tag_index_link(NAME, "v1", DIGEST), False, True),
         (layout.repository(NAME), False, False),
-        # A repository whose last name part is "link" is a folder, not a link.
+        # A repository whose last name part is "link" is a folder, not a link; so is the
+        # folder of a tag named "link" (its links are below it).
         (layout.repository(LINKED), False, False),
+        (layout.tag_dir(NAME, "link"), False, False),
+        (layout.tag_current_link(NAME, "link"), False, True),
+        (layout.tag_index_link(NAME, "link", DIGEST), False, True),
+        (layout.revision_dir(NAME, DIGEST), False, False),
         (layout.upload_marker(NAME.tenant, "1-abc-u1"), False, False),
         (layout.settings_record("acme", "prod", "quota"), False, False),
         # Outside the registry's trees nothing is promised.

@@ -10,6 +10,7 @@ than its own) and the top-level ``cargohold/`` prefix.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import Final
 
@@ -124,11 +125,19 @@ def is_leaf(path: str) -> bool:
     if path.startswith(f"{BLOBS}/"):
         return path.endswith("/data")
     if path.startswith(f"{REPOSITORIES}/"):
-        # Only inside a repository's own "_" folders: a repository may be named ".../link".
-        if path.endswith("/link"):
-            return "/_layers/" in path or f"/{MANIFESTS_DIR}/" in path
-        return "/_uploads/" in path and path.endswith(("/data", "/startedat"))
+        # By shape, never by name alone: a repository may be named ".../link", and so may
+        # a tag (``_manifests/tags/link`` is a folder).
+        return _LEAF_LINK.search(path) is not None or (
+            "/_uploads/" in path and path.endswith(("/data", "/startedat"))
+        )
     return False
+
+
+_LEAF_LINK = re.compile(
+    r"/(?:_layers/[^/]+/[^/]+|_manifests/revisions/[^/]+/[^/]+"
+    r"|_manifests/tags/[^/]+/(?:current|index/[^/]+/[^/]+))/link$"
+)
+"""The links: a layer's, a revision's, a tag's current one and its index entries."""
 
 
 def upload_started_at(name: RepositoryName, upload_id: str) -> str:
