@@ -774,26 +774,31 @@ class Upload:
                     await driver.move(self._data, layout.blob_data(digest))
                     moved = True
                 break
-            if moved and getattr(driver, "delete_many", None) is not None:
-                # The move took the data and its parts away. On an object store a folder
-                # is only its objects, so the session's record (and its marker) are all
-                # that is left: one batched delete instead of a HEAD, a listing and a
-                # delete for the folder and another delete for the marker. Anything else
-                # in the folder (a stray of an earlier version) goes with the idle purge.
-                ended = [layout.upload_started_at(self.blobs.name, self.id)]
-                if self.tracked:
-                    ended.append(self.blobs._marker(self.id, self.started_at))
-                await asyncio.gather(self.blobs.link(digest), delete_objects(driver, ended))
-            else:
-                try:
-                    await driver.delete(layout.upload_dir(self.blobs.name, self.id))
-                except PathNotFound:
-                    raise BlobUploadUnknown(detail={"uuid": self.id}) from None
-                await asyncio.gather(self.blobs.link(digest), self._untrack())
+            await self._end(digest, moved=moved)
             if rules is not None:
                 await rules.blob_linked(digest, self.size)
         self.committed = True
         return BlobInfo(digest, self.size)
+
+    async def _end(self, digest: Digest, *, moved: bool) -> None:
+        """End the committed session: its folder and marker go, the repository's link comes."""
+        driver = self.blobs.driver
+        if moved and getattr(driver, "delete_many", None) is not None:
+            # The move took the data and its parts away. On an object store a folder is
+            # only its objects, so the session's record (and its marker) are all that is
+            # left: one batched delete instead of a HEAD, a listing and a delete for the
+            # folder and another delete for the marker. Anything else in the folder (a
+            # stray of an earlier version) goes with the idle purge.
+            ended = [layout.upload_started_at(self.blobs.name, self.id)]
+            if self.tracked:
+                ended.append(self.blobs._marker(self.id, self.started_at))
+            await asyncio.gather(self.blobs.link(digest), delete_objects(driver, ended))
+            return
+        try:
+            await driver.delete(layout.upload_dir(self.blobs.name, self.id))
+        except PathNotFound:
+            raise BlobUploadUnknown(detail={"uuid": self.id}) from None
+        await asyncio.gather(self.blobs.link(digest), self._untrack())
 
     async def cancel(self) -> None:
         self._store._hash_states.pop(self._data, None)
@@ -853,10 +858,7 @@ async def _read_or_none(driver: StorageDriver, path: str) -> bytes | None:
 
 
 async def _size_or_zero(driver: StorageDriver, path: str) -> int:
-    try:
-        return (await driver.stat(path)).size
-    except PathNotFound:
-        return 0
+    return (await _size_and_version(driver, path))[0]
 
 
 async def _size_and_version(driver: StorageDriver, path: str) -> tuple[int, str | None]:
