@@ -17,6 +17,7 @@ from pathlib import Path
 
 from drivers.local import LocalDriver
 from registry_core import Digest, Registry
+from registry_core.errors import ManifestUnknown
 from registry_core.lifecycle.counting import CountingDriver
 from registry_core.lifecycle.gc import collect_garbage
 from registry_core.storage import layout
@@ -115,3 +116,148 @@ async def test_a_manifest_untagged_for_good_is_still_collected(tmp_path: Path) -
     report = await collect_garbage(inner, grace=0.0, settle=0.0, **EVERY_UNTAGGED)
     assert report.revisions_removed == 1
     assert await Registry(inner).repository(REPO).manifests.revisions() == []
+
+
+class ReadRightAfterTheRemoval(RetagAfterTheMark):
+    """GC's driver: *before* as above; *between* runs right after the run removes
+    *revision*, before its own relink re-reads the tags: the narrowest window, which
+    only a reader can close (``registry_core.storage.removed_revisions``)."""
+
+    def __init__(self, inner: LocalDriver, before: Step, between: Step, revision: str) -> None:
+        async def nothing() -> None:
+            return None
+
+        super().__init__(inner, before, nothing)
+        self.between, self.revision = between, revision
+        self.between_ran = False
+
+    async def delete(self, path: str) -> None:
+        await super().delete(path)
+        if path == self.revision and not self.between_ran:
+            self.between_ran = True
+            await self.between()
+
+
+async def test_a_manifest_tagged_before_the_removal_reads_by_digest_before_the_relink(
+    tmp_path: Path,
+) -> None:
+    inner = LocalDriver(str(tmp_path))
+    img = image("retagged")
+    digest = Digest.parse(img.digest)
+    await push_image(Registry(inner), REPO, img, tag="1.0")
+    await Registry(inner).repository(REPO).manifests.delete("1.0")
+    name = Registry(inner).repository(REPO).manifests.name
+    seen: dict[str, object] = {}
+
+    async def retag() -> None:  # its confirmation finds the revision: the client has a 201
+        await (
+            Registry(inner).repository(REPO).manifests.put(img.manifest, img.media_type, tag="2.0")
+        )
+
+    async def read_by_digest() -> None:  # another process, no link cache
+        seen["linked before"] = (
+            await Registry(inner).repository(REPO).manifests.has_revision(digest)
+        )
+        seen["by digest"] = (
+            await Registry(inner).repository(REPO).manifests.get(img.digest)
+        ).digest
+        seen["linked after"] = await Registry(inner).repository(REPO).manifests.has_revision(digest)
+
+    driver = ReadRightAfterTheRemoval(
+        inner, retag, read_by_digest, layout.revision_dir(name, digest)
+    )
+    await collect_garbage(driver, grace=0.0, settle=0.0, **EVERY_UNTAGGED)
+    assert driver.between_ran, "the read ran between the removal and the run's relink"
+    assert seen == {"linked before": False, "by digest": digest, "linked after": True}
+    after = Registry(inner).repository(REPO).manifests
+    assert await after.tags() == ["2.0"]
+    assert await image_complete(Registry(inner), REPO, "2.0")
+    assert not (tmp_path / layout.gc_trash_dir()).exists() or not any(
+        p.is_file() for p in (tmp_path / layout.gc_trash_dir()).rglob("*")
+    ), "the run's records are gone"
+    await after.delete(img.digest)
+    assert await after.revisions() == []
+
+
+async def test_a_delete_by_digest_right_after_the_removal_deletes_the_retagged_manifest(
+    tmp_path: Path,
+) -> None:
+    """The proof's symptom: the client's DELETE by digest of the manifest it just tagged."""
+    inner = LocalDriver(str(tmp_path))
+    img = image("deleted")
+    digest = Digest.parse(img.digest)
+    await push_image(Registry(inner), REPO, img, tag="1.0")
+    await Registry(inner).repository(REPO).manifests.delete("1.0")
+    name = Registry(inner).repository(REPO).manifests.name
+
+    async def retag() -> None:
+        await (
+            Registry(inner).repository(REPO).manifests.put(img.manifest, img.media_type, tag="2.0")
+        )
+
+    async def delete_by_digest() -> None:
+        await Registry(inner).repository(REPO).manifests.delete(img.digest)
+
+    driver = ReadRightAfterTheRemoval(
+        inner, retag, delete_by_digest, layout.revision_dir(name, digest)
+    )
+    report = await collect_garbage(driver, grace=0.0, settle=0.0, **EVERY_UNTAGGED)
+    assert driver.between_ran
+    after = Registry(inner).repository(REPO).manifests
+    assert await after.tags() == [] and await after.revisions() == []
+    assert report.revisions_removed == 1, "nothing linked it back after the client's DELETE"
+
+
+async def test_a_removed_manifest_no_tag_names_stays_unknown_in_the_window(
+    tmp_path: Path,
+) -> None:
+    """The reader links back only what a tag written since the mark names."""
+    inner = LocalDriver(str(tmp_path))
+    img = image("untagged")
+    digest = Digest.parse(img.digest)
+    await push_image(Registry(inner), REPO, img, tag="1.0")
+    await Registry(inner).repository(REPO).manifests.delete("1.0")
+    name = Registry(inner).repository(REPO).manifests.name
+    seen: list[str] = []
+
+    async def nothing() -> None:
+        return None
+
+    async def read_by_digest() -> None:
+        try:
+            await Registry(inner).repository(REPO).manifests.get(img.digest)
+        except ManifestUnknown:
+            seen.append("unknown")
+
+    driver = ReadRightAfterTheRemoval(
+        inner, nothing, read_by_digest, layout.revision_dir(name, digest)
+    )
+    report = await collect_garbage(driver, grace=0.0, settle=0.0, **EVERY_UNTAGGED)
+    assert seen == ["unknown"]
+    assert report.revisions_removed == 1
+    assert await Registry(inner).repository(REPO).manifests.revisions() == []
+
+
+async def test_a_killed_runs_record_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    inner = LocalDriver(str(tmp_path))
+    name = Registry(inner).repository(REPO).manifests.name
+    record = layout.gc_removed_revisions("1-deadbeef", name)
+    await inner.write(record, b"0.0\nsha256:" + b"0" * 64)
+    await collect_garbage(inner, grace=0.0, settle=0.0)
+    assert not (tmp_path / record).exists()
+
+
+async def test_runs_leave_no_folders_in_a_local_trash(tmp_path: Path) -> None:
+    """Readers' trash lookups list the runs in the trash: an emptied run's folder left
+    behind would cost them a lookup more per run, forever."""
+    inner = LocalDriver(str(tmp_path))
+    stale = tmp_path / layout.gc_trash_run("1-0badc0de") / "sha256"
+    stale.mkdir(parents=True)  # what earlier versions left behind
+    img = image("collected")
+    await push_image(Registry(inner), REPO, img, tag="1.0")
+    await push_image(Registry(inner), REPO, image("kept"), tag="2.0")
+    await Registry(inner).repository(REPO).manifests.delete("1.0")
+    report = await collect_garbage(inner, grace=0.0, settle=0.0, **EVERY_UNTAGGED)
+    assert report.revisions_removed == 1 and report.blobs_deleted > 0
+    trash = tmp_path / layout.gc_trash_dir()
+    assert not trash.exists() or list(trash.iterdir()) == []

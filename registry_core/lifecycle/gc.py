@@ -20,7 +20,10 @@ The protocol, and why no push ever ends with a tag pointing at missing content:
    are read again: a revision that a tag written since the mark names (a client
    tagged the untagged manifest again) is linked back at once, with its blobs
    spared, so a read by digest never misses it for the ``settle`` seconds until
-   the re-check.
+   the re-check. Before the first revision goes, the run records per repository
+   which revisions it removes, until that relink is done: a read by digest that
+   misses in between links the revision back itself if such a tag names it
+   (``registry_core.storage.removed_revisions``).
 5. *Set aside.* Move the data of every unkept blob into the trash
    (``cargohold/jobs/gc/trash/<run>``). From now on every existence check a
    writer makes (upload commit, mount, manifest PUT's blob check) sees the
@@ -109,6 +112,7 @@ import attrs
 from ..digest import Digest
 from ..storage import layout
 from ..storage.driver import PathNotFound, StorageDriver
+from ..storage.removed_revisions import MTIME_SLACK, record_body, tags_written_since
 from ..storage.repo_index import RepositoryIndex
 from .counting import CountingDriver
 from .marks import (
@@ -135,10 +139,6 @@ CONCURRENCY = 32
 OBJECT_STORE_CONCURRENCY = 2
 """Requests in flight on an object store by default: a bucket (and its emulators) answers
 requests about in arrival order, so this bounds the run's share against the clients'."""
-MTIME_SLACK = 2.0
-"""Seconds around the mark's start within which the re-check treats any link as new
-(whole-second mtimes, small clock skew between this process and the store)."""
-
 LeaseCheck = Callable[[], Awaitable[None]]
 T = TypeVar("T")
 
@@ -323,14 +323,36 @@ class GarbageCollector:
 
     async def _recover_trash(self) -> int:
         entries = []
+        records = []
+        folders = False
         async for entry in self.driver.walk(layout.gc_trash_dir()):
-            found = None if entry.is_dir else layout.digest_from_trash(entry.path)
+            if entry.is_dir:
+                folders = True
+                continue
+            found = layout.digest_from_trash(entry.path)
             if found is not None:
                 entries.append((entry.path, Digest(found[1], found[2])))
-        if entries:
+            else:  # a killed run's record of the revisions it was removing
+                records.append(entry.path)
+        if entries or records:
             await self.fence()
             await _bounded(self._restore(path, digest) for path, digest in entries)
+            if records:
+                await self.driver.delete_many(records)
+        if folders:
+            await self._remove_empty_folders(layout.gc_trash_dir())
         return len(entries)
+
+    async def _remove_empty_folders(self, path: str) -> None:
+        """On a store with real folders (a local one), remove the trash's emptied folders:
+        left behind, every run would add one that readers' trash lookups
+        (``BlobStore.recover_set_aside``, ``removed_revisions``) list from then on. Called
+        only once everything below *path* is restored or deleted; object stores have no
+        empty folders, and pay nothing."""
+        if self.driver.local_path(path) is None:
+            return
+        with contextlib.suppress(PathNotFound):
+            await self.driver.delete(path)
 
     async def _restore(self, trash_path: str, digest: Digest) -> None:
         """Put set-aside data back, unless a client stored the blob again meanwhile."""
@@ -360,6 +382,7 @@ class GarbageCollector:
         for batch in _batches(plan.referrers):
             await self.fence()
             await driver.delete_many([path for _, path in batch])
+        records = await self._record_removed_revisions(plan)
         for batch in _batches(plan.revisions):
             await self.fence()
             await _bounded(driver.delete(layout.revision_dir(stored_name(r), d)) for r, d in batch)
@@ -368,6 +391,9 @@ class GarbageCollector:
                 driver.delete(layout.simple_signatures_dir(stored_name(r), d)) for r, d in batch
             )
         await self._relink_revisions_tagged_since_the_mark(snapshot, plan, report)
+        if records:
+            await driver.delete_many(records)
+            await self._remove_empty_folders(layout.gc_trash_run(self.run_id))
         # A repository left without a manifest leaves the website's repository index.
         index = RepositoryIndex(driver)
         for repo in sorted({r for r, _ in plan.revisions}):
@@ -401,7 +427,27 @@ class GarbageCollector:
         for batch in _batches(doomed):
             await self.fence()
             await driver.delete_many([trashed[d] for d in batch])
+        await self._remove_empty_folders(layout.gc_trash_run(self.run_id))
         return doomed
+
+    async def _record_removed_revisions(self, plan: _Plan) -> list[str]:
+        """Name, per repository, the revisions this run is about to remove, for readers
+        whose digest misses until the relink below is done
+        (``registry_core.storage.removed_revisions``); one write per repository."""
+        removed: dict[str, set[Digest]] = {}
+        for repo, digest in plan.revisions:
+            removed.setdefault(repo, set()).add(digest)
+        records = {
+            layout.gc_removed_revisions(self.run_id, stored_name(repo)): digests
+            for repo, digests in removed.items()
+        }
+        if records:
+            await self.fence()
+            await _bounded(
+                self.driver.write(path, record_body(self.mark_started, digests))
+                for path, digests in records.items()
+            )
+        return sorted(records)
 
     async def _relink_revisions_tagged_since_the_mark(
         self, snapshot: Snapshot, plan: _Plan, report: GcReport
@@ -426,12 +472,8 @@ class GarbageCollector:
         fresh: list[tuple[str, str]] = []
         for repo in sorted(removed):
             again.repositories[repo] = RepositoryState()
-            async for entry in self.driver.walk(layout.tags_dir(stored_name(repo))):
-                found = None if entry.is_dir else layout.classify_repository_object(entry.path)
-                if found is None or found[1] != "tag":
-                    continue
-                if snapshot.seen.get(entry.path) != entry.mtime or entry.mtime >= recent:
-                    fresh.append((repo, found[2][0]))
+            tags = await tags_written_since(self.driver, stored_name(repo), recent, snapshot.seen)
+            fresh.extend((repo, tag) for tag in tags)
         await read_tag_targets(self.driver, again, fresh)
         relink = sorted(
             {

@@ -372,6 +372,12 @@ def gc_trash(run: str, digest: Digest) -> str:
     return f"{gc_trash_run(run)}/{digest.algorithm}/{digest.hex}"
 
 
+def gc_removed_revisions(run: str, name: RepositoryName) -> str:
+    """The revisions of *name* a GC run is removing, and when its mark started
+    (``registry_core.storage.removed_revisions``); kept only until the run's relink."""
+    return f"{gc_trash_run(run)}/_revisions/{name.value}/_removed"
+
+
 def digest_from_blob_data(path: str) -> tuple[str, str] | None:
     """``(algorithm, hex)`` of a ``blobs/<alg>/<xx>/<hex>/data`` path, or None."""
     parts = path[len(BLOBS) + 1 :].split("/") if path.startswith(BLOBS + "/") else []

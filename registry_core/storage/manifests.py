@@ -30,6 +30,7 @@ from .blobs import BlobStore, RepositoryBlobs
 from .cache import ContentCache, LinkCache
 from .driver import PathNotFound, StorageDriver
 from .policy import RepositoryPolicy, WritePolicy
+from .removed_revisions import relink_if_tagged
 from .repo_index import RepositoryIndex
 from .steps import Step, run_steps
 from .tag_index import TagIndex, total_size
@@ -98,7 +99,9 @@ class ManifestStore:
             return cached
         if ":" in reference:
             digest = Digest.parse(reference)
-            if not await self.has_revision(digest):
+            if not await self.has_revision(digest) and not await relink_if_tagged(
+                self.driver, self.name, digest
+            ):
                 raise ManifestUnknown(detail={"reference": reference})
         else:
             tag = validate_tag(reference)
