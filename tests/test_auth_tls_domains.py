@@ -10,7 +10,9 @@ Custom domains are exercised with the ``Host`` header over loopback.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -743,3 +745,23 @@ def test_domain_refusals_do_not_leak_existence(domains: DomainWorld) -> None:
     assert existing.headers["WWW-Authenticate"].replace("app", "X") == missing.headers[
         "WWW-Authenticate"
     ].replace("ghost", "X")
+
+
+def test_a_large_blob_downloads_intact_over_tls(tls: TlsWorld) -> None:
+    """Local blobs leave plain connections by sendfile (registry_server/http/sendfile.py);
+    over TLS the socket carries ciphertext, so they go aiohttp's streamed way instead."""
+    server = tls.server
+    data = os.urandom(6 * 1024 * 1024 + 123)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    writer = server.session(tls.writer.auth)
+    done = writer.post(
+        f"{server.url}/v2/{APP}/blobs/uploads/", params={"digest": digest}, data=data
+    )
+    assert done.status_code == 201, done.text
+    reader = server.session(tls.reader.auth)
+    whole = reader.get(f"{server.url}/v2/{APP}/blobs/{digest}")
+    assert whole.status_code == 200 and whole.content == data
+    part = reader.get(
+        f"{server.url}/v2/{APP}/blobs/{digest}", headers={"Range": "bytes=1000-5000000"}
+    )
+    assert part.status_code == 206 and part.content == data[1000:5000001]

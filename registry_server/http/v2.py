@@ -43,6 +43,7 @@ from ..domains import Domains
 from ..state import state_of
 from .bodies import RequestBody, count_limit, request_chunks
 from .guard import OPEN_ACCESS, Guard
+from .sendfile import BlobFileResponse
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 LOGGER = logging.getLogger("cargohold.server")
@@ -405,7 +406,7 @@ class V2Routes:
         local = repo.blobs.local_path(digest)
         if local is not None:
             del headers["ETag"]  # FileResponse sets its own (mtime-size) and answers If-* with it
-            return web.FileResponse(local, headers=headers)
+            return BlobFileResponse(local, headers=headers)
         return await _stream_blob(request, repo, digest, info.size, headers)
 
     async def delete_blob(self, request: web.Request, route: Route) -> web.StreamResponse:
