@@ -19,11 +19,11 @@ from drivers.local import LocalDriver
 from registry_core import Digest, Registry
 from registry_core.errors import ManifestUnknown
 from registry_core.lifecycle.counting import CountingDriver
-from registry_core.lifecycle.gc import collect_garbage
+from registry_core.lifecycle.gc import GcReport, collect_garbage
 from registry_core.storage import layout
 from registry_core.storage.driver import FileInfo, WalkFilter
 from tests.gc_support import image, image_complete, push_blob, push_image
-from tests.helpers.images import Blob
+from tests.helpers.images import Blob, Image
 
 REPO = "acme/prod/app"
 EVERY_UNTAGGED = {"collect_untagged": lambda repo, digest, mtime: True}
@@ -124,10 +124,7 @@ class ReadRightAfterTheRemoval(RetagAfterTheMark):
     only a reader can close (``registry_core.storage.removed_revisions``)."""
 
     def __init__(self, inner: LocalDriver, before: Step, between: Step, revision: str) -> None:
-        async def nothing() -> None:
-            return None
-
-        super().__init__(inner, before, nothing)
+        super().__init__(inner, before, _nothing)
         self.between, self.revision = between, revision
         self.between_ran = False
 
@@ -138,36 +135,55 @@ class ReadRightAfterTheRemoval(RetagAfterTheMark):
             await self.between()
 
 
+async def _untagged(tmp_path: Path, label: str) -> tuple[LocalDriver, Image, Digest]:
+    """A store holding one manifest pushed with a tag, then untagged."""
+    inner = LocalDriver(str(tmp_path))
+    img = image(label)
+    await push_image(Registry(inner), REPO, img, tag="1.0")
+    await Registry(inner).repository(REPO).manifests.delete("1.0")
+    return inner, img, Digest.parse(img.digest)
+
+
+def _retagger(inner: LocalDriver, img: Image) -> Step:
+    """A client tagging the manifest again; its confirmation finds the revision still
+    linked (the removal comes after it), so the client has its 201."""
+
+    async def retag() -> None:
+        manifests = Registry(inner).repository(REPO).manifests
+        await manifests.put(img.manifest, img.media_type, tag="2.0")
+
+    return retag
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _collect_around_the_removal(
+    inner: LocalDriver, digest: Digest, before: Step, between: Step
+) -> GcReport:
+    """A GC run collecting every untagged manifest, *before* and *between* run inside it
+    (``ReadRightAfterTheRemoval``); asserts *between* ran."""
+    name = Registry(inner).repository(REPO).manifests.name
+    driver = ReadRightAfterTheRemoval(inner, before, between, layout.revision_dir(name, digest))
+    report = await collect_garbage(driver, grace=0.0, settle=0.0, **EVERY_UNTAGGED)
+    assert driver.between_ran, "it ran between the removal and the run's relink"
+    return report
+
+
 async def test_a_manifest_tagged_before_the_removal_reads_by_digest_before_the_relink(
     tmp_path: Path,
 ) -> None:
-    inner = LocalDriver(str(tmp_path))
-    img = image("retagged")
-    digest = Digest.parse(img.digest)
-    await push_image(Registry(inner), REPO, img, tag="1.0")
-    await Registry(inner).repository(REPO).manifests.delete("1.0")
-    name = Registry(inner).repository(REPO).manifests.name
+    inner, img, digest = await _untagged(tmp_path, "retagged")
     seen: dict[str, object] = {}
 
-    async def retag() -> None:  # its confirmation finds the revision: the client has a 201
-        await (
-            Registry(inner).repository(REPO).manifests.put(img.manifest, img.media_type, tag="2.0")
-        )
-
     async def read_by_digest() -> None:  # another process, no link cache
-        seen["linked before"] = (
-            await Registry(inner).repository(REPO).manifests.has_revision(digest)
-        )
-        seen["by digest"] = (
-            await Registry(inner).repository(REPO).manifests.get(img.digest)
-        ).digest
-        seen["linked after"] = await Registry(inner).repository(REPO).manifests.has_revision(digest)
+        manifests = Registry(inner).repository(REPO).manifests
+        seen["linked before"] = await manifests.has_revision(digest)
+        seen["by digest"] = (await manifests.get(img.digest)).digest
+        seen["linked after"] = await manifests.has_revision(digest)
 
-    driver = ReadRightAfterTheRemoval(
-        inner, retag, read_by_digest, layout.revision_dir(name, digest)
-    )
-    await collect_garbage(driver, grace=0.0, settle=0.0, **EVERY_UNTAGGED)
-    assert driver.between_ran, "the read ran between the removal and the run's relink"
+    await _collect_around_the_removal(inner, digest, _retagger(inner, img), read_by_digest)
     assert seen == {"linked before": False, "by digest": digest, "linked after": True}
     after = Registry(inner).repository(REPO).manifests
     assert await after.tags() == ["2.0"]
@@ -183,26 +199,14 @@ async def test_a_delete_by_digest_right_after_the_removal_deletes_the_retagged_m
     tmp_path: Path,
 ) -> None:
     """The proof's symptom: the client's DELETE by digest of the manifest it just tagged."""
-    inner = LocalDriver(str(tmp_path))
-    img = image("deleted")
-    digest = Digest.parse(img.digest)
-    await push_image(Registry(inner), REPO, img, tag="1.0")
-    await Registry(inner).repository(REPO).manifests.delete("1.0")
-    name = Registry(inner).repository(REPO).manifests.name
-
-    async def retag() -> None:
-        await (
-            Registry(inner).repository(REPO).manifests.put(img.manifest, img.media_type, tag="2.0")
-        )
+    inner, img, digest = await _untagged(tmp_path, "deleted")
 
     async def delete_by_digest() -> None:
         await Registry(inner).repository(REPO).manifests.delete(img.digest)
 
-    driver = ReadRightAfterTheRemoval(
-        inner, retag, delete_by_digest, layout.revision_dir(name, digest)
+    report = await _collect_around_the_removal(
+        inner, digest, _retagger(inner, img), delete_by_digest
     )
-    report = await collect_garbage(driver, grace=0.0, settle=0.0, **EVERY_UNTAGGED)
-    assert driver.between_ran
     after = Registry(inner).repository(REPO).manifests
     assert await after.tags() == [] and await after.revisions() == []
     assert report.revisions_removed == 1, "nothing linked it back after the client's DELETE"
@@ -212,16 +216,8 @@ async def test_a_removed_manifest_no_tag_names_stays_unknown_in_the_window(
     tmp_path: Path,
 ) -> None:
     """The reader links back only what a tag written since the mark names."""
-    inner = LocalDriver(str(tmp_path))
-    img = image("untagged")
-    digest = Digest.parse(img.digest)
-    await push_image(Registry(inner), REPO, img, tag="1.0")
-    await Registry(inner).repository(REPO).manifests.delete("1.0")
-    name = Registry(inner).repository(REPO).manifests.name
+    inner, img, digest = await _untagged(tmp_path, "untagged")
     seen: list[str] = []
-
-    async def nothing() -> None:
-        return None
 
     async def read_by_digest() -> None:
         try:
@@ -229,10 +225,7 @@ async def test_a_removed_manifest_no_tag_names_stays_unknown_in_the_window(
         except ManifestUnknown:
             seen.append("unknown")
 
-    driver = ReadRightAfterTheRemoval(
-        inner, nothing, read_by_digest, layout.revision_dir(name, digest)
-    )
-    report = await collect_garbage(driver, grace=0.0, settle=0.0, **EVERY_UNTAGGED)
+    report = await _collect_around_the_removal(inner, digest, _nothing, read_by_digest)
     assert seen == ["unknown"]
     assert report.revisions_removed == 1
     assert await Registry(inner).repository(REPO).manifests.revisions() == []
