@@ -54,10 +54,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def _install_event_loop(choice: str, local_storage: bool) -> None:
-    """uvloop answers small requests faster; asyncio's own loop has zero-copy sendfile.
+    """uvloop answers small requests faster; asyncio's own loop wakes up faster for the
+    local driver's thread hops (``ServerConfig.event_loop`` has the figures).
 
-    ``auto`` therefore takes asyncio's loop when blobs are local files (downloads
-    dominate the bytes moved) and uvloop otherwise.
+    ``auto`` therefore takes asyncio's loop when blobs are local files and uvloop
+    otherwise.
     """
     if choice == "asyncio" or (choice == "auto" and local_storage):
         return
