@@ -54,8 +54,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _install_event_loop(choice: str, local_storage: bool) -> None:
-    """uvloop answers small requests faster; asyncio's own loop wakes up faster for the
-    local driver's thread hops (``ServerConfig.event_loop`` has the figures).
+    """uvloop answers small requests faster; with the local driver's thread hops,
+    asyncio's own loop measured faster (``ServerConfig.event_loop`` has the figures).
 
     ``auto`` therefore takes asyncio's loop when blobs are local files and uvloop
     otherwise.
