@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import os
 import socket
-import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,7 +44,7 @@ def _read_all(sock: socket.socket, size: int, pause_every: int = 0) -> bytes:
         got += chunk
         if pause_every and len(got) >= mark:
             mark += pause_every
-            threading.Event().wait(0.01)
+            time.sleep(0.01)
     return bytes(got)
 
 

@@ -247,6 +247,13 @@ async def _bounded(calls: Iterable[Awaitable[object]], limit: int = CONCURRENCY)
     await asyncio.gather(*(one(c) for c in calls))
 
 
+def _by_repository(pairs: Iterable[tuple[str, Digest]]) -> dict[str, set[Digest]]:
+    grouped: dict[str, set[Digest]] = {}
+    for repo, digest in pairs:
+        grouped.setdefault(repo, set()).add(digest)
+    return grouped
+
+
 def _batches(items: list[T], size: int = BATCH) -> Iterable[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -434,12 +441,9 @@ class GarbageCollector:
         """Name, per repository, the revisions this run is about to remove, for readers
         whose digest misses until the relink below is done
         (``registry_core.storage.removed_revisions``); one write per repository."""
-        removed: dict[str, set[Digest]] = {}
-        for repo, digest in plan.revisions:
-            removed.setdefault(repo, set()).add(digest)
         records = {
             layout.gc_removed_revisions(self.run_id, stored_name(repo)): digests
-            for repo, digests in removed.items()
+            for repo, digests in _by_repository(plan.revisions).items()
         }
         if records:
             await self.fence()
@@ -462,9 +466,7 @@ class GarbageCollector:
         tag written since the mark. The revision's own blobs stay out of this run's
         set-aside; a tag written after this listing is left to the re-check (docstring).
         """
-        removed: dict[str, set[Digest]] = {}
-        for repo, digest in plan.revisions:
-            removed.setdefault(repo, set()).add(digest)
+        removed = _by_repository(plan.revisions)
         if not removed:
             return
         recent = self.mark_started - MTIME_SLACK

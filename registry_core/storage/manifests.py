@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,10 +31,12 @@ from .blobs import BlobStore, RepositoryBlobs
 from .cache import ContentCache, LinkCache
 from .driver import PathNotFound, StorageDriver
 from .policy import RepositoryPolicy, WritePolicy
-from .removed_revisions import relink_if_tagged
+from .removed_revisions import removal_mark, tags_written_since
 from .repo_index import RepositoryIndex
 from .steps import Step, run_steps
 from .tag_index import TagIndex, total_size
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -99,9 +102,7 @@ class ManifestStore:
             return cached
         if ":" in reference:
             digest = Digest.parse(reference)
-            if not await self.has_revision(digest) and not await relink_if_tagged(
-                self.driver, self.name, digest
-            ):
+            if not await self.has_revision(digest) and not await self._relink_removed(digest):
                 raise ManifestUnknown(detail={"reference": reference})
         else:
             tag = validate_tag(reference)
@@ -112,6 +113,19 @@ class ManifestStore:
             digest = Digest.parse(link.decode().strip())
         self.links.put(self._key, reference, digest)
         return digest
+
+    async def _relink_removed(self, digest: Digest) -> bool:
+        """Link *digest* back if a running GC removed it and a tag written since that run's
+        mark names it (``removed_revisions``); True if it is linked now."""
+        since = await removal_mark(self.driver, self.name, digest)
+        if since is None:
+            return False
+        tags = await tags_written_since(self.driver, self.name, since)
+        if not tags or not await self.tags_pointing_at(digest, among=tags):
+            return False
+        await self.driver.write(layout.revision_link(self.name, digest), str(digest).encode())
+        log.info("%s@%s linked back: a GC run removed it, a tag names it", self.name.value, digest)
+        return True
 
     async def has_revision(self, digest: Digest) -> bool:
         """Is *digest* linked in this repository now (storage, not the link cache)?"""
@@ -549,9 +563,10 @@ class ManifestStore:
             return []
         return sorted(names)
 
-    async def tags_pointing_at(self, digest: Digest) -> list[str]:
+    async def tags_pointing_at(self, digest: Digest, among: list[str] | None = None) -> list[str]:
+        """The tags naming *digest*: of every tag, or of *among* only."""
         wanted = str(digest).encode()
-        tags = await self.tags()
+        tags = await self.tags() if among is None else sorted(among)
 
         async def points(tag: str) -> bool:
             try:

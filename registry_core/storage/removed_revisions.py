@@ -14,23 +14,20 @@ revisions it is about to remove and when its mark started; it deletes the record
 own relink is done (after that, every tag a client was told of names a linked revision:
 its write confirmed after the removal, or the run's relink saw it). A reader whose digest
 misses lists the runs in progress (usually none: one listing, on this rare path only),
-reads this repository's record in each, and if one names the digest, reads the tags
-written since that mark: one naming the digest gets its revision linked back at once,
-exactly what the run's relink would write a moment later.
+reads this repository's record in each (:func:`removal_mark`), and if one names the
+digest, reads the tags written since that mark: one naming the digest gets its revision
+linked back at once (``ManifestStore.resolve``), exactly what the run's relink would
+write a moment later.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Iterable, Mapping
 
 from ..digest import Digest
 from ..names import RepositoryName
 from . import layout
 from .driver import PathNotFound, StorageDriver
-
-log = logging.getLogger(__name__)
 
 MTIME_SLACK = 2.0
 """Seconds before a mark's start from which a tag counts as written since the mark (stores
@@ -63,39 +60,24 @@ async def tags_written_since(
     return found
 
 
-async def _names(driver: StorageDriver, name: RepositoryName, tag: str, wanted: bytes) -> bool:
-    try:
-        return (await driver.read(layout.tag_current_link(name, tag))).strip() == wanted
-    except PathNotFound:
-        return False
-
-
-async def relink_if_tagged(driver: StorageDriver, name: RepositoryName, digest: Digest) -> bool:
-    """Link *digest* back into *name* if a running GC removed it and a tag written since
-    that run's mark names it; True if it is linked now."""
+async def removal_mark(driver: StorageDriver, name: RepositoryName, digest: Digest) -> float | None:
+    """When the mark started of a running GC that is removing *digest* from *name* (the
+    earliest, less :data:`MTIME_SLACK`), or None when no run is: one listing of the runs,
+    then a read of this repository's record in each."""
     try:
         runs = await driver.list(layout.gc_trash_dir())
     except PathNotFound:
-        return False
-    wanted = str(digest).encode()
+        return None
+    marks: list[float] = []
     for run in runs:
         try:
             record = await driver.read(layout.gc_removed_revisions(run, name))
         except PathNotFound:
             continue
         lines = record.decode(errors="replace").split("\n")
-        if str(digest) not in lines[1:]:
-            continue
-        try:
-            since = float(lines[0]) - MTIME_SLACK
-        except ValueError:
-            since = 0.0
-        tags = await tags_written_since(driver, name, since)
-        hits = await asyncio.gather(*(_names(driver, name, tag, wanted) for tag in tags))
-        if any(hits):
-            await driver.write(layout.revision_link(name, digest), wanted)
-            log.info(
-                "%s@%s linked back: GC run %s removed it, a tag names it", name.value, digest, run
-            )
-            return True
-    return False
+        if str(digest) in lines[1:]:
+            try:
+                marks.append(float(lines[0]) - MTIME_SLACK)
+            except ValueError:
+                marks.append(0.0)
+    return min(marks) if marks else None

@@ -27,6 +27,7 @@ from typing import IO, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_fileresponse import NOSENDFILE
 
 CALL_BYTES = 256 * 1024
 """Bytes per ``sendfile`` call: 128-512 KiB measured alike, 1 MiB and more as slow as one
@@ -109,7 +110,7 @@ class BlobFileResponse(web.FileResponse):
         if (
             descriptor is None
             or self.compression
-            or os.environ.get("AIOHTTP_NOSENDFILE")
+            or NOSENDFILE
             or transport.get_write_buffer_size()
         ):
             return await super()._sendfile(request, fobj, offset, count)
