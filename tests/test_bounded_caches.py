@@ -335,11 +335,16 @@ def test_signing_queue_is_capped_when_the_worker_falls_behind(monkeypatch) -> No
     monkeypatch.setattr(signer_module, "MAX_PENDING", 100)
     registry = Registry(open_driver("memory://"))
     signer = Signer(registry, KeyStore(registry.driver, None), SigningDefaults(enabled=True))
-    request_host.set("reg.test")
-    for n in range(100_000):
-        signer._stored(
-            "acme/prod/app", digest(n), "application/vnd.oci.image.manifest.v1+json", "1"
-        )
+    # Reset after: a sync test sets it in the context every later test inherits (a web
+    # test's pushes were then signed for "reg.test", not its public host).
+    token = request_host.set("reg.test")
+    try:
+        for n in range(100_000):
+            signer._stored(
+                "acme/prod/app", digest(n), "application/vnd.oci.image.manifest.v1+json", "1"
+            )
+    finally:
+        request_host.reset(token)
     assert len(signer._pending) == 100
 
 
@@ -350,6 +355,7 @@ def test_a_full_signing_queue_holds_about_half_a_kilobyte_an_entry() -> None:
     registry = Registry(open_driver("memory://"))
     signer = Signer(registry, KeyStore(registry.driver, None), SigningDefaults(enabled=True))
     digests = [digest(n) for n in range(signer_module.MAX_PENDING)]
+    outside = request_host.set(request_host.get())  # reset after: later tests inherit it
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -359,6 +365,7 @@ def test_a_full_signing_queue_holds_about_half_a_kilobyte_an_entry() -> None:
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
+        request_host.reset(outside)
     assert len(signer._pending) == signer_module.MAX_PENDING
     # Keys, entries, a tag each and the queue's own table; the digests are the caller's.
     # Two sets an entry (and a host string each) held ~0.9 KB.
