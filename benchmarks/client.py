@@ -16,6 +16,7 @@ import http.client
 import json
 import random
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -237,6 +238,54 @@ def upload_chunked(base_url: str, repo: str, blob: Blob) -> None:
         conn.request("PUT", _with_digest(location, blob.digest), length=0, expect=(201,))
     finally:
         conn.close()
+
+
+STREAM_PIECE = 32 * 1024
+"""Chunk size of a streamed upload: what docker's push sends (Go's ``io.Copy`` buffer,
+each write one chunk of the chunked transfer encoding)."""
+
+
+def upload_streamed(base_url: str, repo: str, blob: Blob) -> None:
+    """POST, one PATCH carrying the whole blob in chunked transfer encoding (no length,
+    32 KiB chunks, as docker's push streams a layer it compresses on the fly), then an
+    empty PUT ?digest=. Each chunk goes out in one ``sendmsg`` with TCP_NODELAY, as Go's
+    HTTP client writes it."""
+    conn = Conn(base_url)
+    try:
+        resp, _ = conn.request("POST", f"/v2/{repo}/blobs/uploads/", expect=(202,))
+        http_conn = conn.conn
+        http_conn.putrequest(
+            "PATCH", conn._path(resp.headers["Location"]), skip_accept_encoding=True
+        )
+        http_conn.putheader("Content-Type", "application/octet-stream")
+        http_conn.putheader("Transfer-Encoding", "chunked")
+        http_conn.endheaders()
+        sock = http_conn.sock
+        assert sock is not None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for chunk in blob.chunks():
+            for start in range(0, len(chunk), STREAM_PIECE):
+                piece = chunk[start : start + STREAM_PIECE]
+                _send_all(sock, [b"%x\r\n" % len(piece), piece, b"\r\n"])
+        sock.sendall(b"0\r\n\r\n")
+        answer = http_conn.getresponse()
+        body = answer.read()
+        if answer.status != 202:
+            raise BenchError(f"streamed PATCH answered {answer.status}: {body[:300]!r}")
+        location = _with_digest(answer.headers["Location"], blob.digest)
+        conn.request("PUT", location, length=0, expect=(201,))
+    finally:
+        conn.close()
+
+
+def _send_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
+    sent = sock.sendmsg(parts)
+    for part in parts:
+        if sent >= len(part):
+            sent -= len(part)
+            continue
+        sock.sendall(memoryview(part)[sent:])
+        sent = 0
 
 
 def _with_digest(location: str, digest: str) -> str:

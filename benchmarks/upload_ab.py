@@ -30,11 +30,15 @@ from dataclasses import dataclass, field
 
 from registry_core.storage.layout import ROOT
 
-from .client import BlobSource, GiB, MiB, upload_chunked, upload_monolithic
+from .client import BlobSource, GiB, MiB, upload_chunked, upload_monolithic, upload_streamed
 from .harness import ProcTree, free_port, loadavg
 
 REPO = "bench/blobs/ab"
-KINDS: dict[str, Callable[..., None]] = {"mono": upload_monolithic, "chunked": upload_chunked}
+KINDS: dict[str, Callable[..., None]] = {
+    "mono": upload_monolithic,
+    "chunked": upload_chunked,
+    "streamed": upload_streamed,
+}
 
 
 def _thread_files(pids: list[int], name: str) -> list[str]:

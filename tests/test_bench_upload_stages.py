@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(180)
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("kind", ["mono", "chunked"])
+@pytest.mark.parametrize("kind", ["mono", "chunked", "streamed"])
 def test_each_stage_of_a_real_upload_is_measured(tmp_path: Path, kind: str) -> None:
     served = start(str(CHECKOUT), str(tmp_path))
     try:

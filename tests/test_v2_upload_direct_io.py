@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from drivers.local import STAGED_MIN
 from registry_server.http import bodies
 from tests.helpers import unique_repo_name
 from tests.helpers.direct_io import takes_direct_io
 from tests.helpers.server import RegistryServer
 from tests.helpers.tenants import http, write_config
-from tests.test_v2_upload_direct import Connection, digest_of, fetch, with_digest
+from tests.test_v2_upload_direct import Connection, digest_of, fetch, head, with_digest
 
 MiB = 1 << 20
 SHM = Path("/dev/shm")
@@ -144,6 +145,53 @@ def test_chunks_after_a_first_patch_of_odd_length_read_back_exactly(
         assert status == 201, body
     assert fetch(registry, fields["location"]) == blob
     check_direct_io(expect, before, direct_io(registry), 3, sum(map(len, large)))
+
+
+def test_a_body_in_chunked_transfer_encoding_reads_back_exactly(
+    server: tuple[RegistryServer, str],
+) -> None:
+    """docker push sends each layer as one PATCH in chunked transfer encoding (32 KiB
+    chunks): aiohttp's parser reads it, and the local driver stages its batches in an
+    aligned buffer for O_DIRECT (drivers/local.py, ``_write_staged``)."""
+    registry, expect = server
+    blob = os.urandom(5 * MiB + 12345)
+    before = direct_io(registry)
+    with Connection(registry) as conn:
+        conn.send("POST", f"/v2/{unique_repo_name()}/blobs/uploads/")
+        status, fields, body = conn.response()
+        assert status == 202, body
+        conn.sock.sendall(
+            head(
+                "PATCH",
+                fields["location"],
+                None,
+                Transfer_Encoding="chunked",
+                Content_Type="application/octet-stream",
+            )
+        )
+        for start in range(0, len(blob), 32 * 1024):
+            piece = blob[start : start + 32 * 1024]
+            conn.sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        conn.sock.sendall(b"0\r\n\r\n")
+        status, fields, body = conn.response()
+        assert status == 202, body
+        assert fields["range"] == f"0-{len(blob) - 1}"
+        conn.send("PUT", with_digest(fields["location"], digest_of(blob)))
+        status, fields, body = conn.response()
+        assert status == 201, body
+    assert fetch(registry, fields["location"]) == blob
+    after = direct_io(registry)
+    assert after[0] == before[0]  # aiohttp's path, not the receiving thread's
+    written, refused = after[1] - before[1], after[2] - before[2]
+    if expect == "direct":
+        # All but the last batch's tail (under 4 KiB) and the last batch if it was
+        # too small to stage (under 256 KiB).
+        assert len(blob) - 2 * STAGED_MIN <= written < len(blob) and written % 4096 == 0
+        assert refused == 0
+    elif expect == "refused":
+        assert (written, refused) == (0, 1)
+    else:
+        assert (written, refused) == (0, 0)
 
 
 @pytest.mark.parametrize(

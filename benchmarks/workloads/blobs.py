@@ -6,7 +6,17 @@ import asyncio
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..client import CHUNK, Conn, GiB, MiB, timed, upload_chunked, upload_monolithic
+from ..client import (
+    CHUNK,
+    STREAM_PIECE,
+    Conn,
+    GiB,
+    MiB,
+    timed,
+    upload_chunked,
+    upload_monolithic,
+    upload_streamed,
+)
 from . import (
     SERVER_CPU,
     SERVER_MEMORY,
@@ -126,6 +136,18 @@ class UploadChunked(_Upload):
         "(following each Location), then an empty PUT ?digest=."
     )
     upload = staticmethod(upload_chunked)
+
+
+@register
+class UploadStreamed(_Upload):
+    name = "upload-streamed"
+    title = "Streamed upload"
+    description = (
+        "POST, one PATCH carrying the whole blob in chunked transfer encoding "
+        f"({STREAM_PIECE // 1024} KiB chunks, no length: how docker's push sends a layer), "
+        "then an empty PUT ?digest=."
+    )
+    upload = staticmethod(upload_streamed)
 
 
 DOWNLOAD = Metric("mib_s", "throughput", "MiB/s", True, limits=("nginx_sendfile_mib_s",))
