@@ -712,8 +712,8 @@ class LocalWriter:
         total = sum(len(part) for part in parts)
         lead = (-(self._stored)) % DIRECT_ALIGN
         whole = max(total - lead, 0) // DIRECT_ALIGN * DIRECT_ALIGN
-        staging = self._staging_for(whole) if whole else None
-        if staging is None or not self._direct_ready():
+        staging = self._staging_for(whole) if whole and self._direct_ready() else None
+        if staging is None:
             self._write(parts, alongside)
             return b""
         views = [memoryview(part) for part in parts]

@@ -96,7 +96,11 @@ def check_direct_io(
         assert (written, refused) == (0, 0)
 
 
-@pytest.mark.parametrize("size", [8 * MiB, 6 * MiB + 12345], ids=["blocks", "odd"])
+@pytest.mark.parametrize(
+    "size",
+    [8 * MiB, 6 * MiB + 12345, bodies.LARGE_BODY + 3 * MiB + 12345],
+    ids=["blocks", "odd", "large-buffers"],
+)
 def test_a_monolithic_upload_reads_back_exactly(
     server: tuple[RegistryServer, str], size: int
 ) -> None:
@@ -195,36 +199,48 @@ def test_a_body_in_chunked_transfer_encoding_reads_back_exactly(
 
 
 @pytest.mark.parametrize(
-    ("remaining", "lead", "serial", "expected"),
+    ("remaining", "lead", "serial", "size", "expected"),
     [
-        (100, 0, False, 1),
-        (MiB, 0, False, 1),
-        (MiB, 4000, False, 2),  # the realigning lead, then the rest
-        (2 * MiB + 1, 0, False, 3),
-        (64 * MiB, 0, False, bodies.DIRECT_DEPTH),
-        (64 * MiB, 0, True, 1),
+        (100, 0, False, MiB, 1),
+        (MiB, 0, False, MiB, 1),
+        (MiB, 4000, False, MiB, 2),  # the realigning lead, then the rest
+        (2 * MiB + 1, 0, False, MiB, 3),
+        (64 * MiB, 0, False, MiB, bodies.DIRECT_DEPTH),
+        (64 * MiB, 0, True, MiB, 1),
+        (5 * MiB, 0, False, 4 * MiB, 2),
     ],
 )
 def test_a_body_takes_no_more_receiving_buffers_than_it_fills(
-    remaining: int, lead: int, serial: bool, expected: int, monkeypatch: pytest.MonkeyPatch
+    remaining: int, lead: int, serial: bool, size: int, expected: int
 ) -> None:
-    monkeypatch.setattr(bodies, "DIRECT_BUFFER", MiB)  # the default the cases are sized for
-    assert bodies._buffers_needed(remaining, lead, serial) == expected
+    assert bodies._buffers_needed(remaining, lead, serial, size) == expected
 
 
-def test_spare_receiving_buffers_are_kept_up_to_their_cap_and_reused(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_monolithic_body_takes_large_buffers_and_a_chunk_small_ones() -> None:
+    """The disk takes large O_DIRECT appends faster; a chunk's hash overlaps its
+    receiving better in small buffers."""
+    assert bodies._buffer_size(bodies.LARGE_BODY) == bodies.LARGE_BUFFER
+    assert bodies._buffer_size(bodies.LARGE_BODY - 1) == bodies.DIRECT_BUFFER
+    assert bodies._buffer_size(8 * MiB) == bodies.DIRECT_BUFFER
+    assert bodies.LARGE_BUFFER % bodies.DIRECT_ALIGN == 0
+
+
+@pytest.mark.parametrize("size", [MiB, 4 * MiB])
+def test_spare_receiving_buffers_are_kept_up_to_their_cap_per_size_and_reused(
+    monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
-    monkeypatch.setattr(bodies, "_spare_buffers", [])
+    monkeypatch.setattr(bodies, "_spare_buffers", {})
     cap = bodies.SPARE_BUFFERS
-    made = [bodies._take_buffer() for _ in range(cap + 5)]
+    made = [bodies._take_buffer(size) for _ in range(cap + 5)]
+    other = bodies._take_buffer(size * 2)
     assert len({id(buffer) for buffer in made}) == cap + 5  # none spare yet: all new
-    for buffer in made:
+    for buffer in [*made, other]:
         bodies._give_buffer(buffer)
-    assert len(bodies._spare_buffers) == cap
+    assert len(bodies._spare_buffers[size]) == cap
+    assert bodies._spare_buffers[size * 2] == [other]  # kept apart: never handed out as this size
     assert [buffer.closed for buffer in made] == [False] * cap + [True] * 5
-    again = bodies._take_buffer()
+    again = bodies._take_buffer(size)
     assert any(again is buffer for buffer in made[:cap])  # reused, not mapped anew
-    assert len(again) == bodies.DIRECT_BUFFER
-    for buffer in [again, *bodies._spare_buffers]:
+    assert len(again) == size
+    for buffer in [again, *bodies._spare_buffers[size], other]:
         buffer.close()
