@@ -20,7 +20,7 @@ import pytest
 
 import drivers.local as local
 from drivers.local import DIRECT_ALIGN, LocalDriver, direct_io
-from tests.helpers.direct_io import takes_direct_io
+from tests.helpers.direct_io import refuse_o_direct, takes_direct_io
 
 MiB = 1 << 20
 SHM = Path("/dev/shm")
@@ -134,14 +134,7 @@ async def test_a_file_system_refusing_o_direct_gets_buffered_writes_one_refusal_
     disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As tmpfs did before Linux 6.6 (and ramfs, and some FUSE file systems): EINVAL at open."""
-    real_open = os.open
-
-    def refusing_open(path: str, flags: int, *args: int) -> int:
-        if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(local.os, "open", refusing_open)
+    refuse_o_direct(monkeypatch, local)
     before = (direct_io.bytes, direct_io.refusals)
     await _both_writers(LocalDriver(str(disk)), disk)
     assert (direct_io.bytes, direct_io.refusals) == (before[0], before[1] + 2)

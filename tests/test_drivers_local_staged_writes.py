@@ -13,7 +13,6 @@ once written, and that the staging buffers are given back and capped.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 
 import drivers.local as local
 from drivers.local import DIRECT_ALIGN, SMALL_WRITE, STAGED_MIN, LocalDriver, direct_io
-from tests.helpers.direct_io import takes_direct_io
+from tests.helpers.direct_io import refuse_o_direct, takes_direct_io
 
 MiB = 1 << 20
 
@@ -186,17 +185,10 @@ async def test_spare_staging_buffers_are_kept_up_to_their_cap_and_reused(
 async def test_switched_off_or_refused_nothing_goes_direct(
     disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_open = os.open
-
-    def refusing_open(path: str, flags: int, *args: int) -> int:
-        if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, *args)
-
     driver = LocalDriver(str(disk))
     batches = _batches()
     expected = b"".join(b"".join(batch) for batch in batches)
-    monkeypatch.setattr(local.os, "open", refusing_open)
+    refuse_o_direct(monkeypatch, local)
     before = (direct_io.bytes, direct_io.refusals)
     await _write_batches(driver, "blobs/refused", batches, append=False)
     assert (direct_io.bytes, direct_io.refusals) == (before[0], before[1] + 1)

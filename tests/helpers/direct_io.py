@@ -7,6 +7,9 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 
 def takes_direct_io(folder: Path) -> bool:
@@ -19,3 +22,16 @@ def takes_direct_io(folder: Path) -> bool:
     finally:
         probe.unlink(missing_ok=True)
     return True
+
+
+def refuse_o_direct(monkeypatch: pytest.MonkeyPatch, module: Any) -> None:
+    """Make *module*'s ``os.open`` answer EINVAL to ``O_DIRECT``, as tmpfs did before
+    Linux 6.6 (and ramfs, and some FUSE file systems)."""
+    real_open = os.open
+
+    def refusing_open(path: str, flags: int, *args: int) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(module.os, "open", refusing_open)
