@@ -208,6 +208,50 @@ async def test_a_crashed_scan_is_taken_over_once_its_claim_expires(store: Path) 
     assert service.scanner.scans_run == 1 and await queue_names(store) == []
 
 
+class GatedClaims(LocalDriver):
+    """Claims are written once a gate opens, and, as on the real driver's worker thread,
+    they land even when the scan that asked was cancelled meanwhile."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.asked = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.landed: list[asyncio.Future[bool]] = []
+
+    async def write_if_absent(self, path: str, data: bytes) -> bool:
+        if "/claims/" not in path:
+            return await super().write_if_absent(path, data)
+
+        async def later() -> bool:
+            await self.gate.wait()
+            return await LocalDriver.write_if_absent(self, path, data)
+
+        landing = asyncio.ensure_future(later())
+        self.landed.append(landing)
+        self.asked.set()
+        return await asyncio.shield(landing)
+
+
+async def test_a_scan_stopped_while_it_writes_its_claim_leaves_no_claim(store: Path) -> None:
+    """A server shutting down right after a push (its scan just taking the digest) used
+    to leave the claim behind: every other process, ``cargohold scan --wait`` included,
+    then waited out its 120 s before scanning the image."""
+    [digest] = await seeded(store, [distinct_image(0)])
+    driver = GatedClaims(str(store))
+    scanner = Scanner(Registry(driver))
+    scanning = asyncio.create_task(scanner.scan(digest))
+    await asyncio.wait_for(driver.asked.wait(), 10)
+    scanning.cancel()  # the shutdown
+    await asyncio.sleep(0.05)  # the claim's write is still under way
+    driver.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await scanning
+    assert await driver.landed[0] is True  # the claim was written after the cancellation
+    assert await scanner._attempts(digest) == []  # and released
+    other = Scanner(Registry(LocalDriver(str(store))))
+    assert (await other.scan(digest)).counts() is not None  # at once, not after 120 s
+
+
 async def test_a_failing_scan_stays_queued_with_backoff_until_it_gives_up(store: Path) -> None:
     image = distinct_image(0)
     [digest] = await seeded(store, [image])

@@ -260,16 +260,28 @@ class Scanner:
             except (PathNotFound, msgspec.DecodeError, msgspec.ValidationError):
                 pass
         claim = _Claim(holder=self.holder, expires=self.clock() + self.claim_ttl)
-        created = await self.driver.write_if_absent(
-            layout.scan_claim(digest, latest + 1), msgspec.json.encode(claim)
+        creating = asyncio.ensure_future(
+            self.driver.write_if_absent(
+                layout.scan_claim(digest, latest + 1), msgspec.json.encode(claim)
+            )
         )
-        if not created:
-            raise ScanBusy(str(digest))
-        # A taker that listed just before a release may have re-created a lower attempt
-        # next to a newer one: the lower steps back, so one attempt runs at a time.
-        if any(attempt > latest + 1 for attempt in await self._attempts(digest)):
-            await self._release(digest, latest + 1)
-            raise ScanBusy(str(digest))
+        try:
+            if not await asyncio.shield(creating):
+                raise ScanBusy(str(digest))
+            # A taker that listed just before a release may have re-created a lower
+            # attempt next to a newer one: the lower steps back, so one attempt runs at
+            # a time.
+            if any(attempt > latest + 1 for attempt in await self._attempts(digest)):
+                await self._release(digest, latest + 1)
+                raise ScanBusy(str(digest))
+        except asyncio.CancelledError:
+            # Stopped (a server shutting down) while the claim was being written: it
+            # lands anyway, and nobody would renew or release it, so every other process
+            # would wait out its time to live before scanning this digest.
+            with contextlib.suppress(Exception):
+                if await creating:
+                    await self._release(digest, latest + 1)
+            raise
         return latest + 1
 
     async def _attempts(self, digest: Digest) -> list[int]:
