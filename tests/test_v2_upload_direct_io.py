@@ -59,6 +59,8 @@ def server(
         registry.stop()
         if kind == "tmpfs":
             shutil.rmtree(store, ignore_errors=True)
+            # The server keeps its state (the secrets key) beside a local store.
+            shutil.rmtree(store.parent / f"{store.name}-state", ignore_errors=True)
 
 
 def direct_io(server: RegistryServer) -> tuple[float, float, float]:
