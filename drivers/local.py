@@ -575,6 +575,13 @@ STAGING_BUFFERS = 8
 """Staging buffers in use at once per process (one per writer that stages); a writer
 that finds none to spare writes through the page cache, as before."""
 
+STAGING_UNIT = 1 << 20
+"""Staging buffers are whole MiB, so that the batches of one upload (1 MiB and a piece)
+share one size."""
+
+SPARE_STAGING = 2
+"""Staging buffers kept mapped between uploads (each 1-2 MiB)."""
+
 _staging_lock = threading.Lock()
 _staging_in_use = 0
 _spare_staging: list[mmap.mmap] = []
@@ -590,7 +597,6 @@ def _take_staging(size: int) -> mmap.mmap | None:
         for index, spare in enumerate(_spare_staging):
             if len(spare) >= size:
                 return _spare_staging.pop(index)
-    # Whole MiB, so that the batches of one upload (1 MiB and a piece) share one size.
     return mmap.mmap(-1, -(-size // STAGING_UNIT) * STAGING_UNIT)
 
 
@@ -603,11 +609,6 @@ def _give_staging(staging: mmap.mmap) -> None:
             return
     with contextlib.suppress(BufferError):
         staging.close()
-
-
-STAGING_UNIT = 1 << 20
-SPARE_STAGING = 2
-"""Staging buffers kept mapped between uploads (each 1-2 MiB)."""
 
 
 def _cut(views: list[memoryview], size: int) -> tuple[list[memoryview], list[memoryview]]:
@@ -710,7 +711,7 @@ class LocalWriter:
         an ``O_DIRECT`` descriptor, everything is written as it is.
         """
         total = sum(len(part) for part in parts)
-        lead = (-(self._stored)) % DIRECT_ALIGN
+        lead = (-self._stored) % DIRECT_ALIGN
         whole = max(total - lead, 0) // DIRECT_ALIGN * DIRECT_ALIGN
         staging = self._staging_for(whole) if whole and self._direct_ready() else None
         if staging is None:
@@ -746,7 +747,8 @@ class LocalWriter:
             _give_staging(staging)
 
     def _direct_ready(self) -> bool:
-        """Whether this writer has its ``O_DIRECT`` descriptor (opened here the first time)."""
+        """Whether this writer has its ``O_DIRECT`` descriptor (opened here the first time;
+        a refusal is counted once per writer)."""
         if self._direct_refused:
             return False
         if self._direct is None:
@@ -785,13 +787,7 @@ class LocalWriter:
         address = _address(view)
         if address is None or address % DIRECT_ALIGN:
             return 0
-        if self._direct is None:
-            self._direct = _open_direct(self._handle.fileno())  # type: ignore[attr-defined]
-            if self._direct is None:  # once per writer
-                self._direct_refused = True
-                direct_io.add(refusals=1)
-                return 0
-        return whole
+        return whole if self._direct_ready() else 0
 
     def _write_aligned(self, view: memoryview) -> None:
         """One aligned block run through the ``O_DIRECT`` descriptor, at the end of what
